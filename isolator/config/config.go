@@ -1,0 +1,217 @@
+// Package config holds the isolator daemon's configuration: uplinks and
+// their address pools, the number of INS at start, the registration and API
+// sockets and who may use them. It is read from a YAML file and/or flags and
+// validated as a whole before the daemon touches anything.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Defaults of the daemon's sockets.
+const (
+	DefaultSocket = "/run/mpshim/isolator.sock"
+	DefaultAPI    = "/run/mpshim/api.sock"
+)
+
+// Policies an INS can use to place outbound flows on uplinks.
+var Policies = []string{"wrr", "rtt", "hash"}
+
+// Config is the daemon's whole configuration.
+type Config struct {
+	// Uplinks are the host interfaces every INS gets a NIC on.
+	Uplinks []Uplink `yaml:"uplinks"`
+	// INS is the number of INS processes started with the daemon.
+	INS int `yaml:"ins"`
+	// Policy places outbound flows on uplinks: wrr, rtt or hash.
+	Policy string `yaml:"policy"`
+	// NetNS is the network namespace (a name under /run/netns or a path)
+	// where the uplink interfaces live; empty means the daemon's own.
+	NetNS string `yaml:"netns"`
+	// Socket is the app registration socket.
+	Socket string `yaml:"socket"`
+	// SocketMode is the permission of the registration socket (octal).
+	SocketMode Mode `yaml:"socket_mode"`
+	// SocketGroup, if set, owns the registration socket so that apps that
+	// drop privileges to that group can still register.
+	SocketGroup string `yaml:"socket_group"`
+	// AllowUIDs and AllowGIDs list who may register (checked with
+	// SO_PEERCRED). Both empty means only the daemon's own uid.
+	AllowUIDs []uint32 `yaml:"allow_uids"`
+	AllowGIDs []uint32 `yaml:"allow_gids"`
+	// API is the socket the CLIs talk to (mode 0600).
+	API string `yaml:"api"`
+	// MaxINS bounds the number of INS processes (spawn refuses more).
+	MaxINS int `yaml:"max_ins"`
+}
+
+// Uplink is one host interface and the addresses its INS NICs take.
+type Uplink struct {
+	// Name identifies the uplink in the CLIs and in flow records.
+	Name string `yaml:"name"`
+	// Interface is the host interface (in NetNS) whose macvlan children
+	// the INS use.
+	Interface string `yaml:"interface"`
+	// Pool4 is the first IPv4 address handed to an INS with the subnet's
+	// prefix length, e.g. 10.77.0.10/24; INS n gets the n-th free address.
+	Pool4 string `yaml:"pool4"`
+	// Gateway4 is the IPv4 next hop for destinations off the subnet.
+	Gateway4 string `yaml:"gateway4"`
+	// Pool6 and Gateway6 are the IPv6 counterparts (optional).
+	Pool6    string `yaml:"pool6"`
+	Gateway6 string `yaml:"gateway6"`
+	// Weight is the uplink's share of new outbound flows (its capacity).
+	Weight int `yaml:"weight"`
+}
+
+// Mode is a file permission written in octal in YAML ("0660").
+type Mode uint32
+
+// UnmarshalYAML reads an octal string or number.
+func (m *Mode) UnmarshalYAML(n *yaml.Node) error {
+	var v uint32
+	if _, err := fmt.Sscanf(n.Value, "%o", &v); err != nil || v > 0o777 {
+		return fmt.Errorf("socket_mode %q: want an octal permission such as 0660", n.Value)
+	}
+	*m = Mode(v)
+	return nil
+}
+
+// Default returns a configuration with every default filled in and no
+// uplinks.
+func Default() Config {
+	return Config{INS: 1, Policy: "wrr", Socket: DefaultSocket, SocketMode: 0o600, API: DefaultAPI, MaxINS: 64}
+}
+
+// Load reads a YAML file over the defaults.
+func Load(path string) (Config, error) {
+	c := Default()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return c, fmt.Errorf("config: %w", err)
+	}
+	dec := yaml.NewDecoder(strings.NewReader(string(b)))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		return c, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// ParseUplinkFlag parses the command-line form of an uplink:
+// NAME=IFACE,pool4=A/N,gw4=A[,pool6=A/N,gw6=A][,weight=W].
+func ParseUplinkFlag(s string) (Uplink, error) {
+	name, rest, ok := strings.Cut(s, "=")
+	if !ok || name == "" {
+		return Uplink{}, fmt.Errorf("uplink %q: want NAME=IFACE,pool4=ADDR/LEN,gw4=ADDR[,weight=N]", s)
+	}
+	parts := strings.Split(rest, ",")
+	u := Uplink{Name: name, Interface: parts[0], Weight: 1}
+	for _, kv := range parts[1:] {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return Uplink{}, fmt.Errorf("uplink %q: %q is not key=value", s, kv)
+		}
+		switch k {
+		case "pool4":
+			u.Pool4 = v
+		case "gw4":
+			u.Gateway4 = v
+		case "pool6":
+			u.Pool6 = v
+		case "gw6":
+			u.Gateway6 = v
+		case "weight":
+			if _, err := fmt.Sscanf(v, "%d", &u.Weight); err != nil {
+				return Uplink{}, fmt.Errorf("uplink %q: weight %q: %w", s, v, err)
+			}
+		default:
+			return Uplink{}, fmt.Errorf("uplink %q: unknown key %q (pool4, gw4, pool6, gw6, weight)", s, k)
+		}
+	}
+	return u, nil
+}
+
+// Validate checks the whole configuration and says what to fix.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.INS < 0 || c.MaxINS < 1 || c.INS > c.MaxINS {
+		errs = append(errs, fmt.Errorf("ins %d: want 0..max_ins (%d)", c.INS, c.MaxINS))
+	}
+	if !contains(Policies, c.Policy) {
+		errs = append(errs, fmt.Errorf("policy %q: want one of %s", c.Policy, strings.Join(Policies, ", ")))
+	}
+	for _, p := range []struct{ what, path string }{{"socket", c.Socket}, {"api", c.API}} {
+		if !filepath.IsAbs(p.path) {
+			errs = append(errs, fmt.Errorf("%s %q: want an absolute path", p.what, p.path))
+		}
+	}
+	seen := map[string]bool{}
+	for i := range c.Uplinks {
+		u := &c.Uplinks[i]
+		if u.Weight == 0 {
+			u.Weight = 1
+		}
+		if err := u.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+		if seen[u.Name] {
+			errs = append(errs, fmt.Errorf("uplink %q: name used twice", u.Name))
+		}
+		seen[u.Name] = true
+	}
+	return errors.Join(errs...)
+}
+
+// Validate checks one uplink.
+func (u *Uplink) Validate() error {
+	var errs []error
+	if u.Name == "" || strings.ContainsAny(u.Name, " \t/,=") {
+		errs = append(errs, fmt.Errorf("uplink %q: want a name without spaces, '/', ',' or '='", u.Name))
+	}
+	if u.Interface == "" {
+		errs = append(errs, fmt.Errorf("uplink %q: interface missing", u.Name))
+	}
+	if u.Weight < 1 {
+		errs = append(errs, fmt.Errorf("uplink %q: weight %d: want ≥ 1", u.Name, u.Weight))
+	}
+	p4, err := netip.ParsePrefix(u.Pool4)
+	switch {
+	case err != nil:
+		errs = append(errs, fmt.Errorf("uplink %q: pool4 %q: want the first INS address with its prefix length, e.g. 10.77.0.10/24", u.Name, u.Pool4))
+	case !p4.Addr().Is4():
+		errs = append(errs, fmt.Errorf("uplink %q: pool4 %q is not IPv4", u.Name, u.Pool4))
+	}
+	if u.Gateway4 != "" {
+		if gw, err := netip.ParseAddr(u.Gateway4); err != nil || !gw.Is4() || (p4.IsValid() && !p4.Masked().Contains(gw)) {
+			errs = append(errs, fmt.Errorf("uplink %q: gateway4 %q: want an IPv4 address inside %s", u.Name, u.Gateway4, p4.Masked()))
+		}
+	}
+	if u.Pool6 != "" {
+		p6, err := netip.ParsePrefix(u.Pool6)
+		if err != nil || !p6.Addr().Is6() || p6.Addr().Is4In6() {
+			errs = append(errs, fmt.Errorf("uplink %q: pool6 %q: want an IPv6 address with prefix length", u.Name, u.Pool6))
+		} else if u.Gateway6 != "" {
+			if gw, err := netip.ParseAddr(u.Gateway6); err != nil || !gw.Is6() {
+				errs = append(errs, fmt.Errorf("uplink %q: gateway6 %q: want an IPv6 address", u.Name, u.Gateway6))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,445 @@
+package ins
+
+import (
+	"bytes"
+	"crypto/rand"
+	"io"
+	"net/netip"
+	"os"
+	"testing"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/pipe"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+)
+
+var (
+	addrA  = netip.MustParseAddr("10.0.0.1")
+	addrB  = netip.MustParseAddr("10.0.0.2")
+	addrA6 = netip.MustParseAddr("fd00::1")
+	addrB6 = netip.MustParseAddr("fd00::2")
+)
+
+func newStack(t testing.TB, link stack.LinkEndpoint, v4, v6 netip.Addr) *stack.Stack {
+	s := stack.New(stack.Options{
+		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
+		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol},
+	})
+	if err := s.CreateNIC(1, link); err != nil {
+		t.Fatalf("CreateNIC: %v", err)
+	}
+	for _, a := range []netip.Addr{v4, v6} {
+		proto := ipv4.ProtocolNumber
+		if a.Is6() {
+			proto = ipv6.ProtocolNumber
+		}
+		pa := tcpip.ProtocolAddress{Protocol: proto, AddressWithPrefix: tcpip.AddrFromSlice(a.AsSlice()).WithPrefix()}
+		if err := s.AddProtocolAddress(1, pa, stack.AddressProperties{}); err != nil {
+			t.Fatalf("AddProtocolAddress: %v", err)
+		}
+	}
+	s.SetRouteTable([]tcpip.Route{{Destination: header.IPv4EmptySubnet, NIC: 1}, {Destination: header.IPv6EmptySubnet, NIC: 1}})
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// testNet is an engine on stack A wired by a pipe link to a plain stack B.
+type testNet struct {
+	a, b *stack.Stack
+	e    *Engine
+}
+
+func newTestNet(t testing.TB) *testNet {
+	la, lb := pipe.New("\x02\x00\x00\x00\x00\x01", "\x02\x00\x00\x00\x00\x02", 1500)
+	n := &testNet{a: newStack(t, la, addrA, addrA6), b: newStack(t, lb, addrB, addrB6)}
+	n.e = NewEngine(n.a, nil, EngineOptions{})
+	t.Cleanup(n.e.Stop)
+	return n
+}
+
+func full(ap netip.AddrPort) tcpip.FullAddress {
+	return tcpip.FullAddress{NIC: 1, Addr: tcpip.AddrFromSlice(ap.Addr().AsSlice()), Port: ap.Port()}
+}
+
+// socketpair returns the app end (a blocking fd) and the INS end as a file.
+func socketpair(t testing.TB, typ int) (int, *os.File) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, typ|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatalf("socketpair: %v", err)
+	}
+	t.Cleanup(func() { unix.Close(fds[0]) })
+	return fds[0], os.NewFile(uintptr(fds[1]), "ins-end")
+}
+
+// echoServer accepts on B and echoes each connection until EOF, then closes
+// the write side.
+func echoServer(t testing.TB, s *stack.Stack, ap netip.AddrPort) {
+	l, err := gonet.ListenTCP(s, full(ap), ipv4.ProtocolNumber)
+	if err != nil {
+		t.Fatalf("ListenTCP: %v", err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				io.Copy(c, c)
+				c.(*gonet.TCPConn).CloseWrite()
+				io.Copy(io.Discard, c)
+				c.Close()
+			}()
+		}
+	}()
+}
+
+func mustSocket(t testing.TB, e *Engine, domain, typ int) SockID {
+	id, errno := e.Socket(domain, typ, 0)
+	if errno != 0 {
+		t.Fatalf("Socket: %v", errno)
+	}
+	return id
+}
+
+// dial connects an engine socket (blocking) and returns its id and app fd.
+func dial(t testing.TB, e *Engine, to netip.AddrPort) (SockID, int) {
+	id := mustSocket(t, e, unix.AF_INET, unix.SOCK_STREAM)
+	app, ins := socketpair(t, unix.SOCK_STREAM)
+	if errno := e.Connect(id, to, ins, false); errno != 0 {
+		t.Fatalf("Connect: %v", errno)
+	}
+	return id, app
+}
+
+func readAll(fd int) ([]byte, error) {
+	var out []byte
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := unix.Read(fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return out, err
+		}
+		if n == 0 {
+			return out, nil
+		}
+		out = append(out, buf[:n]...)
+	}
+}
+
+func writeAll(fd int, b []byte) error {
+	for len(b) > 0 {
+		n, err := unix.Write(fd, b)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
+}
+
+func TestStreamEchoHalfClose(t *testing.T) {
+	n := newTestNet(t)
+	srv := netip.AddrPortFrom(addrB, 7)
+	echoServer(t, n.b, srv)
+	id, app := dial(t, n.e, srv)
+
+	if got, errno := n.e.Getpeername(id); errno != 0 || got != srv {
+		t.Fatalf("Getpeername = %v, %v; want %v", got, errno, srv)
+	}
+	if got, errno := n.e.Getsockname(id); errno != 0 || got.Addr() != addrA || got.Port() == 0 {
+		t.Fatalf("Getsockname = %v, %v", got, errno)
+	}
+	data := make([]byte, 1<<20)
+	rand.Read(data)
+	werr := make(chan error, 1)
+	go func() {
+		err := writeAll(app, data)
+		// Half-close app -> net: the echo server sees EOF, finishes,
+		// and half-closes net -> app, which we must read as EOF.
+		if err == nil {
+			err = unix.Shutdown(app, unix.SHUT_WR)
+		}
+		werr <- err
+	}()
+	got, err := readAll(app)
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	if err := <-werr; err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatalf("echo differs: got %d bytes, want %d", len(got), len(data))
+	}
+	st := n.e.Stats()
+	if st.BytesToNet != 1<<20 || st.BytesFromNet != 1<<20 {
+		t.Fatalf("stats bytes = %d/%d, want %d", st.BytesToNet, st.BytesFromNet, 1<<20)
+	}
+	// Both FINs exchanged: the socket is closed like Linux's, and the INS
+	// end is gone (the app's fd sees hang-up).
+	engWait(t, func() bool { _, e := n.e.Getpeername(id); return e == unix.ENOTCONN })
+	pfd := []unix.PollFd{{Fd: int32(app), Events: unix.POLLIN}}
+	if _, err := unix.Poll(pfd, 5000); err != nil || pfd[0].Revents&unix.POLLHUP == 0 {
+		t.Fatalf("poll after close: revents %#x, %v", pfd[0].Revents, err)
+	}
+	n.e.Close(id)
+	if _, errno := n.e.Getsockopt(id, unix.SOL_SOCKET, unix.SO_TYPE, 4); errno != unix.EBADF {
+		t.Fatalf("after Close: errno %v, want EBADF", errno)
+	}
+}
+
+func engWait(t testing.TB, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached in 10s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestPeerHalfCloseThenAppWrites checks net -> app EOF while app -> net stays
+// open, then that the app's last close sends FIN.
+func TestPeerHalfCloseThenAppWrites(t *testing.T) {
+	n := newTestNet(t)
+	srv := netip.AddrPortFrom(addrB, 8)
+	l, err := gonet.ListenTCP(n.b, full(srv), ipv4.ProtocolNumber)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	peer := make(chan *gonet.TCPConn, 1)
+	go func() {
+		c, err := l.Accept()
+		if err == nil {
+			peer <- c.(*gonet.TCPConn)
+		}
+	}()
+	_, app := dial(t, n.e, srv)
+	pc := <-peer
+	pc.Write([]byte("hello"))
+	pc.CloseWrite()
+	got, err := readAll(app)
+	if err != nil || string(got) != "hello" {
+		t.Fatalf("app read %q, %v; want hello then EOF", got, err)
+	}
+	if err := writeAll(app, []byte("still here")); err != nil {
+		t.Fatalf("write after peer FIN: %v", err)
+	}
+	unix.Close(app) // last fd: graceful end, the peer reads data then EOF
+	pc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b, err := io.ReadAll(pc)
+	if err != nil || string(b) != "still here" {
+		t.Fatalf("peer read %q, %v; want data then EOF", b, err)
+	}
+	pc.Close()
+}
+
+func TestPeerReset(t *testing.T) {
+	n := newTestNet(t)
+	srv := netip.AddrPortFrom(addrB, 9)
+	l, err := gonet.ListenTCP(n.b, full(srv), ipv4.ProtocolNumber)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	peer := make(chan *gonet.TCPConn, 1)
+	go func() {
+		c, err := l.Accept()
+		if err == nil {
+			peer <- c.(*gonet.TCPConn)
+		}
+	}()
+	id, app := dial(t, n.e, srv)
+	pc := <-peer
+	writeAll(app, []byte("unread data makes close send RST"))
+	engWait(t, func() bool {
+		var ti tcpip.TCPInfoOption
+		_ = ti
+		return n.e.Stats().BytesToNet > 0
+	})
+	time.Sleep(50 * time.Millisecond)
+	pc.Close() // unread data: RST
+	if _, err := readAll(app); err != nil && err != unix.ECONNRESET {
+		t.Fatalf("app read after reset: %v", err)
+	}
+	engWait(t, func() bool {
+		n.e.mu.Lock()
+		s := n.e.socks[id]
+		n.e.mu.Unlock()
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.state == stDone
+	})
+	b, errno := n.e.Getsockopt(id, unix.SOL_SOCKET, unix.SO_ERROR, 4)
+	if errno != 0 || len(b) != 4 || unix.Errno(int32(leU32(b))) != unix.ECONNRESET {
+		t.Fatalf("SO_ERROR = %v, %v; want ECONNRESET", b, errno)
+	}
+	b, _ = n.e.Getsockopt(id, unix.SOL_SOCKET, unix.SO_ERROR, 4)
+	if leU32(b) != 0 {
+		t.Fatalf("second SO_ERROR = %d, want 0 (reported once)", leU32(b))
+	}
+	if err := writeAll(app, []byte("x")); err != unix.EPIPE {
+		t.Fatalf("write after reset: %v, want EPIPE", err)
+	}
+}
+
+func leU32(b []byte) uint32 {
+	var v [4]byte
+	copy(v[:], b)
+	return uint32(v[0]) | uint32(v[1])<<8 | uint32(v[2])<<16 | uint32(v[3])<<24
+}
+
+func fillUntilEAGAIN(t testing.TB, fd int) int {
+	if err := unix.SetNonblock(fd, true); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	total := 0
+	for {
+		n, err := unix.Write(fd, buf)
+		if err == unix.EAGAIN {
+			break
+		}
+		if err != nil {
+			t.Fatalf("fill: %v", err)
+		}
+		total += n
+	}
+	unix.SetNonblock(fd, false)
+	return total
+}
+
+func TestNonblockingConnect(t *testing.T) {
+	n := newTestNet(t)
+	srv := netip.AddrPortFrom(addrB, 10)
+	l, err := gonet.ListenTCP(n.b, full(srv), ipv4.ProtocolNumber)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	accepted := make(chan *gonet.TCPConn, 1)
+	go func() {
+		c, err := l.Accept()
+		if err == nil {
+			accepted <- c.(*gonet.TCPConn)
+		}
+	}()
+
+	t.Run("success", func(t *testing.T) {
+		id := mustSocket(t, n.e, unix.AF_INET, unix.SOCK_STREAM)
+		app, ins := socketpair(t, unix.SOCK_STREAM)
+		if fillUntilEAGAIN(t, app) == 0 {
+			t.Fatal("filler wrote nothing")
+		}
+		pfd := []unix.PollFd{{Fd: int32(app), Events: unix.POLLOUT | unix.POLLIN}}
+		if k, _ := unix.Poll(pfd, 0); k != 0 {
+			t.Fatalf("filled fd is ready: %#x", pfd[0].Revents)
+		}
+		if errno := n.e.Connect(id, srv, ins, true); errno != unix.EINPROGRESS {
+			t.Fatalf("Connect = %v, want EINPROGRESS", errno)
+		}
+		if errno := n.e.Connect(id, srv, nil, true); errno != unix.EALREADY && errno != unix.EISCONN {
+			t.Fatalf("second Connect = %v, want EALREADY or EISCONN", errno)
+		}
+		pfd[0].Events = unix.POLLOUT
+		if k, err := unix.Poll(pfd, 10000); k != 1 || err != nil || pfd[0].Revents != unix.POLLOUT {
+			t.Fatalf("poll: %d %v revents %#x, want POLLOUT only", k, err, pfd[0].Revents)
+		}
+		if b, errno := n.e.Getsockopt(id, unix.SOL_SOCKET, unix.SO_ERROR, 4); errno != 0 || leU32(b) != 0 {
+			t.Fatalf("SO_ERROR = %v %v", b, errno)
+		}
+		if errno := n.e.Connect(id, srv, nil, true); errno != unix.EISCONN {
+			t.Fatalf("Connect after success = %v, want EISCONN", errno)
+		}
+		// None of the filler reaches the peer.
+		writeAll(app, []byte("payload"))
+		unix.Shutdown(app, unix.SHUT_WR)
+		pc := <-accepted
+		pc.SetReadDeadline(time.Now().Add(10 * time.Second))
+		b, err := io.ReadAll(pc)
+		if err != nil || string(b) != "payload" {
+			t.Fatalf("peer got %q, %v", b, err)
+		}
+		pc.Close()
+	})
+
+	t.Run("refused", func(t *testing.T) {
+		id := mustSocket(t, n.e, unix.AF_INET, unix.SOCK_STREAM)
+		app, ins := socketpair(t, unix.SOCK_STREAM)
+		fillUntilEAGAIN(t, app)
+		if errno := n.e.Connect(id, netip.AddrPortFrom(addrB, 11), ins, true); errno != unix.EINPROGRESS {
+			t.Fatalf("Connect = %v, want EINPROGRESS", errno)
+		}
+		pfd := []unix.PollFd{{Fd: int32(app), Events: unix.POLLOUT | unix.POLLIN}}
+		if k, err := unix.Poll(pfd, 10000); k != 1 || err != nil || pfd[0].Revents&unix.POLLHUP == 0 {
+			t.Fatalf("poll: %d %v revents %#x, want POLLHUP", k, err, pfd[0].Revents)
+		}
+		b, errno := n.e.Getsockopt(id, unix.SOL_SOCKET, unix.SO_ERROR, 4)
+		if errno != 0 || unix.Errno(leU32(b)) != unix.ECONNREFUSED {
+			t.Fatalf("SO_ERROR = %v %v, want ECONNREFUSED", b, errno)
+		}
+		if b, _ := n.e.Getsockopt(id, unix.SOL_SOCKET, unix.SO_ERROR, 4); leU32(b) != 0 {
+			t.Fatalf("SO_ERROR reported twice")
+		}
+		if _, errno := n.e.Getpeername(id); errno != unix.ENOTCONN {
+			t.Fatalf("Getpeername after refusal = %v", errno)
+		}
+	})
+
+	t.Run("blocking refused", func(t *testing.T) {
+		id := mustSocket(t, n.e, unix.AF_INET, unix.SOCK_STREAM)
+		_, ins := socketpair(t, unix.SOCK_STREAM)
+		if errno := n.e.Connect(id, netip.AddrPortFrom(addrB, 12), ins, false); errno != unix.ECONNREFUSED {
+			t.Fatalf("Connect = %v, want ECONNREFUSED", errno)
+		}
+		if b, _ := n.e.Getsockopt(id, unix.SOL_SOCKET, unix.SO_ERROR, 4); leU32(b) != 0 {
+			t.Fatalf("blocking failure left a pending SO_ERROR %d", leU32(b))
+		}
+	})
+
+	t.Run("in progress", func(t *testing.T) {
+		// 10.0.0.3 is on the link but nobody answers: the SYN stays
+		// unanswered and the connect stays in progress.
+		id := mustSocket(t, n.e, unix.AF_INET, unix.SOCK_STREAM)
+		app, ins := socketpair(t, unix.SOCK_STREAM)
+		fillUntilEAGAIN(t, app)
+		to := netip.MustParseAddrPort("10.0.0.3:80")
+		if errno := n.e.Connect(id, to, ins, true); errno != unix.EINPROGRESS {
+			t.Fatalf("Connect = %v", errno)
+		}
+		if errno := n.e.Connect(id, to, nil, true); errno != unix.EALREADY {
+			t.Fatalf("second Connect = %v, want EALREADY", errno)
+		}
+		if st := n.e.Stats(); st.Connecting != 1 {
+			t.Fatalf("Stats.Connecting = %d", st.Connecting)
+		}
+		// The app closing its fd aborts the attempt and frees the record
+		// once Close arrives.
+		n.e.Close(id)
+		unix.Close(app)
+		engWait(t, func() bool { _, e := n.e.Getsockname(id); return e == unix.EBADF })
+	})
+}
+
+func osFile(fd int) *os.File { return os.NewFile(uintptr(fd), "ins-end") }
+
+func uintptrOf(m *unix.Msghdr) uintptr { return uintptr(unsafe.Pointer(m)) }

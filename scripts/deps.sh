@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# deps.sh installs what building and testing mpshim needs on a fresh Debian
+# machine (run as root). It is idempotent and quiet when everything is there.
+#   scripts/deps.sh build   – compiler and Go toolchain checks
+#   scripts/deps.sh test    – plus the real programs the tests drive
+set -euo pipefail
+
+want=(gcc make iproute2)
+case "${1:-build}" in
+build) ;;
+test | demo | bench)
+	# Real peers of the integration tests: namespaces and shaping (iproute2),
+	# reachability (ping), clients and servers in the wan namespace.
+	want+=(iputils-ping curl netcat-openbsd procps psmisc)
+	;;
+*)
+	echo "deps.sh: unknown set '$1' (want build|test|demo|bench)" >&2
+	exit 2
+	;;
+esac
+
+missing=()
+for p in "${want[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "deps.sh: missing Debian packages: ${missing[*]} (run as root, or: apt-get install ${missing[*]})" >&2
+		exit 1
+	fi
+	echo "deps.sh: installing ${missing[*]}" >&2
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq >/dev/null
+	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v go >/dev/null 2>&1; then
+	echo "deps.sh: no Go toolchain on PATH (expected /usr/local/go/bin/go)" >&2
+	exit 1
+fi
+# Module downloads go through the module proxy; go.sum pins every version.
+go mod download

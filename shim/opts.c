@@ -1,0 +1,295 @@
+//go:build ignore
+
+/*
+ * opts.c: setsockopt, getsockopt, ioctl, fcntl, fcntl64.
+ *
+ * On an INS socket options go to the isolator, except the ones that only
+ * concern the app's own end of the socketpair (SO_RCVTIMEO, SO_SNDTIMEO:
+ * they bound the native read/write/accept). On a pending socket they are
+ * set on the kernel socket and remembered by bit, so that conversion can
+ * read the kernel's value back and replay it to the isolator without
+ * storing anything.
+ */
+#include "shim.h"
+
+#include <fcntl.h>
+#include <linux/sockios.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+
+#ifndef SO_RCVTIMEO_NEW
+#define SO_RCVTIMEO_NEW 66
+#define SO_SNDTIMEO_NEW 67
+#endif
+
+static const struct {
+	int level, name;
+} replayable[] = {
+	{ SOL_SOCKET, SO_REUSEADDR },     { SOL_SOCKET, SO_REUSEPORT },
+	{ SOL_SOCKET, SO_KEEPALIVE },     { SOL_SOCKET, SO_LINGER },
+	{ SOL_SOCKET, SO_RCVBUF },        { SOL_SOCKET, SO_SNDBUF },
+	{ SOL_SOCKET, SO_BROADCAST },     { SOL_SOCKET, SO_OOBINLINE },
+	{ SOL_SOCKET, SO_PRIORITY },      { SOL_SOCKET, SO_RCVLOWAT },
+	{ IPPROTO_TCP, TCP_NODELAY },     { IPPROTO_TCP, TCP_CORK },
+	{ IPPROTO_TCP, TCP_KEEPIDLE },    { IPPROTO_TCP, TCP_KEEPINTVL },
+	{ IPPROTO_TCP, TCP_KEEPCNT },     { IPPROTO_TCP, TCP_DEFER_ACCEPT },
+	{ IPPROTO_TCP, TCP_FASTOPEN },    { IPPROTO_TCP, TCP_USER_TIMEOUT },
+	{ IPPROTO_TCP, TCP_MAXSEG },      { IPPROTO_TCP, TCP_QUICKACK },
+	{ IPPROTO_TCP, TCP_SYNCNT },      { IPPROTO_TCP, TCP_CONGESTION },
+	{ IPPROTO_IP, IP_TOS },           { IPPROTO_IP, IP_TTL },
+	{ IPPROTO_IP, IP_FREEBIND },      { IPPROTO_IP, IP_PKTINFO },
+	{ IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT },
+	{ IPPROTO_IPV6, IPV6_V6ONLY },    { IPPROTO_IPV6, IPV6_TCLASS },
+	{ IPPROTO_IPV6, IPV6_RECVPKTINFO }, { IPPROTO_IPV6, IPV6_UNICAST_HOPS },
+};
+
+_Static_assert(sizeof replayable / sizeof replayable[0] <= 32, "optmask is 32 bits");
+
+int mp_opt_local(int level, int name)
+{
+	return level == SOL_SOCKET && (name == SO_RCVTIMEO || name == SO_SNDTIMEO ||
+				       name == SO_RCVTIMEO_NEW || name == SO_SNDTIMEO_NEW);
+}
+
+void mp_opt_note(struct mp_fd *e, int level, int name)
+{
+	if (mp_opt_local(level, name))
+		return; /* carried by the conversion itself */
+	for (unsigned i = 0; i < sizeof replayable / sizeof replayable[0]; i++) {
+		if (replayable[i].level == level && replayable[i].name == name) {
+			e->optmask |= 1u << i;
+			return;
+		}
+	}
+	e->flags |= MPF_UNKNOWN;
+}
+
+int mp_opt_replay(int kfd, struct mp_fd *e, uint64_t sock, int newfd)
+{
+	unsigned char buf[256];
+	socklen_t l;
+	int rc, v;
+
+	(void)newfd;
+	if (e->flags & MPF_UNKNOWN)
+		MPLOG("convert(%d): an option set before conversion is not carried over", kfd);
+	for (unsigned i = 0; i < sizeof replayable / sizeof replayable[0]; i++) {
+		if (!(e->optmask & (1u << i)))
+			continue;
+		l = sizeof buf;
+		if (REAL(getsockopt)(kfd, replayable[i].level, replayable[i].name, buf, &l) < 0)
+			continue;
+		if (replayable[i].level == SOL_SOCKET &&
+		    (replayable[i].name == SO_RCVBUF || replayable[i].name == SO_SNDBUF) &&
+		    l == sizeof v) {
+			/* The kernel reports twice what was asked. */
+			memcpy(&v, buf, sizeof v);
+			v /= 2;
+			memcpy(buf, &v, sizeof v);
+		}
+		rc = mps_setsockopt(sock, replayable[i].level, replayable[i].name, buf, l);
+		if (rc < 0)
+			MPLOG("convert(%d): replaying option %d/%d: %s", kfd, replayable[i].level,
+			      replayable[i].name, mp_errname(-rc));
+	}
+	return 0;
+}
+
+MP_EXPORT int setsockopt(int fd, int level, int name, const void *val, socklen_t len)
+{
+	struct mp_fd *e = mp_get(fd);
+	int rc;
+
+	if (!e) {
+		rc = REAL(setsockopt)(fd, level, name, val, len);
+	} else if (e->kind == MPK_INTERNAL) {
+		rc = mp_fail(EBADF);
+	} else if (e->kind == MPK_PENDING) {
+		rc = REAL(setsockopt)(fd, level, name, val, len);
+		if (rc == 0)
+			mp_opt_note(e, level, name);
+	} else if (mp_opt_local(level, name)) {
+		rc = REAL(setsockopt)(fd, level, name, val, len);
+	} else {
+		if (e->flags & MPF_FILLER)
+			mp_settle(fd, e);
+		if (len && !val)
+			rc = mp_fail(EFAULT);
+		else {
+			rc = mps_setsockopt(e->sock, level, name, val, len);
+			rc = rc < 0 ? mp_fail(-rc) : 0;
+		}
+	}
+	if (__builtin_expect(mp_conf.log, 0)) {
+		MP_SAVE;
+		if (rc < 0)
+			mp_log("setsockopt(%d, %d, %d, len %u) = -1 %s", fd, level, name, len,
+			       mp_errname(errno));
+		else
+			mp_log("setsockopt(%d, %d, %d, len %u) = 0", fd, level, name, len);
+		MP_RESTORE;
+	}
+	return rc;
+}
+
+MP_EXPORT int getsockopt(int fd, int level, int name, void *val, socklen_t *len)
+{
+	struct mp_fd *e = mp_get(fd);
+	int rc;
+
+	if (!e || e->kind == MPK_PENDING) {
+		rc = REAL(getsockopt)(fd, level, name, val, len);
+	} else if (e->kind == MPK_INTERNAL) {
+		rc = mp_fail(EBADF);
+	} else if (mp_opt_local(level, name)) {
+		rc = REAL(getsockopt)(fd, level, name, val, len);
+	} else if (!len || (*len && !val)) {
+		rc = mp_fail(EFAULT);
+	} else {
+		if (e->flags & MPF_FILLER)
+			mp_settle(fd, e);
+		rc = mps_getsockopt(e->sock, level, name, val, len);
+		if (rc < 0) {
+			rc = mp_fail(-rc);
+		} else if ((e->flags & MPF_FILLER) && level == SOL_SOCKET && name == SO_ERROR &&
+			   *len >= sizeof(int) && *(int *)val != 0) {
+			/* The connect failed: the end may be writable again. */
+			int v = e->sndbuf / 2;
+			MP_SAVE;
+			REAL(setsockopt)(fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof v);
+			e->flags &= (uint8_t)~MPF_FILLER;
+			MP_RESTORE;
+		}
+	}
+	if (__builtin_expect(mp_conf.log, 0)) {
+		MP_SAVE;
+		if (rc < 0)
+			mp_log("getsockopt(%d, %d, %d) = -1 %s", fd, level, name, mp_errname(errno));
+		else if (len && *len == sizeof(int))
+			mp_log("getsockopt(%d, %d, %d) = 0 [%d]", fd, level, name, *(int *)val);
+		else
+			mp_log("getsockopt(%d, %d, %d) = 0 [len %u]", fd, level, name,
+			       len ? *len : 0);
+		MP_RESTORE;
+	}
+	return rc;
+}
+
+static int ioctl_ins(int fd, struct mp_fd *e, unsigned long req, void *arg)
+{
+	int v, rc;
+
+	if (e->flags & MPF_FILLER)
+		mp_settle(fd, e);
+	switch (req) {
+	case FIONREAD:
+		if (e->kind == MPK_LISTEN)
+			return mp_fail(EINVAL);
+		rc = REAL(ioctl)(fd, req, &v);
+		if (rc < 0)
+			return rc;
+		/* A datagram's size is its message less the framing. */
+		if (e->kind == MPK_DGRAM)
+			v = v >= MPS_DGRAM_HDR ? v - MPS_DGRAM_HDR : 0;
+		if (!arg)
+			return mp_fail(EFAULT);
+		memcpy(arg, &v, sizeof v);
+		return rc;
+	case SIOCOUTQ:
+	case SIOCOUTQNSD:
+	case SIOCATMARK:
+		if (!arg)
+			return mp_fail(EFAULT);
+		v = 0;
+		rc = mps_ioctl_int(e->sock, req, &v);
+		if (rc < 0)
+			return mp_fail(-rc);
+		memcpy(arg, &v, sizeof v);
+		return rc;
+	default:
+		/* FIONBIO, FIOASYNC, FIOCLEX, FIONCLEX, owners: the app's end. */
+		return REAL(ioctl)(fd, req, arg);
+	}
+}
+
+MP_EXPORT int ioctl(int fd, unsigned long req, ...)
+{
+	struct mp_fd *e = mp_get(fd);
+	va_list ap;
+	void *arg;
+	int rc;
+
+	va_start(ap, req);
+	arg = va_arg(ap, void *);
+	va_end(ap);
+	if (!e || e->kind == MPK_PENDING)
+		rc = REAL(ioctl)(fd, req, arg);
+	else if (e->kind == MPK_INTERNAL)
+		rc = mp_fail(EBADF);
+	else
+		rc = ioctl_ins(fd, e, req, arg);
+	if (__builtin_expect(mp_conf.log, 0)) {
+		char a[32];
+		snprintf(a, sizeof a, "%#lx", req);
+		MP_SAVE;
+		if (rc < 0)
+			mp_log("ioctl(%d, %s) = -1 %s", fd, a, mp_errname(errno));
+		else
+			mp_log("ioctl(%d, %s) = %d", fd, a, rc);
+		MP_RESTORE;
+	}
+	return rc;
+}
+
+static int do_fcntl(int (*real)(int, int, ...), const char *name, int fd, int cmd, void *arg)
+{
+	struct mp_fd *e = mp_get(fd);
+	int rc;
+
+	if (e && e->kind == MPK_INTERNAL) {
+		rc = mp_fail(EBADF);
+	} else {
+		rc = real(fd, cmd, arg);
+		if (rc >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC)) {
+			MP_SAVE;
+			mp_copy(fd, rc);
+			MP_RESTORE;
+		}
+	}
+	if (__builtin_expect(mp_conf.log, 0)) {
+		MP_SAVE;
+		if (rc < 0)
+			mp_log("%s(%d, %d) = -1 %s", name, fd, cmd, mp_errname(errno));
+		else
+			mp_log("%s(%d, %d) = %d", name, fd, cmd, rc);
+		MP_RESTORE;
+	}
+	return rc;
+}
+
+/* The third argument is an int or a pointer; both travel in the same
+ * register, so it is passed on as a pointer-sized value. */
+MP_EXPORT int fcntl(int fd, int cmd, ...)
+{
+	va_list ap;
+	void *arg;
+
+	va_start(ap, cmd);
+	arg = va_arg(ap, void *);
+	va_end(ap);
+	return do_fcntl(REAL(fcntl), "fcntl", fd, cmd, arg);
+}
+
+MP_EXPORT int fcntl64(int fd, int cmd, ...)
+{
+	va_list ap;
+	void *arg;
+
+	va_start(ap, cmd);
+	arg = va_arg(ap, void *);
+	va_end(ap);
+	return do_fcntl(REAL(fcntl64), "fcntl64", fd, cmd, arg);
+}

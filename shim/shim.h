@@ -1,0 +1,254 @@
+/*
+ * shim.h: internal interface of libmpshim.so, the preloaded C library that
+ * serves the AF_INET/AF_INET6 sockets of an unmodified program from the
+ * isolator's network stacks (INS). See docs/protocol.md for the session with
+ * the isolator and shim/README.md for the policy and its edge cases.
+ *
+ * Rules every file follows: no malloc on any interposed path, errno exactly
+ * preserved (MP_SAVE/MP_RESTORE around bookkeeping and logging), only the
+ * resolved real functions (mp_real) are called for the wrapped symbols, and
+ * nothing here may run code that is unsafe in a fork child.
+ */
+#ifndef MPSHIM_SHIM_H
+#define MPSHIM_SHIM_H
+
+#include <errno.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#define MP_EXPORT __attribute__((visibility("default")))
+#define MP_HIDDEN __attribute__((visibility("hidden")))
+
+/* ---- real symbols (symbols.c) ------------------------------------------ */
+
+#define MP_REAL_LIST(X)                                                              \
+	X(int, socket, (int, int, int))                                              \
+	X(int, bind, (int, const struct sockaddr *, socklen_t))                      \
+	X(int, listen, (int, int))                                                   \
+	X(int, accept, (int, struct sockaddr *, socklen_t *))                        \
+	X(int, accept4, (int, struct sockaddr *, socklen_t *, int))                  \
+	X(int, connect, (int, const struct sockaddr *, socklen_t))                   \
+	X(int, getsockname, (int, struct sockaddr *, socklen_t *))                   \
+	X(int, getpeername, (int, struct sockaddr *, socklen_t *))                   \
+	X(int, getsockopt, (int, int, int, void *, socklen_t *))                     \
+	X(int, setsockopt, (int, int, int, const void *, socklen_t))                 \
+	X(int, shutdown, (int, int))                                                 \
+	X(int, close, (int))                                                         \
+	X(int, ioctl, (int, unsigned long, ...))                                     \
+	X(int, fcntl, (int, int, ...))                                               \
+	X(int, fcntl64, (int, int, ...))                                             \
+	X(int, dup, (int))                                                           \
+	X(int, dup2, (int, int))                                                     \
+	X(int, dup3, (int, int, int))                                                \
+	X(int, close_range, (unsigned int, unsigned int, int))                       \
+	X(void, closefrom, (int))                                                    \
+	X(ssize_t, send, (int, const void *, size_t, int))                           \
+	X(ssize_t, recv, (int, void *, size_t, int))                                 \
+	X(ssize_t, sendto, (int, const void *, size_t, int, const struct sockaddr *, \
+			    socklen_t))                                              \
+	X(ssize_t, recvfrom, (int, void *, size_t, int, struct sockaddr *,           \
+			      socklen_t *))                                          \
+	X(ssize_t, sendmsg, (int, const struct msghdr *, int))                       \
+	X(ssize_t, recvmsg, (int, struct msghdr *, int))                             \
+	X(int, sendmmsg, (int, struct mmsghdr *, unsigned int, int))                 \
+	X(int, recvmmsg, (int, struct mmsghdr *, unsigned int, int,                  \
+			  struct timespec *))                                        \
+	X(ssize_t, __recv_chk, (int, void *, size_t, size_t, int))                   \
+	X(ssize_t, __recvfrom_chk, (int, void *, size_t, size_t, int,                \
+				    struct sockaddr *, socklen_t *))                 \
+	X(int, epoll_ctl, (int, int, int, struct epoll_event *))                     \
+	X(pid_t, fork, (void))                                                       \
+	X(int, execve, (const char *, char *const[], char *const[]))                 \
+	X(int, execvpe, (const char *, char *const[], char *const[]))                \
+	X(int, fexecve, (int, char *const[], char *const[]))                         \
+	X(int, execveat, (int, const char *, char *const[], char *const[], int))     \
+	X(int, posix_spawn, (pid_t *, const char *, const posix_spawn_file_actions_t *, \
+			     const posix_spawnattr_t *, char *const[], char *const[]))   \
+	X(int, posix_spawnp, (pid_t *, const char *, const posix_spawn_file_actions_t *, \
+			      const posix_spawnattr_t *, char *const[], char *const[]))  \
+	X(int, socketpair, (int, int, int, int[2]))
+
+#define MP_DECL_REAL(ret, name, args) ret(*name) args;
+struct mp_real {
+	MP_REAL_LIST(MP_DECL_REAL)
+};
+#undef MP_DECL_REAL
+
+MP_HIDDEN extern struct mp_real mp_real;
+MP_HIDDEN extern int mp_ready; /* constructor (or early init) done */
+MP_HIDDEN void mp_init(void);  /* idempotent; safe before the constructor */
+
+/* Real function, resolved on first use if called before the constructor. */
+#define REAL(name) (__builtin_expect(mp_ready, 1) ? mp_real.name : (mp_init(), mp_real.name))
+
+/* ---- errno helpers ------------------------------------------------------ */
+
+#define MP_SAVE int mp_saved_errno_ = errno
+#define MP_RESTORE (errno = mp_saved_errno_)
+/* Return -1 with errno set to e (e > 0). */
+static inline int mp_fail(int e)
+{
+	errno = e;
+	return -1;
+}
+
+/* ---- the fd table (fdtable.c) ------------------------------------------ */
+
+enum mp_kind {
+	MPK_NONE = 0,  /* not ours: plain kernel fd */
+	MPK_PENDING,   /* kernel AF_INET/AF_INET6 TCP/UDP socket, destiny undecided */
+	MPK_STREAM,    /* INS TCP socket: AF_UNIX SOCK_STREAM end */
+	MPK_LISTEN,    /* INS listening socket: AF_UNIX SOCK_SEQPACKET end */
+	MPK_DGRAM,     /* INS UDP socket: AF_UNIX SOCK_SEQPACKET end, framed */
+	MPK_INTERNAL,  /* the shim's own registration connection */
+};
+
+/* Entry flags. */
+#define MPF_FILLER 0x01u   /* non-blocking connect in flight: SO_SNDBUF lowered */
+#define MPF_UNKNOWN 0x02u  /* pending socket got an option we cannot replay */
+#define MPF_EPOLL 0x04u    /* pending socket is registered in an epoll set */
+
+struct mp_fd {
+	uint8_t kind;      /* enum mp_kind */
+	uint8_t flags;     /* MPF_* */
+	uint16_t domain;   /* AF_INET or AF_INET6 */
+	int32_t type;      /* SOCK_STREAM or SOCK_DGRAM (no flag bits) */
+	int32_t protocol;
+	uint32_t optmask;  /* pending: which replayable options were set */
+	uint64_t sock;     /* isolator socket id (INS kinds) */
+	int32_t sndbuf;    /* MPF_FILLER: the SO_SNDBUF value to restore */
+	int32_t epfd;      /* MPF_EPOLL: the epoll set */
+	uint64_t epdata;   /* MPF_EPOLL: registration data */
+	uint32_t epevents; /* MPF_EPOLL: registration events */
+	uint32_t pad;
+};
+
+MP_HIDDEN extern struct mp_fd *mp_table;
+MP_HIDDEN extern unsigned int mp_table_size;
+MP_HIDDEN extern unsigned int mp_table_hiwat; /* one past the highest fd ever set */
+
+void mp_table_init(void);
+/* Entry of fd when it is one of ours, NULL otherwise: the only cost a
+ * foreign fd pays on an interposed call. */
+static inline struct mp_fd *mp_get(int fd)
+{
+	struct mp_fd *e;
+
+	if (__builtin_expect((unsigned int)fd >= mp_table_size, 0))
+		return NULL;
+	e = &mp_table[fd];
+	return e->kind ? e : NULL;
+}
+struct mp_fd *mp_slot(int fd); /* writable entry, NULL when out of range */
+void mp_clear(int fd);
+void mp_copy(int from, int to); /* to becomes what from is (cleared if not ours) */
+void mp_clear_range(unsigned int first, unsigned int last);
+int mp_is_ins(const struct mp_fd *e);
+
+/* ---- policy and environment (symbols.c) -------------------------------- */
+
+struct mp_conf {
+	int log;           /* MPSHIM_LOG=debug */
+	int fail_open;     /* MPSHIM_FAIL=open */
+	int loopback_ins;  /* MPSHIM_LOOPBACK=ins */
+	char path[108];    /* MPSHIM_SOCKET */
+};
+MP_HIDDEN extern struct mp_conf mp_conf;
+
+/* errno of a call that must reach the INS while the isolator is
+ * unreachable and the policy is fail closed. */
+#define MP_FAIL_ERRNO ENETUNREACH
+
+/* ---- logging (log.c) ---------------------------------------------------- */
+
+void mp_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void mp_warn_once(int *once, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+const char *mp_errname(int e);
+/* Formats sa into buf ("10.0.0.1:80", "[::1]:80", "unix", "af=N"). */
+const char *mp_fmt_addr(char *buf, size_t len, const struct sockaddr *sa, socklen_t salen);
+/* Logs "name(args) = ret" (with errno name when ret < 0); errno preserved. */
+#define MPLOG(...)                                   \
+	do {                                         \
+		if (__builtin_expect(mp_conf.log, 0)) \
+			mp_log(__VA_ARGS__);         \
+	} while (0)
+
+/* ---- the isolator session (session.c) ----------------------------------
+ * Every function returns 0 (or a non-negative value) on success and -errno
+ * on failure: either the isolator's Reply.Errno or, when the isolator
+ * cannot be reached, -MP_FAIL_ERRNO (the caller consults mp_conf.fail_open
+ * through mps_available before it converts a socket). */
+
+/* 0 when a session is up (registering now if needed), -errno otherwise. */
+int mps_available(void);
+int mps_socket(int domain, int type, int protocol, int fd_b, uint64_t *sock);
+int mps_bind(uint64_t sock, const struct sockaddr *sa, socklen_t len);
+int mps_listen(uint64_t sock, int backlog, int fd_b);
+int mps_connect(uint64_t sock, const struct sockaddr *sa, socklen_t len, int nonblock,
+		uint32_t filler);
+int mps_setsockopt(uint64_t sock, int level, int name, const void *val, socklen_t len);
+int mps_getsockopt(uint64_t sock, int level, int name, void *val, socklen_t *len);
+int mps_getname(uint64_t sock, int peer, struct sockaddr *sa, socklen_t *len);
+int mps_shutdown(uint64_t sock, int how);
+int mps_ioctl_int(uint64_t sock, unsigned long req, int *out);
+
+/* Wire address block <-> sockaddr. mps_addr_size is its size in bytes. */
+#define MPS_ADDR_SIZE 28
+int mps_addr_put(unsigned char *wire, const struct sockaddr *sa, socklen_t len);
+/* Writes the address to sa truncated to *len and sets *len to its full
+ * size, as the kernel does. Returns -EINVAL for an unknown family. */
+int mps_addr_get(const unsigned char *wire, struct sockaddr *sa, socklen_t *len);
+
+/* Datagram framing on a UDP socket's SEQPACKET pair (docs/protocol.md):
+ * address block, u32 flags, u32 original length, then the payload. */
+#define MPS_DGRAM_HDR 36
+struct mps_dgram_hdr {
+	unsigned char b[MPS_DGRAM_HDR];
+};
+void mps_dgram_put(struct mps_dgram_hdr *h, const struct sockaddr *sa, socklen_t len,
+		   uint32_t flags, uint32_t plen);
+uint32_t mps_dgram_flags(const struct mps_dgram_hdr *h);
+uint32_t mps_dgram_len(const struct mps_dgram_hdr *h);
+
+/* Parse an AcceptNotify received on a listener. Returns 0 or -EPROTO. */
+int mps_accept_parse(const void *msg, size_t len, uint64_t *sock, const unsigned char **peer,
+		     const unsigned char **local);
+#define MPS_ACCEPT_MSG_MAX 256
+
+/* fork/exec plumbing. */
+void mps_atfork_prepare(void);
+void mps_atfork_parent(void);
+void mps_atfork_child(void);
+void mps_adopt_env(void);  /* constructor: adopt MPSHIM_FDS */
+int mps_is_internal_fd(int fd);
+int mps_internal_fd(void); /* the registration fd, -1 when none */
+/* Moves the registration fd away from fd if it sits there. */
+void mps_evict(int fd);
+uint64_t mps_client_id(void);
+
+/* ---- socket.c helpers used by other files ------------------------------ */
+
+/* Settles a finished non-blocking connect (restores SO_SNDBUF). */
+void mp_settle(int fd, struct mp_fd *e);
+/* Is the address one that stays on the kernel by policy? */
+int mp_addr_kernel(const struct sockaddr *sa, socklen_t len);
+/* Converts a pending socket to an INS socket. 0, or -1 with errno set; 1
+ * when the policy keeps it on the kernel (fail open). */
+int mp_convert(int fd, struct mp_fd *e);
+
+/* dgram.c */
+ssize_t mp_dgram_sendmsg(int fd, struct mp_fd *e, const struct msghdr *msg, int flags);
+ssize_t mp_dgram_recvmsg(int fd, struct mp_fd *e, struct msghdr *msg, int flags);
+
+/* opts.c: replayable options of pending sockets */
+void mp_opt_note(struct mp_fd *e, int level, int name);
+int mp_opt_replay(int kfd, struct mp_fd *e, uint64_t sock, int newfd);
+int mp_opt_local(int level, int name);
+
+#endif /* MPSHIM_SHIM_H */

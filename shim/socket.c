@@ -1,0 +1,676 @@
+//go:build ignore
+
+/*
+ * socket.c: socket, bind, listen, accept, accept4, connect, getsockname,
+ * getpeername, shutdown, close, dup*, close_range, closefrom, epoll_ctl.
+ *
+ * Where a socket goes is decided late. socket(AF_INET[6], TCP|UDP) makes a
+ * real kernel socket marked PENDING. The first bind, connect, listen or
+ * sendto that names a non-loopback address (or the wildcard, or listen on
+ * an unbound socket) converts it: a socketpair end is dup3'ed onto the same
+ * fd number, carrying FD_CLOEXEC, the file status flags (O_NONBLOCK,
+ * O_ASYNC), the owner, SO_RCVTIMEO/SO_SNDTIMEO, the replayable options set
+ * so far (opts.c) and the fd's epoll registration. A loopback address (by
+ * default) settles it on the kernel for good. shim/README.md lists the edge
+ * cases.
+ */
+#include "shim.h"
+
+#include <fcntl.h>
+#include <linux/sockios.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#define LOGADDR(buf, sa, len) mp_fmt_addr(buf, sizeof buf, sa, len)
+
+static int ret_log(int rc, const char *call, int fd, const char *extra)
+{
+	if (__builtin_expect(mp_conf.log, 0)) {
+		if (rc < 0)
+			mp_log("%s(%d%s%s) = -1 %s", call, fd, extra ? ", " : "", extra ? extra : "",
+			       mp_errname(errno));
+		else
+			mp_log("%s(%d%s%s) = %d", call, fd, extra ? ", " : "", extra ? extra : "", rc);
+	}
+	return rc;
+}
+
+/* ---- policy --------------------------------------------------------------- */
+
+int mp_addr_kernel(const struct sockaddr *sa, socklen_t len)
+{
+	if (!sa || len < sizeof(sa_family_t))
+		return 1;
+	if (sa->sa_family == AF_INET && len >= sizeof(struct sockaddr_in)) {
+		const struct sockaddr_in *in = (const void *)sa;
+		return !mp_conf.loopback_ins && (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+	}
+	if (sa->sa_family == AF_INET6 && len >= sizeof(struct sockaddr_in6)) {
+		const struct in6_addr *a = &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr;
+		if (mp_conf.loopback_ins)
+			return 0;
+		if (IN6_IS_ADDR_LOOPBACK(a))
+			return 1;
+		return IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127;
+	}
+	/* AF_UNSPEC (disconnect) and malformed addresses: the kernel answers. */
+	return 1;
+}
+
+/* ---- conversion ----------------------------------------------------------- */
+
+/* Puts nfd in place of fd keeping what belongs to the descriptor and the
+ * file: FD_CLOEXEC, status flags, owner, local timeouts. Closes nfd. */
+static int replace(int fd, int nfd)
+{
+	int fdfl, fl, own, rc;
+	struct timeval tv;
+	socklen_t l;
+	static const int timeouts[] = { SO_RCVTIMEO, SO_SNDTIMEO };
+
+	fdfl = REAL(fcntl)(fd, F_GETFD);
+	fl = REAL(fcntl)(fd, F_GETFL);
+	own = REAL(fcntl)(fd, F_GETOWN);
+	if (fdfl < 0 || fl < 0) {
+		REAL(close)(nfd);
+		return -1;
+	}
+	for (unsigned i = 0; i < sizeof timeouts / sizeof timeouts[0]; i++) {
+		l = sizeof tv;
+		if (REAL(getsockopt)(fd, SOL_SOCKET, timeouts[i], &tv, &l) == 0 &&
+		    (tv.tv_sec || tv.tv_usec))
+			REAL(setsockopt)(nfd, SOL_SOCKET, timeouts[i], &tv, l);
+	}
+	rc = REAL(dup3)(nfd, fd, (fdfl & FD_CLOEXEC) ? O_CLOEXEC : 0);
+	REAL(close)(nfd);
+	if (rc < 0)
+		return -1;
+	REAL(fcntl)(fd, F_SETFL, fl & (O_NONBLOCK | O_ASYNC));
+	if (own > 0)
+		REAL(fcntl)(fd, F_SETOWN, own);
+	return 0;
+}
+
+int mp_convert(int fd, struct mp_fd *e)
+{
+	int sv[2], rc, fl, fdfl, type;
+	uint64_t sock = 0;
+
+	rc = mps_available();
+	if (rc < 0) {
+		if (mp_conf.fail_open)
+			return 1;
+		return mp_fail(MP_FAIL_ERRNO);
+	}
+	if (REAL(socketpair)(AF_UNIX, (e->type == SOCK_DGRAM ? SOCK_SEQPACKET : SOCK_STREAM) |
+					      SOCK_CLOEXEC,
+			     0, sv) < 0)
+		return -1;
+	fl = REAL(fcntl)(fd, F_GETFL);
+	fdfl = REAL(fcntl)(fd, F_GETFD);
+	type = e->type | (fl > 0 && (fl & O_NONBLOCK) ? SOCK_NONBLOCK : 0) |
+	       (fdfl > 0 && (fdfl & FD_CLOEXEC) ? SOCK_CLOEXEC : 0);
+	rc = mps_socket(e->domain, type, e->protocol, sv[1], &sock);
+	REAL(close)(sv[1]);
+	if (rc < 0) {
+		REAL(close)(sv[0]);
+		if (rc == -MP_FAIL_ERRNO && mp_conf.fail_open)
+			return 1;
+		return mp_fail(-rc);
+	}
+	mp_opt_replay(fd, e, sock, sv[0]);
+	if (replace(fd, sv[0]) < 0)
+		return -1;
+	if (e->flags & MPF_EPOLL) {
+		struct epoll_event ev = { .events = e->epevents };
+		ev.data.u64 = e->epdata;
+		if (REAL(epoll_ctl)(e->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+			MPLOG("convert(%d): epoll re-registration in %d failed: %s", fd, e->epfd,
+			      mp_errname(errno));
+	}
+	e->kind = e->type == SOCK_DGRAM ? MPK_DGRAM : MPK_STREAM;
+	e->sock = sock;
+	e->flags = 0;
+	e->optmask = 0;
+	MPLOG("convert(%d) -> sock %llu", fd, (unsigned long long)sock);
+	return 0;
+}
+
+/* Decides a pending socket for an operation on sa: returns 1 when it
+ * stays on the kernel (the entry is dropped), 0 when it is now INS, -1 on
+ * error with errno set. */
+static int decide(int fd, struct mp_fd *e, const struct sockaddr *sa, socklen_t len)
+{
+	int rc;
+
+	if (sa && mp_addr_kernel(sa, len)) {
+		memset(e, 0, sizeof *e);
+		return 1;
+	}
+	rc = mp_convert(fd, e);
+	if (rc == 1)
+		memset(e, 0, sizeof *e);
+	return rc;
+}
+
+/* ---- non-blocking connect ------------------------------------------------- */
+
+static void restore_sndbuf(int fd, struct mp_fd *e)
+{
+	int v = e->sndbuf / 2;
+
+	if (!(e->flags & MPF_FILLER))
+		return;
+	REAL(setsockopt)(fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof v);
+	e->flags &= (uint8_t)~MPF_FILLER;
+}
+
+void mp_settle(int fd, struct mp_fd *e)
+{
+	int outq = -1;
+	MP_SAVE;
+
+	if ((e->flags & MPF_FILLER) && REAL(ioctl)(fd, SIOCOUTQ, &outq) == 0 && outq == 0)
+		restore_sndbuf(fd, e);
+	MP_RESTORE;
+}
+
+/* Makes the app's end unwritable: minimum SO_SNDBUF, then filler bytes
+ * until EAGAIN. Returns the number of bytes written. */
+static uint32_t fill(int fd, struct mp_fd *e)
+{
+	static const char zeros[2048];
+	int v = 0, cur = 0;
+	socklen_t l = sizeof cur;
+	uint32_t n = 0;
+	ssize_t w;
+
+	if (REAL(getsockopt)(fd, SOL_SOCKET, SO_SNDBUF, &cur, &l) < 0)
+		return 0;
+	e->sndbuf = cur;
+	e->flags |= MPF_FILLER;
+	REAL(setsockopt)(fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof v);
+	for (int i = 0; i < 256; i++) {
+		w = REAL(send)(fd, zeros, sizeof zeros, MSG_DONTWAIT | MSG_NOSIGNAL);
+		if (w <= 0)
+			break;
+		n += (uint32_t)w;
+	}
+	return n;
+}
+
+static int connect_stream(int fd, struct mp_fd *e, const struct sockaddr *sa, socklen_t len)
+{
+	int fl = REAL(fcntl)(fd, F_GETFL), rc;
+	uint32_t n;
+
+	if (fl < 0)
+		return -1;
+	if (!(fl & O_NONBLOCK)) {
+		rc = mps_connect(e->sock, sa, len, 0, 0);
+		restore_sndbuf(fd, e);
+		return rc < 0 ? mp_fail(-rc) : 0;
+	}
+	if (e->flags & MPF_FILLER) {
+		/* A second connect while the first is under way. */
+		rc = mps_connect(e->sock, sa, len, 1, 0);
+		if (rc != -EALREADY && rc != -EINPROGRESS)
+			restore_sndbuf(fd, e);
+		return rc < 0 ? mp_fail(-rc) : 0;
+	}
+	if ((rc = mps_available()) < 0)
+		return mp_fail(MP_FAIL_ERRNO);
+	n = fill(fd, e);
+	rc = mps_connect(e->sock, sa, len, 1, n);
+	/* Any answer but EINPROGRESS means the INS has discarded the filler. */
+	if (rc != -EINPROGRESS)
+		restore_sndbuf(fd, e);
+	return rc < 0 ? mp_fail(-rc) : 0;
+}
+
+/* ---- listen and accept ---------------------------------------------------- */
+
+static int listen_ins(int fd, struct mp_fd *e, int backlog)
+{
+	int sv[2], rc;
+
+	if (REAL(socketpair)(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+		return -1;
+	rc = mps_listen(e->sock, backlog, sv[1]);
+	REAL(close)(sv[1]);
+	if (rc < 0) {
+		REAL(close)(sv[0]);
+		return mp_fail(-rc);
+	}
+	if (replace(fd, sv[0]) < 0)
+		return -1;
+	e->kind = MPK_LISTEN;
+	return 0;
+}
+
+static int accept_ins(int fd, struct mp_fd *e, struct sockaddr *sa, socklen_t *len, int flags)
+{
+	unsigned char buf[MPS_ACCEPT_MSG_MAX];
+	union {
+		struct cmsghdr h;
+		char b[CMSG_SPACE(sizeof(int) * 4)];
+	} cm;
+	struct iovec iov = { buf, sizeof buf };
+	struct msghdr mh;
+	struct cmsghdr *c;
+	const unsigned char *peer, *local;
+	uint64_t sock;
+	ssize_t n;
+	int nfd = -1, bad;
+	struct mp_fd *ne;
+
+	if (flags & ~(SOCK_NONBLOCK | SOCK_CLOEXEC))
+		return mp_fail(EINVAL);
+	memset(&mh, 0, sizeof mh);
+	mh.msg_iov = &iov;
+	mh.msg_iovlen = 1;
+	mh.msg_control = cm.b;
+	mh.msg_controllen = sizeof cm.b;
+	n = REAL(recvmsg)(fd, &mh, (flags & SOCK_CLOEXEC) ? MSG_CMSG_CLOEXEC : 0);
+	if (n < 0)
+		return -1;
+	if (n == 0)
+		return mp_fail(EINVAL); /* no INS serves this listener any more */
+	for (c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+			continue;
+		for (size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
+			int f;
+			memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof f);
+			if (nfd < 0)
+				nfd = f;
+			else
+				REAL(close)(f);
+		}
+	}
+	bad = (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || nfd < 0 ||
+	      mps_accept_parse(buf, (size_t)n, &sock, &peer, &local) < 0;
+	if (bad) {
+		if (nfd >= 0)
+			REAL(close)(nfd);
+		return mp_fail(ECONNABORTED);
+	}
+	if (flags & SOCK_NONBLOCK) {
+		int fl = REAL(fcntl)(nfd, F_GETFL);
+		REAL(fcntl)(nfd, F_SETFL, (fl < 0 ? 0 : fl) | O_NONBLOCK);
+	}
+	if ((ne = mp_slot(nfd))) {
+		memset(ne, 0, sizeof *ne);
+		ne->kind = MPK_STREAM;
+		ne->domain = e->domain;
+		ne->type = SOCK_STREAM;
+		ne->protocol = e->protocol;
+		ne->sock = sock;
+	}
+	if (len)
+		mps_addr_get(peer, sa, len);
+	(void)local;
+	return nfd;
+}
+
+/* ---- interposers ---------------------------------------------------------- */
+
+MP_EXPORT int socket(int domain, int type, int protocol)
+{
+	int fd = REAL(socket)(domain, type, protocol), base = type & ~(SOCK_NONBLOCK | SOCK_CLOEXEC);
+	struct mp_fd *e;
+	MP_SAVE;
+
+	if (fd >= 0) {
+		if ((domain == AF_INET || domain == AF_INET6) &&
+		    ((base == SOCK_STREAM && (protocol == 0 || protocol == IPPROTO_TCP)) ||
+		     (base == SOCK_DGRAM && (protocol == 0 || protocol == IPPROTO_UDP))) &&
+		    (e = mp_slot(fd))) {
+			memset(e, 0, sizeof *e);
+			e->kind = MPK_PENDING;
+			e->domain = (uint16_t)domain;
+			e->type = base;
+			e->protocol = protocol;
+		} else {
+			mp_clear(fd);
+		}
+	}
+	MPLOG("socket(%d, %#x, %d) = %d%s%s", domain, type, protocol, fd, fd < 0 ? " " : "",
+	      fd < 0 ? mp_errname(mp_saved_errno_) : "");
+	MP_RESTORE;
+	return fd;
+}
+
+MP_EXPORT int bind(int fd, const struct sockaddr *sa, socklen_t len)
+{
+	struct mp_fd *e = mp_get(fd);
+	char a[64];
+	int rc;
+
+	if (!e || e->kind == MPK_INTERNAL) {
+		rc = e ? mp_fail(EBADF) : REAL(bind)(fd, sa, len);
+		return ret_log(rc, "bind", fd, mp_conf.log ? LOGADDR(a, sa, len) : NULL);
+	}
+	if (e->kind == MPK_PENDING) {
+		rc = decide(fd, e, sa, len);
+		if (rc) {
+			if (rc > 0)
+				rc = REAL(bind)(fd, sa, len);
+			return ret_log(rc, "bind", fd, mp_conf.log ? LOGADDR(a, sa, len) : NULL);
+		}
+	}
+	rc = mps_bind(e->sock, sa, len);
+	rc = rc < 0 ? mp_fail(-rc) : 0;
+	return ret_log(rc, "bind[ins]", fd, mp_conf.log ? LOGADDR(a, sa, len) : NULL);
+}
+
+MP_EXPORT int listen(int fd, int backlog)
+{
+	struct mp_fd *e = mp_get(fd);
+	int rc;
+
+	if (!e || e->kind == MPK_INTERNAL) {
+		rc = e ? mp_fail(EBADF) : REAL(listen)(fd, backlog);
+		return ret_log(rc, "listen", fd, NULL);
+	}
+	switch (e->kind) {
+	case MPK_PENDING:
+		if (e->type != SOCK_STREAM) {
+			rc = REAL(listen)(fd, backlog);
+			break;
+		}
+		rc = decide(fd, e, NULL, 0);
+		if (rc > 0)
+			rc = REAL(listen)(fd, backlog);
+		else if (rc == 0)
+			rc = listen_ins(fd, e, backlog);
+		break;
+	case MPK_STREAM:
+		rc = listen_ins(fd, e, backlog);
+		break;
+	case MPK_LISTEN:
+		rc = mps_listen(e->sock, backlog, -1);
+		rc = rc < 0 ? mp_fail(-rc) : 0;
+		break;
+	default:
+		rc = mp_fail(EOPNOTSUPP);
+	}
+	return ret_log(rc, "listen", fd, NULL);
+}
+
+MP_EXPORT int accept4(int fd, struct sockaddr *sa, socklen_t *len, int flags)
+{
+	struct mp_fd *e = mp_get(fd);
+	int rc;
+
+	if (e && e->kind == MPK_LISTEN)
+		rc = accept_ins(fd, e, sa, len, flags);
+	else if (e && e->kind == MPK_INTERNAL)
+		rc = mp_fail(EBADF);
+	else {
+		rc = REAL(accept4)(fd, sa, len, flags);
+		if (rc >= 0) {
+			MP_SAVE;
+			mp_clear(rc);
+			MP_RESTORE;
+		}
+	}
+	return ret_log(rc, "accept4", fd, NULL);
+}
+
+MP_EXPORT int accept(int fd, struct sockaddr *sa, socklen_t *len)
+{
+	struct mp_fd *e = mp_get(fd);
+	int rc;
+
+	if (e && e->kind == MPK_LISTEN)
+		rc = accept_ins(fd, e, sa, len, 0);
+	else if (e && e->kind == MPK_INTERNAL)
+		rc = mp_fail(EBADF);
+	else {
+		rc = REAL(accept)(fd, sa, len);
+		if (rc >= 0) {
+			MP_SAVE;
+			mp_clear(rc);
+			MP_RESTORE;
+		}
+	}
+	return ret_log(rc, "accept", fd, NULL);
+}
+
+MP_EXPORT int connect(int fd, const struct sockaddr *sa, socklen_t len)
+{
+	struct mp_fd *e = mp_get(fd);
+	char a[64];
+	int rc;
+
+	if (!e || e->kind == MPK_INTERNAL) {
+		rc = e ? mp_fail(EBADF) : REAL(connect)(fd, sa, len);
+		return ret_log(rc, "connect", fd, mp_conf.log ? LOGADDR(a, sa, len) : NULL);
+	}
+	if (e->kind == MPK_PENDING) {
+		if (sa && len >= sizeof(sa_family_t) && sa->sa_family == AF_UNSPEC) {
+			rc = REAL(connect)(fd, sa, len); /* UDP disconnect: still undecided */
+			return ret_log(rc, "connect", fd, "unspec");
+		}
+		rc = decide(fd, e, sa, len);
+		if (rc) {
+			if (rc > 0)
+				rc = REAL(connect)(fd, sa, len);
+			return ret_log(rc, "connect", fd, mp_conf.log ? LOGADDR(a, sa, len) : NULL);
+		}
+	}
+	if (e->kind == MPK_STREAM) {
+		rc = connect_stream(fd, e, sa, len);
+	} else {
+		rc = mps_connect(e->sock, sa, len, 0, 0);
+		rc = rc < 0 ? mp_fail(-rc) : 0;
+	}
+	return ret_log(rc, "connect[ins]", fd, mp_conf.log ? LOGADDR(a, sa, len) : NULL);
+}
+
+static int getname(int fd, struct sockaddr *sa, socklen_t *len, int peer)
+{
+	struct mp_fd *e = mp_get(fd);
+	int rc;
+
+	if (!e || e->kind == MPK_PENDING)
+		rc = peer ? REAL(getpeername)(fd, sa, len) : REAL(getsockname)(fd, sa, len);
+	else if (e->kind == MPK_INTERNAL)
+		rc = mp_fail(EBADF);
+	else if (!len)
+		rc = mp_fail(EFAULT);
+	else {
+		if (e->flags & MPF_FILLER)
+			mp_settle(fd, e);
+		rc = mps_getname(e->sock, peer, sa, len);
+		rc = rc < 0 ? mp_fail(-rc) : 0;
+	}
+	if (__builtin_expect(mp_conf.log, 0)) {
+		char a[64];
+		MP_SAVE;
+		mp_log("%s(%d) = %d %s", peer ? "getpeername" : "getsockname", fd, rc,
+		       rc < 0 ? mp_errname(errno) : mp_fmt_addr(a, sizeof a, sa, len ? *len : 0));
+		MP_RESTORE;
+	}
+	return rc;
+}
+
+MP_EXPORT int getsockname(int fd, struct sockaddr *sa, socklen_t *len)
+{
+	return getname(fd, sa, len, 0);
+}
+
+MP_EXPORT int getpeername(int fd, struct sockaddr *sa, socklen_t *len)
+{
+	return getname(fd, sa, len, 1);
+}
+
+MP_EXPORT int shutdown(int fd, int how)
+{
+	struct mp_fd *e = mp_get(fd);
+	int rc;
+
+	if (!e || e->kind == MPK_PENDING) {
+		rc = REAL(shutdown)(fd, how);
+	} else if (e->kind == MPK_INTERNAL) {
+		rc = mp_fail(EBADF);
+	} else {
+		if (e->flags & MPF_FILLER)
+			mp_settle(fd, e);
+		rc = mps_shutdown(e->sock, how);
+		if (rc < 0) {
+			rc = mp_fail(-rc);
+		} else if (e->kind != MPK_DGRAM) {
+			/* The stream's own end carries the half-close in order
+			 * after the bytes already written; a listener's wakes
+			 * the threads blocked in accept. */
+			MP_SAVE;
+			REAL(shutdown)(fd, how);
+			MP_RESTORE;
+			rc = 0;
+		}
+	}
+	return ret_log(rc, "shutdown", fd, how == SHUT_RD ? "RD" : how == SHUT_WR ? "WR" : "RDWR");
+}
+
+MP_EXPORT int close(int fd)
+{
+	struct mp_fd *e = mp_get(fd);
+	int rc;
+
+	if (e) {
+		if (e->kind == MPK_INTERNAL)
+			return ret_log(mp_fail(EBADF), "close", fd, NULL);
+		/* Before the real close: the number may be reused at once. */
+		memset(e, 0, sizeof *e);
+	}
+	rc = REAL(close)(fd);
+	if (__builtin_expect(mp_conf.log, 0))
+		ret_log(rc, "close", fd, NULL);
+	return rc;
+}
+
+MP_EXPORT int dup(int fd)
+{
+	struct mp_fd *e = mp_get(fd);
+	int rc;
+
+	if (e && e->kind == MPK_INTERNAL)
+		return ret_log(mp_fail(EBADF), "dup", fd, NULL);
+	rc = REAL(dup)(fd);
+	if (rc >= 0) {
+		MP_SAVE;
+		mp_copy(fd, rc);
+		MP_RESTORE;
+	}
+	return ret_log(rc, "dup", fd, NULL);
+}
+
+static int dup23(int oldfd, int newfd, int flags, int three)
+{
+	struct mp_fd *e = mp_get(oldfd);
+	int rc;
+	MP_SAVE;
+
+	if (e && e->kind == MPK_INTERNAL)
+		return mp_fail(EBADF);
+	if (mps_is_internal_fd(newfd))
+		mps_evict(newfd);
+	MP_RESTORE;
+	rc = three ? REAL(dup3)(oldfd, newfd, flags) : REAL(dup2)(oldfd, newfd);
+	if (rc >= 0) {
+		MP_SAVE;
+		mp_copy(oldfd, newfd);
+		MP_RESTORE;
+	}
+	return rc;
+}
+
+MP_EXPORT int dup2(int oldfd, int newfd)
+{
+	char a[16];
+	int rc = dup23(oldfd, newfd, 0, 0);
+
+	if (mp_conf.log)
+		snprintf(a, sizeof a, "%d", newfd);
+	return ret_log(rc, "dup2", oldfd, mp_conf.log ? a : NULL);
+}
+
+MP_EXPORT int dup3(int oldfd, int newfd, int flags)
+{
+	char a[16];
+	int rc = dup23(oldfd, newfd, flags, 1);
+
+	if (mp_conf.log)
+		snprintf(a, sizeof a, "%d", newfd);
+	return ret_log(rc, "dup3", oldfd, mp_conf.log ? a : NULL);
+}
+
+/* Closes [first, last] natively, stepping around the registration fd. */
+static int close_span(unsigned int first, unsigned int last, int flags)
+{
+	int reg = mps_internal_fd(), rc = 0;
+
+	if (reg < 0 || (unsigned int)reg < first || (unsigned int)reg > last ||
+	    (flags & CLOSE_RANGE_CLOEXEC))
+		return REAL(close_range)(first, last, flags);
+	if ((unsigned int)reg > first)
+		rc = REAL(close_range)(first, (unsigned int)reg - 1, flags);
+	if (rc == 0 && (unsigned int)reg < last)
+		rc = REAL(close_range)((unsigned int)reg + 1, last, flags);
+	return rc;
+}
+
+MP_EXPORT int close_range(unsigned int first, unsigned int last, int flags)
+{
+	int rc;
+
+	if (first > last)
+		return ret_log(mp_fail(EINVAL), "close_range", (int)first, NULL);
+	if (!(flags & CLOSE_RANGE_CLOEXEC)) {
+		MP_SAVE;
+		mp_clear_range(first, last);
+		MP_RESTORE;
+	}
+	rc = close_span(first, last, flags);
+	return ret_log(rc, "close_range", (int)first, NULL);
+}
+
+MP_EXPORT void closefrom(int lowfd)
+{
+	MP_SAVE;
+	if (lowfd >= 0) {
+		mp_clear_range((unsigned int)lowfd, ~0u);
+		close_span((unsigned int)lowfd, ~0u, 0);
+	}
+	MPLOG("closefrom(%d)", lowfd);
+	MP_RESTORE;
+}
+
+MP_EXPORT int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
+{
+	int rc = REAL(epoll_ctl)(epfd, op, fd, ev);
+	struct mp_fd *e;
+
+	if (rc == 0 && (e = mp_get(fd)) && e->kind == MPK_PENDING) {
+		if (op == EPOLL_CTL_DEL) {
+			if (e->epfd == epfd)
+				e->flags &= (uint8_t)~MPF_EPOLL;
+		} else if (ev) {
+			e->flags |= MPF_EPOLL;
+			e->epfd = epfd;
+			e->epevents = ev->events;
+			e->epdata = ev->data.u64;
+		}
+	}
+	if (__builtin_expect(mp_conf.log, 0)) {
+		char a[32];
+		snprintf(a, sizeof a, "op %d, fd %d", op, fd);
+		ret_log(rc, "epoll_ctl", epfd, a);
+	}
+	return rc;
+}
