@@ -35,9 +35,11 @@ deps:
 deps-test:
 	@scripts/deps.sh test
 
+# Go binaries are built without cgo: the INS sandbox then drops capabilities
+# and installs seccomp on every thread (syscall.AllThreadsSyscall).
 $(BIN)/%: FORCE
 	@mkdir -p $(BIN)
-	$(GO) build -trimpath -o $@ ./cmd/$*
+	CGO_ENABLED=0 $(GO) build -trimpath -o $@ ./cmd/$*
 
 $(BIN)/libmpshim.so: $(SHIM_SRCS) $(SHIM_HDRS) ring/mpring.c
 	@mkdir -p $(BIN)

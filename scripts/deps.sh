@@ -11,7 +11,10 @@ build) ;;
 test | demo | bench)
 	# Real peers of the integration tests: namespaces and shaping (iproute2),
 	# reachability (ping), clients and servers in the wan namespace.
-	want+=(iputils-ping curl netcat-openbsd procps psmisc)
+	want+=(iputils-ping curl netcat-openbsd procps psmisc binutils)
+	# Real servers whose libc imports the shim must cover and which the
+	# end-to-end suites run under the shim.
+	want+=(nginx apache2 redis-server memcached haproxy)
 	;;
 *)
 	echo "deps.sh: unknown set '$1' (want build|test|demo|bench)" >&2
@@ -30,6 +33,14 @@ if ((${#missing[@]})); then
 	fi
 	echo "deps.sh: installing ${missing[*]}" >&2
 	export DEBIAN_FRONTEND=noninteractive
+	# Installing a server must not start it on the host: the tests start
+	# their own copies inside their namespaces.
+	rcd=/usr/sbin/policy-rc.d
+	own_rcd=0
+	if [ ! -e "$rcd" ]; then
+		printf '#!/bin/sh\nexit 101\n' >"$rcd" && chmod +x "$rcd" && own_rcd=1
+	fi
+	trap '[ "$own_rcd" = 1 ] && rm -f "$rcd"' EXIT
 	apt-get update -qq >/dev/null
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi

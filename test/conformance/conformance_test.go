@@ -8,7 +8,9 @@
 package conformance
 
 import (
+	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -20,6 +22,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/mpshim/mpshim/test/harness"
+	"github.com/mpshim/mpshim/test/topo"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden from the native run")
@@ -45,17 +50,10 @@ func TestMain(m *testing.M) {
 	switch os.Getenv("MPSHIM_CONFORMANCE_ROLE") {
 	case "native-runner":
 		os.Exit(nativeRunner())
+	case "peer":
+		os.Exit(peerRunner())
 	}
 	os.Exit(m.Run())
-}
-
-func repoRoot(t *testing.T) string {
-	t.Helper()
-	wd, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return filepath.Clean(filepath.Join(wd, "..", ".."))
 }
 
 var (
@@ -219,7 +217,7 @@ func TestGoldensHoldKeyObservations(t *testing.T) {
 // fortified aliases, fork) against the same peer.
 func TestShimFailOpenTransparent(t *testing.T) {
 	dir, progs := buildProgs(t)
-	lib := buildShimLib(t)
+	lib := harness.Binary(t, "libmpshim.so")
 	res := runNative(t, dir, progs, "LD_PRELOAD="+lib, "MPSHIM_FAIL=open",
 		"MPSHIM_SOCKET=/nonexistent/mpshim-conformance.sock")
 	for _, p := range progs {
@@ -244,61 +242,14 @@ func TestShimFailOpenTransparent(t *testing.T) {
 	}
 }
 
-// buildShimLib compiles libmpshim.so with the Makefile's flags into a
-// temporary directory (ring/mpring.c defines _GNU_SOURCE itself and is
-// compiled on its own).
-func buildShimLib(t *testing.T) string {
-	t.Helper()
-	root := repoRoot(t)
-	out := t.TempDir()
-	flags := []string{"-std=gnu11", "-O2", "-g", "-fPIC", "-fvisibility=hidden", "-Wall",
-		"-Wextra", "-Werror", "-Imsgproto", "-Iring"}
-	srcs, _ := filepath.Glob(filepath.Join(root, "shim", "*.c"))
-	obj := filepath.Join(out, "mpring.o")
-	lib := filepath.Join(out, "libmpshim.so")
-	for _, args := range [][]string{
-		append(append([]string{}, flags...), "-c", "-o", obj, "ring/mpring.c"),
-		append(append(append([]string{}, flags...), "-D_GNU_SOURCE", "-shared", "-o", lib),
-			append(srcs, obj, "-ldl", "-pthread")...),
-	} {
-		cmd := exec.Command("cc", args...)
-		cmd.Dir = root
-		if o, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("cc %v: %v\n%s", args, err, o)
-		}
-	}
-	return lib
-}
-
-// isolatorBinary finds the isolator daemon: $MPSHIM_BIN/isolator or the
-// repository's bin/isolator.
-func isolatorBinary(t *testing.T) (string, bool) {
-	cands := []string{filepath.Join(repoRoot(t), "bin", "isolator")}
-	if b := os.Getenv("MPSHIM_BIN"); b != "" {
-		cands = append([]string{filepath.Join(b, "isolator")}, cands...)
-	}
-	for _, c := range cands {
-		if st, err := os.Stat(c); err == nil && !st.IsDir() {
-			return c, true
-		}
-	}
-	return cands[0], false
-}
-
 // TestShim runs every program under libmpshim.so in an app namespace whose
 // only path to the peer is the isolator's INS, and requires the output to
 // equal the native run's.
 func TestShim(t *testing.T) {
-	bin, ok := isolatorBinary(t)
-	if !ok {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("isolator daemon not built (looked for %s)", bin)
-		}
-		t.Skipf("isolator daemon not built (looked for %s)", bin)
-	}
+	harness.Binary(t, "isolator")
 	dir, progs := buildProgs(t)
 	native := runNative(t, dir, progs)
-	shim := runShim(t, bin, dir, progs)
+	shim := runShim(t, dir, progs)
 	for _, p := range progs {
 		t.Run(p, func(t *testing.T) {
 			n, s := native[p], shim[p]
@@ -312,42 +263,70 @@ func TestShim(t *testing.T) {
 	}
 }
 
-// runShim is the isolator half: the topology (a wan namespace holding the
-// kernel peer at peerV4/peerV6, the isolator with its INS uplinks into it,
-// an app namespace with loopback only) and the daemon's start-up belong to
-// the daemon; until they are wired here the half fails loudly.
-func runShim(t *testing.T, isolator, dir string, progs []string) map[string]result {
+// runShim is the isolator half: a topology whose wan namespace holds the
+// kernel peer at the same addresses as the native run, an isolator in gw
+// whose INS sit on the peer's subnet (on-link, no gateway, so UNROUTABLE has
+// no route there either), and each program run with libmpshim.so in the app
+// namespace, which has only loopback: the INS is its only way out.
+func runShim(t *testing.T, dir string, progs []string) map[string]result {
 	t.Helper()
-	t.Fatalf("isolator found at %s but the conformance harness does not start it yet "+
-		"(runShim: start the daemon, put the peer behind its uplinks, run each program "+
-		"with LD_PRELOAD=libmpshim.so in the app namespace)", isolator)
-	return nil
-}
-
-// diff renders two outputs line by line, marking the lines that differ.
-func diff(want, got string) string {
-	w, g := strings.Split(want, "\n"), strings.Split(got, "\n")
-	var b strings.Builder
-	for i := 0; i < len(w) || i < len(g); i++ {
-		var a, c string
-		if i < len(w) {
-			a = w[i]
-		}
-		if i < len(g) {
-			c = g[i]
-		}
-		if a == c {
-			fmt.Fprintf(&b, "  %s\n", a)
-		} else {
-			fmt.Fprintf(&b, "- %s\n+ %s\n", a, c)
+	needRoot(t)
+	lib := harness.Binary(t, "libmpshim.so")
+	tp := topo.New(t, topo.Config{Uplinks: 1})
+	up := tp.Uplinks[0]
+	ctx := context.Background()
+	for _, args := range [][]string{
+		{"addr", "add", peerV4 + "/24", "dev", up.WANIf},
+		{"-6", "addr", "add", peerV6 + "/64", "dev", up.WANIf, "nodad"},
+	} {
+		if out, err := tp.WAN.Run(ctx, "ip", args...); err != nil {
+			t.Fatalf("ip %v: %v\n%s", args, err, out)
 		}
 	}
-	return b.String()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer := tp.WAN.Command(ctx, self, "-test.run=^$")
+	peer.Env = append(os.Environ(), "MPSHIM_CONFORMANCE_ROLE=peer", "MPSHIM_CONFORMANCE_PEERS="+peerV4+","+peerV6)
+	ready, err := peer.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer.Stderr = os.Stderr
+	if err := peer.Start(); err != nil {
+		t.Fatalf("peer: %v", err)
+	}
+	t.Cleanup(func() { peer.Process.Kill(); peer.Wait() })
+	if _, err := bufio.NewReader(ready).ReadString('\n'); err != nil {
+		t.Fatalf("peer did not start: %v", err)
+	}
+	iso := harness.StartIsolator(t, tp, harness.Options{INS: 1, Uplinks: []harness.UplinkSpec{{
+		Interface: up.GWIf, Pool4: "10.210.0.10/24", Pool6: "fd00:210::10/64",
+	}}})
+	m := map[string]result{}
+	for _, p := range progs {
+		cmd := tp.App.Command(ctx, filepath.Join(dir, p), peerV4, peerV6, unroutable)
+		cmd.Env = append(os.Environ(), "LD_PRELOAD="+lib, "MPSHIM_SOCKET="+iso.Socket)
+		m[p] = runCmd(cmd, p)
+	}
+	return m
 }
 
-// nativeRunner runs inside `unshare -n`: it gives the namespace loopback
-// and a veth pair carrying the peer's addresses, serves the peer ports in
-// this process, runs each program and prints the results as JSON.
+// peerRunner serves the peer ports on the addresses in
+// MPSHIM_CONFORMANCE_PEERS until it is killed; it prints one line once
+// listening.
+func peerRunner() int {
+	stop, err := startPeer(strings.Split(os.Getenv("MPSHIM_CONFORMANCE_PEERS"), ","))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "peer:", err)
+		return 1
+	}
+	defer stop()
+	fmt.Println("ready")
+	select {}
+}
+
 func nativeRunner() int {
 	fail := func(err error) int {
 		fmt.Fprintln(os.Stderr, "native runner:", err)
@@ -388,6 +367,11 @@ func nativeRunner() int {
 func runProg(path, name string, env []string) result {
 	cmd := exec.Command(path, peerV4, peerV6, unroutable)
 	cmd.Env = append(os.Environ(), env...)
+	return runCmd(cmd, name)
+}
+
+// runCmd runs one prepared program with a time limit.
+func runCmd(cmd *exec.Cmd, name string) result {
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	r := result{Prog: name}
@@ -409,4 +393,25 @@ func runProg(path, name string, env []string) result {
 	}
 	r.Stdout, r.Stderr = o.String(), e.String()
 	return r
+}
+
+// diff renders two outputs line by line, marking the lines that differ.
+func diff(want, got string) string {
+	w, g := strings.Split(want, "\n"), strings.Split(got, "\n")
+	var b strings.Builder
+	for i := 0; i < len(w) || i < len(g); i++ {
+		var a, c string
+		if i < len(w) {
+			a = w[i]
+		}
+		if i < len(g) {
+			c = g[i]
+		}
+		if a == c {
+			fmt.Fprintf(&b, "  %s\n", a)
+		} else {
+			fmt.Fprintf(&b, "- %s\n+ %s\n", a, c)
+		}
+	}
+	return b.String()
 }

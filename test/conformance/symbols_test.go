@@ -7,6 +7,8 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/mpshim/mpshim/test/harness"
 )
 
 // checkedBinaries are the real Debian server binaries (and the libraries
@@ -14,7 +16,7 @@ import (
 // imports the shim must cover. The Debian package providing each is named
 // so a missing one can be installed.
 var checkedBinaries = []struct{ path, pkg string }{
-	{"/usr/sbin/nginx", "nginx-light"},
+	{"/usr/sbin/nginx", "nginx"},
 	{"/usr/sbin/apache2", "apache2"},
 	{"/usr/lib/x86_64-linux-gnu/libapr-1.so.0", "libapr1"},
 	{"/usr/lib/x86_64-linux-gnu/libaprutil-1.so.0", "libaprutil1"},
@@ -78,7 +80,7 @@ var nativeOK = map[string]string{
 }
 
 func TestServerImportsCovered(t *testing.T) {
-	lib := buildShimLib(t)
+	lib := harness.Binary(t, "libmpshim.so")
 	exported := nmSymbols(t, lib, "--defined-only")
 	for r := range nativeOK {
 		if exported[r] {
@@ -114,7 +116,7 @@ func TestServerImportsCovered(t *testing.T) {
 // TestSocketishCatchesKnownNames guards the pattern itself: it must match
 // every interposed symbol and every native one, and not ordinary names.
 func TestSocketishCatchesKnownNames(t *testing.T) {
-	lib := buildShimLib(t)
+	lib := harness.Binary(t, "libmpshim.so")
 	for s := range nmSymbols(t, lib, "--defined-only") {
 		if !socketish.MatchString(s) {
 			t.Errorf("pattern misses interposed %s", s)

@@ -1,0 +1,282 @@
+// Command isolator runs the isolator daemon and manages a running one: it
+// spawns, lists and kills INS processes and shows uplinks. The same binary,
+// run as `isolator ins` by the daemon, is an INS process.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/mpshim/mpshim/isolator"
+	"github.com/mpshim/mpshim/isolator/api"
+	"github.com/mpshim/mpshim/isolator/config"
+	"github.com/mpshim/mpshim/isolator/ins"
+)
+
+func main() {
+	if err := rootCmd().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "isolator:", err)
+		os.Exit(1)
+	}
+}
+
+func rootCmd() *cobra.Command {
+	var apiPath string
+	root := &cobra.Command{
+		Use:           "isolator",
+		Short:         "Serve apps' sockets from isolated user-space network stacks (INS)",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().StringVar(&apiPath, "api", config.DefaultAPI, "the daemon's API socket")
+	client := func(ctx context.Context) (*api.Client, error) { return api.Dial(ctx, apiPath) }
+	root.AddCommand(runCmd(), insCmd(), spawnCmd(client), lsCmd(client), killCmd(client), uplinkCmd(client))
+	return root
+}
+
+func newLogger(level string) *slog.Logger {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		l = slog.LevelInfo
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+}
+
+func runCmd() *cobra.Command {
+	var (
+		file, logLevel string
+		uplinks        []string
+		allowUIDs      []uint
+		allowGIDs      []uint
+		c              = config.Default()
+	)
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run the daemon in the foreground",
+		Long: `Run the isolator daemon in the foreground until SIGINT or SIGTERM.
+
+Configuration comes from --config (YAML) with flags layered on top. Each uplink
+is a host interface whose macvlan children become the INS NICs, e.g.
+
+  isolator run --uplink up0=eth1,pool4=10.77.0.10/24,gw4=10.77.0.1,weight=2`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if file != "" {
+				fc, err := config.Load(file)
+				if err != nil {
+					return err
+				}
+				// Flags given on the command line override the file.
+				fl := cmd.Flags()
+				for _, name := range []string{"ins", "policy", "socket", "netns", "max-ins"} {
+					if !fl.Changed(name) {
+						continue
+					}
+					switch name {
+					case "ins":
+						fc.INS = c.INS
+					case "policy":
+						fc.Policy = c.Policy
+					case "socket":
+						fc.Socket = c.Socket
+					case "netns":
+						fc.NetNS = c.NetNS
+					case "max-ins":
+						fc.MaxINS = c.MaxINS
+					}
+				}
+				if fl.Changed("api") {
+					fc.API, _ = cmd.Flags().GetString("api")
+				}
+				c = fc
+			} else {
+				c.API, _ = cmd.Flags().GetString("api")
+			}
+			for _, s := range uplinks {
+				u, err := config.ParseUplinkFlag(s)
+				if err != nil {
+					return err
+				}
+				c.Uplinks = append(c.Uplinks, u)
+			}
+			for _, u := range allowUIDs {
+				c.AllowUIDs = append(c.AllowUIDs, uint32(u))
+			}
+			for _, g := range allowGIDs {
+				c.AllowGIDs = append(c.AllowGIDs, uint32(g))
+			}
+			log := newLogger(logLevel)
+			d, err := isolator.New(c, log)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return d.Run(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&file, "config", "c", "", "YAML configuration file")
+	f.StringArrayVar(&uplinks, "uplink", nil, "uplink NAME=IFACE,pool4=ADDR/LEN[,gw4=ADDR][,pool6=ADDR/LEN,gw6=ADDR][,weight=N] (repeatable)")
+	f.IntVar(&c.INS, "ins", c.INS, "INS processes to start with")
+	f.IntVar(&c.MaxINS, "max-ins", c.MaxINS, "most INS processes allowed")
+	f.StringVar(&c.Policy, "policy", c.Policy, "outbound uplink policy: wrr, rtt or hash")
+	f.StringVar(&c.Socket, "socket", c.Socket, "app registration socket")
+	f.StringVar(&c.NetNS, "netns", c.NetNS, "network namespace of the uplink interfaces (default: the daemon's)")
+	f.UintSliceVar(&allowUIDs, "allow-uid", nil, "uids allowed to register apps (default: the daemon's own)")
+	f.UintSliceVar(&allowGIDs, "allow-gid", nil, "gids allowed to register apps")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}
+
+func insCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:    "ins",
+		Short:  "Run as an INS process (started by the daemon)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctrl := os.NewFile(3, "ctrl")
+			if ctrl == nil {
+				return fmt.Errorf("ins: no control channel on fd 3 (this command is run by the daemon)")
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return ins.RunProcess(ctx, ctrl, newLogger("info"))
+		},
+	}
+}
+
+type dialer func(context.Context) (*api.Client, error)
+
+func call(d dialer, req api.Request) (api.Response, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := d(ctx)
+	if err != nil {
+		return api.Response{}, err
+	}
+	defer c.Close()
+	return c.Call(ctx, req)
+}
+
+func spawnCmd(d dialer) *cobra.Command {
+	var n int
+	cmd := &cobra.Command{
+		Use:   "spawn -n N",
+		Short: "Add N INS processes to the running daemon",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			resp, err := call(d, api.Request{Op: api.OpSpawn, N: n})
+			if err != nil {
+				return err
+			}
+			for _, i := range resp.INS {
+				fmt.Printf("spawned INS %d (pid %d)\n", i.ID, i.PID)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().IntVarP(&n, "count", "n", 1, "number of INS to add")
+	return cmd
+}
+
+func lsCmd(d dialer) *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "ls",
+		Short: "List the INS processes",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if output != "table" && output != "json" {
+				return fmt.Errorf("-o %q: want table or json", output)
+			}
+			resp, err := call(d, api.Request{Op: api.OpList})
+			if err != nil {
+				return err
+			}
+			if output == "json" {
+				enc := json.NewEncoder(os.Stdout)
+				enc.SetIndent("", "  ")
+				if resp.INS == nil {
+					resp.INS = []api.INSInfo{}
+				}
+				return enc.Encode(resp.INS)
+			}
+			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "ID\tPID\tSTATE\tUPLINKS\tSOCKETS\tCONNS\tRSS\tRX\tTX")
+			for _, i := range resp.INS {
+				var ups []string
+				for _, u := range i.Uplinks {
+					ups = append(ups, u.Name+"="+u.Addr4)
+				}
+				fmt.Fprintf(w, "%d\t%d\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", i.ID, i.PID, i.State, strings.Join(ups, ","),
+					i.Sockets, i.Connections, size(i.RSS), size(i.RxBytes), size(i.TxBytes))
+			}
+			return w.Flush()
+		},
+	}
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "table or json")
+	return cmd
+}
+
+func killCmd(d dialer) *cobra.Command {
+	return &cobra.Command{
+		Use:   "kill ID",
+		Short: "Stop one INS process",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := strconv.Atoi(args[0])
+			if err != nil {
+				return fmt.Errorf("INS id %q: want a number from `isolator ls`", args[0])
+			}
+			_, err = call(d, api.Request{Op: api.OpKill, ID: id})
+			return err
+		},
+	}
+}
+
+func uplinkCmd(d dialer) *cobra.Command {
+	cmd := &cobra.Command{Use: "uplink", Short: "Show the uplinks"}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "ls",
+		Short: "List the configured uplinks",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			resp, err := call(d, api.Request{Op: api.OpUplinkList})
+			if err != nil {
+				return err
+			}
+			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "NAME\tINTERFACE\tPOOL4\tGATEWAY4\tPOOL6\tWEIGHT\tSTATE")
+			for _, u := range resp.Uplinks {
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", u.Name, u.Interface, u.Pool4, u.Gateway4, u.Pool6, u.Weight, u.State)
+			}
+			return w.Flush()
+		},
+	})
+	return cmd
+}
+
+func size(b uint64) string {
+	switch {
+	case b >= 1<<30:
+		return fmt.Sprintf("%.1fG", float64(b)/(1<<30))
+	case b >= 1<<20:
+		return fmt.Sprintf("%.1fM", float64(b)/(1<<20))
+	case b >= 1<<10:
+		return fmt.Sprintf("%.1fK", float64(b)/(1<<10))
+	}
+	return fmt.Sprintf("%dB", b)
+}

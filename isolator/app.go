@@ -1,0 +1,548 @@
+package isolator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/mpshim/mpshim/msgproto"
+	"github.com/mpshim/mpshim/ring"
+)
+
+// AppConfig tunes the app-facing side of the daemon. Zero fields take
+// defaults.
+type AppConfig struct {
+	// AllowUIDs and AllowGIDs list who may register (SO_PEERCRED). Both
+	// empty means only the daemon's own uid.
+	AllowUIDs []uint32
+	AllowGIDs []uint32
+	// Ring is the geometry of every client's ring.
+	Ring ring.Config
+	// FDTimeout is how long a request flagged FlagFD waits for its FDPass
+	// before it is refused with EBADF. Default 1 s.
+	FDTimeout time.Duration
+	// MaxPendingFDs bounds the descriptors a client may have received but
+	// not yet paired with a request; more are closed. Default 64.
+	MaxPendingFDs int
+	// RegisterTimeout bounds the wait for the Register message on a new
+	// connection. Default 5 s.
+	RegisterTimeout time.Duration
+	// ExecGrace is how long a gone client stays known so that the next
+	// image of its process (RegExeced) can join its socket group. Default
+	// 10 s.
+	ExecGrace time.Duration
+	// MaxClients bounds the number of live clients; more registrations are
+	// refused with EAGAIN. Default 4096.
+	MaxClients int
+}
+
+func (c *AppConfig) fill() {
+	if c.FDTimeout <= 0 {
+		c.FDTimeout = time.Second
+	}
+	if c.MaxPendingFDs <= 0 {
+		c.MaxPendingFDs = 64
+	}
+	if c.RegisterTimeout <= 0 {
+		c.RegisterTimeout = 5 * time.Second
+	}
+	if c.ExecGrace <= 0 {
+		c.ExecGrace = 10 * time.Second
+	}
+	if c.MaxClients <= 0 {
+		c.MaxClients = 4096
+	}
+}
+
+// AppServer is the app-facing side of the daemon: it registers app
+// processes (libmpshim.so or mpnet) on the registration socket, gives each
+// a shared-memory ring, serves the socket calls arriving on the rings by
+// forwarding them to the INS processes (Backends) and replicates listening
+// sockets into every INS. See docs/protocol.md.
+//
+// Everything a client sends is treated as hostile: malformed messages are
+// answered with an errno, and a corrupt ring ends that client only.
+type AppServer struct {
+	cfg      AppConfig
+	backends Backends
+	log      *slog.Logger
+	ownUID   uint32
+
+	nextID atomic.Uint64
+
+	mu      sync.Mutex
+	clients map[uint64]*client
+	gone    map[uint64]goneClient
+	groups  map[uint64]int // socket group -> live members
+	socks   map[uint64]*sockRec
+	lsns    map[uint64]*listenRec
+
+	baseCtx context.Context
+	wg      sync.WaitGroup
+}
+
+// goneClient remembers a client that hung up, for RegExeced.
+type goneClient struct {
+	pid   int32
+	group uint64
+	at    time.Time
+}
+
+// AppStats counts the AppServer's state for `isolator ls`.
+type AppStats struct {
+	Clients   int // live registered processes
+	Groups    int // socket groups with live members
+	Listeners int // listening sockets replicated into the INS
+}
+
+// NewAppServer returns an AppServer that forwards calls to backends.
+func NewAppServer(cfg AppConfig, backends Backends, log *slog.Logger) *AppServer {
+	cfg.fill()
+	if log == nil {
+		log = slog.Default()
+	}
+	return &AppServer{
+		cfg:      cfg,
+		backends: backends,
+		log:      log,
+		ownUID:   uint32(os.Getuid()),
+		clients:  map[uint64]*client{},
+		gone:     map[uint64]goneClient{},
+		groups:   map[uint64]int{},
+		socks:    map[uint64]*sockRec{},
+		lsns:     map[uint64]*listenRec{},
+		baseCtx:  context.Background(),
+	}
+}
+
+// Clients returns the number of live registered processes.
+func (s *AppServer) Clients() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.clients)
+}
+
+// Stats returns a snapshot of the server's counters.
+func (s *AppServer) Stats() AppStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return AppStats{Clients: len(s.clients), Groups: len(s.groups), Listeners: len(s.lsns)}
+}
+
+// ListenRegistration creates the registration socket: an AF_UNIX
+// SOCK_SEQPACKET listener at path with permission mode and, when gid >= 0,
+// owned by group gid. A stale socket at path (nobody accepts on it) is
+// replaced; a live one is an error. The socket is bound under a temporary
+// name, given its mode and group and then renamed into place, so it is never
+// reachable with wider permissions whatever the umask. The listener does
+// not remove path when closed: the caller removes it.
+func ListenRegistration(path string, mode os.FileMode, gid int) (*net.UnixListener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("registration socket: %w", err)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("registration socket %s: exists and is not a socket", path)
+		}
+		c, err := net.DialTimeout("unixpacket", path, time.Second)
+		if err == nil {
+			c.Close()
+			return nil, fmt.Errorf("registration socket %s: in use by a running isolator", path)
+		}
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("registration socket: remove stale %s: %w", path, err)
+		}
+	}
+	tmp := fmt.Sprintf("%s.%d.tmp", path, os.Getpid())
+	_ = os.Remove(tmp)
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: tmp, Net: "unixpacket"})
+	if err != nil {
+		return nil, fmt.Errorf("registration socket: %w", err)
+	}
+	ln.SetUnlinkOnClose(false)
+	fail := func(err error) (*net.UnixListener, error) {
+		ln.Close()
+		os.Remove(tmp)
+		return nil, fmt.Errorf("registration socket %s: %w", path, err)
+	}
+	if gid >= 0 {
+		if err := os.Lchown(tmp, -1, gid); err != nil {
+			return fail(err)
+		}
+	}
+	if err := os.Chmod(tmp, mode.Perm()); err != nil {
+		return fail(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fail(err)
+	}
+	return ln, nil
+}
+
+// Serve accepts registrations on ln until ctx ends, then closes ln, ends
+// every client and waits for their goroutines. It returns nil when ctx
+// ended and the accept error otherwise.
+func (s *AppServer) Serve(ctx context.Context, ln *net.UnixListener) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s.mu.Lock()
+	s.baseCtx = ctx
+	s.mu.Unlock()
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.sweep(ctx)
+	}()
+	var err error
+	for {
+		var c *net.UnixConn
+		c, err = ln.AcceptUnix()
+		if err != nil {
+			if ctx.Err() != nil {
+				err = nil
+			} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				continue
+			} else if errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) {
+				s.log.Warn("app: accept: out of descriptors", "err", err)
+				time.Sleep(100 * time.Millisecond)
+				continue
+			} else {
+				err = fmt.Errorf("app: accept: %w", err)
+			}
+			break
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.register(ctx, c)
+		}()
+	}
+	cancel()
+	s.wg.Wait()
+	s.mu.Lock()
+	for id, l := range s.lsns {
+		l.close()
+		delete(s.lsns, id)
+	}
+	s.mu.Unlock()
+	return err
+}
+
+// sweep forgets gone clients after the exec grace and closes descriptors
+// that were never paired with a request.
+func (s *AppServer) sweep(ctx context.Context) {
+	t := time.NewTicker(s.cfg.FDTimeout / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			s.mu.Lock()
+			for id, g := range s.gone {
+				if now.Sub(g.at) > s.cfg.ExecGrace {
+					delete(s.gone, id)
+				}
+			}
+			cs := make([]*client, 0, len(s.clients))
+			for _, c := range s.clients {
+				cs = append(cs, c)
+			}
+			s.mu.Unlock()
+			for _, c := range cs {
+				c.expireFDs(now)
+			}
+		}
+	}
+}
+
+// peerCred returns the credentials of the process at the other end of c.
+func peerCred(c *net.UnixConn) (*unix.Ucred, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := rc.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return nil, err
+	}
+	if cerr != nil {
+		return nil, fmt.Errorf("SO_PEERCRED: %w", cerr)
+	}
+	return cred, nil
+}
+
+// allowed reports whether the peer's uid or gid may register.
+func (s *AppServer) allowed(cred *unix.Ucred) bool {
+	if len(s.cfg.AllowUIDs) == 0 && len(s.cfg.AllowGIDs) == 0 {
+		return cred.Uid == s.ownUID
+	}
+	for _, u := range s.cfg.AllowUIDs {
+		if u == cred.Uid {
+			return true
+		}
+	}
+	for _, g := range s.cfg.AllowGIDs {
+		if g == cred.Gid {
+			return true
+		}
+	}
+	return false
+}
+
+// procStat holds the fields of /proc/PID/stat the registration checks.
+type procStat struct {
+	ppid      int32
+	startTime uint64
+}
+
+// readProcStat reads /proc/PID/stat.
+func readProcStat(pid int32) (procStat, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(int(pid)) + "/stat")
+	if err != nil {
+		return procStat{}, err
+	}
+	return parseProcStat(string(b))
+}
+
+// parseProcStat parses the contents of /proc/PID/stat. The command name
+// (field 2) is in parentheses and may itself contain spaces and
+// parentheses, so the fields after it are found from the last ')'.
+func parseProcStat(s string) (procStat, error) {
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 || !strings.Contains(s[:i], "(") {
+		return procStat{}, errors.New("proc stat: no command name")
+	}
+	f := strings.Fields(s[i+1:])
+	// f[0] is field 3 (state): field n is f[n-3].
+	if len(f) < 22-3+1 {
+		return procStat{}, fmt.Errorf("proc stat: %d fields after the name", len(f))
+	}
+	ppid, err := strconv.ParseInt(f[4-3], 10, 32)
+	if err != nil {
+		return procStat{}, fmt.Errorf("proc stat: ppid: %w", err)
+	}
+	st, err := strconv.ParseUint(f[22-3], 10, 64)
+	if err != nil {
+		return procStat{}, fmt.Errorf("proc stat: start time: %w", err)
+	}
+	return procStat{ppid: int32(ppid), startTime: st}, nil
+}
+
+// register runs one registration connection: it checks the Register
+// message and, if it is accepted, serves the client until it hangs up.
+func (s *AppServer) register(ctx context.Context, conn *net.UnixConn) {
+	defer conn.Close()
+	log := s.log.With("conn", "registration")
+	cred, err := peerCred(conn)
+	if err != nil {
+		log.Warn("app: registration without credentials", "err", err)
+		return
+	}
+	log = s.log.With("pid", cred.Pid, "uid", cred.Uid)
+	conn.SetReadDeadline(time.Now().Add(s.cfg.RegisterTimeout))
+	buf := make([]byte, msgproto.MaxMessage)
+	oob := make([]byte, unix.CmsgSpace(4*8))
+	n, oobn, _, _, err := conn.ReadMsgUnix(buf, oob)
+	closeRights(oob[:oobn])
+	if err != nil || n == 0 {
+		log.Debug("app: no Register", "err", err)
+		return
+	}
+	conn.SetReadDeadline(time.Time{})
+	refuse := func(errno unix.Errno, why string) {
+		log.Warn("app: registration refused", "why", why, "errno", errno.Error())
+		b, _ := msgproto.Append(nil, 0, 0, &msgproto.Reply{Errno: int32(errno)})
+		conn.SetWriteDeadline(time.Now().Add(time.Second))
+		conn.Write(b)
+	}
+	if !s.allowed(cred) {
+		refuse(unix.EACCES, "uid/gid not allowed")
+		return
+	}
+	var reg msgproto.Register
+	h, err := msgproto.DecodeTo(buf[:n], &reg)
+	if err != nil {
+		refuse(unix.EPROTO, "bad Register: "+err.Error())
+		return
+	}
+	if h.Flags != 0 {
+		refuse(unix.EINVAL, "Register with header flags")
+		return
+	}
+	if reg.ProtoVersion != msgproto.Version {
+		refuse(unix.EPROTO, fmt.Sprintf("protocol version %d", reg.ProtoVersion))
+		return
+	}
+	if cred.Pid <= 0 || int32(reg.PID) != cred.Pid {
+		refuse(unix.EACCES, fmt.Sprintf("claims pid %d", reg.PID))
+		return
+	}
+	st, err := readProcStat(cred.Pid)
+	if err != nil {
+		refuse(unix.EACCES, "cannot read /proc stat: "+err.Error())
+		return
+	}
+	if st.startTime != reg.StartTime {
+		refuse(unix.EACCES, fmt.Sprintf("start time %d, /proc says %d", reg.StartTime, st.startTime))
+		return
+	}
+	group, errno, why := s.admit(cred.Pid, st.ppid, &reg)
+	if errno != 0 {
+		refuse(errno, why)
+		return
+	}
+	r, memfd, err := ring.Create(s.cfg.Ring)
+	if err != nil {
+		s.leaveGroup(group)
+		log.Error("app: creating ring", "err", err)
+		refuse(unix.ENOMEM, "ring")
+		return
+	}
+	defer memfd.Close()
+	fi, err := memfd.Stat()
+	if err != nil {
+		r.Close()
+		s.leaveGroup(group)
+		refuse(unix.ENOMEM, "ring stat")
+		return
+	}
+	id := s.nextID.Add(1)
+	comm := strings.TrimRight(string(reg.Comm[:]), "\x00")
+	c := &client{
+		s: s, id: id, pid: cred.Pid, uid: cred.Uid, group: group, comm: comm,
+		conn: conn, ring: r,
+		fds:     map[uint64]pendingFDs{},
+		waiters: map[uint64]chan []*os.File{},
+		log:     s.log.With("client", id, "pid", cred.Pid, "comm", comm),
+	}
+	b, err := msgproto.Append(nil, 0, msgproto.FlagFD, &msgproto.RegisterReply{ClientID: id, RingSize: uint32(fi.Size()), Flags: uint32(reg.Flags)})
+	if err == nil {
+		conn.SetWriteDeadline(time.Now().Add(time.Second))
+		_, _, err = conn.WriteMsgUnix(b, unix.UnixRights(int(memfd.Fd())), nil)
+		conn.SetWriteDeadline(time.Time{})
+	}
+	if err != nil {
+		r.Close()
+		s.leaveGroup(group)
+		log.Warn("app: sending RegisterReply", "err", err)
+		return
+	}
+	s.mu.Lock()
+	s.clients[id] = c
+	s.mu.Unlock()
+	c.log.Info("app: registered", "group", group, "flags", reg.Flags)
+	c.run(ctx)
+	s.mu.Lock()
+	delete(s.clients, id)
+	s.gone[id] = goneClient{pid: cred.Pid, group: group, at: time.Now()}
+	s.mu.Unlock()
+	s.leaveGroup(group)
+	c.log.Info("app: client gone")
+}
+
+// admit decides the socket group of a registering process and counts it
+// as a member. It returns an errno (and why) when it refuses.
+func (s *AppServer) admit(pid, ppid int32, reg *msgproto.Register) (uint64, unix.Errno, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.clients) >= s.cfg.MaxClients {
+		return 0, unix.EAGAIN, "too many clients"
+	}
+	var group uint64
+	switch reg.Flags {
+	case 0:
+		if reg.Parent != 0 {
+			return 0, unix.EINVAL, "Parent without RegForked/RegExeced"
+		}
+		group = s.nextID.Add(1) | 1<<63 // group ids never collide with client ids
+	case msgproto.RegForked:
+		p, ok := s.clients[reg.Parent]
+		if !ok || p.pid != ppid {
+			return 0, unix.EACCES, fmt.Sprintf("RegForked: client %d is not the live parent (ppid %d)", reg.Parent, ppid)
+		}
+		group = p.group
+	case msgproto.RegExeced:
+		if p, ok := s.clients[reg.Parent]; ok && p.pid == pid {
+			group = p.group
+		} else if g, ok := s.gone[reg.Parent]; ok && g.pid == pid {
+			group = g.group
+			delete(s.gone, reg.Parent)
+		} else {
+			return 0, unix.EACCES, fmt.Sprintf("RegExeced: client %d is not an earlier image of pid %d", reg.Parent, pid)
+		}
+	default:
+		return 0, unix.EINVAL, fmt.Sprintf("registration flags %#x", reg.Flags)
+	}
+	s.groups[group]++
+	return group, 0, ""
+}
+
+// leaveGroup removes one member from group; the last one to leave makes
+// every INS forget the group.
+func (s *AppServer) leaveGroup(group uint64) {
+	s.mu.Lock()
+	s.groups[group]--
+	last := s.groups[group] <= 0
+	if last {
+		delete(s.groups, group)
+		for id, r := range s.socks {
+			if r.group == group {
+				delete(s.socks, id)
+			}
+		}
+	}
+	s.mu.Unlock()
+	if !last || s.backends == nil {
+		return
+	}
+	for _, b := range s.backends.All() {
+		b.Forget(group)
+	}
+}
+
+// closeRights closes every descriptor carried by the control message oob.
+func closeRights(oob []byte) {
+	for _, f := range parseRights(oob) {
+		f.Close()
+	}
+}
+
+// parseRights returns the descriptors in the SCM_RIGHTS messages of oob as
+// files.
+func parseRights(oob []byte) []*os.File {
+	if len(oob) == 0 {
+		return nil
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil
+	}
+	var out []*os.File
+	for _, m := range msgs {
+		fds, err := unix.ParseUnixRights(&m)
+		if err != nil {
+			continue
+		}
+		for _, fd := range fds {
+			out = append(out, os.NewFile(uintptr(fd), "passed-fd"))
+		}
+	}
+	return out
+}

@@ -1,0 +1,303 @@
+// Package isolator is the isolator daemon: it supervises the INS processes
+// (each a sandboxed netstack with a NIC on every uplink, see package ins),
+// registers apps and serves their socket calls from shared-memory rings,
+// routing each to the INS that holds the socket, and answers the CLIs on its
+// API socket.
+package isolator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/mpshim/mpshim/isolator/api"
+	"github.com/mpshim/mpshim/isolator/config"
+	"github.com/mpshim/mpshim/isolator/ins"
+)
+
+type configUplink = config.Uplink
+
+// Daemon is one isolator: its INS processes, uplinks and sockets.
+type Daemon struct {
+	cfg  config.Config
+	log  *slog.Logger
+	self string // executable re-run as INS processes
+
+	mu       sync.Mutex
+	uplinks  []uplinkState
+	ins      map[int]*insProc
+	nextID   int
+	stopping bool
+	spawnMu  sync.Mutex // one spawn batch at a time
+
+	// onSpawn is called for every INS that comes up (listener replication).
+	onSpawn func(Backend)
+}
+
+// New validates cfg and prepares a daemon; Run starts it.
+func New(cfg config.Config, log *slog.Logger) (*Daemon, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("find own executable: %w", err)
+	}
+	d := &Daemon{cfg: cfg, log: log, self: self, ins: map[int]*insProc{}, nextID: 1}
+	for _, u := range cfg.Uplinks {
+		us, err := newUplinkState(u)
+		if err != nil {
+			return nil, err
+		}
+		d.uplinks = append(d.uplinks, us)
+	}
+	return d, nil
+}
+
+func newUplinkState(u config.Uplink) (uplinkState, error) {
+	s := uplinkState{cfg: u}
+	var err error
+	if s.pool4, err = newAddrPool(u.Pool4); err != nil {
+		return s, fmt.Errorf("uplink %s: %w", u.Name, err)
+	}
+	if s.pool6, err = newAddrPool(u.Pool6); err != nil {
+		return s, fmt.Errorf("uplink %s: %w", u.Name, err)
+	}
+	if u.Gateway4 != "" {
+		s.gw4, _ = netip.ParseAddr(u.Gateway4)
+	}
+	if u.Gateway6 != "" {
+		s.gw6, _ = netip.ParseAddr(u.Gateway6)
+	}
+	return s, nil
+}
+
+// Run starts the configured INS, opens the sockets and serves until ctx
+// ends; then it stops every INS and removes its sockets.
+func (d *Daemon) Run(ctx context.Context) error {
+	if err := os.MkdirAll(filepath.Dir(d.cfg.API), 0o755); err != nil {
+		return fmt.Errorf("api socket directory: %w", err)
+	}
+	_ = os.Remove(d.cfg.API)
+	old := unixUmask(0o077)
+	apiLn, err := net.Listen("unix", d.cfg.API)
+	unixUmask(old)
+	if err != nil {
+		return fmt.Errorf("api socket: %w", err)
+	}
+	defer os.Remove(d.cfg.API)
+	defer d.stopAll()
+
+	if d.cfg.INS > 0 {
+		if _, err := d.Spawn(ctx, d.cfg.INS); err != nil {
+			apiLn.Close()
+			return err
+		}
+	}
+	serveApp, err := d.startApp(ctx)
+	if err != nil {
+		apiLn.Close()
+		return err
+	}
+	errc := make(chan error, 2)
+	go func() { errc <- api.Serve(ctx, apiLn, d.handle, d.log) }()
+	go func() { errc <- serveApp() }()
+	d.log.Info("isolator running", "api", d.cfg.API, "socket", d.cfg.Socket, "ins", d.cfg.INS)
+	var first error
+	for range 2 {
+		if err := <-errc; err != nil && first == nil {
+			first = err
+			d.log.Error("isolator", "err", err)
+		}
+	}
+	return first
+}
+
+// Spawn starts n more INS processes.
+func (d *Daemon) Spawn(ctx context.Context, n int) ([]int, error) {
+	d.spawnMu.Lock()
+	defer d.spawnMu.Unlock()
+	d.mu.Lock()
+	have := len(d.ins)
+	if n < 1 || have+n > d.cfg.MaxINS {
+		d.mu.Unlock()
+		return nil, fmt.Errorf("spawn %d: want 1..%d more INS (have %d, max_ins %d)", n, d.cfg.MaxINS-have, have, d.cfg.MaxINS)
+	}
+	d.mu.Unlock()
+	var ids []int
+	for range n {
+		d.mu.Lock()
+		id := d.nextID
+		d.nextID++
+		total := len(d.ins) + 1
+		d.mu.Unlock()
+		p, err := d.startINS(ctx, id, max(total, have+n))
+		if err != nil {
+			return ids, err
+		}
+		d.mu.Lock()
+		d.ins[id] = p
+		d.mu.Unlock()
+		ids = append(ids, id)
+		d.mu.Lock()
+		onSpawn := d.onSpawn
+		d.mu.Unlock()
+		if onSpawn != nil {
+			onSpawn(p)
+		}
+	}
+	return ids, nil
+}
+
+// Kill stops INS id.
+func (d *Daemon) Kill(id int) error {
+	d.mu.Lock()
+	p, ok := d.ins[id]
+	if ok {
+		delete(d.ins, id)
+	}
+	d.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("no INS %d (see `isolator ls`)", id)
+	}
+	p.stop(2 * time.Second)
+	return nil
+}
+
+func (d *Daemon) stopAll() {
+	d.mu.Lock()
+	d.stopping = true
+	procs := make([]*insProc, 0, len(d.ins))
+	for _, p := range d.ins {
+		procs = append(procs, p)
+	}
+	d.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, p := range procs {
+		wg.Add(1)
+		go func() { defer wg.Done(); p.stop(2 * time.Second) }()
+	}
+	wg.Wait()
+}
+
+// Pick returns the live INS with the fewest sockets placed on it.
+func (d *Daemon) Pick() (Backend, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var best *insProc
+	for _, p := range d.ins {
+		if best == nil || p.sockets.Load() < best.sockets.Load() || (p.sockets.Load() == best.sockets.Load() && p.id < best.id) {
+			best = p
+		}
+	}
+	if best == nil {
+		return nil, errors.New("no INS running")
+	}
+	return best, nil
+}
+
+// Get returns INS id if it is alive.
+func (d *Daemon) Get(id int) (Backend, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	p, ok := d.ins[id]
+	if !ok {
+		return nil, false
+	}
+	return p, true
+}
+
+// All returns every live INS, by id.
+func (d *Daemon) All() []Backend {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ids := make([]int, 0, len(d.ins))
+	for id := range d.ins {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	out := make([]Backend, len(ids))
+	for i, id := range ids {
+		out[i] = d.ins[id]
+	}
+	return out
+}
+
+// List describes every INS.
+func (d *Daemon) List(ctx context.Context) []api.INSInfo {
+	var out []api.INSInfo
+	for _, b := range d.All() {
+		p := b.(*insProc)
+		info := api.INSInfo{ID: p.id, PID: p.pid(), State: "running", NetNS: p.ns.Name, Started: p.started}
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		st, err := p.manage(ctx, ins.ManageRequest{Op: ins.ManageStats})
+		cancel()
+		if err != nil {
+			info.State = "unresponsive"
+		}
+		info.Sockets = st.Engine.Sockets
+		info.Connections = st.Engine.Connected
+		info.RSS = st.RSSBytes
+		counters := map[string]ins.UplinkCounters{}
+		for _, c := range st.Uplinks {
+			counters[c.Name] = c
+			info.RxBytes += c.RxBytes
+			info.TxBytes += c.TxBytes
+		}
+		for _, u := range p.cfg.Stack.Uplinks {
+			c := counters[u.Name]
+			iu := api.INSUplink{Name: u.Name, Addr4: u.Addr4.String(), State: c.State.String(),
+				RxBytes: c.RxBytes, TxBytes: c.TxBytes, RxPackets: c.RxPackets, TxPackets: c.TxPackets}
+			if u.Addr6.IsValid() {
+				iu.Addr6 = u.Addr6.String()
+			}
+			info.Uplinks = append(info.Uplinks, iu)
+		}
+		out = append(out, info)
+	}
+	return out
+}
+
+// handle answers one API request.
+func (d *Daemon) handle(ctx context.Context, req api.Request) api.Response {
+	switch req.Op {
+	case api.OpSpawn:
+		ids, err := d.Spawn(ctx, req.N)
+		resp := api.Response{OK: err == nil}
+		if err != nil {
+			resp.Error = err.Error()
+		}
+		all := d.List(ctx)
+		for _, i := range all {
+			if slices.Contains(ids, i.ID) {
+				resp.INS = append(resp.INS, i)
+			}
+		}
+		return resp
+	case api.OpList:
+		return api.Response{OK: true, INS: d.List(ctx)}
+	case api.OpKill:
+		if err := d.Kill(req.ID); err != nil {
+			return api.Errorf("%v", err)
+		}
+		return api.Response{OK: true}
+	case api.OpUplinkList:
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		resp := api.Response{OK: true}
+		for _, u := range d.uplinks {
+			resp.Uplinks = append(resp.Uplinks, api.UplinkInfo{Uplink: u.cfg, State: "configured"})
+		}
+		return resp
+	default:
+		return api.Errorf("unknown operation %q (spawn, ls, kill, uplink-ls)", req.Op)
+	}
+}

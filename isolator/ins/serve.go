@@ -1,0 +1,453 @@
+package ins
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/mpshim/mpshim/isolator/ctrl"
+	"github.com/mpshim/mpshim/msgproto"
+)
+
+// ProcessConfig is everything an INS process is started with. The daemon
+// passes it as JSON in the environment variable ConfigEnv.
+type ProcessConfig struct {
+	// Stack configures the netstack and its uplinks.
+	Stack Config
+	// Sandbox confines the process once the link sockets are open.
+	Sandbox SandboxOptions
+	// NoSandbox skips the sandbox (diagnostics only).
+	NoSandbox bool
+}
+
+// ConfigEnv names the environment variable holding an INS process's
+// ProcessConfig.
+const ConfigEnv = "MPSHIM_INS_CONFIG"
+
+// localMask keeps the INS-local part of a global socket id; the INS id sits
+// in the top 16 bits (see isolator.SockID).
+const localMask = 1<<48 - 1
+
+// Management operations of KindManage frames.
+const (
+	// ManageStats asks for Status.
+	ManageStats = "stats"
+	// ManageForget releases the sockets of a socket group that has gone.
+	ManageForget = "forget"
+)
+
+// ManageRequest is a management request from the daemon.
+type ManageRequest struct {
+	Op    string `json:"op"`
+	Group uint64 `json:"group,omitempty"`
+}
+
+// Status is an INS's answer to ManageStats.
+type Status struct {
+	Engine   EngineStats      `json:"engine"`
+	Uplinks  []UplinkCounters `json:"uplinks"`
+	RSSBytes uint64           `json:"rss_bytes"`
+	Error    string           `json:"error,omitempty"`
+}
+
+// Server answers the daemon's requests for one INS: socket calls go to the
+// Engine, after the caller's socket group is checked against the socket's.
+type Server struct {
+	id  int
+	st  *Stack
+	eng *Engine
+	ch  *ctrl.Conn
+	log *slog.Logger
+
+	mu      sync.Mutex
+	owner   map[SockID]uint64   // socket group of each socket
+	pending map[SockID]*os.File // stream ends waiting for Connect
+}
+
+// NewServer builds the engine on st and serves the daemon on ch.
+func NewServer(id int, st *Stack, ch *ctrl.Conn, log *slog.Logger) *Server {
+	s := &Server{id: id, st: st, ch: ch, log: log, owner: map[SockID]uint64{}, pending: map[SockID]*os.File{}}
+	s.eng = NewEngine(st.Stack(), st, EngineOptions{EncodeAccept: s.encodeAccept, Logger: log})
+	return s
+}
+
+// Engine returns the socket engine.
+func (s *Server) Engine() *Engine { return s.eng }
+
+func (s *Server) global(id SockID) uint64 { return uint64(s.id)<<48 | uint64(id)&localMask }
+
+// encodeAccept announces an accepted connection: it belongs to its
+// listener's socket group, and the app learns its global id.
+func (s *Server) encodeAccept(listener, sock SockID, local, peer netip.AddrPort) []byte {
+	s.mu.Lock()
+	s.owner[sock] = s.owner[listener]
+	s.mu.Unlock()
+	b, err := msgproto.Append(nil, 0, msgproto.FlagFD, &msgproto.AcceptNotify{
+		Listener: s.global(listener), Sock: s.global(sock),
+		Local: msgproto.AddrFromNetip(local), Peer: msgproto.AddrFromNetip(peer),
+	})
+	if err != nil {
+		s.log.Error("encode accept notification", "err", err)
+	}
+	return b
+}
+
+// Serve handles frames until the daemon hangs up or ctx ends.
+func (s *Server) Serve(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() { s.ch.Close() })
+	defer stop()
+	defer s.eng.Stop()
+	return s.ch.ReadLoop(func(m ctrl.Msg) {
+		switch m.Kind {
+		case ctrl.KindSocket:
+			// A call may block (connect); each runs on its own.
+			go s.socketCall(ctx, m)
+		case ctrl.KindManage:
+			s.manage(m)
+		default:
+			m.CloseFiles()
+			s.log.Warn("unknown frame kind from daemon", "kind", m.Kind)
+		}
+	})
+}
+
+func (s *Server) manage(m ctrl.Msg) {
+	m.CloseFiles()
+	var req ManageRequest
+	var out any
+	if err := json.Unmarshal(m.Payload, &req); err != nil {
+		out = Status{Error: fmt.Sprintf("bad management request: %v", err)}
+	} else {
+		switch req.Op {
+		case ManageStats:
+			out = Status{Engine: s.eng.Stats(), Uplinks: s.st.Counters(), RSSBytes: selfRSS()}
+		case ManageForget:
+			s.forget(req.Group)
+			out = Status{}
+		default:
+			out = Status{Error: fmt.Sprintf("unknown management op %q", req.Op)}
+		}
+	}
+	b, _ := json.Marshal(out)
+	if err := s.ch.Reply(m.Frame, b); err != nil {
+		s.log.Debug("management reply", "err", err)
+	}
+}
+
+// forget closes every socket of a group that has gone.
+func (s *Server) forget(group uint64) {
+	s.mu.Lock()
+	var ids []SockID
+	for id, g := range s.owner {
+		if g == group {
+			ids = append(ids, id)
+			delete(s.owner, id)
+			if f := s.pending[id]; f != nil {
+				f.Close()
+				delete(s.pending, id)
+			}
+		}
+	}
+	s.mu.Unlock()
+	for _, id := range ids {
+		s.eng.Close(id)
+	}
+}
+
+func (s *Server) socketCall(ctx context.Context, m ctrl.Msg) {
+	reply := s.handle(ctx, m)
+	b, err := msgproto.Append(nil, 0, 0, reply)
+	if err != nil {
+		s.log.Error("encode reply", "err", err)
+		b, _ = msgproto.Append(nil, 0, 0, &msgproto.Reply{Errno: int32(unix.EIO)})
+	}
+	if err := s.ch.Reply(m.Frame, b); err != nil {
+		s.log.Debug("reply", "err", err)
+	}
+}
+
+func errReply(e unix.Errno) msgproto.Message { return &msgproto.Reply{Errno: int32(e)} }
+
+// sock resolves a global id of this INS owned by group.
+func (s *Server) sock(group, global uint64) (SockID, unix.Errno) {
+	if int(global>>48) != s.id {
+		return 0, unix.EBADF
+	}
+	id := SockID(global & localMask)
+	s.mu.Lock()
+	g, ok := s.owner[id]
+	s.mu.Unlock()
+	if !ok || g != group {
+		return 0, unix.EBADF
+	}
+	return id, 0
+}
+
+// oneFile returns the single descriptor a request carries (or nil) and
+// closes any extra.
+func oneFile(m *ctrl.Msg) *os.File {
+	if len(m.Files) == 0 {
+		return nil
+	}
+	f := m.Files[0]
+	for _, x := range m.Files[1:] {
+		x.Close()
+	}
+	m.Files = nil
+	return f
+}
+
+func addrPort(a msgproto.Addr) (netip.AddrPort, unix.Errno) {
+	if a.Family == msgproto.FamilyUnspec {
+		return netip.AddrPort{}, 0
+	}
+	ap, err := a.AddrPort()
+	if err != nil {
+		return netip.AddrPort{}, unix.EINVAL
+	}
+	return ap, 0
+}
+
+func (s *Server) handle(ctx context.Context, m ctrl.Msg) msgproto.Message {
+	f := oneFile(&m)
+	closeF := func() {
+		if f != nil {
+			f.Close()
+		}
+	}
+	_, req, err := msgproto.Decode(m.Payload)
+	if err != nil {
+		closeF()
+		return errReply(unix.EPROTO)
+	}
+	group := m.Group
+	if r, ok := req.(*msgproto.Socket); ok {
+		return s.socket(group, r, f)
+	}
+	sockOf := func(global uint64) (SockID, unix.Errno) { return s.sock(group, global) }
+	switch r := req.(type) {
+	case *msgproto.Bind:
+		closeF()
+		id, e := sockOf(r.Sock)
+		if e != 0 {
+			return errReply(e)
+		}
+		ap, e := addrPort(r.Addr)
+		if e != 0 {
+			return errReply(e)
+		}
+		return errReply(s.eng.Bind(id, ap))
+	case *msgproto.Listen:
+		id, e := sockOf(r.Sock)
+		if e != 0 || f == nil {
+			closeF()
+			if e == 0 {
+				e = unix.EINVAL
+			}
+			return errReply(e)
+		}
+		s.mu.Lock()
+		if old := s.pending[id]; old != nil {
+			old.Close()
+			delete(s.pending, id)
+		}
+		s.mu.Unlock()
+		return errReply(s.eng.Listen(id, int(r.Backlog), f))
+	case *msgproto.Connect:
+		closeF()
+		id, e := sockOf(r.Sock)
+		if e != 0 {
+			return errReply(e)
+		}
+		ap, e := addrPort(r.Addr)
+		if e != 0 {
+			return errReply(e)
+		}
+		s.mu.Lock()
+		stream := s.pending[id]
+		delete(s.pending, id)
+		s.mu.Unlock()
+		return errReply(s.eng.Connect(id, ap, stream, r.Flags&msgproto.ConnectNonblock != 0))
+	case *msgproto.Shutdown:
+		closeF()
+		id, e := sockOf(r.Sock)
+		if e != 0 {
+			return errReply(e)
+		}
+		return errReply(s.eng.Shutdown(id, int(r.How)))
+	case *msgproto.Close:
+		closeF()
+		id, e := sockOf(r.Sock)
+		if e != 0 {
+			return errReply(e)
+		}
+		s.mu.Lock()
+		delete(s.owner, id)
+		if p := s.pending[id]; p != nil {
+			p.Close()
+			delete(s.pending, id)
+		}
+		s.mu.Unlock()
+		s.eng.Close(id)
+		return errReply(0)
+	case *msgproto.Setsockopt:
+		closeF()
+		id, e := sockOf(r.Sock)
+		if e != 0 {
+			return errReply(e)
+		}
+		return errReply(s.eng.Setsockopt(id, int(r.Level), int(r.Name), r.Value))
+	case *msgproto.Getsockopt:
+		closeF()
+		id, e := sockOf(r.Sock)
+		if e != 0 {
+			return errReply(e)
+		}
+		v, e := s.eng.Getsockopt(id, int(r.Level), int(r.Name), int(r.MaxLen))
+		if e != 0 {
+			return errReply(e)
+		}
+		return &msgproto.OptReply{Value: v}
+	case *msgproto.Getsockname, *msgproto.Getpeername:
+		closeF()
+		var global uint64
+		get := s.eng.Getsockname
+		if g, ok := r.(*msgproto.Getsockname); ok {
+			global = g.Sock
+		} else {
+			global = r.(*msgproto.Getpeername).Sock
+			get = s.eng.Getpeername
+		}
+		id, e := sockOf(global)
+		if e != 0 {
+			return errReply(e)
+		}
+		ap, e := get(id)
+		if e != 0 {
+			return errReply(e)
+		}
+		return &msgproto.AddrReply{Addr: msgproto.AddrFromNetip(ap)}
+	case *msgproto.Ioctl:
+		closeF()
+		id, e := sockOf(r.Sock)
+		if e != 0 {
+			return errReply(e)
+		}
+		res, arg, e := s.eng.Ioctl(id, uint(r.Request), r.Arg)
+		if e != 0 {
+			return errReply(e)
+		}
+		return &msgproto.IoctlReply{Result: res, Arg: arg}
+	case *msgproto.SendTo:
+		closeF()
+		id, e := sockOf(r.Sock)
+		if e != 0 {
+			return errReply(e)
+		}
+		to, e := addrPort(r.Addr)
+		if e != 0 {
+			return errReply(e)
+		}
+		n, e := s.eng.SendTo(id, r.Payload, to, int(r.Flags))
+		if e != 0 {
+			return errReply(e)
+		}
+		return &msgproto.Reply{Value: int64(n)}
+	case *msgproto.RecvFrom:
+		closeF()
+		id, e := sockOf(r.Sock)
+		if e != 0 {
+			return errReply(e)
+		}
+		p, from, rflags, full, e := s.eng.RecvFrom(ctx, id, int(r.MaxLen), int(r.Flags))
+		if e != 0 {
+			return errReply(e)
+		}
+		return &msgproto.RecvReply{Addr: msgproto.AddrFromNetip(from), Flags: int32(rflags), FullLen: uint32(full), Payload: p}
+	default:
+		closeF()
+		return errReply(unix.EOPNOTSUPP)
+	}
+}
+
+func (s *Server) socket(group uint64, r *msgproto.Socket, f *os.File) msgproto.Message {
+	id, e := s.eng.Socket(int(r.Domain), int(r.SockType), int(r.Protocol))
+	if e != 0 {
+		if f != nil {
+			f.Close()
+		}
+		return errReply(e)
+	}
+	s.mu.Lock()
+	s.owner[id] = group
+	s.mu.Unlock()
+	if f != nil {
+		if int(r.SockType)&0xf == unix.SOCK_DGRAM {
+			if e := s.eng.AttachDatagram(id, f); e != 0 {
+				s.eng.Close(id)
+				return errReply(e)
+			}
+		} else {
+			s.mu.Lock()
+			s.pending[id] = f
+			s.mu.Unlock()
+		}
+	}
+	return &msgproto.SocketReply{Sock: s.global(id)}
+}
+
+// selfRSS reads this process's resident set size.
+func selfRSS() uint64 {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			kb, _ := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// RunProcess is the body of an INS process: it reads its ProcessConfig,
+// builds the stack on the link interfaces of its network namespace, confines
+// itself and serves the daemon on ctrlFile until the daemon hangs up.
+func RunProcess(ctx context.Context, ctrlFile *os.File, log *slog.Logger) error {
+	var cfg ProcessConfig
+	if err := json.Unmarshal([]byte(os.Getenv(ConfigEnv)), &cfg); err != nil {
+		return fmt.Errorf("ins: config from %s: %w", ConfigEnv, err)
+	}
+	os.Unsetenv(ConfigEnv)
+	log = log.With("ins", cfg.Stack.ID)
+	cfg.Stack.Logger = log
+	st, err := NewStack(cfg.Stack)
+	if err != nil {
+		return fmt.Errorf("ins %d: %w", cfg.Stack.ID, err)
+	}
+	defer st.Close()
+	ch := ctrl.New(ctrlFile)
+	srv := NewServer(cfg.Stack.ID, st, ch, log)
+	if !cfg.NoSandbox {
+		if err := Sandbox(cfg.Sandbox); err != nil {
+			return fmt.Errorf("ins %d: %w", cfg.Stack.ID, err)
+		}
+	}
+	log.Info("INS serving", "pid", os.Getpid(), "uplinks", len(cfg.Stack.Uplinks))
+	if err := srv.Serve(ctx); err != nil {
+		return fmt.Errorf("ins %d: %w", cfg.Stack.ID, err)
+	}
+	return nil
+}

@@ -1,0 +1,258 @@
+package isolator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/mpshim/mpshim/isolator/ctrl"
+	"github.com/mpshim/mpshim/isolator/ins"
+	"github.com/mpshim/mpshim/msgproto"
+)
+
+// insProc is one running INS process as the daemon supervises it.
+type insProc struct {
+	id      int
+	cmd     *exec.Cmd
+	ch      *ctrl.Conn
+	ns      *ins.NetNS
+	cfg     ins.ProcessConfig
+	started time.Time
+	done    chan struct{} // closed when the process has exited
+	sockets atomic.Int64  // sockets placed on this INS by the daemon (for Pick)
+	log     *slog.Logger
+}
+
+func (p *insProc) ID() int { return p.id }
+
+func (p *insProc) pid() int { return p.cmd.Process.Pid }
+
+// Call forwards one socket request to the INS and decodes its reply.
+func (p *insProc) Call(ctx context.Context, group uint64, m msgproto.Message, files ...*os.File) (msgproto.Message, error) {
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	b, err := msgproto.Append(nil, 0, flagsFor(files), m)
+	if err != nil {
+		return nil, fmt.Errorf("ins %d: encode %s: %w", p.id, m.Type(), err)
+	}
+	if _, ok := m.(*msgproto.Socket); ok {
+		p.sockets.Add(1)
+	}
+	r, err := p.ch.Call(ctx, ctrl.Frame{Kind: ctrl.KindSocket, Group: group}, b, files...)
+	if err != nil {
+		return nil, fmt.Errorf("ins %d: %s: %w", p.id, m.Type(), err)
+	}
+	r.CloseFiles()
+	_, reply, err := msgproto.Decode(r.Payload)
+	if err != nil {
+		return nil, fmt.Errorf("ins %d: reply to %s: %w", p.id, m.Type(), err)
+	}
+	return reply, nil
+}
+
+func flagsFor(files []*os.File) uint32 {
+	if len(files) > 0 {
+		return msgproto.FlagFD
+	}
+	return 0
+}
+
+// Forget tells the INS that a socket group is gone.
+func (p *insProc) Forget(group uint64) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := p.manage(ctx, ins.ManageRequest{Op: ins.ManageForget, Group: group}); err != nil {
+		p.log.Debug("forget group", "group", group, "err", err)
+	}
+}
+
+// manage sends a management request and decodes the answer.
+func (p *insProc) manage(ctx context.Context, req ins.ManageRequest) (ins.Status, error) {
+	b, _ := json.Marshal(req)
+	r, err := p.ch.Call(ctx, ctrl.Frame{Kind: ctrl.KindManage}, b)
+	if err != nil {
+		return ins.Status{}, fmt.Errorf("ins %d: %s: %w", p.id, req.Op, err)
+	}
+	r.CloseFiles()
+	var st ins.Status
+	if err := json.Unmarshal(r.Payload, &st); err != nil {
+		return st, fmt.Errorf("ins %d: %s reply: %w", p.id, req.Op, err)
+	}
+	if st.Error != "" {
+		return st, fmt.Errorf("ins %d: %s: %s", p.id, req.Op, st.Error)
+	}
+	return st, nil
+}
+
+// startINS prepares the INS's network namespace, starts the process in it
+// and waits until it answers.
+func (d *Daemon) startINS(ctx context.Context, id int, total int) (_ *insProc, err error) {
+	log := d.log.With("ins", id)
+	d.mu.Lock()
+	uplinks := append([]uplinkState(nil), d.uplinks...)
+	d.mu.Unlock()
+	if len(uplinks) == 0 {
+		return nil, errors.New("no uplinks configured: add one with --uplink or in the config file")
+	}
+	host := make([]ins.HostUplink, len(uplinks))
+	for i, u := range uplinks {
+		host[i] = ins.HostUplink{Parent: u.cfg.Interface, Name: fmt.Sprintf("up%d", i)}
+	}
+	var release []func()
+	defer func() {
+		if err != nil {
+			for _, r := range release {
+				r()
+			}
+		}
+	}()
+	ns, err := ins.PrepareNetNS(ctx, id, d.cfg.NetNS, host)
+	if err != nil {
+		return nil, fmt.Errorf("INS %d: %w", id, err)
+	}
+	release = append(release, func() { ns.Close() })
+
+	pc := ins.ProcessConfig{
+		Stack:   ins.Config{ID: id, Policy: d.cfg.Policy, GOMAXPROCS: ins.GOMAXPROCSFor(total)},
+		Sandbox: ins.SandboxOptions{NoFile: noFileLimit()},
+	}
+	for i, u := range uplinks {
+		a4, err := u.pool4.get()
+		if err != nil {
+			return nil, fmt.Errorf("INS %d: uplink %s: %w", id, u.cfg.Name, err)
+		}
+		a6, err := u.pool6.get()
+		if err != nil {
+			u.pool4.put(a4)
+			return nil, fmt.Errorf("INS %d: uplink %s: %w", id, u.cfg.Name, err)
+		}
+		pool4, pool6 := u.pool4, u.pool6
+		release = append(release, func() { pool4.put(a4); pool6.put(a6) })
+		pc.Stack.Uplinks = append(pc.Stack.Uplinks, ins.UplinkConfig{
+			Name: u.cfg.Name, Interface: ns.Links[i].Name,
+			Addr4: a4, Gateway4: u.gw4, Addr6: a6, Gateway6: u.gw6,
+			Weight: u.cfg.Weight,
+			// Virtual parents (veth) hand partial checksums to AF_PACKET;
+			// the netstack must not verify those.
+			RXChecksumOffload: ns.Links[i].VirtualParent,
+		})
+	}
+	cfgJSON, err := json.Marshal(pc)
+	if err != nil {
+		return nil, fmt.Errorf("INS %d: config: %w", id, err)
+	}
+	mine, theirs, err := ctrl.Pair()
+	if err != nil {
+		return nil, err
+	}
+	defer theirs.Close()
+	cmd := exec.Command(d.self, "ins")
+	cmd.ExtraFiles = []*os.File{theirs} // fd 3
+	cmd.Env = append(os.Environ(), ins.ConfigEnv+"="+string(cfgJSON))
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	// Pdeathsig: the INS dies with the daemon (the INS also exits when its
+	// control channel hangs up). Setpgid keeps a terminal's ^C to the
+	// daemon, which then stops its INS in order.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	if err := startInNetNS(ns.Path, cmd); err != nil {
+		mine.Close()
+		return nil, fmt.Errorf("INS %d: start: %w", id, err)
+	}
+	p := &insProc{id: id, cmd: cmd, ch: ctrl.New(mine), ns: ns, cfg: pc, started: time.Now(), done: make(chan struct{}), log: log}
+	rel := release
+	release = nil
+	go func() {
+		_ = p.ch.ReadLoop(func(m ctrl.Msg) { m.CloseFiles() })
+	}()
+	go d.reap(p, rel)
+
+	// Ready once it answers a status request.
+	rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if _, err := p.manage(rctx, ins.ManageRequest{Op: ins.ManageStats}); err != nil {
+		_ = cmd.Process.Kill()
+		<-p.done
+		return nil, fmt.Errorf("INS %d did not come up: %w", id, err)
+	}
+	log.Info("INS started", "pid", p.pid(), "netns", ns.Name, "uplinks", addrList(pc.Stack.Uplinks))
+	return p, nil
+}
+
+// reap waits for an INS process to exit, reports it and releases what it
+// held. A process that dies is noticed at once (wait returns).
+func (d *Daemon) reap(p *insProc, release []func()) {
+	err := p.cmd.Wait()
+	p.ch.Close()
+	d.mu.Lock()
+	_, known := d.ins[p.id]
+	delete(d.ins, p.id)
+	stopping := d.stopping
+	d.mu.Unlock()
+	status := "exited"
+	if err != nil {
+		status = err.Error()
+	}
+	if known && !stopping {
+		p.log.Warn("INS died", "pid", p.pid(), "status", status, "after", time.Since(p.started).Round(time.Millisecond))
+	} else {
+		p.log.Info("INS stopped", "pid", p.pid(), "status", status)
+	}
+	for _, r := range release {
+		r()
+	}
+	close(p.done)
+}
+
+// stop ends an INS: SIGTERM, then SIGKILL after grace.
+func (p *insProc) stop(grace time.Duration) {
+	_ = p.cmd.Process.Signal(unix.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(grace):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// noFileLimit is the descriptor limit for an INS: the sandbox default,
+// unless this process's hard limit is lower (an INS cannot raise it where
+// the daemon could not either).
+func noFileLimit() uint64 {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err == nil && rl.Max < ins.DefaultNoFile {
+		return rl.Max
+	}
+	return ins.DefaultNoFile
+}
+
+func addrList(ups []ins.UplinkConfig) []string {
+	var out []string
+	for _, u := range ups {
+		s := u.Name + "=" + u.Addr4.String()
+		if u.Addr6.IsValid() {
+			s += "," + u.Addr6.String()
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// uplinkState is one configured uplink with its address pools.
+type uplinkState struct {
+	cfg          configUplink
+	pool4, pool6 *addrPool
+	gw4, gw6     netip.Addr
+}

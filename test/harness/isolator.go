@@ -1,0 +1,254 @@
+// Package harness runs the project's own binaries for end-to-end tests: an
+// isolator daemon inside a test topology's gw namespace, with its log kept
+// for assertions and shown when the test fails, stopped at cleanup.
+package harness
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mpshim/mpshim/isolator/api"
+	"github.com/mpshim/mpshim/test/topo"
+)
+
+// BinDir is the directory of the built binaries: $MPSHIM_BIN or the
+// repository's bin/.
+func BinDir() string {
+	if d := os.Getenv("MPSHIM_BIN"); d != "" {
+		return d
+	}
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..", "bin")
+}
+
+// Binary returns the path of a built binary (isolator, libmpshim.so, …).
+// It fails the test under CI when the binary is missing and skips it
+// otherwise, saying how to build it.
+func Binary(t testing.TB, name string) string {
+	t.Helper()
+	p := filepath.Join(BinDir(), name)
+	if _, err := os.Stat(p); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%s not built (%v): run make build", name, err)
+		}
+		t.Skipf("%s not built (%v): run make build", name, err)
+	}
+	return p
+}
+
+// UplinkSpec describes one uplink given to the daemon.
+type UplinkSpec struct {
+	// Interface is the host interface in the gw namespace.
+	Interface string
+	// Pool4 and Pool6 are the first INS addresses with prefix length.
+	Pool4, Pool6 string
+	// Gateway4 and Gateway6 are the next hops (empty: on-link only).
+	Gateway4, Gateway6 string
+	// Weight is the uplink's share of outbound flows (0 means 1).
+	Weight int
+}
+
+// Options configures a daemon.
+type Options struct {
+	// INS is the number of INS started with the daemon.
+	INS int
+	// Uplinks default to every topology uplink with its HostAddr4(0) pool
+	// and the wan end as gateway.
+	Uplinks []UplinkSpec
+	// Policy is the outbound uplink policy (default wrr).
+	Policy string
+	// Args are extra arguments to `isolator run`.
+	Args []string
+}
+
+// Isolator is a daemon run by a test.
+type Isolator struct {
+	// Bin is the isolator binary; API and Socket its sockets.
+	Bin, API, Socket string
+	cmd              *exec.Cmd
+	exited           chan struct{}
+
+	mu     sync.Mutex
+	lines  []string
+	lineAt []time.Time
+}
+
+// DefaultUplinks gives every topology uplink to the daemon.
+func DefaultUplinks(tp *topo.Topology) []UplinkSpec {
+	var out []UplinkSpec
+	for _, u := range tp.Uplinks {
+		out = append(out, UplinkSpec{Interface: u.GWIf, Pool4: u.HostAddr4(0).String() + "/24",
+			Gateway4: u.WANAddr4.String(), Pool6: u.HostAddr6(0).String() + "/64", Weight: 1})
+	}
+	return out
+}
+
+// StartIsolator runs `isolator run` in the topology's gw namespace and
+// waits until its API answers. The daemon is stopped (SIGTERM, then
+// SIGKILL) at cleanup; its log is printed if the test failed.
+func StartIsolator(t testing.TB, tp *topo.Topology, o Options) *Isolator {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "mpshim-iso-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The registration socket must be reachable by apps that drop
+	// privileges: the directory is world-searchable.
+	_ = os.Chmod(dir, 0o755)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	d := &Isolator{Bin: Binary(t, "isolator"), API: filepath.Join(dir, "api.sock"), Socket: filepath.Join(dir, "isolator.sock")}
+	if o.Uplinks == nil {
+		o.Uplinks = DefaultUplinks(tp)
+	}
+	args := []string{"run", "--api", d.API, "--socket", d.Socket, "--ins", fmt.Sprint(o.INS), "--max-ins", "32"}
+	if o.Policy != "" {
+		args = append(args, "--policy", o.Policy)
+	}
+	for i, u := range o.Uplinks {
+		s := fmt.Sprintf("up%d=%s,pool4=%s", i, u.Interface, u.Pool4)
+		if u.Gateway4 != "" {
+			s += ",gw4=" + u.Gateway4
+		}
+		if u.Pool6 != "" {
+			s += ",pool6=" + u.Pool6
+		}
+		if u.Gateway6 != "" {
+			s += ",gw6=" + u.Gateway6
+		}
+		s += fmt.Sprintf(",weight=%d", max(u.Weight, 1))
+		args = append(args, "--uplink", s)
+	}
+	args = append(args, o.Args...)
+	cmd := tp.GW.Command(context.Background(), d.Bin, args...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start isolator: %v", err)
+	}
+	d.cmd, d.exited = cmd, make(chan struct{})
+	go func() {
+		defer close(d.exited)
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			d.mu.Lock()
+			d.lines = append(d.lines, sc.Text())
+			d.lineAt = append(d.lineAt, time.Now())
+			d.mu.Unlock()
+		}
+		cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		d.Stop(t)
+		if t.Failed() {
+			t.Logf("isolator log:\n%s", d.Log())
+		}
+	})
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		if _, err := d.List(); err == nil {
+			return d
+		}
+		select {
+		case <-d.exited:
+			t.Fatalf("isolator exited at start:\n%s", d.Log())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("isolator did not answer within 90 s:\n%s", d.Log())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// PID is the daemon's process id.
+func (d *Isolator) PID() int { return d.cmd.Process.Pid }
+
+// Exited is closed once the daemon has exited.
+func (d *Isolator) Exited() <-chan struct{} { return d.exited }
+
+// Stop sends SIGTERM and waits up to 10 s, then kills the process group.
+// It reports a daemon that needed SIGKILL.
+func (d *Isolator) Stop(t testing.TB) {
+	select {
+	case <-d.exited:
+		return
+	default:
+	}
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.exited:
+	case <-time.After(10 * time.Second):
+		t.Errorf("isolator did not stop within 10 s of SIGTERM")
+		_ = syscall.Kill(-d.cmd.Process.Pid, syscall.SIGKILL)
+		<-d.exited
+	}
+}
+
+// CLI runs the isolator CLI against this daemon.
+func (d *Isolator) CLI(args ...string) (string, error) {
+	out, err := exec.Command(d.Bin, append([]string{"--api", d.API}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+// List is `isolator ls -o json`.
+func (d *Isolator) List() ([]api.INSInfo, error) {
+	out, err := exec.Command(d.Bin, "--api", d.API, "ls", "-o", "json").Output()
+	if err != nil {
+		return nil, fmt.Errorf("isolator ls: %w", err)
+	}
+	var infos []api.INSInfo
+	if err := json.Unmarshal(out, &infos); err != nil {
+		return nil, fmt.Errorf("isolator ls -o json: %w: %s", err, out)
+	}
+	return infos, nil
+}
+
+// Log returns everything the daemon has logged so far.
+func (d *Isolator) Log() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return strings.Join(d.lines, "\n")
+}
+
+// WaitLog waits up to timeout for a log line written at or after since that
+// contains every word, and returns it with the time it was read.
+func (d *Isolator) WaitLog(since time.Time, timeout time.Duration, words ...string) (string, time.Time, bool) {
+	deadline := time.Now().Add(timeout)
+	for {
+		d.mu.Lock()
+	next:
+		for i, l := range d.lines {
+			if d.lineAt[i].Before(since) {
+				continue
+			}
+			for _, w := range words {
+				if !strings.Contains(l, w) {
+					continue next
+				}
+			}
+			at := d.lineAt[i]
+			d.mu.Unlock()
+			return l, at, true
+		}
+		d.mu.Unlock()
+		if time.Now().After(deadline) {
+			return "", time.Time{}, false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
