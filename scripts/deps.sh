@@ -14,7 +14,7 @@ test | demo | bench)
 	want+=(iputils-ping curl netcat-openbsd procps psmisc binutils)
 	# Real servers whose libc imports the shim must cover and which the
 	# end-to-end suites run under the shim.
-	want+=(nginx apache2 redis-server memcached haproxy)
+	want+=(nginx apache2 apache2-utils redis-server memcached haproxy wrk iperf3)
 	;;
 *)
 	echo "deps.sh: unknown set '$1' (want build|test|demo|bench)" >&2
