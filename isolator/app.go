@@ -2,6 +2,9 @@ package isolator
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -33,7 +36,8 @@ type AppConfig struct {
 	// before it is refused with EBADF. Default 1 s.
 	FDTimeout time.Duration
 	// MaxPendingFDs bounds the descriptors a client may have received but
-	// not yet paired with a request; more are closed. Default 64.
+	// not yet paired with a request; more are closed. Default: twice the
+	// ring's slot count (a client has at most that many calls in flight).
 	MaxPendingFDs int
 	// RegisterTimeout bounds the wait for the Register message on a new
 	// connection. Default 5 s.
@@ -52,7 +56,11 @@ func (c *AppConfig) fill() {
 		c.FDTimeout = time.Second
 	}
 	if c.MaxPendingFDs <= 0 {
-		c.MaxPendingFDs = 64
+		slots := c.Ring.Slots
+		if slots <= 0 {
+			slots = ring.DefaultSlotCount
+		}
+		c.MaxPendingFDs = 2 * slots
 	}
 	if c.RegisterTimeout <= 0 {
 		c.RegisterTimeout = 5 * time.Second
@@ -84,7 +92,8 @@ type AppServer struct {
 	mu      sync.Mutex
 	clients map[uint64]*client
 	gone    map[uint64]goneClient
-	groups  map[uint64]int // socket group -> live members
+	groups  map[uint64]int    // socket group -> live members
+	keys    map[uint64]uint64 // socket group -> secret key its descendants present
 	socks   map[uint64]*sockRec
 	lsns    map[uint64]*listenRec
 
@@ -120,6 +129,7 @@ func NewAppServer(cfg AppConfig, backends Backends, log *slog.Logger) *AppServer
 		clients:  map[uint64]*client{},
 		gone:     map[uint64]goneClient{},
 		groups:   map[uint64]int{},
+		keys:     map[uint64]uint64{},
 		socks:    map[uint64]*sockRec{},
 		lsns:     map[uint64]*listenRec{},
 		baseCtx:  context.Background(),
@@ -403,7 +413,7 @@ func (s *AppServer) register(ctx context.Context, conn *net.UnixConn) {
 		refuse(unix.EACCES, fmt.Sprintf("start time %d, /proc says %d", reg.StartTime, st.startTime))
 		return
 	}
-	group, errno, why := s.admit(cred.Pid, st.ppid, &reg)
+	group, key, errno, why := s.admit(cred.Pid, &reg)
 	if errno != 0 {
 		refuse(errno, why)
 		return
@@ -432,7 +442,7 @@ func (s *AppServer) register(ctx context.Context, conn *net.UnixConn) {
 		waiters: map[uint64]chan []*os.File{},
 		log:     s.log.With("client", id, "pid", cred.Pid, "comm", comm),
 	}
-	b, err := msgproto.Append(nil, 0, msgproto.FlagFD, &msgproto.RegisterReply{ClientID: id, RingSize: uint32(fi.Size()), Flags: uint32(reg.Flags)})
+	b, err := msgproto.Append(nil, 0, msgproto.FlagFD, &msgproto.RegisterReply{ClientID: id, RingSize: uint32(fi.Size()), Flags: uint32(reg.Flags), Key: key})
 	if err == nil {
 		conn.SetWriteDeadline(time.Now().Add(time.Second))
 		_, _, err = conn.WriteMsgUnix(b, unix.UnixRights(int(memfd.Fd())), nil)
@@ -457,42 +467,67 @@ func (s *AppServer) register(ctx context.Context, conn *net.UnixConn) {
 	c.log.Info("app: client gone")
 }
 
-// admit decides the socket group of a registering process and counts it
-// as a member. It returns an errno (and why) when it refuses.
-func (s *AppServer) admit(pid, ppid int32, reg *msgproto.Register) (uint64, unix.Errno, string) {
+// admit decides the socket group of a registering process, counts it as a
+// member and returns the group's key. It returns an errno (and why) when it
+// refuses.
+//
+// A fork child proves that it descends from a member by presenting the
+// group's key, which only processes holding a member's memory know; this
+// holds also when the parent has already exited (a daemonizing server
+// forks and exits at once). A new image of a process must in addition be
+// the same pid as the image it follows.
+func (s *AppServer) admit(pid int32, reg *msgproto.Register) (uint64, uint64, unix.Errno, string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.clients) >= s.cfg.MaxClients {
-		return 0, unix.EAGAIN, "too many clients"
+		return 0, 0, unix.EAGAIN, "too many clients"
 	}
 	var group uint64
 	switch reg.Flags {
 	case 0:
-		if reg.Parent != 0 {
-			return 0, unix.EINVAL, "Parent without RegForked/RegExeced"
+		if reg.Parent != 0 || reg.Key != 0 {
+			return 0, 0, unix.EINVAL, "Parent or Key without RegForked/RegExeced"
 		}
 		group = s.nextID.Add(1) | 1<<63 // group ids never collide with client ids
-	case msgproto.RegForked:
-		p, ok := s.clients[reg.Parent]
-		if !ok || p.pid != ppid {
-			return 0, unix.EACCES, fmt.Sprintf("RegForked: client %d is not the live parent (ppid %d)", reg.Parent, ppid)
+		var b [8]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return 0, 0, unix.ENOMEM, "no randomness for a group key"
 		}
-		group = p.group
-	case msgproto.RegExeced:
-		if p, ok := s.clients[reg.Parent]; ok && p.pid == pid {
-			group = p.group
-		} else if g, ok := s.gone[reg.Parent]; ok && g.pid == pid {
-			group = g.group
-			delete(s.gone, reg.Parent)
+		s.keys[group] = binary.LittleEndian.Uint64(b[:]) | 1
+	case msgproto.RegForked, msgproto.RegExeced:
+		var memberPID int32
+		if p, ok := s.clients[reg.Parent]; ok {
+			group, memberPID = p.group, p.pid
+		} else if g, ok := s.gone[reg.Parent]; ok {
+			group, memberPID = g.group, g.pid
 		} else {
-			return 0, unix.EACCES, fmt.Sprintf("RegExeced: client %d is not an earlier image of pid %d", reg.Parent, pid)
+			return 0, 0, unix.EACCES, fmt.Sprintf("%s: client %d is unknown", flagName(reg.Flags), reg.Parent)
+		}
+		key, ok := s.keys[group]
+		if !ok || subtle.ConstantTimeCompare(le64(key), le64(reg.Key)) != 1 {
+			return 0, 0, unix.EACCES, fmt.Sprintf("%s: wrong key for the group of client %d", flagName(reg.Flags), reg.Parent)
+		}
+		if reg.Flags == msgproto.RegExeced && memberPID != pid {
+			return 0, 0, unix.EACCES, fmt.Sprintf("RegExeced: client %d is not an earlier image of pid %d", reg.Parent, pid)
+		}
+		if reg.Flags == msgproto.RegExeced {
+			delete(s.gone, reg.Parent)
 		}
 	default:
-		return 0, unix.EINVAL, fmt.Sprintf("registration flags %#x", reg.Flags)
+		return 0, 0, unix.EINVAL, fmt.Sprintf("registration flags %#x", reg.Flags)
 	}
 	s.groups[group]++
-	return group, 0, ""
+	return group, s.keys[group], 0, ""
 }
+
+func flagName(f uint16) string {
+	if f == msgproto.RegForked {
+		return "RegForked"
+	}
+	return "RegExeced"
+}
+
+func le64(v uint64) []byte { return binary.LittleEndian.AppendUint64(nil, v) }
 
 // leaveGroup removes one member from group; the last one to leave makes
 // every INS forget the group.
@@ -500,7 +535,21 @@ func (s *AppServer) leaveGroup(group uint64) {
 	s.mu.Lock()
 	s.groups[group]--
 	last := s.groups[group] <= 0
+	s.mu.Unlock()
 	if last {
+		// A descendant may still register (a daemonizing parent exits
+		// before its child registers; an exec'ed image follows): the
+		// group and its sockets stay for ExecGrace.
+		time.AfterFunc(s.cfg.ExecGrace, func() { s.releaseGroup(group) })
+	}
+}
+
+// releaseGroup forgets a group that has had no member for ExecGrace.
+func (s *AppServer) releaseGroup(group uint64) {
+	s.mu.Lock()
+	last := s.groups[group] <= 0
+	if last {
+		delete(s.keys, group)
 		delete(s.groups, group)
 		for id, r := range s.socks {
 			if r.group == group {

@@ -50,9 +50,9 @@ func goldenCases() []golden {
 	v6ll.Flowinfo = 0x12345
 	return []golden{
 		{"register", 1, 0, &Register{PID: 4242, ProtoVersion: Version, Flags: 0x8001, StartTime: 123456789012, Comm: comm("nginx: worker")}},
-		{"register_forked", 2, 0, &Register{PID: 4243, ProtoVersion: Version, Flags: RegForked, StartTime: 123456789999, Comm: comm("nginx"), Parent: 0x1122334455667788}},
+		{"register_forked", 2, 0, &Register{PID: 4243, ProtoVersion: Version, Flags: RegForked, StartTime: 123456789999, Comm: comm("nginx"), Parent: 0x1122334455667788, Key: 0x0badc0ffee15900d}},
 		{"fd_pass", 6, FlagFD, &FDPass{Count: 1}},
-		{"register_reply", 1, FlagFD, &RegisterReply{ClientID: 0x1122334455667788, RingSize: 1 << 20, Flags: 3}},
+		{"register_reply", 1, FlagFD, &RegisterReply{ClientID: 0x1122334455667788, RingSize: 1 << 20, Flags: 3, Key: 0x0badc0ffee15900d}},
 		{"socket", 2, 0, &Socket{Domain: 10, SockType: 1 | 0x800 | 0x80000, Protocol: 6}},
 		{"socket_reply", 2, FlagFD, &SocketReply{Sock: 77}},
 		{"bind_v4", 3, 0, &Bind{Sock: 77, Addr: ap("0.0.0.0:8080")}},
@@ -84,6 +84,8 @@ func goldenCases() []golden {
 		{"reply_errno", 6, 0, &Reply{Errno: 111, Value: -1}},
 		{"accept_notify_v4", 0, FlagFD, &AcceptNotify{Listener: 77, Sock: 90, Local: ap("10.0.0.1:8080"), Peer: ap("10.0.0.99:51234")}},
 		{"accept_notify_v6", 0, FlagFD, &AcceptNotify{Listener: 78, Sock: 91, Local: v6ll, Peer: ap("[fe80::99%3]:60000")}},
+		{"datagram_v4", 0, 0, &Datagram{Addr: ap("192.0.2.7:53"), Len: 512}},
+		{"datagram_connected", 0, 0, &Datagram{Flags: 0x800, Len: 65535}},
 	}
 }
 

@@ -76,6 +76,7 @@ const (
 	TypeRecvReply     Type = 70  // RecvReply
 	TypeRecvMsgReply  Type = 71  // RecvMsgReply
 	TypeAcceptNotify  Type = 128 // AcceptNotify
+	TypeDatagram      Type = 129 // Datagram
 )
 
 // allTypes lists every message type in schema order.
@@ -106,6 +107,7 @@ var allTypes = []Type{
 	TypeRecvReply,
 	TypeRecvMsgReply,
 	TypeAcceptNotify,
+	TypeDatagram,
 }
 
 // String returns the message type name, or Type(N) for an unknown code.
@@ -163,6 +165,8 @@ func (t Type) String() string {
 		return "RecvMsgReply"
 	case TypeAcceptNotify:
 		return "AcceptNotify"
+	case TypeDatagram:
+		return "Datagram"
 	}
 	return "Type(" + strconv.Itoa(int(t)) + ")"
 }
@@ -170,7 +174,7 @@ func (t Type) String() string {
 // knownType reports whether t is a message type of this version.
 func knownType(t Type) bool {
 	switch t {
-	case TypeRegister, TypeSocket, TypeBind, TypeListen, TypeConnect, TypeShutdown, TypeClose, TypeSetsockopt, TypeGetsockopt, TypeGetsockname, TypeGetpeername, TypeIoctl, TypeSendTo, TypeRecvFrom, TypeSendMsg, TypeRecvMsg, TypeFDPass, TypeReply, TypeRegisterReply, TypeSocketReply, TypeOptReply, TypeAddrReply, TypeIoctlReply, TypeRecvReply, TypeRecvMsgReply, TypeAcceptNotify:
+	case TypeRegister, TypeSocket, TypeBind, TypeListen, TypeConnect, TypeShutdown, TypeClose, TypeSetsockopt, TypeGetsockopt, TypeGetsockname, TypeGetpeername, TypeIoctl, TypeSendTo, TypeRecvFrom, TypeSendMsg, TypeRecvMsg, TypeFDPass, TypeReply, TypeRegisterReply, TypeSocketReply, TypeOptReply, TypeAddrReply, TypeIoctlReply, TypeRecvReply, TypeRecvMsgReply, TypeAcceptNotify, TypeDatagram:
 		return true
 	}
 	return false
@@ -231,6 +235,8 @@ func newMessage(t Type) Message {
 		return new(RecvMsgReply)
 	case TypeAcceptNotify:
 		return new(AcceptNotify)
+	case TypeDatagram:
+		return new(Datagram)
 	}
 	return nil
 }
@@ -243,12 +249,13 @@ type Register struct {
 	StartTime    uint64   // process start time in clock ticks (/proc/PID/stat field 22)
 	Comm         [16]byte // process name, NUL padded
 	Parent       uint64   // client id of the parent (RegForked) or of the previous image (RegExeced); 0 otherwise
+	Key          uint64   // the socket group's key from the parent's RegisterReply (RegForked, RegExeced): proof that the process descends from a member; 0 otherwise
 }
 
 // Type returns TypeRegister.
 func (*Register) Type() Type { return TypeRegister }
 
-func (m *Register) bodySize() int { return 40 }
+func (m *Register) bodySize() int { return 48 }
 
 func (m *Register) validate() error {
 	if m == nil {
@@ -258,21 +265,22 @@ func (m *Register) validate() error {
 }
 
 func (m *Register) encode(b []byte) {
-	_ = b[39]
+	_ = b[47]
 	binary.LittleEndian.PutUint32(b[0:], m.PID)
 	binary.LittleEndian.PutUint16(b[4:], m.ProtoVersion)
 	binary.LittleEndian.PutUint16(b[6:], m.Flags)
 	binary.LittleEndian.PutUint64(b[8:], m.StartTime)
 	copy(b[16:32], m.Comm[:])
 	binary.LittleEndian.PutUint64(b[32:], m.Parent)
+	binary.LittleEndian.PutUint64(b[40:], m.Key)
 }
 
 func (m *Register) decode(b []byte) error {
-	if len(b) < 40 {
-		return fmt.Errorf("msgproto: register: body %d bytes < fixed part 40: %w", len(b), ErrBadLength)
+	if len(b) < 48 {
+		return fmt.Errorf("msgproto: register: body %d bytes < fixed part 48: %w", len(b), ErrBadLength)
 	}
-	if len(b) != 40 {
-		return fmt.Errorf("msgproto: register: body %d bytes, fields say 40: %w", len(b), ErrBadLength)
+	if len(b) != 48 {
+		return fmt.Errorf("msgproto: register: body %d bytes, fields say 48: %w", len(b), ErrBadLength)
 	}
 	m.PID = binary.LittleEndian.Uint32(b[0:])
 	m.ProtoVersion = binary.LittleEndian.Uint16(b[4:])
@@ -280,6 +288,7 @@ func (m *Register) decode(b []byte) error {
 	m.StartTime = binary.LittleEndian.Uint64(b[8:])
 	copy(m.Comm[:], b[16:32])
 	m.Parent = binary.LittleEndian.Uint64(b[32:])
+	m.Key = binary.LittleEndian.Uint64(b[40:])
 	return nil
 }
 
@@ -1092,12 +1101,13 @@ type RegisterReply struct {
 	ClientID uint64 // id the isolator gives this process
 	RingSize uint32 // size in bytes of the ring memfd
 	Flags    uint32 // registration flags
+	Key      uint64 // secret key of the client's socket group; a fork child or a new image presents it to join the group
 }
 
 // Type returns TypeRegisterReply.
 func (*RegisterReply) Type() Type { return TypeRegisterReply }
 
-func (m *RegisterReply) bodySize() int { return 16 }
+func (m *RegisterReply) bodySize() int { return 24 }
 
 func (m *RegisterReply) validate() error {
 	if m == nil {
@@ -1107,22 +1117,24 @@ func (m *RegisterReply) validate() error {
 }
 
 func (m *RegisterReply) encode(b []byte) {
-	_ = b[15]
+	_ = b[23]
 	binary.LittleEndian.PutUint64(b[0:], m.ClientID)
 	binary.LittleEndian.PutUint32(b[8:], m.RingSize)
 	binary.LittleEndian.PutUint32(b[12:], m.Flags)
+	binary.LittleEndian.PutUint64(b[16:], m.Key)
 }
 
 func (m *RegisterReply) decode(b []byte) error {
-	if len(b) < 16 {
-		return fmt.Errorf("msgproto: register_reply: body %d bytes < fixed part 16: %w", len(b), ErrBadLength)
+	if len(b) < 24 {
+		return fmt.Errorf("msgproto: register_reply: body %d bytes < fixed part 24: %w", len(b), ErrBadLength)
 	}
-	if len(b) != 16 {
-		return fmt.Errorf("msgproto: register_reply: body %d bytes, fields say 16: %w", len(b), ErrBadLength)
+	if len(b) != 24 {
+		return fmt.Errorf("msgproto: register_reply: body %d bytes, fields say 24: %w", len(b), ErrBadLength)
 	}
 	m.ClientID = binary.LittleEndian.Uint64(b[0:])
 	m.RingSize = binary.LittleEndian.Uint32(b[8:])
 	m.Flags = binary.LittleEndian.Uint32(b[12:])
+	m.Key = binary.LittleEndian.Uint64(b[16:])
 	return nil
 }
 
@@ -1475,5 +1487,58 @@ func (m *AcceptNotify) decode(b []byte) error {
 	m.Sock = binary.LittleEndian.Uint64(b[8:])
 	m.Local = vLocal
 	m.Peer = vPeer
+	return nil
+}
+
+// Datagram frames one datagram on a UDP socket's SEQPACKET socketpair, in both directions. Only its 36-byte body travels there, without the message header: each SEQPACKET message is this body followed by exactly Len bytes of payload, so one datagram is one message and readiness, MSG_PEEK and MSG_TRUNC are the kernel's own. From the INS, Addr is the sender (in the socket's family) and Flags is zero; from the app, Addr is the destination (FamilyUnspec: the connected peer) and Flags holds the send's MSG_* flags. A message whose length is not 36+Len is malformed and dropped. Errors of a datagram sent this way are asynchronous (SO_ERROR); a send that needs its errno at once goes through SendTo on the ring.
+type Datagram struct {
+	Addr  Addr   // sender (INS to app) or destination (app to INS); FamilyUnspec means the connected peer
+	Flags uint32 // MSG_* flags of the send (app to INS); zero from the INS
+	Len   uint32 // payload length in bytes; the payload follows the body
+}
+
+// Type returns TypeDatagram.
+func (*Datagram) Type() Type { return TypeDatagram }
+
+func (m *Datagram) bodySize() int { return 36 }
+
+func (m *Datagram) validate() error {
+	if m == nil {
+		return fmt.Errorf("msgproto: datagram: nil message: %w", ErrBadField)
+	}
+	if err := m.Addr.check(); err != nil {
+		return fmt.Errorf("msgproto: datagram: addr: %w", err)
+	}
+	if m.Len > MaxDatagram {
+		return fmt.Errorf("msgproto: datagram: len %d > %d: %w", m.Len, MaxDatagram, ErrBadField)
+	}
+	return nil
+}
+
+func (m *Datagram) encode(b []byte) {
+	_ = b[35]
+	m.Addr.put(b[0:28])
+	binary.LittleEndian.PutUint32(b[28:], m.Flags)
+	binary.LittleEndian.PutUint32(b[32:], m.Len)
+}
+
+func (m *Datagram) decode(b []byte) error {
+	if len(b) < 36 {
+		return fmt.Errorf("msgproto: datagram: body %d bytes < fixed part 36: %w", len(b), ErrBadLength)
+	}
+	if len(b) != 36 {
+		return fmt.Errorf("msgproto: datagram: body %d bytes, fields say 36: %w", len(b), ErrBadLength)
+	}
+	vAddr := getAddr(b[0:28])
+	if err := vAddr.check(); err != nil {
+		return fmt.Errorf("msgproto: datagram: addr: %w", err)
+	}
+	vLen := binary.LittleEndian.Uint32(b[32:])
+	if vLen > MaxDatagram {
+		return fmt.Errorf("msgproto: datagram: len %d > %d: %w", vLen, MaxDatagram, ErrBadField)
+	}
+	m.Addr = vAddr
+	m.Flags = binary.LittleEndian.Uint32(b[28:])
+	m.Len = vLen
 	return nil
 }

@@ -62,6 +62,7 @@ enum mp_type {
 	MP_T_RECV_REPLY = 70,
 	MP_T_RECV_MSG_REPLY = 71,
 	MP_T_ACCEPT_NOTIFY = 128,
+	MP_T_DATAGRAM = 129,
 };
 
 /* Results of the helpers; they match the Go sentinel errors. */
@@ -122,6 +123,7 @@ static inline const char *mp_type_name(uint16_t t)
 	case MP_T_RECV_REPLY: return "RecvReply";
 	case MP_T_RECV_MSG_REPLY: return "RecvMsgReply";
 	case MP_T_ACCEPT_NOTIFY: return "AcceptNotify";
+	case MP_T_DATAGRAM: return "Datagram";
 	}
 	return NULL;
 }
@@ -291,8 +293,9 @@ struct mp_register {
 	uint64_t start_time; /* process start time in clock ticks (/proc/PID/stat field 22) */
 	uint8_t comm[16]; /* process name, NUL padded */
 	uint64_t parent; /* client id of the parent (RegForked) or of the previous image (RegExeced); 0 otherwise */
+	uint64_t key; /* the socket group's key from the parent's RegisterReply (RegForked, RegExeced): proof that the process descends from a member; 0 otherwise */
 };
-#define MP_REGISTER_FIXED 40u
+#define MP_REGISTER_FIXED 48u
 _Static_assert(sizeof(struct mp_register) == MP_REGISTER_FIXED, "mp_register size");
 _Static_assert(offsetof(struct mp_register, pid) == 0, "mp_register.pid offset");
 _Static_assert(offsetof(struct mp_register, proto_version) == 4, "mp_register.proto_version offset");
@@ -300,6 +303,7 @@ _Static_assert(offsetof(struct mp_register, flags) == 6, "mp_register.flags offs
 _Static_assert(offsetof(struct mp_register, start_time) == 8, "mp_register.start_time offset");
 _Static_assert(offsetof(struct mp_register, comm) == 16, "mp_register.comm offset");
 _Static_assert(offsetof(struct mp_register, parent) == 32, "mp_register.parent offset");
+_Static_assert(offsetof(struct mp_register, key) == 40, "mp_register.key offset");
 
 /* mp_enc_register writes a whole Register message into buf (cap bytes)
  * and returns its length or a negative MP_E_* code. */
@@ -321,6 +325,7 @@ static inline int mp_enc_register(void *buf, size_t cap, uint64_t reqid, uint32_
 	mp_put64(p + 8, m->start_time);
 	memcpy(p + 16, m->comm, 16);
 	mp_put64(p + 32, m->parent);
+	mp_put64(p + 40, m->key);
 	return (int)n;
 }
 
@@ -340,6 +345,7 @@ static inline int mp_dec_register(const void *body, size_t len, struct mp_regist
 	m->start_time = mp_get64(p + 8);
 	memcpy(m->comm, p + 16, 16);
 	m->parent = mp_get64(p + 32);
+	m->key = mp_get64(p + 40);
 	return MP_OK;
 }
 
@@ -1328,12 +1334,14 @@ struct mp_register_reply {
 	uint64_t client_id; /* id the isolator gives this process */
 	uint32_t ring_size; /* size in bytes of the ring memfd */
 	uint32_t flags; /* registration flags */
+	uint64_t key; /* secret key of the client's socket group; a fork child or a new image presents it to join the group */
 };
-#define MP_REGISTER_REPLY_FIXED 16u
+#define MP_REGISTER_REPLY_FIXED 24u
 _Static_assert(sizeof(struct mp_register_reply) == MP_REGISTER_REPLY_FIXED, "mp_register_reply size");
 _Static_assert(offsetof(struct mp_register_reply, client_id) == 0, "mp_register_reply.client_id offset");
 _Static_assert(offsetof(struct mp_register_reply, ring_size) == 8, "mp_register_reply.ring_size offset");
 _Static_assert(offsetof(struct mp_register_reply, flags) == 12, "mp_register_reply.flags offset");
+_Static_assert(offsetof(struct mp_register_reply, key) == 16, "mp_register_reply.key offset");
 
 /* mp_enc_register_reply writes a whole RegisterReply message into buf (cap bytes)
  * and returns its length or a negative MP_E_* code. */
@@ -1352,6 +1360,7 @@ static inline int mp_enc_register_reply(void *buf, size_t cap, uint64_t reqid, u
 	mp_put64(p + 0, m->client_id);
 	mp_put32(p + 8, m->ring_size);
 	mp_put32(p + 12, m->flags);
+	mp_put64(p + 16, m->key);
 	return (int)n;
 }
 
@@ -1368,6 +1377,7 @@ static inline int mp_dec_register_reply(const void *body, size_t len, struct mp_
 	m->client_id = mp_get64(p + 0);
 	m->ring_size = mp_get32(p + 8);
 	m->flags = mp_get32(p + 12);
+	m->key = mp_get64(p + 16);
 	return MP_OK;
 }
 
@@ -1800,6 +1810,64 @@ static inline int mp_dec_accept_notify(const void *body, size_t len, struct mp_a
 	mp_get_addr(p + 44, &m->peer);
 	if ((rc = mp_addr_check(&m->peer)) != MP_OK)
 		return rc;
+	return MP_OK;
+}
+
+/* Datagram frames one datagram on a UDP socket's SEQPACKET socketpair, in both directions. Only its 36-byte body travels there, without the message header: each SEQPACKET message is this body followed by exactly Len bytes of payload, so one datagram is one message and readiness, MSG_PEEK and MSG_TRUNC are the kernel's own. From the INS, Addr is the sender (in the socket's family) and Flags is zero; from the app, Addr is the destination (FamilyUnspec: the connected peer) and Flags holds the send's MSG_* flags. A message whose length is not 36+Len is malformed and dropped. Errors of a datagram sent this way are asynchronous (SO_ERROR); a send that needs its errno at once goes through SendTo on the ring. */
+struct mp_datagram {
+	struct mp_addr addr; /* sender (INS to app) or destination (app to INS); FamilyUnspec means the connected peer */
+	uint32_t flags; /* MSG_* flags of the send (app to INS); zero from the INS */
+	uint32_t len; /* payload length in bytes; the payload follows the body */
+};
+#define MP_DATAGRAM_FIXED 36u
+_Static_assert(sizeof(struct mp_datagram) == MP_DATAGRAM_FIXED, "mp_datagram size");
+_Static_assert(offsetof(struct mp_datagram, addr) == 0, "mp_datagram.addr offset");
+_Static_assert(offsetof(struct mp_datagram, flags) == 28, "mp_datagram.flags offset");
+_Static_assert(offsetof(struct mp_datagram, len) == 32, "mp_datagram.len offset");
+
+/* mp_enc_datagram writes a whole Datagram message into buf (cap bytes)
+ * and returns its length or a negative MP_E_* code. */
+static inline int mp_enc_datagram(void *buf, size_t cap, uint64_t reqid, uint32_t flags, const struct mp_datagram *m)
+{
+	uint8_t *p = (uint8_t *)buf;
+	size_t n = MP_HDR_SIZE + MP_DATAGRAM_FIXED;
+	int rc;
+	struct mp_hdr h;
+	if (flags & ~(uint32_t)MP_KNOWN_FLAGS)
+		return MP_E_BAD_FIELD;
+	if ((rc = mp_addr_check(&m->addr)) != MP_OK)
+		return rc;
+	if (m->len > MP_MAX_DATAGRAM)
+		return MP_E_BAD_FIELD;
+	if (cap < n)
+		return MP_E_NOSPACE;
+	mp_hdr_init(&h, MP_T_DATAGRAM, (uint32_t)n, flags, reqid);
+	mp_put_hdr(p, &h);
+	p += MP_HDR_SIZE;
+	mp_put_addr(p + 0, &m->addr);
+	mp_put32(p + 28, m->flags);
+	mp_put32(p + 32, m->len);
+	return (int)n;
+}
+
+/* mp_dec_datagram decodes a Datagram body (the len bytes after the header, as
+ * delimited by mp_check_msg) into m and returns 0 or a negative MP_E_* code.
+ */
+static inline int mp_dec_datagram(const void *body, size_t len, struct mp_datagram *m)
+{
+	const uint8_t *p = (const uint8_t *)body;
+	int rc;
+	if (len < MP_DATAGRAM_FIXED)
+		return MP_E_BAD_LENGTH;
+	if (len != (size_t)MP_DATAGRAM_FIXED)
+		return MP_E_BAD_LENGTH;
+	mp_get_addr(p + 0, &m->addr);
+	if ((rc = mp_addr_check(&m->addr)) != MP_OK)
+		return rc;
+	m->flags = mp_get32(p + 28);
+	m->len = mp_get32(p + 32);
+	if (m->len > MP_MAX_DATAGRAM)
+		return MP_E_BAD_FIELD;
 	return MP_OK;
 }
 

@@ -152,6 +152,16 @@ func (p *Producer) deadLocked() bool {
 // Producer closed), ErrRequestTooLarge, ErrReplyTooLarge (n is then the
 // reply's length), ErrBadReply.
 func (p *Producer) Call(req, resp []byte) (int, error) {
+	return p.CallPrepared(req, resp, nil)
+}
+
+// CallPrepared is Call with prepare run once the call holds a response
+// slot and before the request is published; if prepare fails, nothing is
+// published and its error is returned. The client uses it to send a
+// request's descriptors on the registration connection only when the
+// request is sure to follow at once (the isolator waits for descriptors a
+// bounded time and holds a bounded number of them).
+func (p *Producer) CallPrepared(req, resp []byte, prepare func() error) (int, error) {
 	if uint64(len(req)) > uint64(p.maxReq) {
 		return 0, fmt.Errorf("ring: request of %d bytes (limit %d): %w", len(req), p.maxReq, ErrRequestTooLarge)
 	}
@@ -167,6 +177,11 @@ func (p *Producer) Call(req, resp []byte) (int, error) {
 	}
 	slot := p.slotAlloc()
 	defer p.slotFree(slot)
+	if prepare != nil {
+		if err := prepare(); err != nil {
+			return 0, err
+		}
+	}
 	s := p.slotOff + uint64(slot)*p.slotSize
 	st := p.u32(s + SlotOffState)
 	atomic.StoreUint32(st, SlotWaiting)

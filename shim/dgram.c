@@ -8,8 +8,20 @@
  * real function after one table lookup; on an INS stream socket a
  * destination address is dropped and no source address is reported, as TCP
  * does. An INS UDP socket frames every datagram on its SEQPACKET pair
- * (docs/protocol.md): one message = struct mps_dgram_hdr + payload, so
- * readiness, MSG_PEEK, MSG_DONTWAIT and MSG_TRUNC are the kernel's own.
+ * (docs/protocol.md): one message = msgproto Datagram framing + payload,
+ * so readiness, MSG_PEEK, MSG_DONTWAIT and MSG_TRUNC are the kernel's own.
+ *
+ * Sending: errors of a datagram written to the socketpair can only be
+ * reported later (SO_ERROR), but sendto must fail at once when there is no
+ * route (ENETUNREACH), no destination (EDESTADDRREQ), and so on. So a
+ * datagram goes through the ring (SendTo, synchronous errno) unless its
+ * destination is the one the last successful ring send of this fd went to,
+ * or it has no destination and a send to the connected peer has succeeded
+ * since the last connect of the process (mps_connect_gen). The steady
+ * state -- a connected socket, or a socket talking to one peer -- takes the
+ * socketpair after its first datagram. Two threads sending on one fd may
+ * race on the cache; the worst outcome is one datagram whose error is
+ * reported asynchronously.
  */
 #include "shim.h"
 
@@ -19,11 +31,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-/* Flag bit of a message from the INS that reports an error instead of a
- * datagram: the header's length field then holds the errno (e.g. an ICMP
- * port unreachable on a connected socket gives ECONNREFUSED). */
-#define MPS_DGRAM_ERR 0x80000000u
 
 static int warned_cmsg;
 
@@ -40,15 +47,60 @@ static int log_io(ssize_t rc, const char *call, int fd, size_t len)
 	return 0;
 }
 
+/* Is sa the destination cached in e? */
+static int dest_cached(const struct mp_fd *e, const struct sockaddr *sa)
+{
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *in = (const void *)sa;
+		return (e->flags & MPF_DEST4) && e->dest.port == ntohs(in->sin_port) &&
+		       memcmp(e->dest.addr, &in->sin_addr, 4) == 0;
+	}
+	if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const void *)sa;
+		return (e->flags & MPF_DEST6) && e->dest.port == ntohs(in6->sin6_port) &&
+		       e->dest.scope == in6->sin6_scope_id &&
+		       memcmp(e->dest.addr, &in6->sin6_addr, 16) == 0;
+	}
+	return 0;
+}
+
+/* Remembers sa as a validated destination of e (NULL: the connected peer,
+ * validated under connect generation gen). */
+static void dest_store(struct mp_fd *e, const struct sockaddr *sa, uint16_t gen)
+{
+	if (!sa) {
+		e->dest.gen = gen;
+		e->flags |= MPF_DGPEER;
+		return;
+	}
+	e->flags &= (uint8_t)~(MPF_DEST4 | MPF_DEST6);
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *in = (const void *)sa;
+		memset(e->dest.addr, 0, sizeof e->dest.addr);
+		memcpy(e->dest.addr, &in->sin_addr, 4);
+		e->dest.port = ntohs(in->sin_port);
+		e->dest.scope = 0;
+		e->flags |= MPF_DEST4;
+	} else if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const void *)sa;
+		memcpy(e->dest.addr, &in6->sin6_addr, 16);
+		e->dest.port = ntohs(in6->sin6_port);
+		e->dest.scope = in6->sin6_scope_id;
+		e->flags |= MPF_DEST6;
+	}
+}
+
 ssize_t mp_dgram_sendmsg(int fd, struct mp_fd *e, const struct msghdr *msg, int flags)
 {
 	struct iovec v[1 + UIO_MAXIOV];
-	struct mps_dgram_hdr h;
+	struct mps_dgram_framing h;
+	const struct sockaddr *sa = NULL;
 	struct msghdr m;
 	size_t total = 0;
+	uint16_t gen;
 	ssize_t n;
+	int rc;
 
-	(void)e;
 	if (msg->msg_iovlen > UIO_MAXIOV)
 		return mp_fail(EMSGSIZE);
 	for (size_t i = 0; i < msg->msg_iovlen; i++) {
@@ -58,7 +110,7 @@ ssize_t mp_dgram_sendmsg(int fd, struct mp_fd *e, const struct msghdr *msg, int 
 	if (total > 65535 - 8)
 		return mp_fail(EMSGSIZE);
 	if (msg->msg_name && msg->msg_namelen) {
-		const struct sockaddr *sa = msg->msg_name;
+		sa = msg->msg_name;
 		if (msg->msg_namelen < sizeof(sa_family_t) ||
 		    (sa->sa_family == AF_INET && msg->msg_namelen < sizeof(struct sockaddr_in)) ||
 		    (sa->sa_family == AF_INET6 && msg->msg_namelen < sizeof(struct sockaddr_in6)))
@@ -66,11 +118,29 @@ ssize_t mp_dgram_sendmsg(int fd, struct mp_fd *e, const struct msghdr *msg, int 
 		if (sa->sa_family != AF_INET && sa->sa_family != AF_INET6 &&
 		    sa->sa_family != AF_UNSPEC)
 			return mp_fail(EAFNOSUPPORT);
+		if (sa->sa_family == AF_UNSPEC)
+			sa = NULL; /* the connected peer, as for no address */
 	}
 	if (msg->msg_controllen)
 		mp_warn_once(&warned_cmsg, "ancillary data on INS UDP sockets is not carried yet");
-	mps_dgram_put(&h, msg->msg_name, msg->msg_namelen,
-		      (uint32_t)flags & ~(uint32_t)(MSG_DONTWAIT | MSG_NOSIGNAL), (uint32_t)total);
+	gen = mps_connect_gen();
+	if (sa ? !dest_cached(e, sa) : !((e->flags & MPF_DGPEER) && e->dest.gen == gen)) {
+		/* Slow path: the ring, errno synchronous. */
+		memset(&m, 0, sizeof m);
+		m.msg_name = (void *)sa;
+		m.msg_namelen = sa ? msg->msg_namelen : 0;
+		m.msg_iov = msg->msg_iov;
+		m.msg_iovlen = msg->msg_iovlen;
+		n = mps_sendto(e->sock, &m, total, flags & ~MSG_NOSIGNAL);
+		if (n < 0)
+			return mp_fail((int)-n);
+		dest_store(e, sa, gen);
+		return n;
+	}
+	rc = mps_dgram_put(&h, sa, sa ? msg->msg_namelen : 0,
+			   (uint32_t)flags & ~(uint32_t)(MSG_DONTWAIT | MSG_NOSIGNAL), (uint32_t)total);
+	if (rc < 0)
+		return mp_fail(-rc);
 	v[0].iov_base = h.b;
 	v[0].iov_len = sizeof h.b;
 	memset(&m, 0, sizeof m);
@@ -88,10 +158,10 @@ ssize_t mp_dgram_sendmsg(int fd, struct mp_fd *e, const struct msghdr *msg, int 
 ssize_t mp_dgram_recvmsg(int fd, struct mp_fd *e, struct msghdr *msg, int flags)
 {
 	struct iovec v[1 + UIO_MAXIOV];
-	struct mps_dgram_hdr h;
+	struct mps_dgram_framing h;
 	struct msghdr m;
+	socklen_t l;
 	ssize_t n;
-	uint32_t hf;
 
 	(void)e;
 	if (flags & MSG_ERRQUEUE)
@@ -112,20 +182,13 @@ ssize_t mp_dgram_recvmsg(int fd, struct mp_fd *e, struct msghdr *msg, int flags)
 		return mp_fail(ENETDOWN); /* the INS end hung up */
 	if (n < (ssize_t)sizeof h.b)
 		return mp_fail(EIO);
-	hf = mps_dgram_flags(&h);
-	if (hf & MPS_DGRAM_ERR) {
-		uint32_t err = mps_dgram_len(&h);
-		return mp_fail(err > 0 && err < 4096 ? (int)err : EIO);
-	}
-	if (msg->msg_name) {
-		socklen_t l = msg->msg_namelen;
-		if (mps_addr_get(h.b, msg->msg_name, &l) == 0)
-			msg->msg_namelen = l;
-		else
-			msg->msg_namelen = 0;
-	}
+	l = msg->msg_name ? msg->msg_namelen : 0;
+	if (mps_dgram_get(&h, msg->msg_name, msg->msg_name ? &l : NULL) < 0)
+		return mp_fail(EIO);
+	if (msg->msg_name)
+		msg->msg_namelen = l;
 	msg->msg_controllen = 0;
-	msg->msg_flags = (m.msg_flags & MSG_TRUNC) | (int)(hf & (MSG_TRUNC | MSG_CTRUNC));
+	msg->msg_flags = m.msg_flags & MSG_TRUNC;
 	return n - (ssize_t)sizeof h.b;
 }
 

@@ -193,7 +193,7 @@ static int ioctl_ins(int fd, struct mp_fd *e, unsigned long req, void *arg)
 			return rc;
 		/* A datagram's size is its message less the framing. */
 		if (e->kind == MPK_DGRAM)
-			v = v >= MPS_DGRAM_HDR ? v - MPS_DGRAM_HDR : 0;
+			v = v >= MPS_DGRAM_FRAMING ? v - MPS_DGRAM_FRAMING : 0;
 		if (!arg)
 			return mp_fail(EFAULT);
 		memcpy(arg, &v, sizeof v);

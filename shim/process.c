@@ -79,7 +79,8 @@ static void env_build(char *const envp[], char **out, char *fds, size_t fdcap, c
 	}
 	if (fds_var(fds, fdcap)) {
 		out[j++] = fds;
-		snprintf(cli, clicap, "MPSHIM_CLIENT=%llu", (unsigned long long)mps_client_id());
+		snprintf(cli, clicap, "MPSHIM_CLIENT=%llu:%llu", (unsigned long long)mps_client_id(),
+			 (unsigned long long)mps_client_key());
 		out[j++] = cli;
 		MPLOG("exec: %s", fds);
 	}

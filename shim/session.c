@@ -39,23 +39,23 @@
  * Constants, header checks and the address codec come from msgproto's
  * generated mpproto.h. Bodies are written at the offsets of the generated
  * layout (asserted below, so a schema change breaks the build here).
-
- * The datagram framing header (mps_dgram_hdr) is also shim-defined. */
+ */
 
 #include "mpproto.h"
 
 #define W_HDR MP_HDR_SIZE
 #define W_MAX_OPT MP_MAX_OPTLEN
 
-_Static_assert(MP_REGISTER_FIXED == 40 && MP_FD_PASS_FIXED == 8 && MP_SOCKET_FIXED == 12 && MP_BIND_FIXED == 40 &&
+_Static_assert(MP_REGISTER_FIXED == 48 && MP_FD_PASS_FIXED == 8 && MP_SOCKET_FIXED == 12 && MP_BIND_FIXED == 40 &&
 		       MP_LISTEN_FIXED == 16 && MP_CONNECT_FIXED == 48 && MP_SHUTDOWN_FIXED == 16 &&
 		       MP_SETSOCKOPT_FIXED == 24 && MP_GETSOCKOPT_FIXED == 24 &&
 		       MP_GETSOCKNAME_FIXED == 8 && MP_IOCTL_FIXED == 24 && MP_REPLY_FIXED == 16 &&
-		       MP_REGISTER_REPLY_FIXED == 16 && MP_SOCKET_REPLY_FIXED == 8 &&
+		       MP_REGISTER_REPLY_FIXED == 24 && MP_SOCKET_REPLY_FIXED == 8 &&
 		       MP_OPT_REPLY_FIXED == 4 && MP_ADDR_REPLY_FIXED == 28 &&
 		       MP_IOCTL_REPLY_FIXED == 16 && MP_ACCEPT_NOTIFY_FIXED == 72,
 	       "msgproto layout changed: update session.c");
 _Static_assert(MPS_ADDR_SIZE == MP_ADDR_SIZE, "address block size");
+_Static_assert(MPS_DGRAM_FRAMING == MP_DATAGRAM_FIXED, "datagram framing size");
 
 #define put16(p, v) mp_put16((uint8_t *)(p), (v))
 #define put32(p, v) mp_put32((uint8_t *)(p), (v))
@@ -151,16 +151,26 @@ int mps_addr_get(const unsigned char *w, struct sockaddr *sa, socklen_t *len)
 	return 0;
 }
 
-void mps_dgram_put(struct mps_dgram_hdr *h, const struct sockaddr *sa, socklen_t len,
-		   uint32_t flags, uint32_t plen)
+int mps_dgram_put(struct mps_dgram_framing *f, const struct sockaddr *sa, socklen_t len,
+		  uint32_t flags, uint32_t plen)
 {
-	mps_addr_put(h->b, sa, len);
-	put32(h->b + MPS_ADDR_SIZE, flags);
-	put32(h->b + MPS_ADDR_SIZE + 4, plen);
+	int rc = mps_addr_put(f->b + offsetof(struct mp_datagram, addr), sa, len);
+
+	put32(f->b + offsetof(struct mp_datagram, flags), flags);
+	put32(f->b + offsetof(struct mp_datagram, len), plen);
+	return rc;
 }
 
-uint32_t mps_dgram_flags(const struct mps_dgram_hdr *h) { return get32(h->b + MPS_ADDR_SIZE); }
-uint32_t mps_dgram_len(const struct mps_dgram_hdr *h) { return get32(h->b + MPS_ADDR_SIZE + 4); }
+int mps_dgram_get(const struct mps_dgram_framing *f, struct sockaddr *sa, socklen_t *len)
+{
+	struct mp_datagram d;
+
+	if (mp_dec_datagram(f->b, MP_DATAGRAM_FIXED, &d) != MP_OK)
+		return -EPROTO;
+	if (sa && len)
+		return mps_addr_get(f->b + offsetof(struct mp_datagram, addr), sa, len) ? -EPROTO : 0;
+	return 0;
+}
 
 int mps_accept_parse(const void *msg, size_t len, uint64_t *sock, const unsigned char **peer,
 		     const unsigned char **local)
@@ -185,6 +195,8 @@ static struct {
 	int next;                /* rings[] index the next registration uses */
 	uint64_t client;         /* our client id */
 	uint64_t parent;         /* client id of the image we descend from */
+	uint64_t key;            /* our socket group's key (RegisterReply) */
+	uint64_t parent_key;     /* the key presented with RegForked/RegExeced */
 	int regflags;            /* flags of the next Register */
 	uint64_t reqid;
 	struct timespec failed;  /* time of the last failed registration */
@@ -195,6 +207,11 @@ static struct {
 uint64_t mps_client_id(void)
 {
 	return S.ring ? S.client : 0;
+}
+
+uint64_t mps_client_key(void)
+{
+	return S.ring ? S.key : 0;
 }
 
 int mps_internal_fd(void)
@@ -316,6 +333,7 @@ static int do_register(void)
 	put64(msg + W_HDR + 8, start_time());
 	prctl(PR_GET_NAME, (unsigned long)(msg + W_HDR + 16), 0, 0, 0);
 	put64(msg + W_HDR + offsetof(struct mp_register, parent), S.regflags ? S.parent : 0);
+	put64(msg + W_HDR + offsetof(struct mp_register, key), S.regflags ? S.parent_key : 0);
 	if (REAL(send)(fd, msg, sizeof msg, MSG_NOSIGNAL) != (ssize_t)sizeof msg) {
 		rc = errno ? -errno : -EPROTO;
 		goto fail;
@@ -358,6 +376,7 @@ static int do_register(void)
 		goto fail;
 	S.next ^= 1;
 	S.client = get64(rep + W_HDR);
+	S.key = get64(rep + W_HDR + offsetof(struct mp_register_reply, key));
 	S.regflags = 0;
 	__atomic_store_n(&S.ring, r, __ATOMIC_RELEASE);
 	MPLOG("registered with %s: client %llu", mp_conf.path, (unsigned long long)S.client);
@@ -429,10 +448,23 @@ int mps_available(void)
 
 /* ---- calls ---------------------------------------------------------------- */
 
+static int callv(const struct iovec *iov, int iovcnt, size_t len, uint16_t type, int fd_b,
+		 unsigned char *rep, size_t cap, size_t *rlen);
+
 /* Sends req (header filled here) and waits for the reply. fd_b >= 0 travels
  * ahead in an FDPass. Returns the reply type or -errno. */
 static int call(unsigned char *req, size_t len, uint16_t type, int fd_b, unsigned char *rep,
 		size_t cap, size_t *rlen)
+{
+	struct iovec v = { req, len };
+
+	return callv(&v, 1, len, type, fd_b, rep, cap, rlen);
+}
+
+/* As call with the request gathered from iov (len bytes in all; the header
+ * is written into iov[0], which must hold at least the header). */
+static int callv(const struct iovec *iov, int iovcnt, size_t len, uint16_t type, int fd_b,
+		 unsigned char *rep, size_t cap, size_t *rlen)
 {
 	struct mpring *r;
 	uint64_t id;
@@ -444,7 +476,7 @@ static int call(unsigned char *req, size_t len, uint16_t type, int fd_b, unsigne
 	if (!r)
 		return -MP_FAIL_ERRNO;
 	id = __atomic_add_fetch(&S.reqid, 1, __ATOMIC_RELAXED);
-	hdr_put(req, type, len, fd_b >= 0 ? MP_FLAG_FD : 0, id);
+	hdr_put(iov[0].iov_base, type, len, fd_b >= 0 ? MP_FLAG_FD : 0, id);
 	if (fd_b >= 0) {
 		unsigned char fp[W_HDR + MP_FD_PASS_FIXED] = { 0 };
 		union {
@@ -465,7 +497,7 @@ static int call(unsigned char *req, size_t len, uint16_t type, int fd_b, unsigne
 		if (REAL(sendmsg)(__atomic_load_n(&S.fd, __ATOMIC_RELAXED), &mh, MSG_NOSIGNAL) < 0)
 			return -MP_FAIL_ERRNO;
 	}
-	rc = mpring_call(r, req, len, rep, cap, rlen);
+	rc = mpring_callv(r, iov, iovcnt, rep, cap, rlen);
 	if (rc == -EPIPE || rc == -EBADF)
 		return -MP_FAIL_ERRNO;
 	if (rc < 0)
@@ -538,6 +570,43 @@ int mps_listen(uint64_t sock, int backlog, int fd_b)
 	return call_reply(req, sizeof req, MP_T_LISTEN, fd_b);
 }
 
+static uint16_t connect_gen;
+
+uint16_t mps_connect_gen(void)
+{
+	return __atomic_load_n(&connect_gen, __ATOMIC_ACQUIRE);
+}
+
+ssize_t mps_sendto(uint64_t sock, const struct msghdr *msg, size_t total, int flags)
+{
+	unsigned char req[W_HDR + MP_SEND_TO_FIXED], rep[W_HDR + 64];
+	struct iovec v[1 + UIO_MAXIOV];
+	size_t rlen = 0;
+	int rc;
+
+	if (msg->msg_iovlen > UIO_MAXIOV)
+		return -EMSGSIZE;
+	memset(req, 0, sizeof req);
+	put64(req + W_HDR + offsetof(struct mp_send_to, sock), sock);
+	put32(req + W_HDR + offsetof(struct mp_send_to, flags), (uint32_t)flags);
+	rc = mps_addr_put(req + W_HDR + offsetof(struct mp_send_to, addr),
+			  msg->msg_namelen ? msg->msg_name : NULL, msg->msg_namelen);
+	if (rc < 0)
+		return rc;
+	put32(req + W_HDR + offsetof(struct mp_send_to, payload_len), (uint32_t)total);
+	v[0].iov_base = req;
+	v[0].iov_len = sizeof req;
+	for (size_t i = 0; i < msg->msg_iovlen; i++)
+		v[1 + i] = msg->msg_iov[i];
+	rc = callv(v, 1 + (int)msg->msg_iovlen, sizeof req + total, MP_T_SEND_TO, -1, rep,
+		   sizeof rep, &rlen);
+	if (rc < 0)
+		return rc;
+	if (rc != MP_T_REPLY)
+		return -EPROTO;
+	return (ssize_t)get64(rep + W_HDR + offsetof(struct mp_reply, value));
+}
+
 int mps_connect(uint64_t sock, const struct sockaddr *sa, socklen_t len, int nonblock,
 		uint32_t filler)
 {
@@ -551,7 +620,12 @@ int mps_connect(uint64_t sock, const struct sockaddr *sa, socklen_t len, int non
 		return rc;
 	put32(req + W_HDR + offsetof(struct mp_connect, flags), nonblock ? MP_CONNECT_NONBLOCK : 0);
 	put32(req + W_HDR + offsetof(struct mp_connect, filler), filler);
-	return call_reply(req, sizeof req, MP_T_CONNECT, -1);
+	/* Before and after: a datagram send racing with this connect must
+	 * not take the fast path on the strength of the old peer. */
+	__atomic_add_fetch(&connect_gen, 1, __ATOMIC_ACQ_REL);
+	rc = call_reply(req, sizeof req, MP_T_CONNECT, -1);
+	__atomic_add_fetch(&connect_gen, 1, __ATOMIC_ACQ_REL);
+	return rc;
 }
 
 int mps_setsockopt(uint64_t sock, int level, int name, const void *val, socklen_t len)
@@ -676,6 +750,7 @@ void mps_atfork_child(void)
 			mpring_detach(&S.rings[i]);
 	drop_fd();
 	S.parent = S.client;
+	S.parent_key = S.key;
 	S.regflags = MP_REG_FORKED;
 	S.failerr = 0;
 	/* Eagerly, before the app can drop privileges. */
@@ -684,7 +759,8 @@ void mps_atfork_child(void)
 }
 
 /* MPSHIM_FDS=fd:sock:kind,... with kind s4 s6 l4 l6 d4 d6 (stream, listener,
- * datagram; v4 or v6), MPSHIM_CLIENT=<client id of the previous image>. */
+ * datagram; v4 or v6), MPSHIM_CLIENT=<client id>:<group key> of the previous
+ * image. */
 void mps_adopt_env(void)
 {
 	const char *v = getenv("MPSHIM_FDS"), *c = getenv("MPSHIM_CLIENT");
@@ -729,7 +805,8 @@ void mps_adopt_env(void)
 		adopted++;
 	}
 	if (adopted) {
-		S.parent = c ? strtoull(c, NULL, 10) : 0;
+		S.parent = c ? strtoull(c, &end, 10) : 0;
+		S.parent_key = c && *end == ':' ? strtoull(end + 1, NULL, 10) : 0;
 		S.regflags = MP_REG_EXECED;
 		pthread_mutex_lock(&S.mu);
 		ensure_locked();

@@ -113,6 +113,21 @@ enum mp_kind {
 #define MPF_FILLER 0x01u   /* non-blocking connect in flight: SO_SNDBUF lowered */
 #define MPF_UNKNOWN 0x02u  /* pending socket got an option we cannot replay */
 #define MPF_EPOLL 0x04u    /* pending socket is registered in an epoll set */
+#define MPF_DEST4 0x08u    /* MPK_DGRAM: dest holds a validated IPv4 destination */
+#define MPF_DEST6 0x10u    /* MPK_DGRAM: dest holds a validated IPv6 destination */
+#define MPF_DGPEER 0x20u   /* MPK_DGRAM: a send to the connected peer succeeded (dest.gen) */
+#define MPF_UNATTACHED 0x80u /* MPK_STREAM: never connected; only the first non-blocking
+			      * connect may fill the socketpair (later ones would put the
+			      * filler into a live stream) */
+
+/* The destination of the last datagram an INS UDP socket sent through the
+ * ring successfully (dgram.c): later datagrams to it take the socketpair. */
+struct mp_dgdest {
+	uint8_t addr[16];  /* IPv4 in the first 4 bytes */
+	uint32_t scope;    /* IPv6 scope id */
+	uint16_t port;     /* host order */
+	uint16_t gen;      /* MPF_DGPEER: mps_connect_gen() when it was set */
+};
 
 struct mp_fd {
 	uint8_t kind;      /* enum mp_kind */
@@ -122,11 +137,16 @@ struct mp_fd {
 	int32_t protocol;
 	uint32_t optmask;  /* pending: which replayable options were set */
 	uint64_t sock;     /* isolator socket id (INS kinds) */
-	int32_t sndbuf;    /* MPF_FILLER: the SO_SNDBUF value to restore */
-	int32_t epfd;      /* MPF_EPOLL: the epoll set */
-	uint64_t epdata;   /* MPF_EPOLL: registration data */
-	uint32_t epevents; /* MPF_EPOLL: registration events */
-	uint32_t pad;
+	union {
+		struct {
+			int32_t sndbuf;    /* MPF_FILLER: the SO_SNDBUF value to restore */
+			int32_t epfd;      /* MPF_EPOLL: the epoll set */
+			uint64_t epdata;   /* MPF_EPOLL: registration data */
+			uint32_t epevents; /* MPF_EPOLL: registration events */
+			uint32_t pad;
+		};
+		struct mp_dgdest dest; /* MPK_DGRAM: MPF_DEST4, MPF_DEST6, MPF_DGPEER */
+	};
 };
 
 MP_HIDDEN extern struct mp_fd *mp_table;
@@ -206,15 +226,25 @@ int mps_addr_put(unsigned char *wire, const struct sockaddr *sa, socklen_t len);
 int mps_addr_get(const unsigned char *wire, struct sockaddr *sa, socklen_t *len);
 
 /* Datagram framing on a UDP socket's SEQPACKET pair (docs/protocol.md):
- * address block, u32 flags, u32 original length, then the payload. */
-#define MPS_DGRAM_HDR 36
-struct mps_dgram_hdr {
-	unsigned char b[MPS_DGRAM_HDR];
+ * the fixed body of msgproto's Datagram (struct mp_datagram,
+ * MP_DATAGRAM_FIXED bytes; address, flags, payload length) followed by the
+ * payload. */
+#define MPS_DGRAM_FRAMING 36
+struct mps_dgram_framing {
+	unsigned char b[MPS_DGRAM_FRAMING];
 };
-void mps_dgram_put(struct mps_dgram_hdr *h, const struct sockaddr *sa, socklen_t len,
-		   uint32_t flags, uint32_t plen);
-uint32_t mps_dgram_flags(const struct mps_dgram_hdr *h);
-uint32_t mps_dgram_len(const struct mps_dgram_hdr *h);
+/* Encodes the framing of a datagram of plen bytes to sa (NULL: the
+ * connected peer). Returns 0, -EINVAL or -EAFNOSUPPORT. */
+int mps_dgram_put(struct mps_dgram_framing *f, const struct sockaddr *sa, socklen_t len,
+		  uint32_t flags, uint32_t plen);
+/* Decodes received framing: the sender goes to sa as mps_addr_get does.
+ * Returns 0 or -EPROTO for malformed framing. */
+int mps_dgram_get(const struct mps_dgram_framing *f, struct sockaddr *sa, socklen_t *len);
+/* Sends msg's datagram (total payload bytes) through the ring, errno
+ * synchronous: the byte count or -errno. */
+ssize_t mps_sendto(uint64_t sock, const struct msghdr *msg, size_t total, int flags);
+/* Changes whenever any socket of the process connects (mps_connect). */
+uint16_t mps_connect_gen(void);
 
 /* Parse an AcceptNotify received on a listener. Returns 0 or -EPROTO. */
 int mps_accept_parse(const void *msg, size_t len, uint64_t *sock, const unsigned char **peer,
@@ -231,6 +261,7 @@ int mps_internal_fd(void); /* the registration fd, -1 when none */
 /* Moves the registration fd away from fd if it sits there. */
 void mps_evict(int fd);
 uint64_t mps_client_id(void);
+uint64_t mps_client_key(void);
 
 /* ---- socket.c helpers used by other files ------------------------------ */
 

@@ -24,6 +24,7 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+
 #define LOGADDR(buf, sa, len) mp_fmt_addr(buf, sizeof buf, sa, len)
 
 static int ret_log(int rc, const char *call, int fd, const char *extra)
@@ -133,7 +134,7 @@ int mp_convert(int fd, struct mp_fd *e)
 	}
 	e->kind = e->type == SOCK_DGRAM ? MPK_DGRAM : MPK_STREAM;
 	e->sock = sock;
-	e->flags = 0;
+	e->flags = e->type == SOCK_DGRAM ? 0 : MPF_UNATTACHED;
 	e->optmask = 0;
 	MPLOG("convert(%d) -> sock %llu", fd, (unsigned long long)sock);
 	return 0;
@@ -210,19 +211,28 @@ static int connect_stream(int fd, struct mp_fd *e, const struct sockaddr *sa, so
 	if (fl < 0)
 		return -1;
 	if (!(fl & O_NONBLOCK)) {
+		e->flags &= (uint8_t)~MPF_UNATTACHED;
 		rc = mps_connect(e->sock, sa, len, 0, 0);
 		restore_sndbuf(fd, e);
 		return rc < 0 ? mp_fail(-rc) : 0;
 	}
-	if (e->flags & MPF_FILLER) {
-		/* A second connect while the first is under way. */
+	if (!(e->flags & MPF_UNATTACHED)) {
+		/* A connect after the first one (EALREADY, EISCONN, the
+		 * outcome), or on an accepted or inherited socket: the INS end
+		 * is already attached, filler would go into the stream. */
 		rc = mps_connect(e->sock, sa, len, 1, 0);
-		if (rc != -EALREADY && rc != -EINPROGRESS)
+		/* Established: SO_SNDBUF is restored once the INS has taken
+		 * the filler, never before, or the app's first bytes could
+		 * join the filler it discards. Failed: the INS end is gone. */
+		if (rc == 0 || rc == -EISCONN)
+			mp_settle(fd, e);
+		else if (rc != -EALREADY && rc != -EINPROGRESS)
 			restore_sndbuf(fd, e);
 		return rc < 0 ? mp_fail(-rc) : 0;
 	}
 	if ((rc = mps_available()) < 0)
 		return mp_fail(MP_FAIL_ERRNO);
+	e->flags &= (uint8_t)~MPF_UNATTACHED;
 	n = fill(fd, e);
 	rc = mps_connect(e->sock, sa, len, 1, n);
 	/* Any answer but EINPROGRESS means the INS has discarded the filler. */
@@ -524,14 +534,20 @@ MP_EXPORT int shutdown(int fd, int how)
 		rc = mps_shutdown(e->sock, how);
 		if (rc < 0) {
 			rc = mp_fail(-rc);
-		} else if (e->kind != MPK_DGRAM) {
-			/* The stream's own end carries the half-close in order
-			 * after the bytes already written; a listener's wakes
-			 * the threads blocked in accept. */
+		} else if (e->kind == MPK_LISTEN) {
+			/* Wakes the threads blocked in accept. */
 			MP_SAVE;
 			REAL(shutdown)(fd, how);
 			MP_RESTORE;
-			rc = 0;
+		} else if (e->kind == MPK_STREAM && how != SHUT_RD) {
+			/* The stream's own end carries the half-close in order
+			 * after the bytes already written. Only the write half:
+			 * a read shutdown of this end would hang up the INS end
+			 * once the write half is shut too, which the INS takes
+			 * for the last close. The INS ends the read side. */
+			MP_SAVE;
+			REAL(shutdown)(fd, SHUT_WR);
+			MP_RESTORE;
 		}
 	}
 	return ret_log(rc, "shutdown", fd, how == SHUT_RD ? "RD" : how == SHUT_WR ? "WR" : "RDWR");

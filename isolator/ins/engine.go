@@ -412,12 +412,16 @@ func (e *Engine) Getpeername(id SockID) (netip.AddrPort, unix.Errno) {
 }
 
 // Shutdown validates and applies shutdown(2). For a connected stream the shim
-// must first apply the same shutdown to its own socketpair end: SHUT_WR there
-// queues the end-of-file behind the bytes already written, and the pump turns
-// it into a FIN after them; SHUT_RD there makes the app's reads return 0.
-// Shutdown here then only updates the netstack (SHUT_RD stops receiving).
-// Errors: EINVAL for a bad how, ENOTCONN when not connected (a listener
-// stops listening on SHUT_RD, like Linux).
+// applies the write half to its own socketpair end after this call succeeds:
+// SHUT_WR there queues the end-of-file behind the bytes already written, and
+// the pump turns it into a FIN after them. The shim never shuts the read side
+// of its end (the engine would take the resulting hang-up of its end for the
+// app's last close); SHUT_RD here stops the netstack receiving, and the pump
+// then ends the app's read side (it reads EOF once the queued bytes are read).
+// Errors, as Linux's inet_shutdown: EINVAL for a bad how, ENOTCONN when the
+// socket is not connected or its connection is over (TCP_CLOSE, which
+// includes TIME_WAIT after FINs both ways and a reset). A listener stops
+// listening on SHUT_RD.
 func (e *Engine) Shutdown(id SockID, how int) unix.Errno {
 	s, errno := e.lookup(id)
 	if errno != 0 {
@@ -436,7 +440,7 @@ func (e *Engine) Shutdown(id SockID, how int) unix.Errno {
 		}
 		s.ep.Shutdown(tcpip.ShutdownRead)
 		return 0
-	case stConnected:
+	case stConnected, stDone:
 		if s.typ == unix.SOCK_DGRAM {
 			var f tcpip.ShutdownFlags
 			if how != unix.SHUT_WR {
@@ -447,17 +451,30 @@ func (e *Engine) Shutdown(id SockID, how int) unix.Errno {
 			}
 			return ErrnoOf(s.ep.Shutdown(f))
 		}
+		if streamClosed(s.ep) {
+			return unix.ENOTCONN
+		}
 		if how != unix.SHUT_WR {
 			s.ep.Shutdown(tcpip.ShutdownRead)
 		}
 		return 0
 	case stConnecting:
 		return 0
-	case stDone:
-		return 0
 	default:
 		return unix.ENOTCONN
 	}
+}
+
+// streamClosed reports whether a TCP endpoint that was connected is in what
+// Linux calls TCP_CLOSE: the connection was reset or both FINs were exchanged
+// and acknowledged (Linux moves the socket to TCP_CLOSE when it hands the
+// connection to a TIME_WAIT mini-socket).
+func streamClosed(ep tcpip.Endpoint) bool {
+	switch tcp.EndpointState(ep.State()) {
+	case tcp.StateTimeWait, tcp.StateClose, tcp.StateError:
+		return true
+	}
+	return false
 }
 
 // Close tells the engine that the app closed the socket's descriptor. It is

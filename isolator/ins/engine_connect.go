@@ -43,6 +43,16 @@ func takeFile(f *os.File, want int) (int, unix.Errno) {
 	return nfd, 0
 }
 
+// mappedOnV6Only returns ENETUNREACH for an IPv4-mapped IPv6 destination
+// on an IPV6_V6ONLY socket, as Linux's tcp_v6_connect and
+// ip6_datagram_connect do before any route lookup, and 0 otherwise.
+func (s *sock) mappedOnV6Only(addr netip.AddrPort) unix.Errno {
+	if s.family == unix.AF_INET6 && addr.Addr().Is4In6() && s.ep.SocketOptions().GetV6Only() {
+		return unix.ENETUNREACH
+	}
+	return 0
+}
+
 // chooseUplink asks the chooser for the NIC of a new flow and binds the
 // endpoint to its address when the socket has no local address yet.
 func (e *Engine) chooseUplink(s *sock, addr netip.AddrPort, fa *tcpip.FullAddress, tp tcpip.TransportProtocolNumber) unix.Errno {
@@ -144,6 +154,9 @@ func (e *Engine) Connect(id SockID, addr netip.AddrPort, stream *os.File, nonblo
 		return 0
 	}
 	fa, errno := toFull(s.family, addr, false)
+	if errno == 0 {
+		errno = s.mappedOnV6Only(addr)
+	}
 	if errno != 0 {
 		s.mu.Unlock()
 		if stream != nil {
@@ -208,6 +221,9 @@ func (e *Engine) connectDgram(s *sock, addr netip.AddrPort) unix.Errno {
 		return 0
 	}
 	fa, errno := toFull(s.family, addr, true)
+	if errno == 0 {
+		errno = s.mappedOnV6Only(addr)
+	}
 	if errno != 0 {
 		return errno
 	}

@@ -2,47 +2,35 @@ package ins
 
 import (
 	"context"
-	"encoding/binary"
 	"io"
 	"net/netip"
 	"os"
 	"sync/atomic"
 
+	"github.com/mpshim/mpshim/msgproto"
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/waiter"
 )
 
-// DgramHeaderSize is the size of the header in front of every datagram on a
-// datagram socket's socketpair.
+// Datagram framing: a UDP socket's app fd is one end of an AF_UNIX
+// SOCK_SEQPACKET socketpair (see AttachDatagram). Every message on it, in
+// either direction, is one datagram: the fixed body of msgproto.Datagram
+// (msgproto.DatagramSize bytes, no message header) followed by exactly
+// Datagram.Len bytes of payload (docs/protocol.md, "Datagram framing").
 //
-// A UDP socket's app fd is one end of an AF_UNIX SOCK_SEQPACKET socketpair
-// (see AttachDatagram). Every message on it, in either direction, is one
-// datagram: a 32-byte header followed by the payload. Header, host byte
-// order:
+// INS to app: Addr is the sender, in the socket's family (an AF_INET6
+// socket sees IPv4 senders as IPv4-mapped AF_INET6 addresses), Flags is
+// zero. The shim's recvfrom/recvmsg is a recvmsg on its fd with an iovec
+// {framing, user buffer...} and the user's flags: MSG_PEEK, MSG_DONTWAIT,
+// MSG_TRUNC and blocking work natively. The fd is readable exactly when a
+// datagram waits.
 //
-//	0  u16 family: AF_INET, AF_INET6, or 0 for "no address"
-//	2  u16 port
-//	4  u32 flags (reserved, zero)
-//	8  [16]byte address (IPv4 in the first 4 bytes, rest zero)
-//	24 u32 IPv6 scope id
-//	28 u32 reserved, zero
-//
-// INS to app: the address is the sender, in the socket's family (an AF_INET6
-// socket sees IPv4 senders as IPv4-mapped AF_INET6 addresses). The shim's
-// recvfrom/recvmsg is a recvmsg on its fd with an iovec {header, user
-// buffer...} and the user's flags: MSG_PEEK, MSG_DONTWAIT, MSG_TRUNC and
-// blocking work natively; the shim subtracts 32 from the length (with
-// MSG_TRUNC the kernel returns the full message length) and converts the
-// header to a sockaddr. The fd is readable exactly when a datagram waits.
-//
-// App to INS (the fast send path): a message is header + payload; family 0
-// sends to the connected peer. Errors on this path are asynchronous, like
-// ICMP errors: they are reported once by SO_ERROR and the datagram is
-// dropped. Sends that need a synchronous errno (an unconnected socket whose
-// destination the shim has not validated, or the first send after an error)
-// go through Engine.SendTo on the ring instead.
-const DgramHeaderSize = 32
+// App to INS (the fast send path): Addr is the destination, FamilyUnspec
+// for the connected peer. Errors on this path are asynchronous, like ICMP
+// errors: the datagram is dropped and the error is reported once by
+// SO_ERROR. Sends that need a synchronous errno (the first datagram to a
+// destination) go through Engine.SendTo on the ring instead.
 
 // maxDgram is the largest UDP payload.
 const maxDgram = 65535
@@ -54,13 +42,13 @@ type dgramPump struct {
 	entry waiter.Entry
 	hup   atomic.Bool
 	done  bool
-	out   []byte // header + payload staging, allocated on first use
+	out   []byte // framing + payload staging in both directions, allocated on first use
 }
 
 // AttachDatagram gives a UDP socket its socketpair: f is the INS end of an
 // AF_UNIX SOCK_SEQPACKET socketpair whose other end is the app's fd; the
 // engine takes ownership. From then on received datagrams are delivered on
-// it (framing: DgramHeaderSize) and RecvFrom returns EINVAL. A hang-up of the
+// it (framing: msgproto.Datagram) and RecvFrom returns EINVAL. A hang-up of the
 // app's end ends the socket. Errors: EBADF for an unknown id, EOPNOTSUPP for
 // a stream socket, EINVAL for a bad file or a second attach.
 func (e *Engine) AttachDatagram(id SockID, f *os.File) unix.Errno {
@@ -139,18 +127,18 @@ func (d *dgramPump) run(w *worker) {
 		return
 	}
 	if d.out == nil {
-		d.out = make([]byte, DgramHeaderSize+maxDgram)
+		d.out = make([]byte, msgproto.DatagramSize+maxDgram)
 	}
 	e := d.s.e
 	// Network to app.
 	for {
-		bw := bufWriter{b: d.out[DgramHeaderSize:]}
+		bw := bufWriter{b: d.out[msgproto.DatagramSize:]}
 		res, terr := d.s.ep.Read(&bw, tcpip.ReadOptions{Peek: true, NeedRemoteAddr: true})
 		if terr != nil {
 			break
 		}
-		putHeader(d.out[:DgramHeaderSize], fromFull(d.s.family, res.RemoteAddr))
-		err := unix.Sendmsg(d.fd, d.out[:DgramHeaderSize+bw.n], nil, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+		putFraming(d.out, fromFull(d.s.family, res.RemoteAddr), bw.n)
+		err := unix.Sendmsg(d.fd, d.out[:msgproto.DatagramSize+bw.n], nil, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
 		if err == unix.EINTR {
 			continue
 		}
@@ -170,7 +158,8 @@ func (d *dgramPump) run(w *worker) {
 	}
 	// App to network.
 	for {
-		n, _, rflags, _, err := unix.Recvmsg(d.fd, w.buf, nil, unix.MSG_DONTWAIT)
+		// d.out is free again: the loop above has sent what it staged.
+		n, _, rflags, _, err := unix.Recvmsg(d.fd, d.out, nil, unix.MSG_DONTWAIT)
 		if err == unix.EINTR {
 			continue
 		}
@@ -181,18 +170,18 @@ func (d *dgramPump) run(w *worker) {
 			}
 			return
 		}
-		if n < DgramHeaderSize || rflags&unix.MSG_TRUNC != 0 {
+		if rflags&unix.MSG_TRUNC != 0 {
 			e.dgramsDrop.Add(1)
 			d.s.setSoErr(unix.EMSGSIZE)
 			continue
 		}
-		to, ok := parseHeader(w.buf[:DgramHeaderSize])
-		if !ok {
+		to, payload, errno := parseFraming(d.out[:n])
+		if errno != 0 {
 			e.dgramsDrop.Add(1)
-			d.s.setSoErr(unix.EINVAL)
+			d.s.setSoErr(errno)
 			continue
 		}
-		if _, errno := e.sendTo(d.s, w, w.buf[DgramHeaderSize:n], to, 0); errno != 0 {
+		if _, errno := e.sendTo(d.s, w, payload, to, 0); errno != 0 {
 			e.dgramsDrop.Add(1)
 			d.s.setSoErr(errno)
 		}
@@ -221,50 +210,37 @@ func (d *dgramPump) teardown() {
 	d.s.mu.Unlock()
 }
 
-func putHeader(h []byte, ap netip.AddrPort) {
-	clear(h)
-	a := ap.Addr()
-	switch {
-	case a.Is4():
-		binary.NativeEndian.PutUint16(h[0:], unix.AF_INET)
-		a4 := a.As4()
-		copy(h[8:], a4[:])
-	case a.Is6():
-		binary.NativeEndian.PutUint16(h[0:], unix.AF_INET6)
-		a16 := a.As16()
-		copy(h[8:], a16[:])
-	default:
-		return
+// putFraming writes the framing of an n-byte datagram from the sender ap
+// into h[:msgproto.DatagramSize].
+func putFraming(h []byte, ap netip.AddrPort, n int) {
+	d := msgproto.Datagram{Addr: msgproto.AddrFromNetip(ap), Len: uint32(n)}
+	if err := msgproto.PutDatagram(h, &d); err != nil {
+		// A sender from the stack is always canonical and n <= maxDgram.
+		panic(err)
 	}
-	binary.NativeEndian.PutUint16(h[2:], ap.Port())
 }
 
-// parseHeader decodes a datagram header from the app; family 0 yields the
-// zero AddrPort (send to the connected peer).
-func parseHeader(h []byte) (netip.AddrPort, bool) {
-	port := binary.NativeEndian.Uint16(h[2:])
-	switch binary.NativeEndian.Uint16(h[0:]) {
-	case 0:
-		return netip.AddrPort{}, true
-	case unix.AF_INET:
-		return netip.AddrPortFrom(netip.AddrFrom4([4]byte(h[8:12])), port), true
-	case unix.AF_INET6:
-		return netip.AddrPortFrom(netip.AddrFrom16([16]byte(h[8:24])), port), true
+// parseFraming decodes the framing of a whole message msg from the app and
+// returns the destination (the zero AddrPort for the connected peer) and
+// the payload. EINVAL for a malformed framing or a payload whose length is
+// not the framing's Len.
+func parseFraming(msg []byte) (to netip.AddrPort, payload []byte, errno unix.Errno) {
+	var d msgproto.Datagram
+	if err := msgproto.GetDatagram(msg, &d); err != nil {
+		return netip.AddrPort{}, nil, unix.EINVAL
 	}
-	return netip.AddrPort{}, false
-}
-
-// EncodeDgramHeader writes the 32-byte datagram header for addr into h
-// (len(h) >= DgramHeaderSize); the zero AddrPort encodes "no address".
-func EncodeDgramHeader(h []byte, addr netip.AddrPort) { putHeader(h[:DgramHeaderSize], addr) }
-
-// DecodeDgramHeader parses a datagram header; ok is false for a short header
-// or an unknown family.
-func DecodeDgramHeader(h []byte) (addr netip.AddrPort, ok bool) {
-	if len(h) < DgramHeaderSize {
-		return netip.AddrPort{}, false
+	payload = msg[msgproto.DatagramSize:]
+	if uint64(len(payload)) != uint64(d.Len) {
+		return netip.AddrPort{}, nil, unix.EINVAL
 	}
-	return parseHeader(h)
+	if d.Addr.Family == msgproto.FamilyUnspec {
+		return netip.AddrPort{}, payload, 0
+	}
+	to, err := d.Addr.AddrPort()
+	if err != nil {
+		return netip.AddrPort{}, nil, unix.EINVAL
+	}
+	return to, payload, 0
 }
 
 // SendTo sends one datagram like sendto(2) on a UDP socket and returns the

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mpshim/mpshim/msgproto"
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
@@ -40,28 +41,30 @@ func TestUDPSocketpairPath(t *testing.T) {
 	peer.Write(big)
 
 	// MSG_PEEK leaves the datagram queued.
-	hdr := make([]byte, DgramHeaderSize)
+	hdr := make([]byte, msgproto.DatagramSize)
 	buf := make([]byte, 2000)
 	for _, flags := range []int{unix.MSG_PEEK, 0} {
 		k, _, _, _, err := unix.RecvmsgBuffers(app, [][]byte{hdr, buf}, nil, flags)
 		if err != nil {
 			t.Fatal(err)
 		}
-		from, ok := DecodeDgramHeader(hdr)
-		if !ok || from != peerAddr || string(buf[:k-DgramHeaderSize]) != "ping" {
-			t.Fatalf("flags %#x: got %q from %v, want ping from %v", flags, buf[:k-DgramHeaderSize], from, peerAddr)
+		var d msgproto.Datagram
+		if err := msgproto.GetDatagram(hdr, &d); err != nil {
+			t.Fatalf("flags %#x: framing: %v", flags, err)
+		}
+		from, _ := d.Addr.AddrPort()
+		if from != peerAddr || d.Flags != 0 || d.Len != 4 || string(buf[:k-msgproto.DatagramSize]) != "ping" {
+			t.Fatalf("flags %#x: got %q (%+v) from %v, want ping from %v", flags, buf[:k-msgproto.DatagramSize], d, from, peerAddr)
 		}
 	}
 	// A short buffer truncates; MSG_TRUNC reports the full length.
 	small := make([]byte, 10)
 	k, rflags, err := recvTrunc(app, hdr, small)
-	if err != nil || k-DgramHeaderSize != len(big) || rflags&unix.MSG_TRUNC == 0 || !bytes.Equal(small, big[:10]) {
+	if err != nil || k-msgproto.DatagramSize != len(big) || rflags&unix.MSG_TRUNC == 0 || !bytes.Equal(small, big[:10]) {
 		t.Fatalf("truncated read: k=%d rflags=%#x err=%v", k, rflags, err)
 	}
 	// App to network through the socketpair: header + payload.
-	out := make([]byte, DgramHeaderSize)
-	EncodeDgramHeader(out, peerAddr)
-	if _, err := unix.Write(app, append(out, []byte("pong")...)); err != nil {
+	if _, err := unix.Write(app, framed(t, peerAddr, "pong")); err != nil {
 		t.Fatal(err)
 	}
 	peer.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -72,11 +75,27 @@ func TestUDPSocketpairPath(t *testing.T) {
 	}
 	// Without a destination on an unconnected socket the datagram is
 	// dropped and the error is reported once by SO_ERROR.
-	EncodeDgramHeader(out, netip.AddrPort{})
-	unix.Write(app, append(out, 'x'))
+	unix.Write(app, framed(t, netip.AddrPort{}, "x"))
 	engWait(t, func() bool { return n.e.Stats().DgramsDrop == 1 })
 	if b, _ := n.e.Getsockopt(id, unix.SOL_SOCKET, unix.SO_ERROR, 4); unix.Errno(leU32(b)) != unix.EDESTADDRREQ {
 		t.Fatalf("SO_ERROR = %v, want EDESTADDRREQ", unix.Errno(leU32(b)))
+	}
+	// A payload that disagrees with the framing's Len is malformed:
+	// dropped, EINVAL by SO_ERROR.
+	bad := framed(t, peerAddr, "four")
+	unix.Write(app, bad[:len(bad)-1])
+	engWait(t, func() bool { return n.e.Stats().DgramsDrop == 2 })
+	if b, _ := n.e.Getsockopt(id, unix.SOL_SOCKET, unix.SO_ERROR, 4); unix.Errno(leU32(b)) != unix.EINVAL {
+		t.Fatalf("SO_ERROR = %v, want EINVAL", unix.Errno(leU32(b)))
+	}
+	// The largest datagram passes the framing in both directions.
+	huge := bytes.Repeat([]byte{'h'}, 65507)
+	if _, err := unix.Write(app, framed(t, peerAddr, string(huge))); err != nil {
+		t.Fatal(err)
+	}
+	hb := make([]byte, 70000)
+	if rn, err := peer.Read(hb); err != nil || rn != len(huge) {
+		t.Fatalf("peer read of the largest datagram: %d %v", rn, err)
 	}
 	if _, _, _, _, errno := n.e.RecvFrom(context.Background(), id, 10, 0); errno != unix.EINVAL {
 		t.Fatalf("RecvFrom on attached socket = %v, want EINVAL", errno)
@@ -85,6 +104,18 @@ func TestUDPSocketpairPath(t *testing.T) {
 	n.e.Close(id)
 	unix.Close(app)
 	engWait(t, func() bool { _, e := n.e.Getsockname(id); return e == unix.EBADF })
+}
+
+// framed returns one socketpair message: the framing for a datagram to to
+// followed by payload.
+func framed(t *testing.T, to netip.AddrPort, payload string) []byte {
+	t.Helper()
+	b := make([]byte, msgproto.DatagramSize+len(payload))
+	if err := msgproto.PutDatagram(b, &msgproto.Datagram{Addr: msgproto.AddrFromNetip(to), Len: uint32(len(payload))}); err != nil {
+		t.Fatal(err)
+	}
+	copy(b[msgproto.DatagramSize:], payload)
+	return b
 }
 
 func recvTrunc(fd int, hdr, buf []byte) (int, int, error) {

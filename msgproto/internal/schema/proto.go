@@ -58,6 +58,7 @@ var Proto = Schema{
 			u64("StartTime", "process start time in clock ticks (/proc/PID/stat field 22)"),
 			{Name: "Comm", Kind: Bytes, Len: 16, Doc: "process name, NUL padded"},
 			u64("Parent", "client id of the parent (RegForked) or of the previous image (RegExeced); 0 otherwise"),
+			u64("Key", "the socket group's key from the parent's RegisterReply (RegForked, RegExeced): proof that the process descends from a member; 0 otherwise"),
 		}},
 		{Name: "Socket", Code: 2, Doc: "asks for a new socket (socket(2)).", Fields: []Field{
 			i32("Domain", "address family"),
@@ -157,6 +158,7 @@ var Proto = Schema{
 			u64("ClientID", "id the isolator gives this process"),
 			u32("RingSize", "size in bytes of the ring memfd"),
 			u32("Flags", "registration flags"),
+			u64("Key", "secret key of the client's socket group; a fork child or a new image presents it to join the group"),
 		}},
 		{Name: "SocketReply", Code: 66, Doc: "answers Socket; the app's socketpair end travels with FlagFD.", Fields: []Field{
 			u64("Sock", "id of the new socket"),
@@ -192,6 +194,18 @@ var Proto = Schema{
 			u64("Sock", "id of the accepted socket"),
 			addr("Local", "local address of the connection"),
 			addr("Peer", "peer address of the connection"),
+		}},
+		{Name: "Datagram", Code: 129, Doc: "frames one datagram on a UDP socket's SEQPACKET socketpair, in both directions. " +
+			"Only its 36-byte body travels there, without the message header: each SEQPACKET message is " +
+			"this body followed by exactly Len bytes of payload, so one datagram is one message and " +
+			"readiness, MSG_PEEK and MSG_TRUNC are the kernel's own. From the INS, Addr is the sender " +
+			"(in the socket's family) and Flags is zero; from the app, Addr is the destination " +
+			"(FamilyUnspec: the connected peer) and Flags holds the send's MSG_* flags. A message whose " +
+			"length is not 36+Len is malformed and dropped. Errors of a datagram sent this way are " +
+			"asynchronous (SO_ERROR); a send that needs its errno at once goes through SendTo on the ring.", Fields: []Field{
+			addr("Addr", "sender (INS to app) or destination (app to INS); FamilyUnspec means the connected peer"),
+			u32("Flags", "MSG_* flags of the send (app to INS); zero from the INS"),
+			boundedU32("Len", "MaxDatagram", maxDatagram, "payload length in bytes; the payload follows the body"),
 		}},
 	},
 }

@@ -47,6 +47,7 @@ static int mpd_roundtrip(FILE *f, const struct mp_hdr *h, const uint8_t *body, s
 		fprintf(f, "StartTime %" PRIu64 "\n", m.start_time);
 		mpd_hex(f, "Comm", m.comm, 16);
 		fprintf(f, "Parent %" PRIu64 "\n", m.parent);
+		fprintf(f, "Key %" PRIu64 "\n", m.key);
 		return mp_enc_register(enc, cap, h->reqid, h->flags, &m);
 	}
 	case MP_T_SOCKET: {
@@ -227,6 +228,7 @@ static int mpd_roundtrip(FILE *f, const struct mp_hdr *h, const uint8_t *body, s
 		fprintf(f, "ClientID %" PRIu64 "\n", m.client_id);
 		fprintf(f, "RingSize %" PRIu32 "\n", m.ring_size);
 		fprintf(f, "Flags %" PRIu32 "\n", m.flags);
+		fprintf(f, "Key %" PRIu64 "\n", m.key);
 		return mp_enc_register_reply(enc, cap, h->reqid, h->flags, &m);
 	}
 	case MP_T_SOCKET_REPLY: {
@@ -300,6 +302,16 @@ static int mpd_roundtrip(FILE *f, const struct mp_hdr *h, const uint8_t *body, s
 		mpd_addr(f, "Local", &m.local);
 		mpd_addr(f, "Peer", &m.peer);
 		return mp_enc_accept_notify(enc, cap, h->reqid, h->flags, &m);
+	}
+	case MP_T_DATAGRAM: {
+		struct mp_datagram m;
+		if ((rc = mp_dec_datagram(body, len, &m)) != MP_OK)
+			return rc;
+		fprintf(f, "type Datagram\nreqid %" PRIu64 "\nflags %" PRIu32 "\n", h->reqid, h->flags);
+		mpd_addr(f, "Addr", &m.addr);
+		fprintf(f, "Flags %" PRIu32 "\n", m.flags);
+		fprintf(f, "Len %" PRIu32 "\n", m.len);
+		return mp_enc_datagram(enc, cap, h->reqid, h->flags, &m);
 	}
 	}
 	return MP_E_UNKNOWN_TYPE;

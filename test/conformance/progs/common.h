@@ -112,9 +112,10 @@ static inline __attribute__((unused)) const char *peer_ip(int fam)
 	return fam == AF_INET ? V4 : V6;
 }
 
-/* Normalised text of an address: family, "$V4"/"$V6"/"any"/"other", port
- * when it is one of ours, else "eph" (ephemeral) or 0. */
-static inline __attribute__((unused)) const char *fmt(const union addr *a, socklen_t len, char *buf, size_t cap)
+/* Normalised text of an address: family, "$V4"/"$V6"/"any"/"other" (with
+ * local set: "local" for any specific address, see fmt_local), port when it
+ * is one of ours, else "eph" (ephemeral) or 0. */
+static inline const char *fmt_addr(const union addr *a, socklen_t len, char *buf, size_t cap, int local)
 {
 	char ip[INET6_ADDRSTRLEN] = "?";
 	const char *who;
@@ -134,12 +135,14 @@ static inline __attribute__((unused)) const char *fmt(const union addr *a, sockl
 		snprintf(buf, cap, "family=%d", a->sa.sa_family);
 		return buf;
 	}
-	if (!strcmp(ip, V4))
+	if (!strcmp(ip, "0.0.0.0") || !strcmp(ip, "::"))
+		who = "any";
+	else if (local)
+		who = "local";
+	else if (!strcmp(ip, V4))
 		who = "$V4";
 	else if (!strcmp(ip, V6))
 		who = "$V6";
-	else if (!strcmp(ip, "0.0.0.0") || !strcmp(ip, "::"))
-		who = "any";
 	else
 		who = "other";
 	if (port >= 7000 && port < 7100)
@@ -149,6 +152,21 @@ static inline __attribute__((unused)) const char *fmt(const union addr *a, sockl
 		snprintf(buf, cap, "%s %s:%s", a->sa.sa_family == AF_INET ? "inet" : "inet6", who,
 			 port ? "eph" : "0");
 	return buf;
+}
+
+static inline __attribute__((unused)) const char *fmt(const union addr *a, socklen_t len, char *buf, size_t cap)
+{
+	return fmt_addr(a, len, buf, cap, 0);
+}
+
+/* Like fmt, for the local address of a connected socket: any specific
+ * address prints as "local". Which one it is depends on where the stack
+ * runs (natively the program shares the peer's namespace and address; under
+ * the shim it is the network stack's own), so only its family and its being
+ * specific are observable facts. */
+static inline __attribute__((unused)) const char *fmt_local(const union addr *a, socklen_t len, char *buf, size_t cap)
+{
+	return fmt_addr(a, len, buf, cap, 1);
 }
 
 static inline __attribute__((unused)) int sock(int fam, int type)

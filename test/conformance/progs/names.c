@@ -2,7 +2,9 @@
  * short buffer (truncation, full length reported). Also IPV6_V6ONLY. */
 #include "common.h"
 
-static void names(int s, const char *when)
+/* Prints both names of s; connected: s is connected (its local address is
+ * a specific address of the stack that serves it). */
+static void names(int s, const char *when, int connected)
 {
 	union addr a;
 	socklen_t l = sizeof a;
@@ -11,7 +13,8 @@ static void names(int s, const char *when)
 	if (getsockname(s, &a.sa, &l) < 0)
 		say("%s getsockname: -1 %s", when, en(errno));
 	else
-		say("%s getsockname: %s len=%u", when, fmt(&a, l, b, sizeof b), l);
+		say("%s getsockname: %s len=%u", when,
+		    connected ? fmt_local(&a, l, b, sizeof b) : fmt(&a, l, b, sizeof b), l);
 	l = sizeof a;
 	if (getpeername(s, &a.sa, &l) < 0)
 		say("%s getpeername: -1 %s", when, en(errno));
@@ -28,7 +31,7 @@ int main(int argc, char **argv)
 		union addr a;
 
 		say("family %s", fam == AF_INET ? "inet" : "inet6");
-		names(s, "fresh");
+		names(s, "fresh", 0);
 		if (fam == AF_INET6) {
 			l = sizeof v;
 			res("get IPV6_V6ONLY", getsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, &v, &l));
@@ -36,7 +39,7 @@ int main(int argc, char **argv)
 		}
 		l = mkaddr(&a, fam, peer_ip(fam), PORT_ECHO);
 		res("connect", connect(s, &a.sa, l));
-		names(s, "connected");
+		names(s, "connected", 1);
 		/* A buffer too short for the address: truncated, full length. */
 		memset(&a, 0xee, sizeof a);
 		l = 4;
