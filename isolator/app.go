@@ -19,6 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/mpshim/mpshim/internal/unixfd"
 	"github.com/mpshim/mpshim/msgproto"
 	"github.com/mpshim/mpshim/ring"
 )
@@ -568,30 +569,6 @@ func (s *AppServer) releaseGroup(group uint64) {
 
 // closeRights closes every descriptor carried by the control message oob.
 func closeRights(oob []byte) {
-	for _, f := range parseRights(oob) {
-		f.Close()
-	}
-}
-
-// parseRights returns the descriptors in the SCM_RIGHTS messages of oob as
-// files.
-func parseRights(oob []byte) []*os.File {
-	if len(oob) == 0 {
-		return nil
-	}
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return nil
-	}
-	var out []*os.File
-	for _, m := range msgs {
-		fds, err := unix.ParseUnixRights(&m)
-		if err != nil {
-			continue
-		}
-		for _, fd := range fds {
-			out = append(out, os.NewFile(uintptr(fd), "passed-fd"))
-		}
-	}
-	return out
+	files, _ := unixfd.Rights(oob, "passed-fd")
+	unixfd.Close(files)
 }

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/mpshim/mpshim/internal/unixfd"
 	"github.com/mpshim/mpshim/msgproto"
 	"github.com/mpshim/mpshim/ring"
 )
@@ -77,7 +78,7 @@ func (c *client) readConn() {
 	oob := make([]byte, unix.CmsgSpace(4*maxFDsPerPass))
 	for {
 		n, oobn, flags, _, err := c.conn.ReadMsgUnix(buf, oob)
-		files := parseRights(oob[:oobn])
+		files, _ := unixfd.Rights(oob[:oobn], "passed-fd")
 		if err != nil || (n == 0 && len(files) == 0) {
 			closeFiles(files)
 			return

@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/mpshim/mpshim/internal/unixfd"
 	"github.com/mpshim/mpshim/mpnet"
 	"github.com/mpshim/mpshim/msgproto"
 	"github.com/mpshim/mpshim/ring"
@@ -228,7 +229,7 @@ func rawRegister(t *testing.T, path string, reg []byte) (*net.UnixConn, msgproto
 		t.Fatalf("reading registration reply: %v", err)
 	}
 	var memfd *os.File
-	if fs := parseRights(oob[:oobn]); len(fs) > 0 {
+	if fs, _ := unixfd.Rights(oob[:oobn], "memfd"); len(fs) > 0 {
 		memfd = fs[0]
 		t.Cleanup(func() { memfd.Close() })
 	}

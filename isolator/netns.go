@@ -1,13 +1,11 @@
 package isolator
 
 import (
-	"fmt"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 
-	"golang.org/x/sys/unix"
+	"github.com/mpshim/mpshim/isolator/ins"
 )
 
 // nsPath turns a namespace name (as `ip netns` knows it) or a path into a
@@ -31,32 +29,6 @@ func startInNetNS(ns string, cmd *exec.Cmd) error {
 	// A goroutine of its own, so that a thread that cannot be switched back
 	// exits with it instead of returning to the scheduler.
 	res := make(chan error, 1)
-	go func() { res <- forkInNetNS(ns, cmd) }()
+	go func() { res <- ins.DoInNetNS(nsPath(ns), cmd.Start) }()
 	return <-res
-}
-
-func forkInNetNS(ns string, cmd *exec.Cmd) error {
-	target, err := unix.Open(nsPath(ns), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("open netns %s: %w", ns, err)
-	}
-	defer unix.Close(target)
-	runtime.LockOSThread()
-	orig, err := unix.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("open own netns: %w", err)
-	}
-	defer unix.Close(orig)
-	if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("enter netns %s: %w", ns, err)
-	}
-	startErr := cmd.Start()
-	if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
-		// The thread stays locked and exits with this goroutine.
-		return fmt.Errorf("return from netns %s: %w", ns, err)
-	}
-	runtime.UnlockOSThread()
-	return startErr
 }

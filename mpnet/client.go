@@ -21,6 +21,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/mpshim/mpshim/internal/unixfd"
 	"github.com/mpshim/mpshim/msgproto"
 	"github.com/mpshim/mpshim/ring"
 )
@@ -88,7 +89,7 @@ func register(ctx context.Context, conn *net.UnixConn) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	files := rights(oob[:oobn])
+	files, _ := unixfd.Rights(oob[:oobn], "mpnet")
 	defer func() {
 		for _, f := range files {
 			f.Close()
@@ -170,25 +171,6 @@ func commName() string {
 		return ""
 	}
 	return strings.TrimSpace(string(b))
-}
-
-// rights returns the descriptors of the SCM_RIGHTS messages in oob.
-func rights(oob []byte) []*os.File {
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return nil
-	}
-	var out []*os.File
-	for _, m := range msgs {
-		fds, err := unix.ParseUnixRights(&m)
-		if err != nil {
-			continue
-		}
-		for _, fd := range fds {
-			out = append(out, os.NewFile(uintptr(fd), "mpnet"))
-		}
-	}
-	return out
 }
 
 // call sends one request (with descriptors, which stay owned by the caller

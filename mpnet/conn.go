@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/mpshim/mpshim/internal/unixfd"
 	"github.com/mpshim/mpshim/msgproto"
 )
 
@@ -265,7 +266,7 @@ func (l *Listener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.addr, Err: err}
 		}
-		files := rights(oob[:oobn])
+		files, _ := unixfd.Rights(oob[:oobn], "mpnet")
 		if n == 0 && len(files) == 0 {
 			return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.addr, Err: ErrClosed}
 		}

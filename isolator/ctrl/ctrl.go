@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/mpshim/mpshim/internal/unixfd"
 	"github.com/mpshim/mpshim/msgproto"
 )
 
@@ -188,16 +189,16 @@ func (c *Conn) ReadLoop(handle func(Msg)) error {
 		if err != nil {
 			return fmt.Errorf("ctrl: receive: %w", err)
 		}
-		files, ferr := parseRights(oob[:oobn])
+		files, ferr := unixfd.Rights(oob[:oobn], "passed")
 		if n == 0 && oobn == 0 {
 			return nil // peer hung up
 		}
 		if flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 || ferr != nil {
-			closeAll(files)
+			unixfd.Close(files)
 			return fmt.Errorf("ctrl: truncated or malformed packet (flags %#x): %v", flags, ferr)
 		}
 		if n < HeaderSize {
-			closeAll(files)
+			unixfd.Close(files)
 			return fmt.Errorf("ctrl: packet of %d bytes is shorter than a frame header", n)
 		}
 		m := Msg{Frame: Frame{
@@ -234,32 +235,4 @@ func (c *Conn) shutdown() {
 func (c *Conn) Close() error {
 	c.shutdown()
 	return c.f.Close()
-}
-
-func parseRights(oob []byte) ([]*os.File, error) {
-	if len(oob) == 0 {
-		return nil, nil
-	}
-	scms, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return nil, fmt.Errorf("control message: %w", err)
-	}
-	var files []*os.File
-	for _, s := range scms {
-		fds, err := unix.ParseUnixRights(&s)
-		if err != nil {
-			closeAll(files)
-			return nil, fmt.Errorf("control message: %w", err)
-		}
-		for _, fd := range fds {
-			files = append(files, os.NewFile(uintptr(fd), "passed"))
-		}
-	}
-	return files, nil
-}
-
-func closeAll(files []*os.File) {
-	for _, f := range files {
-		f.Close()
-	}
 }

@@ -72,14 +72,7 @@ func (s *server) errorLog() string {
 
 func TestApache(t *testing.T) {
 	topo.RequireRoot(t)
-	for _, p := range []string{httpd, "/usr/bin/ab", "/usr/bin/curl"} {
-		if _, err := os.Stat(p); err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("%s missing (make test installs it)", p)
-			}
-			t.Skipf("%s missing", p)
-		}
-	}
+	harness.NeedFiles(t, httpd, "/usr/bin/ab", "/usr/bin/curl")
 	for _, mpm := range []string{"prefork", "event"} {
 		t.Run(mpm, func(t *testing.T) {
 			if mpm == "event" && os.Getenv("MPSHIM_TEST_KNOWN_BUGS") == "" {

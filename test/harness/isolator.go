@@ -47,6 +47,21 @@ func Binary(t testing.TB, name string) string {
 	return p
 }
 
+// NeedFiles requires programs or files the suite drives (nginx, ab, …):
+// missing ones fail the test under CI, where make test installs them, and
+// skip it otherwise, saying so.
+func NeedFiles(t testing.TB, paths ...string) {
+	t.Helper()
+	for _, p := range paths {
+		if _, err := os.Stat(p); err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatalf("%s missing (make test installs it): %v", p, err)
+			}
+			t.Skipf("%s missing (make test installs it)", p)
+		}
+	}
+}
+
 // UplinkSpec describes one uplink given to the daemon.
 type UplinkSpec struct {
 	// Interface is the host interface in the gw namespace.

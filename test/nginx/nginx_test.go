@@ -32,18 +32,6 @@ type server struct {
 	files     map[string][]byte
 }
 
-func need(t *testing.T, paths ...string) {
-	t.Helper()
-	for _, p := range paths {
-		if _, err := os.Stat(p); err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("%s missing (make test installs it): %v", p, err)
-			}
-			t.Skipf("%s missing (make test installs it)", p)
-		}
-	}
-}
-
 func startNginx(t *testing.T, tp *topo.Topology, iso *harness.Isolator, reuseport bool) *server {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "mpshim-nginx-")
@@ -212,7 +200,7 @@ func ab(t *testing.T, tp *topo.Topology, url string, n, c int, keepalive bool) m
 
 func TestNginx(t *testing.T) {
 	topo.RequireRoot(t)
-	need(t, "/usr/sbin/nginx", "/usr/bin/curl", "/usr/bin/ab")
+	harness.NeedFiles(t, "/usr/sbin/nginx", "/usr/bin/curl", "/usr/bin/ab")
 	for _, reuseport := range []bool{false, true} {
 		t.Run(fmt.Sprintf("reuseport=%v", reuseport), func(t *testing.T) {
 			tp := topo.New(t, topo.Config{Uplinks: 2})
