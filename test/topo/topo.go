@@ -410,8 +410,31 @@ func (t *Topology) addUplink(ctx context.Context, i int) error {
 			return err
 		}
 	}
+	if err := waitSettled(ctx, t.WAN, name); err != nil {
+		return err
+	}
 	t.Uplinks = append(t.Uplinks, u)
 	return nil
+}
+
+// waitSettled waits until dev in ns is up with carrier and none of its
+// addresses (the kernel's link-local one included) is still tentative, so
+// a test can use the uplink as soon as Build returns.
+func waitSettled(ctx context.Context, ns *NS, dev string) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for {
+		out, err := ns.Run(ctx, "ip", "-o", "addr", "show", "dev", dev, "tentative")
+		carrier, cerr := ns.Run(ctx, "cat", "/sys/class/net/"+dev+"/carrier")
+		if err == nil && cerr == nil && strings.TrimSpace(out) == "" && strings.TrimSpace(carrier) == "1" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s in %s did not settle (carrier %q, tentative: %s): %w", dev, ns.Name, strings.TrimSpace(carrier), strings.TrimSpace(out), ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // setRate installs (rate > 0) or removes the tbf qdiscs of uplink i.
