@@ -150,17 +150,35 @@ func (s *Server) forget(group uint64) {
 	for id, g := range s.owner {
 		if g == group {
 			ids = append(ids, id)
-			delete(s.owner, id)
-			if f := s.pending[id]; f != nil {
-				f.Close()
-				delete(s.pending, id)
-			}
 		}
 	}
 	s.mu.Unlock()
 	for _, id := range ids {
-		s.eng.Close(id)
+		s.release(id)
 	}
+}
+
+// release ends the daemon's interest in a socket: it is no longer anyone's,
+// its unused stream end is closed, and the engine frees it once the app's
+// descriptors are gone too.
+func (s *Server) release(id SockID) {
+	s.mu.Lock()
+	delete(s.owner, id)
+	s.mu.Unlock()
+	if f := s.takePending(id); f != nil {
+		f.Close()
+	}
+	s.eng.Close(id)
+}
+
+// takePending removes and returns the stream end a socket got at creation
+// and has not yet handed to a connection (nil if none).
+func (s *Server) takePending(id SockID) *os.File {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f := s.pending[id]
+	delete(s.pending, id)
+	return f
 }
 
 func (s *Server) socketCall(ctx context.Context, m ctrl.Msg) {
@@ -255,12 +273,10 @@ func (s *Server) handle(ctx context.Context, m ctrl.Msg) msgproto.Message {
 			}
 			return errReply(e)
 		}
-		s.mu.Lock()
-		if old := s.pending[id]; old != nil {
+		// A listener's stream end is replaced by the SEQPACKET end f.
+		if old := s.takePending(id); old != nil {
 			old.Close()
-			delete(s.pending, id)
 		}
-		s.mu.Unlock()
 		return errReply(s.eng.Listen(id, int(r.Backlog), f))
 	case *msgproto.Connect:
 		closeF()
@@ -272,10 +288,7 @@ func (s *Server) handle(ctx context.Context, m ctrl.Msg) msgproto.Message {
 		if e != 0 {
 			return errReply(e)
 		}
-		s.mu.Lock()
-		stream := s.pending[id]
-		delete(s.pending, id)
-		s.mu.Unlock()
+		stream := s.takePending(id)
 		return errReply(s.eng.Connect(id, ap, stream, r.Flags&msgproto.ConnectNonblock != 0))
 	case *msgproto.Shutdown:
 		closeF()
@@ -290,14 +303,7 @@ func (s *Server) handle(ctx context.Context, m ctrl.Msg) msgproto.Message {
 		if e != 0 {
 			return errReply(e)
 		}
-		s.mu.Lock()
-		delete(s.owner, id)
-		if p := s.pending[id]; p != nil {
-			p.Close()
-			delete(s.pending, id)
-		}
-		s.mu.Unlock()
-		s.eng.Close(id)
+		s.release(id)
 		return errReply(0)
 	case *msgproto.Setsockopt:
 		closeF()
