@@ -6,13 +6,10 @@ package apache
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -38,31 +35,13 @@ func (s *server) ctl(args ...string) (string, error) {
 	return string(out), err
 }
 
-func (s *server) pid() int {
-	b, _ := os.ReadFile(filepath.Join(s.dir, "httpd.pid"))
-	p, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-	return p
-}
+func (s *server) pid() int { return harness.ReadPIDFile(filepath.Join(s.dir, "httpd.pid")) }
 
-func (s *server) children() []int {
-	out, _ := exec.Command("pgrep", "-P", strconv.Itoa(s.pid())).Output()
-	var pids []int
-	for _, f := range strings.Fields(string(out)) {
-		p, _ := strconv.Atoi(f)
-		pids = append(pids, p)
-	}
-	return pids
-}
+func (s *server) children() []int { return harness.Children(s.pid()) }
 
 func (s *server) fetch(t *testing.T, url string) {
 	t.Helper()
-	out, err := s.tp.WAN.Command(context.Background(), "curl", "-sS", "-g", "--fail", "--max-time", "20", url).Output()
-	if err != nil {
-		t.Fatalf("curl %s: %v\nerror log:\n%s", url, err, s.errorLog())
-	}
-	if sha256.Sum256(out) != sha256.Sum256(s.page) {
-		t.Fatalf("curl %s: %d bytes, not the file's %d (sha256 differs)", url, len(out), len(s.page))
-	}
+	harness.Fetch(t, s.tp.WAN, nil, url, s.page)
 }
 
 func (s *server) errorLog() string {

@@ -7,10 +7,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -100,25 +98,10 @@ func (s *server) errorLog() string {
 	return string(b)
 }
 
-func (s *server) masterPID() int {
-	b, err := os.ReadFile(filepath.Join(s.dir, "nginx.pid"))
-	if err != nil {
-		return 0
-	}
-	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-	return pid
-}
+func (s *server) masterPID() int { return harness.ReadPIDFile(filepath.Join(s.dir, "nginx.pid")) }
 
 // workers lists the master's children.
-func (s *server) workers() []int {
-	out, _ := exec.Command("pgrep", "-P", strconv.Itoa(s.masterPID())).Output()
-	var pids []int
-	for _, f := range strings.Fields(string(out)) {
-		p, _ := strconv.Atoi(f)
-		pids = append(pids, p)
-	}
-	return pids
-}
+func (s *server) workers() []int { return harness.Children(s.masterPID()) }
 
 func (s *server) waitGone(d time.Duration) bool {
 	pid := s.masterPID()
@@ -133,13 +116,7 @@ func (s *server) waitGone(d time.Duration) bool {
 // fetch gets url from wan with curl and checks the body.
 func (s *server) fetch(t *testing.T, url string, want []byte) {
 	t.Helper()
-	out, err := s.tp.WAN.Command(context.Background(), "curl", "-sS", "-g", "--fail", "--max-time", "20", url).Output()
-	if err != nil {
-		t.Fatalf("curl %s: %v", url, err)
-	}
-	if sha256.Sum256(out) != sha256.Sum256(want) {
-		t.Fatalf("curl %s: %d bytes, not the file's %d bytes (sha256 differs)", url, len(out), len(want))
-	}
+	harness.Fetch(t, s.tp.WAN, nil, url, want)
 }
 
 func urls(infos []api.INSInfo, path string) []string {
