@@ -91,6 +91,7 @@ type Stack struct {
 	set      *uplink.Set
 	log      *slog.Logger
 	interval time.Duration
+	taps     taps // see AddTap
 
 	mu      sync.Mutex
 	links   map[string]*nicLink // by uplink name
@@ -103,6 +104,7 @@ type nicLink struct {
 	cfg    UplinkConfig
 	nic    tcpip.NICID
 	pkt    *packetLink // nil for injected endpoints
+	tap    *tapEndpoint
 	cancel context.CancelFunc
 	done   chan struct{}
 	dropMu sync.Mutex
@@ -284,7 +286,9 @@ func (s *Stack) AddUplink(u UplinkConfig) (err error) {
 			return fmt.Errorf("add uplink %q: %w", u.Name, err)
 		}
 	}
-	if terr := s.ns.CreateNICWithOptions(l.nic, ep, stack.NICOptions{Name: u.Name}); terr != nil {
+	// Every NIC goes through the taps (flow accounting, rules).
+	l.tap = s.tapped(u.Name, ep)
+	if terr := s.ns.CreateNICWithOptions(l.nic, l.tap, stack.NICOptions{Name: u.Name}); terr != nil {
 		l.closeFD()
 		return fmt.Errorf("add uplink %q: create NIC: %s", u.Name, terr)
 	}
@@ -495,6 +499,9 @@ func (s *Stack) Counters() []UplinkCounters {
 			c.TxPackets, c.TxBytes = st.Tx.Packets.Value(), st.Tx.Bytes.Value()
 			c.RxDrops = st.MalformedL4RcvdPackets.Value()
 			c.TxDrops = st.TxPacketsDroppedNoBufferSpace.Value()
+		}
+		if l.tap != nil {
+			c.RxDrops += l.tap.malformed.Load()
 		}
 		if l.pkt != nil {
 			l.dropMu.Lock()

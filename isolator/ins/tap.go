@@ -1,0 +1,163 @@
+package ins
+
+import (
+	"sync/atomic"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/nested"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/mpshim/mpshim/netflow"
+)
+
+// Tap sees every IP packet an uplink receives or sends, at the link layer:
+// a received packet before the netstack processes it, a sent one as it
+// leaves. Flow accounting and mitigation rules are taps.
+//
+// Packet is called on the netstack's hot paths, concurrently from the
+// NICs' dispatchers and from sending goroutines: it must be quick and must
+// not block. p is only valid during the call.
+type Tap interface {
+	// Packet returns false to drop the packet.
+	Packet(uplink string, dir netflow.Direction, p *netflow.Packet) bool
+}
+
+// taps is the chain of taps every NIC calls, in order; the first that drops
+// a packet ends the chain. It is replaced as a whole (copy on write) so the
+// packet paths read it without a lock.
+type taps struct {
+	chain atomic.Pointer[[]Tap]
+}
+
+// AddTap appends t to the taps of every NIC, present and future.
+func (s *Stack) AddTap(t Tap) {
+	for {
+		old := s.taps.chain.Load()
+		var next []Tap
+		if old != nil {
+			next = append(next, *old...)
+		}
+		next = append(next, t)
+		if s.taps.chain.CompareAndSwap(old, &next) {
+			return
+		}
+	}
+}
+
+// run passes p through the chain; false means drop.
+func (t *taps) run(uplink string, dir netflow.Direction, p *netflow.Packet) bool {
+	c := t.chain.Load()
+	if c == nil {
+		return true
+	}
+	for _, tap := range *c {
+		if !tap.Packet(uplink, dir, p) {
+			return false
+		}
+	}
+	return true
+}
+
+// tapEndpoint wraps a NIC's link endpoint and shows its IP packets to the
+// stack's taps. Non-IP frames (ARP) pass untouched; an IP packet whose
+// headers do not parse is dropped on the way in (the netstack would drop it
+// too) and counted as malformed.
+type tapEndpoint struct {
+	nested.Endpoint
+	uplink string
+	taps   *taps
+	// Malformed counts received IP packets whose headers did not parse.
+	malformed atomic.Uint64
+}
+
+// tapped wraps ep for the uplink named name.
+func (s *Stack) tapped(name string, ep stack.LinkEndpoint) *tapEndpoint {
+	t := &tapEndpoint{uplink: name, taps: &s.taps}
+	t.Init(ep, t)
+	return t
+}
+
+func isIP(proto tcpip.NetworkProtocolNumber) bool {
+	return proto == header.IPv4ProtocolNumber || proto == header.IPv6ProtocolNumber
+}
+
+// DeliverNetworkPacket implements stack.NetworkDispatcher: a received
+// packet, its link header already consumed.
+func (t *tapEndpoint) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
+	if isIP(proto) && t.taps.chain.Load() != nil {
+		b, ok := pkt.Data().PullUp(min(pkt.Data().Size(), netflow.HeaderBytes))
+		if !ok {
+			t.malformed.Add(1)
+			return
+		}
+		p, err := netflow.Parse(b)
+		if err != nil {
+			t.malformed.Add(1)
+			return
+		}
+		if !t.taps.run(t.uplink, netflow.In, &p) {
+			return
+		}
+	}
+	t.Endpoint.DeliverNetworkPacket(proto, pkt)
+}
+
+// WritePackets implements stack.LinkEndpoint: packets on their way out,
+// link header already added. Packets a tap drops are reported as written
+// (as a firewall's silent drop: the sender sees no error).
+func (t *tapEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	if t.taps.chain.Load() == nil {
+		return t.Endpoint.WritePackets(pkts)
+	}
+	all := pkts.AsSlice()
+	// keep is only built once a packet is dropped: the common case
+	// passes the caller's list through without allocating.
+	var keep stack.PacketBufferList
+	dropped := 0
+	var buf [netflow.HeaderBytes]byte
+	for i, pkt := range all {
+		if t.pass(pkt, buf[:]) {
+			if dropped > 0 {
+				keep.PushBack(pkt.IncRef())
+			}
+			continue
+		}
+		if dropped == 0 {
+			for _, k := range all[:i] {
+				keep.PushBack(k.IncRef())
+			}
+		}
+		dropped++
+	}
+	if dropped == 0 {
+		return t.Endpoint.WritePackets(pkts)
+	}
+	defer keep.Reset()
+	if keep.Len() == 0 {
+		return dropped, nil
+	}
+	n, err := t.Endpoint.WritePackets(keep)
+	return n + dropped, err
+}
+
+// pass shows an outgoing packet to the taps, using buf to gather its
+// headers; false means drop.
+func (t *tapEndpoint) pass(pkt *stack.PacketBuffer, buf []byte) bool {
+	if !isIP(pkt.NetworkProtocolNumber) {
+		return true
+	}
+	n := copy(buf, pkt.NetworkHeader().Slice())
+	n += copy(buf[n:], pkt.TransportHeader().Slice())
+	if n < len(buf) {
+		if d, ok := pkt.Data().PullUp(min(pkt.Data().Size(), len(buf)-n)); ok {
+			n += copy(buf[n:], d)
+		}
+	}
+	p, err := netflow.Parse(buf[:n])
+	if err != nil {
+		// Our own netstack built it; never drop what we cannot read.
+		return true
+	}
+	return t.taps.run(t.uplink, netflow.Out, &p)
+}
