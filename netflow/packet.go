@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strconv"
+	"strings"
 )
 
 // IP protocol numbers the parser understands beyond the IP header.
@@ -201,4 +203,52 @@ func Parse(b []byte) (Packet, error) {
 		}
 	}
 	return p, nil
+}
+
+// Canonical returns the key with the lower (address, port) end as source,
+// so both directions of a conversation have the same canonical key.
+func (k Key) Canonical() Key {
+	if c := k.Src.Compare(k.Dst); c > 0 || (c == 0 && k.SrcPort > k.DstPort) {
+		return k.Reverse()
+	}
+	return k
+}
+
+// FlowID names the conversation k belongs to in INS ins, the same for both
+// directions: "<ins>-<12 hex digits>". Operators copy it from `netflow ls`
+// into `netflow reset`; an INS finds the connection by computing the ID of
+// its endpoints' 5-tuples.
+func FlowID(ins int, k Key) string {
+	c := k.Canonical()
+	// FNV-1a, 64 bits, over the canonical tuple.
+	h := uint64(14695981039346656037)
+	mix := func(b []byte) {
+		for _, x := range b {
+			h ^= uint64(x)
+			h *= 1099511628211
+		}
+	}
+	s, d := c.Src.As16(), c.Dst.As16()
+	mix(s[:])
+	mix(d[:])
+	mix([]byte{byte(c.SrcPort >> 8), byte(c.SrcPort), byte(c.DstPort >> 8), byte(c.DstPort), c.Proto})
+	return fmt.Sprintf("%d-%012x", ins, h&(1<<48-1))
+}
+
+// ParseFlowID splits an ID made by FlowID into its INS id and hash.
+func ParseFlowID(id string) (ins int, hash uint64, err error) {
+	var rest string
+	i := strings.IndexByte(id, '-')
+	if i <= 0 || len(id)-i-1 != 12 {
+		return 0, 0, fmt.Errorf("flow id %q: want <ins>-<12 hex digits>", id)
+	}
+	ins, err = strconv.Atoi(id[:i])
+	rest = id[i+1:]
+	if err != nil || ins < 0 {
+		return 0, 0, fmt.Errorf("flow id %q: bad INS id", id)
+	}
+	if hash, err = strconv.ParseUint(rest, 16, 64); err != nil {
+		return 0, 0, fmt.Errorf("flow id %q: bad hash", id)
+	}
+	return ins, hash, nil
 }

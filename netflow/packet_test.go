@@ -138,3 +138,23 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestFlowID(t *testing.T) {
+	k := Key{netip.MustParseAddr("10.77.0.1"), netip.MustParseAddr("10.77.0.10"), 40000, 80, ProtoTCP}
+	id := FlowID(3, k)
+	if id != FlowID(3, k.Reverse()) {
+		t.Fatalf("directions differ: %s vs %s", id, FlowID(3, k.Reverse()))
+	}
+	if id == FlowID(4, k) || id == FlowID(3, Key{k.Src, k.Dst, 40001, 80, ProtoTCP}) {
+		t.Fatal("different flows share an ID")
+	}
+	ins, _, err := ParseFlowID(id)
+	if err != nil || ins != 3 {
+		t.Fatalf("ParseFlowID(%q) = %d, %v", id, ins, err)
+	}
+	for _, bad := range []string{"", "3", "-0123456789ab", "x-0123456789ab", "3-0123456789a", "3-0123456789ag", "-1-0123456789ab"} {
+		if _, _, err := ParseFlowID(bad); err == nil {
+			t.Errorf("ParseFlowID(%q) accepted", bad)
+		}
+	}
+}
