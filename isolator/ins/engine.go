@@ -81,6 +81,7 @@ type Engine struct {
 
 	rmemMax int
 	wmemMax int
+	limits  engineLimits // see engine_limits.go
 
 	accepted     atomic.Uint64
 	bytesToNet   atomic.Uint64
@@ -121,6 +122,8 @@ type sock struct {
 	dg       *dgramPump
 	o        sockOpts
 	peer     netip.AddrPort // remote address once connected
+	backlog  int            // backlog asked for by listen(2)
+	counted  bool           // counted as accepted from peer (see admit)
 }
 
 // NewEngine returns an engine serving sockets on s. A nil chooser lets the
@@ -295,8 +298,12 @@ func (e *Engine) lookup(id SockID) (*sock, unix.Errno) {
 
 func (e *Engine) forget(id SockID) {
 	e.mu.Lock()
+	s := e.socks[id]
 	delete(e.socks, id)
 	e.mu.Unlock()
+	if s != nil {
+		e.unadmit(s)
+	}
 }
 
 // toFull converts an app address for a socket of the given family. A 4-byte

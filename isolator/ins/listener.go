@@ -68,11 +68,11 @@ func (e *Engine) Listen(id SockID, backlog int, seqpacket *os.File) unix.Errno {
 		}
 		return unix.EOPNOTSUPP
 	}
-	if uint(backlog) > somaxconn {
-		backlog = somaxconn
-	}
+	asked := backlog
+	backlog = e.clampBacklog(backlog)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.backlog = asked
 	switch s.state {
 	case stListening:
 		if seqpacket != nil {
@@ -148,15 +148,22 @@ func (l *listener) run(*worker) {
 			}
 			child := &sock{family: l.s.family, typ: unix.SOCK_STREAM, proto: unix.IPPROTO_TCP, ep: nep, wq: nwq, state: stConnected}
 			child.peer = fromFull(l.s.family, peer)
+			if !e.admit(child) {
+				// Over max-conn-per-src: the peer gets a reset.
+				nep.Abort()
+				continue
+			}
 			fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 			if err != nil {
 				e.log.Warn("accept: socketpair", "err", err)
+				e.unadmit(child)
 				nep.Abort()
 				continue
 			}
 			if err := unix.SetNonblock(fds[1], true); err != nil {
 				unix.Close(fds[0])
 				unix.Close(fds[1])
+				e.unadmit(child)
 				nep.Abort()
 				continue
 			}

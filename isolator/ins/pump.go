@@ -595,6 +595,7 @@ func (c *streamConn) teardown(abort bool) {
 		return
 	}
 	c.done = true
+	c.s.e.unadmit(c.s)
 	c.s.wq.EventUnregister(&c.entry)
 	c.s.e.loop.unregisterClose(c.fd)
 	c.fd = -1

@@ -27,6 +27,8 @@ type ProcessConfig struct {
 	Sandbox SandboxOptions
 	// NoSandbox skips the sandbox (diagnostics only).
 	NoSandbox bool
+	// Mitigation are the rules and tunings in force from the start.
+	Mitigation Mitigation
 }
 
 // ConfigEnv names the environment variable holding an INS process's
@@ -47,8 +49,9 @@ const (
 
 // ManageRequest is a management request from the daemon.
 type ManageRequest struct {
-	Op    string `json:"op"`
-	Group uint64 `json:"group,omitempty"`
+	Op       string           `json:"op"`
+	Group    uint64           `json:"group,omitempty"`
+	Mitigate *MitigateRequest `json:"mitigate,omitempty"`
 }
 
 // Status is an INS's answer to ManageStats.
@@ -57,6 +60,7 @@ type Status struct {
 	Uplinks  []UplinkCounters `json:"uplinks"`
 	RSSBytes uint64           `json:"rss_bytes"`
 	Error    string           `json:"error,omitempty"`
+	Mitigate *MitigateReply   `json:"mitigate,omitempty"`
 }
 
 // Server answers the daemon's requests for one INS: socket calls go to the
@@ -67,6 +71,7 @@ type Server struct {
 	eng *Engine
 	ch  *ctrl.Conn
 	log *slog.Logger
+	mit *mitigation // rules, resets and tunings (rules.go)
 
 	mu      sync.Mutex
 	owner   map[SockID]uint64   // socket group of each socket
@@ -133,6 +138,8 @@ func (s *Server) manage(m ctrl.Msg) {
 		case ManageForget:
 			s.forget(req.Group)
 			out = Status{}
+		case ManageMitigate:
+			out = s.mitigate(req.Mitigate)
 		default:
 			out = Status{Error: fmt.Sprintf("unknown management op %q", req.Op)}
 		}
@@ -439,6 +446,11 @@ func RunProcess(ctx context.Context, ctrlFile *os.File, log *slog.Logger) error 
 	os.Unsetenv(ConfigEnv)
 	log = log.With("ins", cfg.Stack.ID)
 	cfg.Stack.Logger = log
+	mit, err := newMitigation(cfg.Stack.ID, cfg.Mitigation, log)
+	if err != nil {
+		return fmt.Errorf("ins %d: %w", cfg.Stack.ID, err)
+	}
+	cfg.Stack.Taps = append(cfg.Stack.Taps, mit.Tap())
 	st, err := NewStack(cfg.Stack)
 	if err != nil {
 		return fmt.Errorf("ins %d: %w", cfg.Stack.ID, err)
@@ -446,6 +458,9 @@ func RunProcess(ctx context.Context, ctrlFile *os.File, log *slog.Logger) error 
 	defer st.Close()
 	ch := ctrl.New(ctrlFile)
 	srv := NewServer(cfg.Stack.ID, st, ch, log)
+	if err := srv.setMitigation(mit); err != nil {
+		return fmt.Errorf("ins %d: %w", cfg.Stack.ID, err)
+	}
 	if !cfg.NoSandbox {
 		if err := Sandbox(cfg.Sandbox); err != nil {
 			return fmt.Errorf("ins %d: %w", cfg.Stack.ID, err)

@@ -47,6 +47,8 @@ type Config struct {
 	ProbeInterval time.Duration
 	// Logger receives state changes; nil means slog.Default().
 	Logger *slog.Logger
+	// Taps see every NIC's packets from the first (see AddTap).
+	Taps []Tap `json:"-"`
 }
 
 // UplinkConfig is one uplink of an INS.
@@ -160,6 +162,9 @@ func NewStack(cfg Config) (*Stack, error) {
 	if err := s.tune(); err != nil {
 		s.ns.Destroy()
 		return nil, fmt.Errorf("ins %d: %w", cfg.ID, err)
+	}
+	for _, t := range cfg.Taps {
+		s.AddTap(t)
 	}
 	for _, u := range cfg.Uplinks {
 		if err := s.AddUplink(u); err != nil {

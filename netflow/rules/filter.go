@@ -15,9 +15,10 @@ import (
 // allocates or blocks, so NIC dispatchers call it concurrently. Load
 // replaces the table as a whole.
 type Filter struct {
-	table atomic.Pointer[Table]
-	now   func() int64
-	mu    sync.Mutex // serialises Load
+	table  atomic.Pointer[Table]
+	exempt atomic.Pointer[map[netflow.Key]int64] // see Exempt
+	now    func() int64
+	mu     sync.Mutex // serialises Load and Exempt
 }
 
 var clockBase = time.Now()
@@ -79,6 +80,9 @@ func (f *Filter) Packet(_ string, dir netflow.Direction, p *netflow.Packet) bool
 	}
 	block, limit := t.match(peer)
 	size := uint64(max(p.Len, 0))
+	if block >= 0 && dir == netflow.In && f.exempted(p.Key) {
+		return true
+	}
 	if block >= 0 {
 		rs := t.rules[block]
 		rs.packets.Add(1)
@@ -108,4 +112,44 @@ func (f *Filter) Stats() []Stats {
 		return nil
 	}
 	return t.stats()
+}
+
+// Exempt lets received packets of these exact flows (keys as received:
+// peer first) through block rules for d. After an INS resets a blocked
+// peer's connection, the peer may ignore the RST (RFC 5961: a RST whose
+// sequence number is not exactly the next expected one, as when data
+// the block dropped is outstanding, only draws a "challenge ACK"); the
+// exemption lets that ACK and any retransmission reach TCP, which no
+// longer knows the connection and answers with a RST the peer accepts.
+func (f *Filter) Exempt(keys []netflow.Key, d time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	now := f.now()
+	next := map[netflow.Key]int64{}
+	if old := f.exempt.Load(); old != nil {
+		for k, until := range *old {
+			if until > now {
+				next[k] = until
+			}
+		}
+	}
+	for _, k := range keys {
+		next[k] = now + int64(d)
+	}
+	if len(next) == 0 {
+		f.exempt.Store(nil)
+		return
+	}
+	f.exempt.Store(&next)
+}
+
+// exempted reports whether k is exempt from blocks now. The map is only
+// consulted for blocked packets while exemptions exist.
+func (f *Filter) exempted(k netflow.Key) bool {
+	m := f.exempt.Load()
+	if m == nil {
+		return false
+	}
+	until, ok := (*m)[k]
+	return ok && until > f.now()
 }

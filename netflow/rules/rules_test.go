@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mpshim/mpshim/netflow"
 )
@@ -331,4 +332,33 @@ func BenchmarkFilterPacket(b *testing.B) {
 			f.Packet("up0", netflow.In, other)
 		}
 	})
+}
+
+func TestFilterExempt(t *testing.T) {
+	var s Set
+	s.Add(Rule{Action: Block, Prefix: pfx("10.77.0.0/24")})
+	var now int64
+	f := NewFilter(func() int64 { return now })
+	f.Load(s)
+	reset := pkt("10.77.0.1", "10.77.0.10", netflow.TCPAck)
+	other := pkt("10.77.0.1", "10.77.0.10", netflow.TCPAck)
+	other.SrcPort++
+	f.Exempt([]netflow.Key{reset.Key}, time.Second)
+	if !f.Packet("up0", netflow.In, reset) {
+		t.Fatal("exempt flow dropped")
+	}
+	if f.Packet("up0", netflow.In, other) {
+		t.Fatal("another flow of the blocked peer passed")
+	}
+	if f.Packet("up0", netflow.Out, pkt("10.77.0.10", "10.77.0.1", netflow.TCPAck)) {
+		t.Fatal("exemption let a sent packet through")
+	}
+	now += int64(time.Second)
+	if f.Packet("up0", netflow.In, reset) {
+		t.Fatal("exemption outlived its time")
+	}
+	f.Exempt(nil, time.Second) // prunes the expired entry
+	if f.exempt.Load() != nil {
+		t.Fatal("expired exemptions kept")
+	}
 }
