@@ -40,6 +40,8 @@ type Daemon struct {
 
 	// onSpawn is called for every INS that comes up (listener replication).
 	onSpawn func(Backend)
+
+	mit *mitigator // rules and tunings (rules.go)
 }
 
 // New validates cfg and prepares a daemon; Run starts it.
@@ -52,6 +54,9 @@ func New(cfg config.Config, log *slog.Logger) (*Daemon, error) {
 		return nil, fmt.Errorf("find own executable: %w", err)
 	}
 	d := &Daemon{cfg: cfg, log: log, self: self, ins: map[int]*insProc{}, nextID: 1}
+	if d.mit, err = newMitigator(cfg.StateDir, log); err != nil {
+		return nil, err
+	}
 	for _, u := range cfg.Uplinks {
 		us, err := newUplinkState(u)
 		if err != nil {
@@ -146,6 +151,7 @@ func (d *Daemon) Spawn(ctx context.Context, n int) ([]int, error) {
 		d.mu.Lock()
 		d.ins[id] = p
 		d.mu.Unlock()
+		d.catchUp(ctx, p)
 		ids = append(ids, id)
 		d.mu.Lock()
 		onSpawn := d.onSpawn
@@ -298,6 +304,9 @@ func (d *Daemon) handle(ctx context.Context, req api.Request) api.Response {
 		}
 		return resp
 	default:
+		if resp, ok := d.handleMitigation(ctx, req); ok {
+			return resp
+		}
 		return api.Errorf("unknown operation %q (spawn, ls, kill, uplink-ls)", req.Op)
 	}
 }

@@ -128,6 +128,8 @@ func (d *Daemon) startINS(ctx context.Context, id int, total int) (_ *insProc, e
 	pc := ins.ProcessConfig{
 		Stack:   ins.Config{ID: id, Policy: d.cfg.Policy, GOMAXPROCS: ins.GOMAXPROCSFor(total)},
 		Sandbox: ins.SandboxOptions{NoFile: noFileLimit()},
+		// Rules and tunings in force from the first packet.
+		Mitigation: d.mit.config(id),
 	}
 	for i, u := range uplinks {
 		a4, err := u.pool4.get()

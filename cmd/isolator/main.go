@@ -42,6 +42,7 @@ func rootCmd() *cobra.Command {
 	root.PersistentFlags().StringVar(&apiPath, "api", config.DefaultAPI, "the daemon's API socket")
 	client := func(ctx context.Context) (*api.Client, error) { return api.Dial(ctx, apiPath) }
 	root.AddCommand(runCmd(), insCmd(), spawnCmd(client), lsCmd(client), killCmd(client), uplinkCmd(client))
+	root.AddCommand(tuneCmd(client))
 	return root
 }
 
@@ -79,7 +80,7 @@ is a host interface whose macvlan children become the INS NICs, e.g.
 				}
 				// Flags given on the command line override the file.
 				fl := cmd.Flags()
-				for _, name := range []string{"ins", "policy", "socket", "netns", "max-ins"} {
+				for _, name := range []string{"ins", "policy", "socket", "netns", "max-ins", "state-dir"} {
 					if !fl.Changed(name) {
 						continue
 					}
@@ -94,6 +95,8 @@ is a host interface whose macvlan children become the INS NICs, e.g.
 						fc.NetNS = c.NetNS
 					case "max-ins":
 						fc.MaxINS = c.MaxINS
+					case "state-dir":
+						fc.StateDir = c.StateDir
 					}
 				}
 				if fl.Changed("api") {
@@ -134,6 +137,7 @@ is a host interface whose macvlan children become the INS NICs, e.g.
 	f.StringVar(&c.Policy, "policy", c.Policy, "outbound uplink policy: wrr, rtt or hash")
 	f.StringVar(&c.Socket, "socket", c.Socket, "app registration socket")
 	f.StringVar(&c.NetNS, "netns", c.NetNS, "network namespace of the uplink interfaces (default: the daemon's)")
+	f.StringVar(&c.StateDir, "state-dir", c.StateDir, "directory of the state kept across restarts (mitigation rules)")
 	f.UintSliceVar(&allowUIDs, "allow-uid", nil, "uids allowed to register apps (default: the daemon's own)")
 	f.UintSliceVar(&allowGIDs, "allow-gid", nil, "gids allowed to register apps")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")

@@ -40,6 +40,8 @@ type Request struct {
 	ID     int            `json:"id,omitempty"`
 	Name   string         `json:"name,omitempty"`
 	Uplink *config.Uplink `json:"uplink,omitempty"`
+	// Mitigation carries the arguments of the mitigation ops (mitigate.go).
+	Mitigation *MitigationRequest `json:"mitigation,omitempty"`
 }
 
 // Response answers one request.
@@ -48,6 +50,8 @@ type Response struct {
 	Error   string       `json:"error,omitempty"`
 	INS     []INSInfo    `json:"ins,omitempty"`
 	Uplinks []UplinkInfo `json:"uplinks,omitempty"`
+	// Mitigation answers the mitigation ops (mitigate.go).
+	Mitigation *MitigationReply `json:"mitigation,omitempty"`
 }
 
 // INSInfo describes one INS process.

@@ -19,6 +19,8 @@ import (
 const (
 	DefaultSocket = "/run/mpshim/isolator.sock"
 	DefaultAPI    = "/run/mpshim/api.sock"
+	// DefaultStateDir holds what must survive a restart (mitigation rules).
+	DefaultStateDir = "/var/lib/mpshim"
 )
 
 // Policies an INS can use to place outbound flows on uplinks.
@@ -50,6 +52,9 @@ type Config struct {
 	API string `yaml:"api"`
 	// MaxINS bounds the number of INS processes (spawn refuses more).
 	MaxINS int `yaml:"max_ins"`
+	// StateDir keeps state across restarts: the mitigation rules and
+	// tunings (mitigation.json).
+	StateDir string `yaml:"state_dir"`
 }
 
 // Uplink is one host interface and the addresses its INS NICs take.
@@ -87,7 +92,7 @@ func (m *Mode) UnmarshalYAML(n *yaml.Node) error {
 // Default returns a configuration with every default filled in and no
 // uplinks.
 func Default() Config {
-	return Config{INS: 1, Policy: "wrr", Socket: DefaultSocket, SocketMode: 0o600, API: DefaultAPI, MaxINS: 64}
+	return Config{INS: 1, Policy: "wrr", Socket: DefaultSocket, SocketMode: 0o600, API: DefaultAPI, MaxINS: 64, StateDir: DefaultStateDir}
 }
 
 // Load reads a YAML file over the defaults.
@@ -148,7 +153,7 @@ func (c *Config) Validate() error {
 	if !contains(Policies, c.Policy) {
 		errs = append(errs, fmt.Errorf("policy %q: want one of %s", c.Policy, strings.Join(Policies, ", ")))
 	}
-	for _, p := range []struct{ what, path string }{{"socket", c.Socket}, {"api", c.API}} {
+	for _, p := range []struct{ what, path string }{{"socket", c.Socket}, {"api", c.API}, {"state_dir", c.StateDir}} {
 		if !filepath.IsAbs(p.path) {
 			errs = append(errs, fmt.Errorf("%s %q: want an absolute path", p.what, p.path))
 		}

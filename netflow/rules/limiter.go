@@ -26,7 +26,7 @@ type limiter struct {
 
 func newLimiter(r Rule) *limiter {
 	l := &limiter{pps: r.PPS, bps: r.BPS}
-	burst := r.burst()
+	burst := r.EffectiveBurst()
 	if r.PPS > 0 {
 		l.unit = int64(1e9 * ticksPerNs / r.PPS)
 		l.tol = int64(burst) * l.unit

@@ -86,8 +86,8 @@ func (r Rule) DefaultBurst() uint64 {
 	return max(2*MinBurstBytes, r.BPS/80)
 }
 
-// burst is the effective burst.
-func (r Rule) burst() uint64 {
+// EffectiveBurst is the burst in force: Burst, or DefaultBurst.
+func (r Rule) EffectiveBurst() uint64 {
 	if r.Burst > 0 {
 		return r.Burst
 	}
@@ -98,9 +98,9 @@ func (r Rule) String() string {
 	switch r.Action {
 	case Limit:
 		if r.PPS > 0 {
-			return fmt.Sprintf("limit %s %d pps (burst %d)", r.Prefix, r.PPS, r.burst())
+			return fmt.Sprintf("limit %s %d pps (burst %d)", r.Prefix, r.PPS, r.EffectiveBurst())
 		}
-		return fmt.Sprintf("limit %s %s (burst %d B)", r.Prefix, FormatRate(r.BPS), r.burst())
+		return fmt.Sprintf("limit %s %s (burst %d B)", r.Prefix, FormatRate(r.BPS), r.EffectiveBurst())
 	default:
 		return fmt.Sprintf("%s %s", r.Action, r.Prefix)
 	}
