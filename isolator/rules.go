@@ -285,7 +285,7 @@ func (d *Daemon) finish(start time.Time, reply *api.MitigationReply, summary str
 	}
 	reply.ElapsedMicros = time.Since(start).Microseconds()
 	if counted {
-		summary += fmt.Sprintf("; %d connections reset", reply.Reset)
+		summary += fmt.Sprintf("; connections reset: %d", reply.Reset)
 	}
 	reply.Applied = len(failed) == 0
 	if reply.Applied {
