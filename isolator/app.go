@@ -11,7 +11,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/mpshim/mpshim/internal/procstat"
 	"github.com/mpshim/mpshim/internal/unixfd"
 	"github.com/mpshim/mpshim/msgproto"
 	"github.com/mpshim/mpshim/ring"
@@ -317,45 +317,6 @@ func (s *AppServer) allowed(cred *unix.Ucred) bool {
 	return false
 }
 
-// procStat holds the fields of /proc/PID/stat the registration checks.
-type procStat struct {
-	ppid      int32
-	startTime uint64
-}
-
-// readProcStat reads /proc/PID/stat.
-func readProcStat(pid int32) (procStat, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(int(pid)) + "/stat")
-	if err != nil {
-		return procStat{}, err
-	}
-	return parseProcStat(string(b))
-}
-
-// parseProcStat parses the contents of /proc/PID/stat. The command name
-// (field 2) is in parentheses and may itself contain spaces and
-// parentheses, so the fields after it are found from the last ')'.
-func parseProcStat(s string) (procStat, error) {
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 || !strings.Contains(s[:i], "(") {
-		return procStat{}, errors.New("proc stat: no command name")
-	}
-	f := strings.Fields(s[i+1:])
-	// f[0] is field 3 (state): field n is f[n-3].
-	if len(f) < 22-3+1 {
-		return procStat{}, fmt.Errorf("proc stat: %d fields after the name", len(f))
-	}
-	ppid, err := strconv.ParseInt(f[4-3], 10, 32)
-	if err != nil {
-		return procStat{}, fmt.Errorf("proc stat: ppid: %w", err)
-	}
-	st, err := strconv.ParseUint(f[22-3], 10, 64)
-	if err != nil {
-		return procStat{}, fmt.Errorf("proc stat: start time: %w", err)
-	}
-	return procStat{ppid: int32(ppid), startTime: st}, nil
-}
-
 // register runs one registration connection: it checks the Register
 // message and, if it is accepted, serves the client until it hangs up.
 func (s *AppServer) register(ctx context.Context, conn *net.UnixConn) {
@@ -405,13 +366,13 @@ func (s *AppServer) register(ctx context.Context, conn *net.UnixConn) {
 		refuse(unix.EACCES, fmt.Sprintf("claims pid %d", reg.PID))
 		return
 	}
-	st, err := readProcStat(cred.Pid)
+	st, err := procstat.Read(int(cred.Pid))
 	if err != nil {
 		refuse(unix.EACCES, "cannot read /proc stat: "+err.Error())
 		return
 	}
-	if st.startTime != reg.StartTime {
-		refuse(unix.EACCES, fmt.Sprintf("start time %d, /proc says %d", reg.StartTime, st.startTime))
+	if st.StartTime != reg.StartTime {
+		refuse(unix.EACCES, fmt.Sprintf("start time %d, /proc says %d", reg.StartTime, st.StartTime))
 		return
 	}
 	group, key, errno, why := s.admit(cred.Pid, &reg)

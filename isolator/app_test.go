@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/mpshim/mpshim/internal/procstat"
 	"github.com/mpshim/mpshim/internal/unixfd"
 	"github.com/mpshim/mpshim/mpnet"
 	"github.com/mpshim/mpshim/msgproto"
@@ -240,8 +241,8 @@ func rawRegister(t *testing.T, path string, reg []byte) (*net.UnixConn, msgproto
 	return uc, m, memfd
 }
 
-func selfStat(t *testing.T) procStat {
-	st, err := readProcStat(int32(os.Getpid()))
+func selfStat(t *testing.T) procstat.Stat {
+	st, err := procstat.Self()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,7 +250,7 @@ func selfStat(t *testing.T) procStat {
 }
 
 func regMsg(t *testing.T, mut func(*msgproto.Register)) []byte {
-	r := &msgproto.Register{PID: uint32(os.Getpid()), ProtoVersion: msgproto.Version, StartTime: selfStat(t).startTime}
+	r := &msgproto.Register{PID: uint32(os.Getpid()), ProtoVersion: msgproto.Version, StartTime: selfStat(t).StartTime}
 	if mut != nil {
 		mut(r)
 	}
@@ -265,19 +266,6 @@ func wantErrno(t *testing.T, m msgproto.Message, errno unix.Errno) {
 	r, ok := m.(*msgproto.Reply)
 	if !ok || unix.Errno(r.Errno) != errno {
 		t.Fatalf("reply %#v, want Reply{%v}", m, errno)
-	}
-}
-
-func TestParseProcStat(t *testing.T) {
-	line := "4242 (a) b) (c d) S 17 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10 18446744073709551615"
-	st, err := parseProcStat(line)
-	if err != nil || st.ppid != 17 || st.startTime != 987654 {
-		t.Fatalf("parseProcStat = %+v, %v; want ppid 17 start 987654", st, err)
-	}
-	for _, bad := range []string{"", "1 (x S 2", "1 (x) S 2 3", "1 (x) S notanumber " + string(bytes.Repeat([]byte("1 "), 30))} {
-		if _, err := parseProcStat(bad); err == nil {
-			t.Errorf("parseProcStat(%q) succeeded", bad)
-		}
 	}
 }
 

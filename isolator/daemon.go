@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -23,8 +22,6 @@ import (
 	"github.com/mpshim/mpshim/isolator/ins"
 )
 
-type configUplink = config.Uplink
-
 // Daemon is one isolator: its INS processes, uplinks and sockets.
 type Daemon struct {
 	cfg  config.Config
@@ -32,11 +29,13 @@ type Daemon struct {
 	self string // executable re-run as INS processes
 
 	mu       sync.Mutex
-	uplinks  []uplinkState
+	uplinks  []*uplinkState
+	nextIf   int             // see nextIfNameLocked
+	linkDown map[string]bool // host interfaces without carrier (carrier.go)
 	ins      map[int]*insProc
 	nextID   int
 	stopping bool
-	spawnMu  sync.Mutex // one spawn batch at a time
+	spawnMu  sync.Mutex // one spawn batch, or one uplink change, at a time
 
 	// onSpawn is called for every INS that comes up (listener replication).
 	onSpawn func(Backend)
@@ -53,36 +52,18 @@ func New(cfg config.Config, log *slog.Logger) (*Daemon, error) {
 	if err != nil {
 		return nil, fmt.Errorf("find own executable: %w", err)
 	}
-	d := &Daemon{cfg: cfg, log: log, self: self, ins: map[int]*insProc{}, nextID: 1}
+	d := &Daemon{cfg: cfg, log: log, self: self, ins: map[int]*insProc{}, nextID: 1, linkDown: map[string]bool{}}
 	if d.mit, err = newMitigator(cfg.StateDir, log); err != nil {
 		return nil, err
 	}
 	for _, u := range cfg.Uplinks {
-		us, err := newUplinkState(u)
+		us, err := newUplinkState(u, d.nextIfNameLocked())
 		if err != nil {
 			return nil, err
 		}
 		d.uplinks = append(d.uplinks, us)
 	}
 	return d, nil
-}
-
-func newUplinkState(u config.Uplink) (uplinkState, error) {
-	s := uplinkState{cfg: u}
-	var err error
-	if s.pool4, err = newAddrPool(u.Pool4); err != nil {
-		return s, fmt.Errorf("uplink %s: %w", u.Name, err)
-	}
-	if s.pool6, err = newAddrPool(u.Pool6); err != nil {
-		return s, fmt.Errorf("uplink %s: %w", u.Name, err)
-	}
-	if u.Gateway4 != "" {
-		s.gw4, _ = netip.ParseAddr(u.Gateway4)
-	}
-	if u.Gateway6 != "" {
-		s.gw6, _ = netip.ParseAddr(u.Gateway6)
-	}
-	return s, nil
 }
 
 // Run starts the configured INS, opens the sockets and serves until ctx
@@ -100,6 +81,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	defer os.Remove(d.cfg.API)
 	defer d.stopAll()
+	// Namespaces left by daemons killed before they could clean up.
+	if _, err := ins.ReapNetNS(ctx, d.log); err != nil {
+		d.log.Warn("namespaces of gone daemons", "err", err)
+	}
+	go d.watchCarrier(ctx)
 
 	if d.cfg.INS > 0 {
 		if _, err := d.Spawn(ctx, d.cfg.INS); err != nil {
@@ -152,6 +138,7 @@ func (d *Daemon) Spawn(ctx context.Context, n int) ([]int, error) {
 		d.ins[id] = p
 		d.mu.Unlock()
 		d.catchUp(ctx, p)
+		p.kickCarrier() // a carrier change seen while it started
 		ids = append(ids, id)
 		d.mu.Lock()
 		onSpawn := d.onSpawn
@@ -194,14 +181,17 @@ func (d *Daemon) stopAll() {
 	wg.Wait()
 }
 
-// Pick returns the live INS with the fewest sockets placed on it.
+// Pick returns the live INS with the fewest live sockets (see
+// insProc.liveSockets), the lowest id among equals.
 func (d *Daemon) Pick() (Backend, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var best *insProc
+	var bestLive int64
 	for _, p := range d.ins {
-		if best == nil || p.sockets.Load() < best.sockets.Load() || (p.sockets.Load() == best.sockets.Load() && p.id < best.id) {
-			best = p
+		live := p.liveSockets()
+		if best == nil || live < bestLive || (live == bestLive && p.id < best.id) {
+			best, bestLive = p, live
 		}
 	}
 	if best == nil {
@@ -258,7 +248,7 @@ func (d *Daemon) List(ctx context.Context) []api.INSInfo {
 			info.RxBytes += c.RxBytes
 			info.TxBytes += c.TxBytes
 		}
-		for _, u := range p.cfg.Stack.Uplinks {
+		for _, u := range p.uplinkConfigs() {
 			c := counters[u.Name]
 			iu := api.INSUplink{Name: u.Name, Addr4: u.Addr4.String(), State: c.State.String(),
 				RxBytes: c.RxBytes, TxBytes: c.TxBytes, RxPackets: c.RxPackets, TxPackets: c.TxPackets}
@@ -295,18 +285,12 @@ func (d *Daemon) handle(ctx context.Context, req api.Request) api.Response {
 			return api.Errorf("%v", err)
 		}
 		return api.Response{OK: true}
-	case api.OpUplinkList:
-		d.mu.Lock()
-		defer d.mu.Unlock()
-		resp := api.Response{OK: true}
-		for _, u := range d.uplinks {
-			resp.Uplinks = append(resp.Uplinks, api.UplinkInfo{Uplink: u.cfg, State: "configured"})
-		}
-		return resp
+	case api.OpUplinkAdd, api.OpUplinkDel, api.OpUplinkList:
+		return d.handleUplink(ctx, req)
 	default:
 		if resp, ok := d.handleMitigation(ctx, req); ok {
 			return resp
 		}
-		return api.Errorf("unknown operation %q (spawn, ls, kill, uplink-ls)", req.Op)
+		return api.Errorf("unknown operation %q (spawn, ls, kill, uplink-add, uplink-del, uplink-ls, and the mitigation ops)", req.Op)
 	}
 }

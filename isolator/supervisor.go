@@ -6,9 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"os"
 	"os/exec"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -26,11 +26,20 @@ type insProc struct {
 	cmd     *exec.Cmd
 	ch      *ctrl.Conn
 	ns      *ins.NetNS
-	cfg     ins.ProcessConfig
+	cfg     ins.ProcessConfig // as started; uplinks change (ups)
 	started time.Time
 	done    chan struct{} // closed when the process has exited
-	sockets atomic.Int64  // sockets placed on this INS by the daemon (for Pick)
 	log     *slog.Logger
+
+	// placed counts the sockets placed on this INS (Socket calls that
+	// succeeded); load is its last load notice (see liveSockets).
+	placed atomic.Uint64
+	load   atomic.Pointer[ins.Load]
+
+	upMu sync.Mutex
+	ups  []insUplink // the uplinks it has, with its addresses
+
+	carrierKick chan struct{} // see syncCarrier
 }
 
 func (p *insProc) ID() int { return p.id }
@@ -48,9 +57,6 @@ func (p *insProc) Call(ctx context.Context, group uint64, m msgproto.Message, fi
 	if err != nil {
 		return nil, fmt.Errorf("ins %d: encode %s: %w", p.id, m.Type(), err)
 	}
-	if _, ok := m.(*msgproto.Socket); ok {
-		p.sockets.Add(1)
-	}
 	r, err := p.ch.Call(ctx, ctrl.Frame{Kind: ctrl.KindSocket, Group: group}, b, files...)
 	if err != nil {
 		return nil, fmt.Errorf("ins %d: %s: %w", p.id, m.Type(), err)
@@ -59,6 +65,9 @@ func (p *insProc) Call(ctx context.Context, group uint64, m msgproto.Message, fi
 	_, reply, err := msgproto.Decode(r.Payload)
 	if err != nil {
 		return nil, fmt.Errorf("ins %d: reply to %s: %w", p.id, m.Type(), err)
+	}
+	if _, ok := reply.(*msgproto.SocketReply); ok {
+		p.placed.Add(1)
 	}
 	return reply, nil
 }
@@ -102,14 +111,19 @@ func (p *insProc) manage(ctx context.Context, req ins.ManageRequest) (ins.Status
 func (d *Daemon) startINS(ctx context.Context, id int, total int) (_ *insProc, err error) {
 	log := d.log.With("ins", id)
 	d.mu.Lock()
-	uplinks := append([]uplinkState(nil), d.uplinks...)
+	var uplinks []*uplinkState
+	for _, u := range d.uplinks {
+		if !u.draining {
+			uplinks = append(uplinks, u)
+		}
+	}
 	d.mu.Unlock()
 	if len(uplinks) == 0 {
 		return nil, errors.New("no uplinks configured: add one with --uplink or in the config file")
 	}
 	host := make([]ins.HostUplink, len(uplinks))
 	for i, u := range uplinks {
-		host[i] = ins.HostUplink{Parent: u.cfg.Interface, Name: fmt.Sprintf("up%d", i)}
+		host[i] = ins.HostUplink{Parent: u.cfg.Interface, Name: u.ifname}
 	}
 	var release []func()
 	defer func() {
@@ -124,6 +138,7 @@ func (d *Daemon) startINS(ctx context.Context, id int, total int) (_ *insProc, e
 		return nil, fmt.Errorf("INS %d: %w", id, err)
 	}
 	release = append(release, func() { ns.Close() })
+	closeNS := release[0]
 
 	pc := ins.ProcessConfig{
 		Stack:   ins.Config{ID: id, Policy: d.cfg.Policy, GOMAXPROCS: ins.GOMAXPROCSFor(total)},
@@ -131,6 +146,7 @@ func (d *Daemon) startINS(ctx context.Context, id int, total int) (_ *insProc, e
 		// Rules and tunings in force from the first packet.
 		Mitigation: d.mit.config(id),
 	}
+	var ups []insUplink
 	for i, u := range uplinks {
 		a4, err := u.pool4.get()
 		if err != nil {
@@ -143,14 +159,16 @@ func (d *Daemon) startINS(ctx context.Context, id int, total int) (_ *insProc, e
 		}
 		pool4, pool6 := u.pool4, u.pool6
 		release = append(release, func() { pool4.put(a4); pool6.put(a6) })
-		pc.Stack.Uplinks = append(pc.Stack.Uplinks, ins.UplinkConfig{
+		uc := ins.UplinkConfig{
 			Name: u.cfg.Name, Interface: ns.Links[i].Name,
 			Addr4: a4, Gateway4: u.gw4, Addr6: a6, Gateway6: u.gw6,
 			Weight: u.cfg.Weight,
 			// Virtual parents (veth) hand partial checksums to AF_PACKET;
 			// the netstack must not verify those.
 			RXChecksumOffload: ns.Links[i].VirtualParent,
-		})
+		}
+		pc.Stack.Uplinks = append(pc.Stack.Uplinks, uc)
+		ups = append(ups, insUplink{u: u, cfg: uc})
 	}
 	cfgJSON, err := json.Marshal(pc)
 	if err != nil {
@@ -173,13 +191,13 @@ func (d *Daemon) startINS(ctx context.Context, id int, total int) (_ *insProc, e
 		mine.Close()
 		return nil, fmt.Errorf("INS %d: start: %w", id, err)
 	}
-	p := &insProc{id: id, cmd: cmd, ch: ctrl.New(mine), ns: ns, cfg: pc, started: time.Now(), done: make(chan struct{}), log: log}
-	rel := release
+	p := &insProc{id: id, cmd: cmd, ch: ctrl.New(mine), ns: ns, cfg: pc, started: time.Now(), done: make(chan struct{}), log: log,
+		ups: ups, carrierKick: make(chan struct{}, 1)}
+	// From here the process owns the addresses (reap returns them).
 	release = nil
-	go func() {
-		_ = p.ch.ReadLoop(func(m ctrl.Msg) { m.CloseFiles() })
-	}()
-	go d.reap(p, rel)
+	go p.readCtrl()
+	go d.reap(p, []func(){closeNS, p.releaseUplinks})
+	go d.syncCarrier(p)
 
 	// Ready once it answers a status request.
 	rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
@@ -250,11 +268,4 @@ func addrList(ups []ins.UplinkConfig) []string {
 		out = append(out, s)
 	}
 	return out
-}
-
-// uplinkState is one configured uplink with its address pools.
-type uplinkState struct {
-	cfg          configUplink
-	pool4, pool6 *addrPool
-	gw4, gw6     netip.Addr
 }

@@ -1,5 +1,5 @@
 // Command isolator runs the isolator daemon and manages a running one: it
-// spawns, lists and kills INS processes and shows uplinks. The same binary,
+// spawns, lists and kills INS processes and adds, removes and lists uplinks. The same binary,
 // run as `isolator ins` by the daemon, is an INS process.
 package main
 
@@ -249,28 +249,6 @@ func killCmd(d dialer) *cobra.Command {
 			return err
 		},
 	}
-}
-
-func uplinkCmd(d dialer) *cobra.Command {
-	cmd := &cobra.Command{Use: "uplink", Short: "Show the uplinks"}
-	cmd.AddCommand(&cobra.Command{
-		Use:   "ls",
-		Short: "List the configured uplinks",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			resp, err := call(d, api.Request{Op: api.OpUplinkList})
-			if err != nil {
-				return err
-			}
-			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "NAME\tINTERFACE\tPOOL4\tGATEWAY4\tPOOL6\tWEIGHT\tSTATE")
-			for _, u := range resp.Uplinks {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", u.Name, u.Interface, u.Pool4, u.Gateway4, u.Pool6, u.Weight, u.State)
-			}
-			return w.Flush()
-		},
-	})
-	return cmd
 }
 
 func size(b uint64) string {

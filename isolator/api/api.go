@@ -42,6 +42,8 @@ type Request struct {
 	Uplink *config.Uplink `json:"uplink,omitempty"`
 	// Mitigation carries the arguments of the mitigation ops (mitigate.go).
 	Mitigation *MitigationRequest `json:"mitigation,omitempty"`
+	// TimeoutMS bounds the drain of uplink-del (0: DefaultDrainTimeout).
+	TimeoutMS int64 `json:"timeout_ms,omitempty"`
 }
 
 // Response answers one request.
@@ -52,6 +54,8 @@ type Response struct {
 	Uplinks []UplinkInfo `json:"uplinks,omitempty"`
 	// Mitigation answers the mitigation ops (mitigate.go).
 	Mitigation *MitigationReply `json:"mitigation,omitempty"`
+	// Change reports what uplink-add or uplink-del did.
+	Change *UplinkChange `json:"change,omitempty"`
 }
 
 // INSInfo describes one INS process.
@@ -84,7 +88,51 @@ type INSUplink struct {
 // UplinkInfo describes one configured uplink.
 type UplinkInfo struct {
 	config.Uplink
+	// State is up, down (no carrier on the interface, or down in every
+	// INS) or draining (being removed).
 	State string `json:"state"`
+	// Carrier is the host interface's carrier as the daemon sees it.
+	Carrier bool `json:"carrier"`
+	// INS counts the INS with a NIC on the uplink, INSUp those where it
+	// takes new flows.
+	INS   int `json:"ins"`
+	INSUp int `json:"ins_up"`
+	// Conns counts the live TCP connections on the uplink, all INS.
+	Conns   int    `json:"conns"`
+	RxBytes uint64 `json:"rx_bytes"`
+	TxBytes uint64 `json:"tx_bytes"`
+}
+
+// DefaultDrainTimeout is how long uplink-del waits for the connections on
+// an uplink to end before it removes the uplink anyway.
+const DefaultDrainTimeout = 30 * time.Second
+
+// UplinkChange reports an uplink-add or uplink-del.
+type UplinkChange struct {
+	Name string `json:"name"`
+	// Action is "added" or "removed".
+	Action string `json:"action"`
+	// Drained (uplink-del) is true when every connection on the uplink
+	// ended before the timeout; otherwise Results say how many were cut.
+	Drained bool `json:"drained,omitempty"`
+	// WaitedMS is how long uplink-del waited for the drain.
+	WaitedMS int64 `json:"waited_ms,omitempty"`
+	// Results has one entry per INS the change applied to.
+	Results []UplinkResult `json:"results"`
+}
+
+// UplinkResult is the outcome of an uplink change on one INS.
+type UplinkResult struct {
+	INS   int    `json:"ins"`
+	OK    bool   `json:"ok"`
+	Error string `json:"error,omitempty"`
+	// Addr4 and Addr6 are the INS's addresses on the uplink (given by
+	// uplink-add, returned to the pool by uplink-del).
+	Addr4 string `json:"addr4,omitempty"`
+	Addr6 string `json:"addr6,omitempty"`
+	// Conns (uplink-del) is the number of connections still on the uplink
+	// when it was removed from this INS: they were cut.
+	Conns int `json:"conns,omitempty"`
 }
 
 // Handler answers requests.

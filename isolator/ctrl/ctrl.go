@@ -28,6 +28,9 @@ const (
 	KindSocket uint32 = 1
 	// KindManage frames carry a JSON management request or reply.
 	KindManage uint32 = 2
+	// KindNotify frames are unsolicited JSON notices from an INS to the
+	// daemon (its load); they are never answered.
+	KindNotify uint32 = 3
 )
 
 // HeaderSize is the size of a frame header: kind u32, reserved u32,

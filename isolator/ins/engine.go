@@ -48,6 +48,9 @@ type EngineOptions struct {
 	MaxSockets int
 	// Workers is the number of goroutines that run the data pump; zero means 2.
 	Workers int
+	// OnRelease, if set, is called after a socket record is released (the
+	// engine's live socket count fell). It must not block.
+	OnRelease func()
 }
 
 // EngineStats is a snapshot of an engine's counters.
@@ -303,7 +306,17 @@ func (e *Engine) forget(id SockID) {
 	e.mu.Unlock()
 	if s != nil {
 		e.unadmit(s)
+		if e.opts.OnRelease != nil {
+			e.opts.OnRelease()
+		}
 	}
+}
+
+// Live returns the number of live socket records.
+func (e *Engine) Live() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.socks)
 }
 
 // toFull converts an app address for a socket of the given family. A 4-byte

@@ -58,7 +58,8 @@ type NetNS struct {
 	log   *slog.Logger
 }
 
-// PrepareNetNS creates network namespace mpins-<insID>-<uniq> and gives it a
+// PrepareNetNS creates network namespace mpins-<pid>-<start>-<insID> (named
+// after the calling daemon, see ReapNetNS) and gives it a
 // macvlan child of each uplink's parent interface, which lives in namespace
 // hostNS ("" is the namespace of the caller; the operator must ask for that
 // explicitly). Each macvlan is created inside hostNS, moved into the INS
@@ -77,12 +78,12 @@ func PrepareNetNS(ctx context.Context, insID int, hostNS string, uplinks []HostU
 	if hostNS != "" && !validName(hostNS) {
 		return nil, fmt.Errorf("prepare netns: bad host namespace name %q", hostNS)
 	}
-	uniq, err := randHex(3)
+	owner, err := selfOwner()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("prepare netns: %w", err)
 	}
 	n := &NetNS{
-		Name: fmt.Sprintf("mpins-%d-%s", insID, uniq),
+		Name: netnsName(owner, insID),
 		log:  slog.Default().With("ins", insID),
 	}
 	n.Path = filepath.Join(netnsDir, n.Name)
@@ -151,14 +152,25 @@ func (n *NetNS) addMacvlan(ctx context.Context, hostNS, parent, name string) (Ne
 		_, _ = runIP(context.Background(), hostNS, "link", "del", "dev", tmp)
 		return NetNSLink{}, err
 	}
+	// From here the macvlan is inside the namespace, as tmp or as name.
+	cur := tmp
+	ok := false
+	defer func() {
+		if !ok {
+			_, _ = runIP(context.Background(), n.Name, "link", "del", "dev", cur)
+		}
+	}()
 	steps := [][]string{
 		{"link", "set", "dev", tmp, "name", name},
 		// No kernel-generated IPv6 link-local address either.
 		{"link", "set", "dev", name, "addrgenmode", "none"},
 	}
-	for _, s := range steps {
+	for i, s := range steps {
 		if _, err := runIP(ctx, n.Name, s...); err != nil {
 			return NetNSLink{}, err
+		}
+		if i == 0 {
+			cur = name
 		}
 	}
 	if err := n.Do(func() error {
@@ -186,6 +198,7 @@ func (n *NetNS) addMacvlan(ctx context.Context, hostNS, parent, name string) (Ne
 	if err != nil {
 		return NetNSLink{}, fmt.Errorf("macvlan %s: bad MAC %q: %w", name, info.Address, err)
 	}
+	ok = true
 	return NetNSLink{Name: name, Parent: parent, MAC: mac, MTU: info.MTU, VirtualParent: kind == "veth"}, nil
 }
 
@@ -250,6 +263,7 @@ func writeSysctls(kv map[string]string) error {
 type ipLink struct {
 	Address  string `json:"address"`
 	MTU      int    `json:"mtu"`
+	LinkType string `json:"link_type"`
 	LinkInfo struct {
 		InfoKind string `json:"info_kind"`
 	} `json:"linkinfo"`

@@ -126,8 +126,8 @@ func startINS(t *testing.T, m *miniTopo, id int, hostByte byte, probe time.Durat
 func TestPrepareNetNS(t *testing.T) {
 	m := newMiniTopo(t, 1)
 	nns, _ := startINS(t, m, 3, 10, -1, 0)
-	if !strings.HasPrefix(nns.Name, "mpins-3-") {
-		t.Errorf("netns name %q", nns.Name)
+	if o, id, ok := parseNetNSName(nns.Name); !ok || o.pid != os.Getpid() || id != 3 {
+		t.Errorf("netns name %q: owner %+v, INS %d, %v; want this process and INS 3", nns.Name, o, id, ok)
 	}
 	if len(nns.Links) != 1 || len(nns.Links[0].MAC) != 6 || !nns.Links[0].VirtualParent {
 		t.Fatalf("links = %+v", nns.Links)

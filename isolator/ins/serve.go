@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -52,6 +53,8 @@ type ManageRequest struct {
 	Op       string           `json:"op"`
 	Group    uint64           `json:"group,omitempty"`
 	Mitigate *MitigateRequest `json:"mitigate,omitempty"`
+	// Uplink carries the arguments of the uplink operations (ManageUplink*).
+	Uplink *UplinkOp `json:"uplink,omitempty"`
 }
 
 // Status is an INS's answer to ManageStats.
@@ -76,12 +79,16 @@ type Server struct {
 	mu      sync.Mutex
 	owner   map[SockID]uint64   // socket group of each socket
 	pending map[SockID]*os.File // stream ends waiting for Connect
+
+	placed   atomic.Uint64 // sockets created by Socket requests (Load)
+	loadKick chan struct{} // a load notice is due (reportLoad)
 }
 
 // NewServer builds the engine on st and serves the daemon on ch.
 func NewServer(id int, st *Stack, ch *ctrl.Conn, log *slog.Logger) *Server {
-	s := &Server{id: id, st: st, ch: ch, log: log, owner: map[SockID]uint64{}, pending: map[SockID]*os.File{}}
-	s.eng = NewEngine(st.Stack(), st, EngineOptions{EncodeAccept: s.encodeAccept, Logger: log})
+	s := &Server{id: id, st: st, ch: ch, log: log, owner: map[SockID]uint64{}, pending: map[SockID]*os.File{},
+		loadKick: make(chan struct{}, 1)}
+	s.eng = NewEngine(st.Stack(), st, EngineOptions{EncodeAccept: s.encodeAccept, Logger: log, OnRelease: s.loadChanged})
 	return s
 }
 
@@ -96,6 +103,7 @@ func (s *Server) encodeAccept(listener, sock SockID, local, peer netip.AddrPort)
 	s.mu.Lock()
 	s.owner[sock] = s.owner[listener]
 	s.mu.Unlock()
+	s.loadChanged()
 	b, err := msgproto.Append(nil, 0, msgproto.FlagFD, &msgproto.AcceptNotify{
 		Listener: s.global(listener), Sock: s.global(sock),
 		Local: msgproto.AddrFromNetip(local), Peer: msgproto.AddrFromNetip(peer),
@@ -111,6 +119,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { s.ch.Close() })
 	defer stop()
 	defer s.eng.Stop()
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go s.reportLoad(lctx)
 	return s.ch.ReadLoop(func(m ctrl.Msg) {
 		switch m.Kind {
 		case ctrl.KindSocket:
@@ -126,13 +137,15 @@ func (s *Server) Serve(ctx context.Context) error {
 }
 
 func (s *Server) manage(m ctrl.Msg) {
-	m.CloseFiles()
+	defer m.CloseFiles()
 	var req ManageRequest
 	var out any
 	if err := json.Unmarshal(m.Payload, &req); err != nil {
 		out = Status{Error: fmt.Sprintf("bad management request: %v", err)}
 	} else {
 		switch req.Op {
+		case ManageUplinkAdd, ManageUplinkDel, ManageUplinkDrain, ManageUplinkCarrier, ManageUplinkStats:
+			out = s.manageUplink(req, &m)
 		case ManageStats:
 			out = Status{Engine: s.eng.Stats(), Uplinks: s.st.Counters(), RSSBytes: selfRSS()}
 		case ManageForget:
@@ -415,6 +428,8 @@ func (s *Server) socket(group uint64, r *msgproto.Socket, f *os.File) msgproto.M
 			s.mu.Unlock()
 		}
 	}
+	s.placed.Add(1)
+	s.loadChanged()
 	return &msgproto.SocketReply{Sock: s.global(id)}
 }
 

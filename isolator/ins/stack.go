@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mpshim/mpshim/isolator/uplink"
@@ -110,6 +111,13 @@ type nicLink struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	dropMu sync.Mutex
+
+	// parentDown is set while the daemon reports that the parent of this
+	// uplink's interface has lost its carrier (SetParentCarrier).
+	parentDown atomic.Bool
+	// stateMu guards lastState, the state last logged (noteState).
+	stateMu   sync.Mutex
+	lastState string
 }
 
 // NewStack builds the netstack and adds a NIC per configured uplink. The
@@ -265,12 +273,23 @@ func validateUplink(u UplinkConfig) error {
 // AddUplink adds a NIC for u at run time: opens its link, assigns the
 // addresses, rebuilds the routes and starts health checks. New flows may use
 // it immediately.
-func (s *Stack) AddUplink(u UplinkConfig) (err error) {
+func (s *Stack) AddUplink(u UplinkConfig) error { return s.addUplink(u, nil) }
+
+// addUplink is AddUplink on an already open link socket pkt (nil: open
+// one on u.Interface); pkt is closed if the uplink cannot be added.
+func (s *Stack) addUplink(u UplinkConfig, pkt *packetLink) (err error) {
+	l := &nicLink{cfg: u, nic: 0, pkt: pkt}
+	defer func() {
+		if err != nil {
+			l.closeFD()
+		}
+	}()
 	if err := validateUplink(u); err != nil {
 		return err
 	}
 	if u.Weight == 0 {
 		u.Weight = 1
+		l.cfg.Weight = 1
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -280,27 +299,26 @@ func (s *Stack) AddUplink(u UplinkConfig) (err error) {
 	if _, dup := s.links[u.Name]; dup {
 		return fmt.Errorf("add uplink %q: already present", u.Name)
 	}
-	l := &nicLink{cfg: u, nic: s.nextNIC}
+	l.nic = s.nextNIC
 	ep := u.Endpoint
 	if ep == nil {
-		if l.pkt, err = openPacketLink(u.Interface); err != nil {
-			return fmt.Errorf("add uplink %q: %w", u.Name, err)
+		if l.pkt == nil {
+			if l.pkt, err = openPacketLink(u.Interface); err != nil {
+				return fmt.Errorf("add uplink %q: %w", u.Name, err)
+			}
 		}
 		if ep, err = l.pkt.endpoint(u.RXChecksumOffload); err != nil {
-			l.closeFD()
 			return fmt.Errorf("add uplink %q: %w", u.Name, err)
 		}
 	}
 	// Every NIC goes through the taps (flow accounting, rules).
 	l.tap = s.tapped(u.Name, ep)
 	if terr := s.ns.CreateNICWithOptions(l.nic, l.tap, stack.NICOptions{Name: u.Name}); terr != nil {
-		l.closeFD()
 		return fmt.Errorf("add uplink %q: create NIC: %s", u.Name, terr)
 	}
 	defer func() {
 		if err != nil {
 			s.ns.RemoveNIC(l.nic)
-			l.closeFD()
 		}
 	}()
 	for _, p := range []netip.Prefix{u.Addr4, u.Addr6} {
@@ -320,6 +338,7 @@ func (s *Stack) AddUplink(u UplinkConfig) (err error) {
 	}
 	s.nextNIC++
 	s.links[u.Name] = l
+	l.lastState = s.stateOf(u.Name)
 	s.rebuildRoutesLocked()
 	if s.interval > 0 {
 		ctx, cancel := context.WithCancel(context.Background())
@@ -363,7 +382,12 @@ func (s *Stack) Drain(name string, drain bool) error {
 	if err := s.set.Drain(name, drain); err != nil {
 		return fmt.Errorf("drain: %w", err)
 	}
-	s.log.Info("uplink drain", "uplink", name, "drain", drain)
+	s.mu.Lock()
+	l := s.links[name]
+	s.mu.Unlock()
+	if l != nil {
+		s.noteState(l, "drain")
+	}
 	return nil
 }
 

@@ -30,7 +30,6 @@ func (s *Stack) monitor(ctx context.Context, l *nicLink) {
 			defer pr.close()
 		}
 	}
-	last := s.stateOf(name)
 	t := time.NewTicker(s.interval)
 	defer t.Stop()
 	for seq := uint16(1); ; seq++ {
@@ -40,7 +39,7 @@ func (s *Stack) monitor(ctx context.Context, l *nicLink) {
 				s.log.Warn("uplink carrier", "uplink", name, "err", err)
 				up = false
 			}
-			_ = s.set.ObserveCarrier(name, up)
+			_ = s.set.ObserveCarrier(name, up && !l.parentDown.Load())
 		}
 		if pr != nil {
 			rtt, ok := pr.probe(ctx, seq, s.interval)
@@ -49,15 +48,25 @@ func (s *Stack) monitor(ctx context.Context, l *nicLink) {
 			}
 			_ = s.set.ObserveProbe(name, rtt, ok)
 		}
-		if st := s.stateOf(name); st != last {
-			s.log.Info("uplink state", "uplink", name, "from", last, "to", st)
-			last = st
-		}
+		s.noteState(l, "health check")
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+	}
+}
+
+// noteState logs a change of an uplink's state since it was last noted,
+// with its cause.
+func (s *Stack) noteState(l *nicLink, cause string) {
+	st := s.stateOf(l.cfg.Name)
+	l.stateMu.Lock()
+	from := l.lastState
+	l.lastState = st
+	l.stateMu.Unlock()
+	if st != from {
+		s.log.Info("uplink state", "uplink", l.cfg.Name, "from", from, "to", st, "cause", cause)
 	}
 }
 

@@ -74,6 +74,22 @@ type UplinkSpec struct {
 	Weight int
 }
 
+// Arg is the uplink in the syntax of `isolator run --uplink` and
+// `isolator uplink add`, named name.
+func (u UplinkSpec) Arg(name string) string {
+	s := fmt.Sprintf("%s=%s,pool4=%s", name, u.Interface, u.Pool4)
+	if u.Gateway4 != "" {
+		s += ",gw4=" + u.Gateway4
+	}
+	if u.Pool6 != "" {
+		s += ",pool6=" + u.Pool6
+	}
+	if u.Gateway6 != "" {
+		s += ",gw6=" + u.Gateway6
+	}
+	return s + fmt.Sprintf(",weight=%d", max(u.Weight, 1))
+}
+
 // Options configures a daemon.
 type Options struct {
 	// INS is the number of INS started with the daemon.
@@ -131,18 +147,7 @@ func StartIsolator(t testing.TB, tp *topo.Topology, o Options) *Isolator {
 		args = append(args, "--policy", o.Policy)
 	}
 	for i, u := range o.Uplinks {
-		s := fmt.Sprintf("up%d=%s,pool4=%s", i, u.Interface, u.Pool4)
-		if u.Gateway4 != "" {
-			s += ",gw4=" + u.Gateway4
-		}
-		if u.Pool6 != "" {
-			s += ",pool6=" + u.Pool6
-		}
-		if u.Gateway6 != "" {
-			s += ",gw6=" + u.Gateway6
-		}
-		s += fmt.Sprintf(",weight=%d", max(u.Weight, 1))
-		args = append(args, "--uplink", s)
+		args = append(args, "--uplink", u.Arg(fmt.Sprintf("up%d", i)))
 	}
 	args = append(args, o.Args...)
 	cmd := tp.GW.Command(context.Background(), d.Bin, args...)

@@ -1,0 +1,104 @@
+package ins
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+)
+
+// TestAddUplinkFD: a stack built on uplink 0 gets uplink 1 at run time on a
+// link socket opened from outside its namespace (as the daemon does for a
+// sandboxed INS): a listener answers on the new address, UplinkConns counts
+// a connection on it, ResetUplinkConns ends that connection for the peer,
+// and descriptors that are not the right packet socket are refused.
+func TestAddUplinkFD(t *testing.T) {
+	m := newMiniTopo(t, 2)
+	nns, s := startINS(t, m, 1, 10, -1, 0)
+	ctx := context.Background()
+	if _, err := nns.AddLink(ctx, m.gw, m.ups[1].gwIf, "up1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nns.AddLink(ctx, m.gw, m.ups[1].gwIf, "up1"); err == nil {
+		t.Fatal("a second link named up1 was added")
+	}
+	cfg := UplinkConfig{Name: "u1", Interface: "up1", Addr4: m.ups[1].hostAddr(10), Gateway4: m.ups[1].wanAddr.Addr(), RXChecksumOffload: true}
+
+	// Refusals: not a packet socket; a packet socket of another interface.
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(fds[1])
+	if err := s.AddUplinkFD(cfg, os.NewFile(uintptr(fds[0]), "unix")); err == nil || !strings.Contains(err.Error(), "not an AF_PACKET") {
+		t.Errorf("AddUplinkFD with a unix socket: %v", err)
+	}
+	other, err := OpenLinkFile(nns.Path, "up0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddUplinkFD(cfg, other); err == nil || !strings.Contains(err.Error(), "bound to interface") {
+		t.Errorf("AddUplinkFD with up0's socket for up1: %v", err)
+	}
+	if _, err := OpenLinkFile(nns.Path, "nosuch0"); err == nil {
+		t.Error("OpenLinkFile of a missing interface succeeded")
+	}
+
+	f, err := OpenLinkFile(nns.Path, "up1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddUplinkFD(cfg, f); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := gonet.ListenTCP(s.Stack(), tcpip.FullAddress{Port: 7}, ipv4.ProtocolNumber)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go echoServe(ln)
+	echoFromWAN(t, m, m.ups[1].hostAddr(10).Addr(), []byte("via the added uplink"))
+
+	var c net.Conn
+	if err := m.inWAN(func() (err error) {
+		c, err = net.DialTimeout("tcp", netip.AddrPortFrom(m.ups[1].hostAddr(10).Addr(), 7).String(), 5*time.Second)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	deadline := time.Now().Add(3 * time.Second)
+	for s.UplinkConns()["u1"] != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("UplinkConns = %v with one connection open on u1", s.UplinkConns())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := s.UplinkConns()["u0"]; n != 0 {
+		t.Errorf("UplinkConns on u0 = %d, want 0", n)
+	}
+	if n := s.ResetUplinkConns("u1"); n != 1 {
+		t.Fatalf("ResetUplinkConns = %d, want 1", n)
+	}
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil || os.IsTimeout(err) {
+		t.Fatalf("peer read after the reset: %v, want the connection reset", err)
+	}
+	if err := s.RemoveUplink("u1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := nns.RemoveLink(ctx, "up1"); err != nil {
+		t.Fatal(err)
+	}
+	if len(nns.Links) != 1 {
+		t.Fatalf("links after RemoveLink: %+v", nns.Links)
+	}
+}
