@@ -141,6 +141,12 @@ func (e *entry) state() State {
 	return StateUp
 }
 
+// lastResort reports whether the uplink is down only because its probes
+// fail: it has carrier and is neither drained nor administratively down.
+func (e *entry) lastResort() bool {
+	return e.carrier && !e.drained && !e.forced
+}
+
 // Set is the set of uplinks of one INS with their health and the active
 // policy. It is safe for concurrent use.
 type Set struct {
@@ -292,7 +298,9 @@ func (s *Set) Snapshot() []Info {
 
 // Pick returns the name of the uplink a new flow with the given key should
 // use. The key only matters for PolicyStickyHash; callers derive it from the
-// remote address (see HashBytes). It returns ErrNoUplink when no uplink is up.
+// remote address (see HashBytes). When no uplink is up, an uplink that is
+// down only by failed probes is used as a last resort; ErrNoUplink means
+// none has carrier, or all are drained or administratively down.
 func (s *Set) Pick(key uint64) (string, error) {
 	return s.PickWhere(key, nil)
 }
@@ -308,6 +316,18 @@ func (s *Set) PickWhere(key uint64, eligible func(name string) bool) (string, er
 	for _, e := range s.links {
 		if e.state() == StateUp && (eligible == nil || eligible(e.name)) {
 			usable = append(usable, e)
+		}
+	}
+	if len(usable) == 0 {
+		// Probes are evidence, carrier and the operator are facts: when
+		// every eligible uplink is down only because its probes fail,
+		// trying one beats refusing the flow (ENETUNREACH). A loaded
+		// gateway that drops pings while it still forwards traffic would
+		// otherwise cut every new connection.
+		for _, e := range s.links {
+			if e.lastResort() && (eligible == nil || eligible(e.name)) {
+				usable = append(usable, e)
+			}
 		}
 	}
 	if len(usable) == 0 {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"testing"
 	"time"
 )
@@ -302,5 +303,50 @@ func TestPickWhere(t *testing.T) {
 	}
 	if _, err := s.PickWhere(0, func(string) bool { return false }); !errors.Is(err, ErrNoUplink) {
 		t.Fatalf("PickWhere with nothing eligible: %v, want ErrNoUplink", err)
+	}
+}
+
+// TestProbeLossIsLastResort: an uplink down only by failed probes still
+// takes flows when nothing better is left, never when something is.
+func TestProbeLossIsLastResort(t *testing.T) {
+	s := newSet(t, PolicyWRR, map[string]int{"a": 1, "b": 1}, "a", "b")
+	lose := func(name string) {
+		for i := 0; i < LossThreshold; i++ {
+			if err := s.ObserveProbe(name, 0, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	steps := []struct {
+		desc string
+		act  func() error
+		want string // "" means ErrNoUplink
+	}{
+		{"a loses probes -> b", func() error { lose("a"); return nil }, "b"},
+		{"b loses probes too -> a or b as last resort", func() error { lose("b"); return nil }, "a|b"},
+		{"b loses carrier -> a, probes failing", func() error { return s.ObserveCarrier("b", false) }, "a"},
+		{"a drained -> none", func() error { return s.Drain("a", true) }, ""},
+		{"a undrained, admin down -> none", func() error {
+			if err := s.Drain("a", false); err != nil {
+				return err
+			}
+			return s.SetAdminDown("a", true)
+		}, ""},
+	}
+	for _, st := range steps {
+		if err := st.act(); err != nil {
+			t.Fatalf("%s: %v", st.desc, err)
+		}
+		for i := 0; i < 4; i++ {
+			got, err := s.Pick(uint64(i))
+			switch {
+			case st.want == "":
+				if !errors.Is(err, ErrNoUplink) {
+					t.Fatalf("%s: Pick = %q, %v; want ErrNoUplink", st.desc, got, err)
+				}
+			case err != nil || !strings.Contains(st.want, got):
+				t.Fatalf("%s: Pick = %q, %v; want %s", st.desc, got, err, st.want)
+			}
+		}
 	}
 }
