@@ -423,9 +423,16 @@ func (s *Stack) rebuildRoutesLocked() {
 var linkLocal6 = tcpip.AddressWithPrefix{Address: tcpAddr(netip.MustParseAddr("fe80::")), PrefixLen: 64}.Subnet()
 
 // ChooseUplink picks the uplink for a new outbound flow to remote by the
-// configured policy, among healthy uplinks that have an address of remote's
-// family. It returns the NIC and local address to bind before connecting.
-// The error wraps uplink.ErrNoUplink when none is usable (ENETUNREACH).
+// configured policy, among healthy uplinks that have a route to it: remote
+// is on the uplink's subnet (or IPv6 link-local), or the uplink has a
+// gateway of remote's family. It returns the NIC and local address to bind
+// before connecting. The error wraps uplink.ErrNoUplink when none is usable
+// (ENETUNREACH).
+//
+// A flow bound to a NIC only sees that NIC's routes: placed on an uplink
+// without a route it would fail with ENETUNREACH although another uplink
+// reaches the peer (an on-link IPv6 peer, with no IPv6 gateway configured,
+// was unreachable from every uplink but its own).
 func (s *Stack) ChooseUplink(remote netip.AddrPort, transport tcpip.TransportProtocolNumber) (tcpip.NICID, tcpip.Address, error) {
 	ra := remote.Addr().Unmap()
 	if !ra.IsValid() {
@@ -434,19 +441,20 @@ func (s *Stack) ChooseUplink(remote netip.AddrPort, transport tcpip.TransportPro
 	v4 := ra.Is4()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	has := func(name string) bool {
+	routed := func(name string) bool {
 		l := s.links[name]
 		if l == nil {
 			return false
 		}
+		pfx, gw := l.cfg.Addr6, l.cfg.Gateway6
 		if v4 {
-			return l.cfg.Addr4.IsValid()
+			pfx, gw = l.cfg.Addr4, l.cfg.Gateway4
 		}
-		return l.cfg.Addr6.IsValid()
+		return pfx.IsValid() && (gw.IsValid() || pfx.Masked().Contains(ra) || ra.IsLinkLocalUnicast())
 	}
 	// Sticky hashing keys on the remote host, not the port, so every flow
 	// to one peer leaves from one source address.
-	name, err := s.set.PickWhere(uplink.HashBytes(ra.AsSlice()), has)
+	name, err := s.set.PickWhere(uplink.HashBytes(ra.AsSlice()), routed)
 	if err != nil {
 		return 0, tcpip.Address{}, fmt.Errorf("choose uplink for %v (transport %d): %w", remote, transport, err)
 	}

@@ -50,13 +50,13 @@ http { access_log off; server { listen 8080; listen [::]:8080; root %[1]s; } }
 	}
 	time.Sleep(300 * time.Millisecond)
 	for _, u := range tp.Uplinks {
-		urls := []string{fmt.Sprintf("http://%s:8080/f.bin", u.WANAddr4)}
-		if os.Getenv("MPSHIM_TEST_KNOWN_BUGS") != "" {
-			// Known bug: an outbound IPv6 connection from the INS to an
-			// on-link address fails (curl exit 7); inbound IPv6 works.
-			urls = append(urls, fmt.Sprintf("http://[%s]:8080/f.bin", u.WANAddr6))
-		}
-		for _, url := range urls {
+		// Each address is on the subnet of one uplink; the uplinks have an
+		// IPv4 gateway but no IPv6 one, so an IPv6 flow only has a route
+		// on its own uplink and must be placed there.
+		for _, url := range []string{
+			fmt.Sprintf("http://%s:8080/f.bin", u.WANAddr4),
+			fmt.Sprintf("http://[%s]:8080/f.bin", u.WANAddr6),
+		} {
 			harness.Fetch(t, tp.App, shimEnv(t, iso), url, page)
 		}
 	}
