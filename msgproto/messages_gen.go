@@ -49,9 +49,9 @@ const (
 	// MaxName is largest host name of Resolve and ResolveReply, in bytes.
 	MaxName = 255
 	// MaxResolveAddrs is most addresses one ResolveReply carries.
-	MaxResolveAddrs = 32
+	MaxResolveAddrs = 64
 	// MaxAddrList is largest address list of a ResolveReply: MaxResolveAddrs address blocks.
-	MaxAddrList = 896
+	MaxAddrList = 1792
 	// ResolveReverse is Resolve flag: look up the host name of Addr (PTR) instead of the addresses of Name.
 	ResolveReverse = 1
 	// ResolveOK is ResolveReply status: the name resolved.

@@ -34,8 +34,8 @@
 #define MP_AF_INET 2u /* address family: IPv4 (Linux AF_INET) */
 #define MP_AF_INET6 10u /* address family: IPv6 (Linux AF_INET6) */
 #define MP_MAX_NAME 255u /* largest host name of Resolve and ResolveReply, in bytes */
-#define MP_MAX_RESOLVE_ADDRS 32u /* most addresses one ResolveReply carries */
-#define MP_MAX_ADDR_LIST 896u /* largest address list of a ResolveReply: MaxResolveAddrs address blocks */
+#define MP_MAX_RESOLVE_ADDRS 64u /* most addresses one ResolveReply carries */
+#define MP_MAX_ADDR_LIST 1792u /* largest address list of a ResolveReply: MaxResolveAddrs address blocks */
 #define MP_RESOLVE_REVERSE 1u /* Resolve flag: look up the host name of Addr (PTR) instead of the addresses of Name */
 #define MP_RESOLVE_OK 0u /* ResolveReply status: the name resolved */
 #define MP_RESOLVE_NONAME 1u /* ResolveReply status: the name does not exist (NXDOMAIN) */

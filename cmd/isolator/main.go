@@ -79,7 +79,7 @@ is a host interface whose macvlan children become the INS NICs, e.g.
 				}
 				// Flags given on the command line override the file.
 				fl := cmd.Flags()
-				for _, name := range []string{"ins", "policy", "socket", "netns", "max-ins"} {
+				for _, name := range []string{"ins", "policy", "socket", "netns", "max-ins", "dns", "dns-timeout"} {
 					if !fl.Changed(name) {
 						continue
 					}
@@ -94,6 +94,10 @@ is a host interface whose macvlan children become the INS NICs, e.g.
 						fc.NetNS = c.NetNS
 					case "max-ins":
 						fc.MaxINS = c.MaxINS
+					case "dns":
+						fc.DNS = c.DNS
+					case "dns-timeout":
+						fc.DNSTimeout = c.DNSTimeout
 					}
 				}
 				if fl.Changed("api") {
@@ -134,6 +138,8 @@ is a host interface whose macvlan children become the INS NICs, e.g.
 	f.StringVar(&c.Policy, "policy", c.Policy, "outbound uplink policy: wrr, rtt or hash")
 	f.StringVar(&c.Socket, "socket", c.Socket, "app registration socket")
 	f.StringVar(&c.NetNS, "netns", c.NetNS, "network namespace of the uplink interfaces (default: the daemon's)")
+	f.StringArrayVar(&c.DNS, "dns", nil, "nameserver the INS resolve the apps' host names with: ADDR or ADDR:PORT (repeatable, asked in order)")
+	f.DurationVar(&c.DNSTimeout, "dns-timeout", 0, "timeout of one query to one nameserver (default 2s; two rounds over the nameservers)")
 	f.UintSliceVar(&allowUIDs, "allow-uid", nil, "uids allowed to register apps (default: the daemon's own)")
 	f.UintSliceVar(&allowGIDs, "allow-gid", nil, "gids allowed to register apps")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")

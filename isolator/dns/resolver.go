@@ -11,7 +11,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -34,9 +33,11 @@ const (
 	NoName
 	// NoData: the name exists but has no record of the wanted type.
 	NoData
-	// Again: no answer now (timeouts, SERVFAIL, no nameserver reachable).
+	// Again: no nameserver answered (timeouts, SERVFAIL, REFUSED,
+	// responses that do not answer the query, no nameserver reachable).
 	Again
-	// Fail: the nameservers refused or answered nonsense.
+	// Fail: the answers make no sense (a CNAME loop or a chain longer
+	// than 8).
 	Fail
 )
 
@@ -136,6 +137,7 @@ type cacheKey struct {
 
 type cacheEntry struct {
 	res     Result
+	aliased bool // res.Name is the end of a CNAME chain, not the name asked
 	expires time.Time
 }
 
@@ -231,11 +233,16 @@ func (r *Resolver) LookupAddr(ctx context.Context, a netip.Addr) Result {
 // following CNAMEs that lead out of a response.
 func (r *Resolver) lookup(ctx context.Context, name string, t dnsmessage.Type) Result {
 	k := cacheKey{lower(name), t}
-	if res, ok := r.cached(k); ok {
+	if res, aliased, ok := r.cached(k); ok {
+		if res.Status == OK && t != dnsmessage.TypePTR && !aliased {
+			// The canonical name of an unaliased name is the name as
+			// asked, in the caller's spelling.
+			res.Name = name
+		}
 		return res
 	}
 	res, ttl := r.resolve(ctx, name, t)
-	r.store(k, res, ttl)
+	r.store(k, res, !sameName(res.Name, name), ttl)
 	if ttl > 0 {
 		res.TTL = ttl
 	}
@@ -286,20 +293,13 @@ func (r *Resolver) negative(resp response) time.Duration {
 
 // query asks every server in turn, Attempts rounds, until one gives an
 // answer (NOERROR or NXDOMAIN). A truncated UDP answer is asked again over
-// TCP. It returns Again when every try timed out, failed on the network or
-// got SERVFAIL, and Fail when the servers only refused or answered
-// nonsense.
+// TCP. Like glibc's resolver it treats every other outcome — a timeout, a
+// network error, SERVFAIL, REFUSED, NOTIMP, FORMERR, a response that does
+// not answer the query — as a reason to try the next server, and ends in
+// Again (EAI_AGAIN, TRY_AGAIN) when none answered.
 func (r *Resolver) query(ctx context.Context, name string, t dnsmessage.Type) (response, Status) {
-	if len(r.cfg.Servers) == 0 {
-		return response{}, Again
-	}
-	transient := false
-	done := make([]bool, len(r.cfg.Servers)) // answered for good (refused, nonsense)
 	for round := 0; round < r.cfg.Attempts; round++ {
-		for i, srv := range r.cfg.Servers {
-			if done[i] {
-				continue
-			}
+		for _, srv := range r.cfg.Servers {
 			if ctx.Err() != nil {
 				return response{}, Again
 			}
@@ -311,25 +311,16 @@ func (r *Resolver) query(ctx context.Context, name string, t dnsmessage.Type) (r
 				}
 			}
 			switch {
-			case errors.Is(err, errMalformed):
-				r.log.Debug("bad answer", "server", srv, "name", name, "type", t, "err", err)
-				done[i] = true
 			case err != nil:
 				r.log.Debug("no answer", "server", srv, "name", name, "type", t, "err", err)
-				transient = true
 			case resp.rcode == dnsmessage.RCodeSuccess || resp.rcode == dnsmessage.RCodeNameError:
 				return resp, OK
-			case resp.rcode == dnsmessage.RCodeServerFailure:
-				transient = true
 			default:
-				done[i] = true
+				r.log.Debug("answer refused", "server", srv, "name", name, "type", t, "rcode", resp.rcode)
 			}
 		}
 	}
-	if transient {
-		return response{}, Again
-	}
-	return response{}, Fail
+	return response{}, Again
 }
 
 // exchange sends one query and parses its answer.
@@ -352,25 +343,25 @@ func (r *Resolver) exchange(ctx context.Context, srv netip.AddrPort, name string
 	return parseResponse(msg, id, name, t)
 }
 
-func (r *Resolver) cached(k cacheKey) (Result, bool) {
+func (r *Resolver) cached(k cacheKey) (Result, bool, bool) {
 	now := r.cfg.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e, ok := r.cache[k]
 	if !ok {
-		return Result{}, false
+		return Result{}, false, false
 	}
 	if !now.Before(e.expires) {
 		delete(r.cache, k)
-		return Result{}, false
+		return Result{}, false, false
 	}
 	res := e.res
 	res.Addrs = append([]netip.Addr(nil), e.res.Addrs...)
 	res.TTL = e.expires.Sub(now).Truncate(time.Second)
-	return res, true
+	return res, e.aliased, true
 }
 
-func (r *Resolver) store(k cacheKey, res Result, ttl time.Duration) {
+func (r *Resolver) store(k cacheKey, res Result, aliased bool, ttl time.Duration) {
 	if ttl <= 0 || (res.Status != OK && res.Status != NoName && res.Status != NoData) {
 		return
 	}
@@ -392,5 +383,5 @@ func (r *Resolver) store(k cacheKey, res Result, ttl time.Duration) {
 		}
 	}
 	res.Addrs = append([]netip.Addr(nil), res.Addrs...)
-	r.cache[k] = cacheEntry{res: res, expires: now.Add(ttl)}
+	r.cache[k] = cacheEntry{res: res, aliased: aliased, expires: now.Add(ttl)}
 }

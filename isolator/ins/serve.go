@@ -67,6 +67,7 @@ type Server struct {
 	eng *Engine
 	ch  *ctrl.Conn
 	log *slog.Logger
+	res *resolver
 
 	mu      sync.Mutex
 	owner   map[SockID]uint64   // socket group of each socket
@@ -77,6 +78,7 @@ type Server struct {
 func NewServer(id int, st *Stack, ch *ctrl.Conn, log *slog.Logger) *Server {
 	s := &Server{id: id, st: st, ch: ch, log: log, owner: map[SockID]uint64{}, pending: map[SockID]*os.File{}}
 	s.eng = NewEngine(st.Stack(), st, EngineOptions{EncodeAccept: s.encodeAccept, Logger: log})
+	s.res = newResolver(st, log)
 	return s
 }
 
@@ -248,8 +250,12 @@ func (s *Server) handle(ctx context.Context, m ctrl.Msg) msgproto.Message {
 		return errReply(unix.EPROTO)
 	}
 	group := m.Group
-	if r, ok := req.(*msgproto.Socket); ok {
+	switch r := req.(type) {
+	case *msgproto.Socket:
 		return s.socket(group, r, f)
+	case *msgproto.Resolve:
+		closeF()
+		return s.res.resolve(ctx, r)
 	}
 	sockOf := func(global uint64) (SockID, unix.Errno) { return s.sock(group, global) }
 	switch r := req.(type) {

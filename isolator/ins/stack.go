@@ -45,6 +45,9 @@ type Config struct {
 	// ProbeInterval is the health-check period; 0 means
 	// DefaultProbeInterval and a negative value disables health checks.
 	ProbeInterval time.Duration
+	// DNS configures the resolver that answers the apps' Resolve
+	// requests (see resolve.go).
+	DNS DNSConfig
 	// Logger receives state changes; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -91,6 +94,7 @@ type Stack struct {
 	set      *uplink.Set
 	log      *slog.Logger
 	interval time.Duration
+	dnsCfg   DNSConfig
 
 	mu      sync.Mutex
 	links   map[string]*nicLink // by uplink name
@@ -152,6 +156,7 @@ func NewStack(cfg Config) (*Stack, error) {
 		set:      uplink.NewSet(pol),
 		log:      logger.With("ins", cfg.ID),
 		interval: interval,
+		dnsCfg:   cfg.DNS,
 		links:    map[string]*nicLink{},
 		nextNIC:  1,
 	}
@@ -420,6 +425,16 @@ func (s *Stack) rebuildRoutesLocked() {
 	s.ns.SetRouteTable(append(onLink, defaults...))
 }
 
+// routes reports whether the uplink has a route to a (unmapped): a is on
+// its subnet, IPv6 link-local, or reached through its gateway of a's family.
+func (l *nicLink) routes(a netip.Addr) bool {
+	pfx, gw := l.cfg.Addr6, l.cfg.Gateway6
+	if a.Is4() {
+		pfx, gw = l.cfg.Addr4, l.cfg.Gateway4
+	}
+	return pfx.IsValid() && (gw.IsValid() || pfx.Masked().Contains(a) || a.IsLinkLocalUnicast())
+}
+
 var linkLocal6 = tcpip.AddressWithPrefix{Address: tcpAddr(netip.MustParseAddr("fe80::")), PrefixLen: 64}.Subnet()
 
 // ChooseUplink picks the uplink for a new outbound flow to remote by the
@@ -438,19 +453,11 @@ func (s *Stack) ChooseUplink(remote netip.AddrPort, transport tcpip.TransportPro
 	if !ra.IsValid() {
 		return 0, tcpip.Address{}, fmt.Errorf("choose uplink: invalid remote address %v", remote)
 	}
-	v4 := ra.Is4()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	routed := func(name string) bool {
 		l := s.links[name]
-		if l == nil {
-			return false
-		}
-		pfx, gw := l.cfg.Addr6, l.cfg.Gateway6
-		if v4 {
-			pfx, gw = l.cfg.Addr4, l.cfg.Gateway4
-		}
-		return pfx.IsValid() && (gw.IsValid() || pfx.Masked().Contains(ra) || ra.IsLinkLocalUnicast())
+		return l != nil && l.routes(ra)
 	}
 	// Sticky hashing keys on the remote host, not the port, so every flow
 	// to one peer leaves from one source address.
@@ -460,7 +467,7 @@ func (s *Stack) ChooseUplink(remote netip.AddrPort, transport tcpip.TransportPro
 	}
 	l := s.links[name]
 	local := l.cfg.Addr6.Addr()
-	if v4 {
+	if ra.Is4() {
 		local = l.cfg.Addr4.Addr()
 	}
 	return l.nic, tcpAddr(local), nil

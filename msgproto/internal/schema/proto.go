@@ -8,7 +8,7 @@ const (
 	maxControl  = 256
 	maxErrno    = 4095
 	maxName     = 255
-	maxAddrs    = 32
+	maxAddrs    = 64
 	maxAddrList = maxAddrs * AddrSize
 	maxStatus   = 4
 )
