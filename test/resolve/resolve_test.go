@@ -291,6 +291,9 @@ func TestLookupInterfaces(t *testing.T) {
 		"ai fromhosts.test 80 inet stream canon",
 		"ai hostsalias 80 unspec stream canon",
 		"ai a..b 80 unspec stream -",
+		"ai web4.test 80 inet stream passive",
+		"ai - 80 unspec stream passive",
+		"ai web4.test 80 inet stream 0x10000", // an undefined flag: EAI_BADFLAGS
 		// gethostbyname family.
 		"hb web4.test",
 		"hb alias.test",

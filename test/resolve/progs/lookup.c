@@ -14,7 +14,7 @@
  * "-" is NULL (NAME, SERVICE) or no flags. FAMILY: unspec, inet, inet6.
  * SOCKTYPE: 0, stream, dgram, raw. FLAGS (comma separated): ai: canon,
  * numerichost, numericserv, passive, v4mapped, all, addrconfig; ni:
- * numerichost, numericserv, namereqd, nofqdn, dgram.
+ * numerichost, numericserv, namereqd, nofqdn, dgram; 0xN adds raw bits.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -124,10 +124,13 @@ static int flags(const char *s, int ni)
 	if (!strcmp(s, "-"))
 		return 0;
 	snprintf(buf, sizeof buf, "%s", s);
-	for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
+	for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		if (!strncmp(tok, "0x", 2))
+			f |= (int)strtol(tok, NULL, 16);
 		for (size_t i = 0; i < sizeof tab / sizeof tab[0]; i++)
 			if (!strcmp(tok, tab[i].n))
 				f |= ni ? tab[i].ni : tab[i].ai;
+	}
 	return f;
 }
 
