@@ -481,6 +481,10 @@ MP_EXPORT int getaddrinfo(const char *node, const char *service, const struct ad
 		return rc;
 	}
 
+	if (!*node) {
+		R.freeaddrinfo(tmpl);
+		return EAI_NONAME;
+	}
 	if (is_localhost(node)) {
 		loopback_answer(node, &ans);
 	} else {
@@ -608,6 +612,10 @@ static int ins_byname(const char *name, int af, struct hostent *ret, char *buf, 
 	if (!name || (af != AF_INET && af != AF_INET6) || numeric_host(name, af) ||
 	    (hosts_scan(name, 0, NULL) & (af == AF_INET ? FAM4 : FAM6)))
 		return 1;
+	if (!*name) {
+		*h_errnop = HOST_NOT_FOUND;
+		return 0;
+	}
 	if (is_localhost(name)) {
 		loopback_answer(name, &ans);
 	} else {
