@@ -129,6 +129,9 @@ func (s *AppServer) dispatch(ctx context.Context, c *client, m msgproto.Message,
 		if len(files) > 0 {
 			return s.listen(ctx, c, m, files)
 		}
+	case *msgproto.Resolve:
+		closeFiles(files)
+		return s.resolve(ctx, c, m)
 	}
 	sock, ok := sockOf(m)
 	if !ok {

@@ -140,8 +140,13 @@ func (d *Daemon) startINS(ctx context.Context, id int, total int) (_ *insProc, e
 	release = append(release, func() { ns.Close() })
 	closeNS := release[0]
 
+	nameservers, err := d.cfg.Nameservers()
+	if err != nil {
+		return nil, fmt.Errorf("INS %d: %w", id, err)
+	}
 	pc := ins.ProcessConfig{
-		Stack:   ins.Config{ID: id, Policy: d.cfg.Policy, GOMAXPROCS: ins.GOMAXPROCSFor(total)},
+		Stack: ins.Config{ID: id, Policy: d.cfg.Policy, GOMAXPROCS: ins.GOMAXPROCSFor(total),
+			DNS: ins.DNSConfig{Servers: nameservers, Timeout: d.cfg.DNSTimeout}},
 		Sandbox: ins.SandboxOptions{NoFile: noFileLimit()},
 		// Rules and tunings in force from the first packet.
 		Mitigation: d.mit.config(id),

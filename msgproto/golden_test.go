@@ -84,6 +84,11 @@ func goldenCases() []golden {
 		{"reply_errno", 6, 0, &Reply{Errno: 111, Value: -1}},
 		{"accept_notify_v4", 0, FlagFD, &AcceptNotify{Listener: 77, Sock: 90, Local: ap("10.0.0.1:8080"), Peer: ap("10.0.0.99:51234")}},
 		{"accept_notify_v6", 0, FlagFD, &AcceptNotify{Listener: 78, Sock: 91, Local: v6ll, Peer: ap("[fe80::99%3]:60000")}},
+		{"resolve", 22, 0, &Resolve{Family: FamilyUnspec, Name: []byte("www.example.com")}},
+		{"resolve_reverse", 23, 0, &Resolve{Family: FamilyInet6, Flags: ResolveReverse, Addr: ap("[2001:db8::42]:0")}},
+		{"resolve_reply", 22, 0, &ResolveReply{Status: ResolveOK, Families: ResolveHas4 | ResolveHas6, TTL: 300, Canon: []byte("web.example.com"),
+			Addrs: AppendAddrList(nil, []netip.Addr{netip.MustParseAddr("2001:db8::80"), netip.MustParseAddr("192.0.2.80")})}},
+		{"resolve_reply_noname", 24, 0, &ResolveReply{Status: ResolveNoName, Families: ResolveHas4, TTL: 60}},
 		{"datagram_v4", 0, 0, &Datagram{Addr: ap("192.0.2.7:53"), Len: 512}},
 		{"datagram_connected", 0, 0, &Datagram{Flags: 0x800, Len: 65535}},
 	}

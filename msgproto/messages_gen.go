@@ -46,6 +46,28 @@ const (
 	FamilyInet = 2
 	// FamilyInet6 is address family: IPv6 (Linux AF_INET6).
 	FamilyInet6 = 10
+	// MaxName is largest host name of Resolve and ResolveReply, in bytes.
+	MaxName = 255
+	// MaxResolveAddrs is most addresses one ResolveReply carries.
+	MaxResolveAddrs = 64
+	// MaxAddrList is largest address list of a ResolveReply: MaxResolveAddrs address blocks.
+	MaxAddrList = 1792
+	// ResolveReverse is Resolve flag: look up the host name of Addr (PTR) instead of the addresses of Name.
+	ResolveReverse = 1
+	// ResolveOK is ResolveReply status: the name resolved.
+	ResolveOK = 0
+	// ResolveNoName is ResolveReply status: the name does not exist (NXDOMAIN).
+	ResolveNoName = 1
+	// ResolveNoData is ResolveReply status: the name exists but has no record of the wanted family.
+	ResolveNoData = 2
+	// ResolveAgain is ResolveReply status: no answer now (timeout, SERVFAIL, no nameserver reachable); a later try may succeed.
+	ResolveAgain = 3
+	// ResolveFail is ResolveReply status: the nameservers refused or answered nonsense; trying again will not help.
+	ResolveFail = 4
+	// ResolveHas4 is ResolveReply family bit: the INS has an IPv4 uplink address.
+	ResolveHas4 = 1
+	// ResolveHas6 is ResolveReply family bit: the INS has an IPv6 uplink address.
+	ResolveHas6 = 2
 )
 
 // Message type codes.
@@ -67,6 +89,7 @@ const (
 	TypeSendMsg       Type = 15  // SendMsg
 	TypeRecvMsg       Type = 16  // RecvMsg
 	TypeFDPass        Type = 17  // FDPass
+	TypeResolve       Type = 18  // Resolve
 	TypeReply         Type = 64  // Reply
 	TypeRegisterReply Type = 65  // RegisterReply
 	TypeSocketReply   Type = 66  // SocketReply
@@ -75,6 +98,7 @@ const (
 	TypeIoctlReply    Type = 69  // IoctlReply
 	TypeRecvReply     Type = 70  // RecvReply
 	TypeRecvMsgReply  Type = 71  // RecvMsgReply
+	TypeResolveReply  Type = 72  // ResolveReply
 	TypeAcceptNotify  Type = 128 // AcceptNotify
 	TypeDatagram      Type = 129 // Datagram
 )
@@ -98,6 +122,7 @@ var allTypes = []Type{
 	TypeSendMsg,
 	TypeRecvMsg,
 	TypeFDPass,
+	TypeResolve,
 	TypeReply,
 	TypeRegisterReply,
 	TypeSocketReply,
@@ -106,6 +131,7 @@ var allTypes = []Type{
 	TypeIoctlReply,
 	TypeRecvReply,
 	TypeRecvMsgReply,
+	TypeResolveReply,
 	TypeAcceptNotify,
 	TypeDatagram,
 }
@@ -147,6 +173,8 @@ func (t Type) String() string {
 		return "RecvMsg"
 	case TypeFDPass:
 		return "FDPass"
+	case TypeResolve:
+		return "Resolve"
 	case TypeReply:
 		return "Reply"
 	case TypeRegisterReply:
@@ -163,6 +191,8 @@ func (t Type) String() string {
 		return "RecvReply"
 	case TypeRecvMsgReply:
 		return "RecvMsgReply"
+	case TypeResolveReply:
+		return "ResolveReply"
 	case TypeAcceptNotify:
 		return "AcceptNotify"
 	case TypeDatagram:
@@ -174,7 +204,7 @@ func (t Type) String() string {
 // knownType reports whether t is a message type of this version.
 func knownType(t Type) bool {
 	switch t {
-	case TypeRegister, TypeSocket, TypeBind, TypeListen, TypeConnect, TypeShutdown, TypeClose, TypeSetsockopt, TypeGetsockopt, TypeGetsockname, TypeGetpeername, TypeIoctl, TypeSendTo, TypeRecvFrom, TypeSendMsg, TypeRecvMsg, TypeFDPass, TypeReply, TypeRegisterReply, TypeSocketReply, TypeOptReply, TypeAddrReply, TypeIoctlReply, TypeRecvReply, TypeRecvMsgReply, TypeAcceptNotify, TypeDatagram:
+	case TypeRegister, TypeSocket, TypeBind, TypeListen, TypeConnect, TypeShutdown, TypeClose, TypeSetsockopt, TypeGetsockopt, TypeGetsockname, TypeGetpeername, TypeIoctl, TypeSendTo, TypeRecvFrom, TypeSendMsg, TypeRecvMsg, TypeFDPass, TypeResolve, TypeReply, TypeRegisterReply, TypeSocketReply, TypeOptReply, TypeAddrReply, TypeIoctlReply, TypeRecvReply, TypeRecvMsgReply, TypeResolveReply, TypeAcceptNotify, TypeDatagram:
 		return true
 	}
 	return false
@@ -217,6 +247,8 @@ func newMessage(t Type) Message {
 		return new(RecvMsg)
 	case TypeFDPass:
 		return new(FDPass)
+	case TypeResolve:
+		return new(Resolve)
 	case TypeReply:
 		return new(Reply)
 	case TypeRegisterReply:
@@ -233,6 +265,8 @@ func newMessage(t Type) Message {
 		return new(RecvReply)
 	case TypeRecvMsgReply:
 		return new(RecvMsgReply)
+	case TypeResolveReply:
+		return new(ResolveReply)
 	case TypeAcceptNotify:
 		return new(AcceptNotify)
 	case TypeDatagram:
@@ -1049,6 +1083,65 @@ func (m *FDPass) decode(b []byte) error {
 	return nil
 }
 
+// Resolve resolves a host name to addresses, or an address to its host name (ResolveReverse), through the nameservers of the INS; answered by ResolveReply. An empty Name without ResolveReverse only asks for the families.
+type Resolve struct {
+	Family int32  // FamilyInet, FamilyInet6 or FamilyUnspec (both) for a name; ignored for ResolveReverse
+	Flags  uint32 // ResolveReverse
+	Addr   Addr   // ResolveReverse: the address (port 0); FamilyUnspec otherwise
+	Name   []byte // the host name (no NUL); empty for ResolveReverse (at most MaxName bytes)
+}
+
+// Type returns TypeResolve.
+func (*Resolve) Type() Type { return TypeResolve }
+
+func (m *Resolve) bodySize() int { return 40 + len(m.Name) }
+
+func (m *Resolve) validate() error {
+	if m == nil {
+		return fmt.Errorf("msgproto: resolve: nil message: %w", ErrBadField)
+	}
+	if n := len(m.Name); n > MaxName {
+		return fmt.Errorf("msgproto: resolve: name length %d > %d: %w", n, MaxName, ErrBadField)
+	}
+	if err := m.Addr.check(); err != nil {
+		return fmt.Errorf("msgproto: resolve: addr: %w", err)
+	}
+	return nil
+}
+
+func (m *Resolve) encode(b []byte) {
+	_ = b[39]
+	binary.LittleEndian.PutUint32(b[0:], uint32(m.Family))
+	binary.LittleEndian.PutUint32(b[4:], m.Flags)
+	m.Addr.put(b[8:36])
+	binary.LittleEndian.PutUint32(b[36:], uint32(len(m.Name)))
+	off := 40
+	copy(b[off:], m.Name)
+}
+
+func (m *Resolve) decode(b []byte) error {
+	if len(b) < 40 {
+		return fmt.Errorf("msgproto: resolve: body %d bytes < fixed part 40: %w", len(b), ErrBadLength)
+	}
+	nName := binary.LittleEndian.Uint32(b[36:])
+	if nName > MaxName {
+		return fmt.Errorf("msgproto: resolve: name length %d > %d: %w", nName, MaxName, ErrBadField)
+	}
+	if want := 40 + int(nName); len(b) != want {
+		return fmt.Errorf("msgproto: resolve: body %d bytes, fields say %d: %w", len(b), want, ErrBadLength)
+	}
+	vAddr := getAddr(b[8:36])
+	if err := vAddr.check(); err != nil {
+		return fmt.Errorf("msgproto: resolve: addr: %w", err)
+	}
+	m.Family = int32(binary.LittleEndian.Uint32(b[0:]))
+	m.Flags = binary.LittleEndian.Uint32(b[4:])
+	m.Addr = vAddr
+	off := 40
+	m.Name = append(m.Name[:0], b[off:off+int(nName)]...)
+	return nil
+}
+
 // Reply is the generic reply; any request may be answered by a Reply carrying an errno.
 type Reply struct {
 	Errno int32 // 0 on success, otherwise the exact positive Linux errno
@@ -1431,6 +1524,77 @@ func (m *RecvMsgReply) decode(b []byte) error {
 	m.Control = append(m.Control[:0], b[off:off+int(nControl)]...)
 	off += int(nControl)
 	m.Payload = append(m.Payload[:0], b[off:off+int(nPayload)]...)
+	return nil
+}
+
+// ResolveReply answers Resolve.
+type ResolveReply struct {
+	Status   int32  // ResolveOK, ResolveNoName, ResolveNoData, ResolveAgain or ResolveFail
+	Families uint32 // ResolveHas4 and ResolveHas6 bits: the address families the INS can reach the network with (AI_ADDRCONFIG)
+	TTL      uint32 // seconds the answer stays valid
+	Canon    []byte // the canonical name (the end of the CNAME chain) or, for ResolveReverse, the host name (at most MaxName bytes)
+	Addrs    []byte // the addresses, most preferred first: a sequence of address blocks with port 0 (at most MaxAddrList bytes)
+}
+
+// Type returns TypeResolveReply.
+func (*ResolveReply) Type() Type { return TypeResolveReply }
+
+func (m *ResolveReply) bodySize() int { return 20 + len(m.Canon) + len(m.Addrs) }
+
+func (m *ResolveReply) validate() error {
+	if m == nil {
+		return fmt.Errorf("msgproto: resolve_reply: nil message: %w", ErrBadField)
+	}
+	if n := len(m.Canon); n > MaxName {
+		return fmt.Errorf("msgproto: resolve_reply: canon length %d > %d: %w", n, MaxName, ErrBadField)
+	}
+	if n := len(m.Addrs); n > MaxAddrList {
+		return fmt.Errorf("msgproto: resolve_reply: addrs length %d > %d: %w", n, MaxAddrList, ErrBadField)
+	}
+	if m.Status < 0 || m.Status > 4 {
+		return fmt.Errorf("msgproto: resolve_reply: status %d out of range [0, 4]: %w", m.Status, ErrBadField)
+	}
+	return nil
+}
+
+func (m *ResolveReply) encode(b []byte) {
+	_ = b[19]
+	binary.LittleEndian.PutUint32(b[0:], uint32(m.Status))
+	binary.LittleEndian.PutUint32(b[4:], m.Families)
+	binary.LittleEndian.PutUint32(b[8:], m.TTL)
+	binary.LittleEndian.PutUint32(b[12:], uint32(len(m.Canon)))
+	binary.LittleEndian.PutUint32(b[16:], uint32(len(m.Addrs)))
+	off := 20
+	off += copy(b[off:], m.Canon)
+	copy(b[off:], m.Addrs)
+}
+
+func (m *ResolveReply) decode(b []byte) error {
+	if len(b) < 20 {
+		return fmt.Errorf("msgproto: resolve_reply: body %d bytes < fixed part 20: %w", len(b), ErrBadLength)
+	}
+	nCanon := binary.LittleEndian.Uint32(b[12:])
+	if nCanon > MaxName {
+		return fmt.Errorf("msgproto: resolve_reply: canon length %d > %d: %w", nCanon, MaxName, ErrBadField)
+	}
+	nAddrs := binary.LittleEndian.Uint32(b[16:])
+	if nAddrs > MaxAddrList {
+		return fmt.Errorf("msgproto: resolve_reply: addrs length %d > %d: %w", nAddrs, MaxAddrList, ErrBadField)
+	}
+	if want := 20 + int(nCanon) + int(nAddrs); len(b) != want {
+		return fmt.Errorf("msgproto: resolve_reply: body %d bytes, fields say %d: %w", len(b), want, ErrBadLength)
+	}
+	vStatus := int32(binary.LittleEndian.Uint32(b[0:]))
+	if vStatus < 0 || vStatus > 4 {
+		return fmt.Errorf("msgproto: resolve_reply: status %d out of range [0, 4]: %w", vStatus, ErrBadField)
+	}
+	m.Status = vStatus
+	m.Families = binary.LittleEndian.Uint32(b[4:])
+	m.TTL = binary.LittleEndian.Uint32(b[8:])
+	off := 20
+	m.Canon = append(m.Canon[:0], b[off:off+int(nCanon)]...)
+	off += int(nCanon)
+	m.Addrs = append(m.Addrs[:0], b[off:off+int(nAddrs)]...)
 	return nil
 }
 

@@ -33,6 +33,17 @@
 #define MP_AF_UNSPEC 0u /* address family: none (e.g. connected SendTo) */
 #define MP_AF_INET 2u /* address family: IPv4 (Linux AF_INET) */
 #define MP_AF_INET6 10u /* address family: IPv6 (Linux AF_INET6) */
+#define MP_MAX_NAME 255u /* largest host name of Resolve and ResolveReply, in bytes */
+#define MP_MAX_RESOLVE_ADDRS 64u /* most addresses one ResolveReply carries */
+#define MP_MAX_ADDR_LIST 1792u /* largest address list of a ResolveReply: MaxResolveAddrs address blocks */
+#define MP_RESOLVE_REVERSE 1u /* Resolve flag: look up the host name of Addr (PTR) instead of the addresses of Name */
+#define MP_RESOLVE_OK 0u /* ResolveReply status: the name resolved */
+#define MP_RESOLVE_NONAME 1u /* ResolveReply status: the name does not exist (NXDOMAIN) */
+#define MP_RESOLVE_NODATA 2u /* ResolveReply status: the name exists but has no record of the wanted family */
+#define MP_RESOLVE_AGAIN 3u /* ResolveReply status: no answer now (timeout, SERVFAIL, no nameserver reachable); a later try may succeed */
+#define MP_RESOLVE_FAIL 4u /* ResolveReply status: the nameservers refused or answered nonsense; trying again will not help */
+#define MP_RESOLVE_HAS4 1u /* ResolveReply family bit: the INS has an IPv4 uplink address */
+#define MP_RESOLVE_HAS6 2u /* ResolveReply family bit: the INS has an IPv6 uplink address */
 
 /* Message types. */
 enum mp_type {
@@ -53,6 +64,7 @@ enum mp_type {
 	MP_T_SEND_MSG = 15,
 	MP_T_RECV_MSG = 16,
 	MP_T_FD_PASS = 17,
+	MP_T_RESOLVE = 18,
 	MP_T_REPLY = 64,
 	MP_T_REGISTER_REPLY = 65,
 	MP_T_SOCKET_REPLY = 66,
@@ -61,6 +73,7 @@ enum mp_type {
 	MP_T_IOCTL_REPLY = 69,
 	MP_T_RECV_REPLY = 70,
 	MP_T_RECV_MSG_REPLY = 71,
+	MP_T_RESOLVE_REPLY = 72,
 	MP_T_ACCEPT_NOTIFY = 128,
 	MP_T_DATAGRAM = 129,
 };
@@ -114,6 +127,7 @@ static inline const char *mp_type_name(uint16_t t)
 	case MP_T_SEND_MSG: return "SendMsg";
 	case MP_T_RECV_MSG: return "RecvMsg";
 	case MP_T_FD_PASS: return "FDPass";
+	case MP_T_RESOLVE: return "Resolve";
 	case MP_T_REPLY: return "Reply";
 	case MP_T_REGISTER_REPLY: return "RegisterReply";
 	case MP_T_SOCKET_REPLY: return "SocketReply";
@@ -122,6 +136,7 @@ static inline const char *mp_type_name(uint16_t t)
 	case MP_T_IOCTL_REPLY: return "IoctlReply";
 	case MP_T_RECV_REPLY: return "RecvReply";
 	case MP_T_RECV_MSG_REPLY: return "RecvMsgReply";
+	case MP_T_RESOLVE_REPLY: return "ResolveReply";
 	case MP_T_ACCEPT_NOTIFY: return "AcceptNotify";
 	case MP_T_DATAGRAM: return "Datagram";
 	}
@@ -1275,6 +1290,80 @@ static inline int mp_dec_fd_pass(const void *body, size_t len, struct mp_fd_pass
 	return MP_OK;
 }
 
+/* Resolve resolves a host name to addresses, or an address to its host name (ResolveReverse), through the nameservers of the INS; answered by ResolveReply. An empty Name without ResolveReverse only asks for the families. */
+struct mp_resolve {
+	int32_t family; /* FamilyInet, FamilyInet6 or FamilyUnspec (both) for a name; ignored for ResolveReverse */
+	uint32_t flags; /* ResolveReverse */
+	struct mp_addr addr; /* ResolveReverse: the address (port 0); FamilyUnspec otherwise */
+	uint32_t name_len; /* length of name: the host name (no NUL); empty for ResolveReverse */
+};
+#define MP_RESOLVE_FIXED 40u
+_Static_assert(sizeof(struct mp_resolve) == MP_RESOLVE_FIXED, "mp_resolve size");
+_Static_assert(offsetof(struct mp_resolve, family) == 0, "mp_resolve.family offset");
+_Static_assert(offsetof(struct mp_resolve, flags) == 4, "mp_resolve.flags offset");
+_Static_assert(offsetof(struct mp_resolve, addr) == 8, "mp_resolve.addr offset");
+_Static_assert(offsetof(struct mp_resolve, name_len) == 36, "mp_resolve.name_len offset");
+
+/* mp_enc_resolve writes a whole Resolve message into buf (cap bytes)
+ * taking each variable field's bytes from its pointer and its length from m
+ * and returns its length or a negative MP_E_* code. */
+static inline int mp_enc_resolve(void *buf, size_t cap, uint64_t reqid, uint32_t flags, const struct mp_resolve *m, const void *name)
+{
+	uint8_t *p = (uint8_t *)buf;
+	size_t n = MP_HDR_SIZE + MP_RESOLVE_FIXED;
+	int rc;
+	size_t off = MP_RESOLVE_FIXED;
+	struct mp_hdr h;
+	if (flags & ~(uint32_t)MP_KNOWN_FLAGS)
+		return MP_E_BAD_FIELD;
+	if (m->name_len > MP_MAX_NAME)
+		return MP_E_BAD_FIELD;
+	if ((rc = mp_addr_check(&m->addr)) != MP_OK)
+		return rc;
+	n += m->name_len;
+	if (cap < n)
+		return MP_E_NOSPACE;
+	mp_hdr_init(&h, MP_T_RESOLVE, (uint32_t)n, flags, reqid);
+	mp_put_hdr(p, &h);
+	p += MP_HDR_SIZE;
+	mp_put32(p + 0, (uint32_t)m->family);
+	mp_put32(p + 4, m->flags);
+	mp_put_addr(p + 8, &m->addr);
+	mp_put32(p + 36, m->name_len);
+	if (m->name_len != 0)
+		memcpy(p + off, name, m->name_len);
+	off += m->name_len;
+	(void)off;
+	return (int)n;
+}
+
+/* mp_dec_resolve decodes a Resolve body (the len bytes after the header, as
+ * delimited by mp_check_msg) into m and returns 0 or a negative MP_E_* code.
+ * Each variable field is returned as a pointer into body; copy it out.
+ */
+static inline int mp_dec_resolve(const void *body, size_t len, struct mp_resolve *m, const uint8_t **name)
+{
+	const uint8_t *p = (const uint8_t *)body;
+	int rc;
+	size_t off = MP_RESOLVE_FIXED;
+	if (len < MP_RESOLVE_FIXED)
+		return MP_E_BAD_LENGTH;
+	m->name_len = mp_get32(p + 36);
+	if (m->name_len > MP_MAX_NAME)
+		return MP_E_BAD_FIELD;
+	if (len != (size_t)MP_RESOLVE_FIXED + (size_t)m->name_len)
+		return MP_E_BAD_LENGTH;
+	m->family = (int32_t)mp_get32(p + 0);
+	m->flags = mp_get32(p + 4);
+	mp_get_addr(p + 8, &m->addr);
+	if ((rc = mp_addr_check(&m->addr)) != MP_OK)
+		return rc;
+	*name = p + off;
+	off += m->name_len;
+	(void)off;
+	return MP_OK;
+}
+
 /* Reply is the generic reply; any request may be answered by a Reply carrying an errno. */
 struct mp_reply {
 	int32_t err; /* 0 on success, otherwise the exact positive Linux errno */
@@ -1747,6 +1836,92 @@ static inline int mp_dec_recv_msg_reply(const void *body, size_t len, struct mp_
 	off += m->control_len;
 	*payload = p + off;
 	off += m->payload_len;
+	(void)off;
+	return MP_OK;
+}
+
+/* ResolveReply answers Resolve. */
+struct mp_resolve_reply {
+	int32_t status; /* ResolveOK, ResolveNoName, ResolveNoData, ResolveAgain or ResolveFail */
+	uint32_t families; /* ResolveHas4 and ResolveHas6 bits: the address families the INS can reach the network with (AI_ADDRCONFIG) */
+	uint32_t ttl; /* seconds the answer stays valid */
+	uint32_t canon_len; /* length of canon: the canonical name (the end of the CNAME chain) or, for ResolveReverse, the host name */
+	uint32_t addrs_len; /* length of addrs: the addresses, most preferred first: a sequence of address blocks with port 0 */
+};
+#define MP_RESOLVE_REPLY_FIXED 20u
+_Static_assert(sizeof(struct mp_resolve_reply) == MP_RESOLVE_REPLY_FIXED, "mp_resolve_reply size");
+_Static_assert(offsetof(struct mp_resolve_reply, status) == 0, "mp_resolve_reply.status offset");
+_Static_assert(offsetof(struct mp_resolve_reply, families) == 4, "mp_resolve_reply.families offset");
+_Static_assert(offsetof(struct mp_resolve_reply, ttl) == 8, "mp_resolve_reply.ttl offset");
+_Static_assert(offsetof(struct mp_resolve_reply, canon_len) == 12, "mp_resolve_reply.canon_len offset");
+_Static_assert(offsetof(struct mp_resolve_reply, addrs_len) == 16, "mp_resolve_reply.addrs_len offset");
+
+/* mp_enc_resolve_reply writes a whole ResolveReply message into buf (cap bytes)
+ * taking each variable field's bytes from its pointer and its length from m
+ * and returns its length or a negative MP_E_* code. */
+static inline int mp_enc_resolve_reply(void *buf, size_t cap, uint64_t reqid, uint32_t flags, const struct mp_resolve_reply *m, const void *canon, const void *addrs)
+{
+	uint8_t *p = (uint8_t *)buf;
+	size_t n = MP_HDR_SIZE + MP_RESOLVE_REPLY_FIXED;
+	size_t off = MP_RESOLVE_REPLY_FIXED;
+	struct mp_hdr h;
+	if (flags & ~(uint32_t)MP_KNOWN_FLAGS)
+		return MP_E_BAD_FIELD;
+	if (m->canon_len > MP_MAX_NAME)
+		return MP_E_BAD_FIELD;
+	if (m->addrs_len > MP_MAX_ADDR_LIST)
+		return MP_E_BAD_FIELD;
+	if (m->status < 0 || m->status > 4)
+		return MP_E_BAD_FIELD;
+	n += m->canon_len;
+	n += m->addrs_len;
+	if (cap < n)
+		return MP_E_NOSPACE;
+	mp_hdr_init(&h, MP_T_RESOLVE_REPLY, (uint32_t)n, flags, reqid);
+	mp_put_hdr(p, &h);
+	p += MP_HDR_SIZE;
+	mp_put32(p + 0, (uint32_t)m->status);
+	mp_put32(p + 4, m->families);
+	mp_put32(p + 8, m->ttl);
+	mp_put32(p + 12, m->canon_len);
+	mp_put32(p + 16, m->addrs_len);
+	if (m->canon_len != 0)
+		memcpy(p + off, canon, m->canon_len);
+	off += m->canon_len;
+	if (m->addrs_len != 0)
+		memcpy(p + off, addrs, m->addrs_len);
+	off += m->addrs_len;
+	(void)off;
+	return (int)n;
+}
+
+/* mp_dec_resolve_reply decodes a ResolveReply body (the len bytes after the header, as
+ * delimited by mp_check_msg) into m and returns 0 or a negative MP_E_* code.
+ * Each variable field is returned as a pointer into body; copy it out.
+ */
+static inline int mp_dec_resolve_reply(const void *body, size_t len, struct mp_resolve_reply *m, const uint8_t **canon, const uint8_t **addrs)
+{
+	const uint8_t *p = (const uint8_t *)body;
+	size_t off = MP_RESOLVE_REPLY_FIXED;
+	if (len < MP_RESOLVE_REPLY_FIXED)
+		return MP_E_BAD_LENGTH;
+	m->canon_len = mp_get32(p + 12);
+	if (m->canon_len > MP_MAX_NAME)
+		return MP_E_BAD_FIELD;
+	m->addrs_len = mp_get32(p + 16);
+	if (m->addrs_len > MP_MAX_ADDR_LIST)
+		return MP_E_BAD_FIELD;
+	if (len != (size_t)MP_RESOLVE_REPLY_FIXED + (size_t)m->canon_len + (size_t)m->addrs_len)
+		return MP_E_BAD_LENGTH;
+	m->status = (int32_t)mp_get32(p + 0);
+	if (m->status < 0 || m->status > 4)
+		return MP_E_BAD_FIELD;
+	m->families = mp_get32(p + 4);
+	m->ttl = mp_get32(p + 8);
+	*canon = p + off;
+	off += m->canon_len;
+	*addrs = p + off;
+	off += m->addrs_len;
 	(void)off;
 	return MP_OK;
 }

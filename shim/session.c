@@ -716,6 +716,13 @@ int mps_ioctl_int(uint64_t sock, unsigned long request, int *out)
 	return (int)(int64_t)get64(rep + W_HDR);
 }
 
+/* A call whose message another file encodes (resolve.c: Resolve). */
+int mps_call(unsigned char *req, size_t len, uint16_t type, unsigned char *rep, size_t cap,
+	     size_t *rlen)
+{
+	return call(req, len, type, -1, rep, cap, rlen);
+}
+
 /* ---- fork and exec -------------------------------------------------------- */
 
 void mps_atfork_prepare(void)

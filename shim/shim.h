@@ -217,6 +217,12 @@ int mps_getsockopt(uint64_t sock, int level, int name, void *val, socklen_t *len
 int mps_getname(uint64_t sock, int peer, struct sockaddr *sa, socklen_t *len);
 int mps_shutdown(uint64_t sock, int how);
 int mps_ioctl_int(uint64_t sock, unsigned long req, int *out);
+/* One ring call of a message encoded elsewhere: req holds len bytes, the
+ * header is (re)written here; rep receives the reply. Returns the reply
+ * type, or -errno (a Reply's errno, or -MP_FAIL_ERRNO when the isolator
+ * cannot be reached). */
+int mps_call(unsigned char *req, size_t len, uint16_t type, unsigned char *rep, size_t cap,
+	     size_t *rlen);
 
 /* Wire address block <-> sockaddr. mps_addr_size is its size in bytes. */
 #define MPS_ADDR_SIZE 28

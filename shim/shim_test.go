@@ -222,6 +222,8 @@ var Exported = []string{
 	"__recv_chk", "__recvfrom_chk", "accept", "accept4", "bind", "close", "close_range",
 	"closefrom", "connect", "dup", "dup2", "dup3", "epoll_ctl", "execl", "execle", "execlp",
 	"execv", "execve", "execveat", "execvp", "execvpe", "fcntl", "fcntl64", "fexecve", "fork",
+	"getaddrinfo", "gethostbyaddr", "gethostbyaddr_r", "gethostbyname", "gethostbyname2",
+	"gethostbyname2_r", "gethostbyname_r", "getnameinfo",
 	"getpeername", "getsockname", "getsockopt", "ioctl", "listen", "posix_spawn",
 	"posix_spawnp", "recv", "recvfrom", "recvmmsg", "recvmsg", "send", "sendmmsg", "sendmsg",
 	"sendto", "setsockopt", "shutdown", "socket",

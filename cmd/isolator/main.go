@@ -80,7 +80,7 @@ is a host interface whose macvlan children become the INS NICs, e.g.
 				}
 				// Flags given on the command line override the file.
 				fl := cmd.Flags()
-				for _, name := range []string{"ins", "policy", "socket", "netns", "max-ins", "state-dir"} {
+				for _, name := range []string{"ins", "policy", "socket", "netns", "max-ins", "state-dir", "dns", "dns-timeout"} {
 					if !fl.Changed(name) {
 						continue
 					}
@@ -97,6 +97,10 @@ is a host interface whose macvlan children become the INS NICs, e.g.
 						fc.MaxINS = c.MaxINS
 					case "state-dir":
 						fc.StateDir = c.StateDir
+					case "dns":
+						fc.DNS = c.DNS
+					case "dns-timeout":
+						fc.DNSTimeout = c.DNSTimeout
 					}
 				}
 				if fl.Changed("api") {
@@ -138,6 +142,8 @@ is a host interface whose macvlan children become the INS NICs, e.g.
 	f.StringVar(&c.Socket, "socket", c.Socket, "app registration socket")
 	f.StringVar(&c.NetNS, "netns", c.NetNS, "network namespace of the uplink interfaces (default: the daemon's)")
 	f.StringVar(&c.StateDir, "state-dir", c.StateDir, "directory of the state kept across restarts (mitigation rules)")
+	f.StringArrayVar(&c.DNS, "dns", nil, "nameserver the INS resolve the apps' host names with: ADDR or ADDR:PORT (repeatable, asked in order)")
+	f.DurationVar(&c.DNSTimeout, "dns-timeout", 0, "timeout of one query to one nameserver (default 2s; two rounds over the nameservers)")
 	f.UintSliceVar(&allowUIDs, "allow-uid", nil, "uids allowed to register apps (default: the daemon's own)")
 	f.UintSliceVar(&allowGIDs, "allow-gid", nil, "gids allowed to register apps")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -55,6 +56,45 @@ type Config struct {
 	// StateDir keeps state across restarts: the mitigation rules and
 	// tunings (mitigation.json).
 	StateDir string `yaml:"state_dir"`
+	// DNS lists the nameservers the INS resolve the apps' host names with,
+	// asked in order: an address, or address:port (port 53 by default;
+	// IPv6 with a port in brackets).
+	DNS []string `yaml:"dns"`
+	// DNSTimeout bounds one query to one nameserver; 0 means 2 s. Each
+	// lookup tries every nameserver twice before it fails with EAI_AGAIN.
+	DNSTimeout time.Duration `yaml:"dns_timeout"`
+}
+
+// MaxDNSTimeout is the largest DNSTimeout accepted.
+const MaxDNSTimeout = time.Minute
+
+// ParseNameserver parses a nameserver: "ADDR", "ADDR:PORT" or
+// "[IPV6]:PORT"; the port defaults to 53.
+func ParseNameserver(s string) (netip.AddrPort, error) {
+	if a, err := netip.ParseAddr(s); err == nil {
+		if a.Zone() != "" {
+			return netip.AddrPort{}, fmt.Errorf("nameserver %q: zones are not supported", s)
+		}
+		return netip.AddrPortFrom(a, 53), nil
+	}
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil || ap.Port() == 0 || ap.Addr().Zone() != "" {
+		return netip.AddrPort{}, fmt.Errorf("nameserver %q: want an IP address, ADDR:PORT or [IPV6]:PORT", s)
+	}
+	return ap, nil
+}
+
+// Nameservers returns the parsed DNS list.
+func (c *Config) Nameservers() ([]netip.AddrPort, error) {
+	var out []netip.AddrPort
+	for _, s := range c.DNS {
+		ap, err := ParseNameserver(s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, ap)
+	}
+	return out, nil
 }
 
 // Uplink is one host interface and the addresses its INS NICs take.
@@ -157,6 +197,12 @@ func (c *Config) Validate() error {
 		if !filepath.IsAbs(p.path) {
 			errs = append(errs, fmt.Errorf("%s %q: want an absolute path", p.what, p.path))
 		}
+	}
+	if _, err := c.Nameservers(); err != nil {
+		errs = append(errs, fmt.Errorf("dns: %w", err))
+	}
+	if c.DNSTimeout < 0 || c.DNSTimeout > MaxDNSTimeout {
+		errs = append(errs, fmt.Errorf("dns_timeout %v: want 0 (default) up to %v", c.DNSTimeout, MaxDNSTimeout))
 	}
 	seen := map[string]bool{}
 	for i := range c.Uplinks {

@@ -75,6 +75,7 @@ type Server struct {
 	ch  *ctrl.Conn
 	log *slog.Logger
 	mit *mitigation // rules, resets and tunings (rules.go)
+	res *resolver
 
 	mu      sync.Mutex
 	owner   map[SockID]uint64   // socket group of each socket
@@ -89,6 +90,7 @@ func NewServer(id int, st *Stack, ch *ctrl.Conn, log *slog.Logger) *Server {
 	s := &Server{id: id, st: st, ch: ch, log: log, owner: map[SockID]uint64{}, pending: map[SockID]*os.File{},
 		loadKick: make(chan struct{}, 1)}
 	s.eng = NewEngine(st.Stack(), st, EngineOptions{EncodeAccept: s.encodeAccept, Logger: log, OnRelease: s.loadChanged})
+	s.res = newResolver(st, log)
 	return s
 }
 
@@ -268,8 +270,12 @@ func (s *Server) handle(ctx context.Context, m ctrl.Msg) msgproto.Message {
 		return errReply(unix.EPROTO)
 	}
 	group := m.Group
-	if r, ok := req.(*msgproto.Socket); ok {
+	switch r := req.(type) {
+	case *msgproto.Socket:
 		return s.socket(group, r, f)
+	case *msgproto.Resolve:
+		closeF()
+		return s.res.resolve(ctx, r)
 	}
 	sockOf := func(global uint64) (SockID, unix.Errno) { return s.sock(group, global) }
 	switch r := req.(type) {

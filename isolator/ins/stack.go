@@ -46,6 +46,9 @@ type Config struct {
 	// ProbeInterval is the health-check period; 0 means
 	// DefaultProbeInterval and a negative value disables health checks.
 	ProbeInterval time.Duration
+	// DNS configures the resolver that answers the apps' Resolve
+	// requests (see resolve.go).
+	DNS DNSConfig
 	// Logger receives state changes; nil means slog.Default().
 	Logger *slog.Logger
 	// Taps see every NIC's packets from the first (see AddTap).
@@ -95,6 +98,7 @@ type Stack struct {
 	log      *slog.Logger
 	interval time.Duration
 	taps     taps // see AddTap
+	dnsCfg   DNSConfig
 
 	mu      sync.Mutex
 	links   map[string]*nicLink // by uplink name
@@ -164,6 +168,7 @@ func NewStack(cfg Config) (*Stack, error) {
 		set:      uplink.NewSet(pol),
 		log:      logger.With("ins", cfg.ID),
 		interval: interval,
+		dnsCfg:   cfg.DNS,
 		links:    map[string]*nicLink{},
 		nextNIC:  1,
 	}
@@ -453,39 +458,49 @@ func (s *Stack) rebuildRoutesLocked() {
 	s.ns.SetRouteTable(append(onLink, defaults...))
 }
 
+// routes reports whether the uplink has a route to a (unmapped): a is on
+// its subnet, IPv6 link-local, or reached through its gateway of a's family.
+func (l *nicLink) routes(a netip.Addr) bool {
+	pfx, gw := l.cfg.Addr6, l.cfg.Gateway6
+	if a.Is4() {
+		pfx, gw = l.cfg.Addr4, l.cfg.Gateway4
+	}
+	return pfx.IsValid() && (gw.IsValid() || pfx.Masked().Contains(a) || a.IsLinkLocalUnicast())
+}
+
 var linkLocal6 = tcpip.AddressWithPrefix{Address: tcpAddr(netip.MustParseAddr("fe80::")), PrefixLen: 64}.Subnet()
 
 // ChooseUplink picks the uplink for a new outbound flow to remote by the
-// configured policy, among healthy uplinks that have an address of remote's
-// family. It returns the NIC and local address to bind before connecting.
-// The error wraps uplink.ErrNoUplink when none is usable (ENETUNREACH).
+// configured policy, among healthy uplinks that have a route to it: remote
+// is on the uplink's subnet (or IPv6 link-local), or the uplink has a
+// gateway of remote's family. It returns the NIC and local address to bind
+// before connecting. The error wraps uplink.ErrNoUplink when none is usable
+// (ENETUNREACH).
+//
+// A flow bound to a NIC only sees that NIC's routes: placed on an uplink
+// without a route it would fail with ENETUNREACH although another uplink
+// reaches the peer (an on-link IPv6 peer, with no IPv6 gateway configured,
+// was unreachable from every uplink but its own).
 func (s *Stack) ChooseUplink(remote netip.AddrPort, transport tcpip.TransportProtocolNumber) (tcpip.NICID, tcpip.Address, error) {
 	ra := remote.Addr().Unmap()
 	if !ra.IsValid() {
 		return 0, tcpip.Address{}, fmt.Errorf("choose uplink: invalid remote address %v", remote)
 	}
-	v4 := ra.Is4()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	has := func(name string) bool {
+	routed := func(name string) bool {
 		l := s.links[name]
-		if l == nil {
-			return false
-		}
-		if v4 {
-			return l.cfg.Addr4.IsValid()
-		}
-		return l.cfg.Addr6.IsValid()
+		return l != nil && l.routes(ra)
 	}
 	// Sticky hashing keys on the remote host, not the port, so every flow
 	// to one peer leaves from one source address.
-	name, err := s.set.PickWhere(uplink.HashBytes(ra.AsSlice()), has)
+	name, err := s.set.PickWhere(uplink.HashBytes(ra.AsSlice()), routed)
 	if err != nil {
 		return 0, tcpip.Address{}, fmt.Errorf("choose uplink for %v (transport %d): %w", remote, transport, err)
 	}
 	l := s.links[name]
 	local := l.cfg.Addr6.Addr()
-	if v4 {
+	if ra.Is4() {
 		local = l.cfg.Addr4.Addr()
 	}
 	return l.nic, tcpAddr(local), nil

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -355,6 +356,74 @@ func TestChooseUplinkFamilies(t *testing.T) {
 	for p := uint16(2); p < 50; p++ {
 		if nic, _, _ := m.ins.ChooseUplink(netip.AddrPortFrom(serverAddr, p), tcp.ProtocolNumber); nic != first {
 			t.Fatalf("sticky-hash moved %v from NIC %d to %d", serverAddr, first, nic)
+		}
+	}
+}
+
+// TestChooseUplinkRoutes checks that a flow is only placed on an uplink that
+// has a route to its destination (its subnet or a gateway of its family),
+// and still spread over every uplink that has one.
+func TestChooseUplinkRoutes(t *testing.T) {
+	epA, _ := pipe.New("", "", 1500)
+	epB, _ := pipe.New("", "", 1500)
+	s, err := NewStack(Config{ID: 1, Policy: "wrr", ProbeInterval: -1, Uplinks: []UplinkConfig{
+		{Name: "a", Endpoint: epA, Addr4: netip.MustParsePrefix("10.1.0.2/24"), Gateway4: netip.MustParseAddr("10.1.0.1"),
+			Addr6: netip.MustParsePrefix("fd00:1::2/64")},
+		{Name: "b", Endpoint: epB, Addr4: netip.MustParsePrefix("10.2.0.2/24"),
+			Addr6: netip.MustParsePrefix("fd00:2::2/64"), Gateway6: netip.MustParseAddr("fd00:2::1")},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	nicA, _ := s.NIC("a")
+	nicB, _ := s.NIC("b")
+	local := map[tcpip.NICID]map[bool]tcpip.Address{
+		nicA: {true: tcpAddr(netip.MustParseAddr("10.1.0.2")), false: tcpAddr(netip.MustParseAddr("fd00:1::2"))},
+		nicB: {true: tcpAddr(netip.MustParseAddr("10.2.0.2")), false: tcpAddr(netip.MustParseAddr("fd00:2::2"))},
+	}
+	cases := []struct {
+		remote string
+		down   string        // uplink set administratively down first
+		want   []tcpip.NICID // every pick is one of these, and each is picked; nil: ErrNoUplink
+	}{
+		{"10.2.0.1:80", "", []tcpip.NICID{nicA, nicB}}, // on b's subnet, and a has a gateway
+		{"10.1.0.9:80", "", []tcpip.NICID{nicA}},       // b has no IPv4 gateway
+		{"198.51.100.1:80", "", []tcpip.NICID{nicA}},
+		{"[fd00:1::1]:80", "", []tcpip.NICID{nicA, nicB}},
+		{"[fd00:2::1]:80", "", []tcpip.NICID{nicB}}, // a has no IPv6 gateway
+		{"[2001:db8::1]:80", "", []tcpip.NICID{nicB}},
+		{"[fe80::1]:80", "", []tcpip.NICID{nicA, nicB}},
+		{"10.2.0.1:80", "a", []tcpip.NICID{nicB}},
+		{"198.51.100.1:80", "a", nil},
+		{"[fd00:2::1]:80", "b", nil},
+		{"[2001:db8::1]:80", "b", nil},
+	}
+	for _, tc := range cases {
+		if tc.down != "" {
+			s.SetAdminDown(tc.down, true)
+		}
+		ra := netip.MustParseAddrPort(tc.remote)
+		seen := map[tcpip.NICID]bool{}
+		for i := 0; i < 6; i++ {
+			nic, addr, err := s.ChooseUplink(ra, tcp.ProtocolNumber)
+			if tc.want == nil {
+				if !errors.Is(err, uplink.ErrNoUplink) {
+					t.Errorf("ChooseUplink(%s) with %s down = %d, %v; want ErrNoUplink", tc.remote, tc.down, nic, err)
+				}
+				break
+			}
+			if err != nil || !slices.Contains(tc.want, nic) || addr != local[nic][ra.Addr().Is4()] {
+				t.Errorf("ChooseUplink(%s) with %q down = %d, %v, %v; want one of %v with its address", tc.remote, tc.down, nic, addr, err, tc.want)
+				break
+			}
+			seen[nic] = true
+		}
+		if tc.want != nil && len(seen) != len(tc.want) {
+			t.Errorf("ChooseUplink(%s) with %q down picked %v, want each of %v", tc.remote, tc.down, seen, tc.want)
+		}
+		if tc.down != "" {
+			s.SetAdminDown(tc.down, false)
 		}
 	}
 }

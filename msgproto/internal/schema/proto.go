@@ -7,6 +7,10 @@ const (
 	maxDatagram = 65535
 	maxControl  = 256
 	maxErrno    = 4095
+	maxName     = 255
+	maxAddrs    = 64
+	maxAddrList = maxAddrs * AddrSize
+	maxStatus   = 4
 )
 
 func u64(name, doc string) Field { return Field{Name: name, Kind: U64, Doc: doc} }
@@ -48,6 +52,17 @@ var Proto = Schema{
 		{Name: "FamilyUnspec", CName: "MP_AF_UNSPEC", Value: 0, Doc: "address family: none (e.g. connected SendTo)"},
 		{Name: "FamilyInet", CName: "MP_AF_INET", Value: 2, Doc: "address family: IPv4 (Linux AF_INET)"},
 		{Name: "FamilyInet6", CName: "MP_AF_INET6", Value: 10, Doc: "address family: IPv6 (Linux AF_INET6)"},
+		{Name: "MaxName", CName: "MP_MAX_NAME", Value: maxName, Doc: "largest host name of Resolve and ResolveReply, in bytes"},
+		{Name: "MaxResolveAddrs", CName: "MP_MAX_RESOLVE_ADDRS", Value: maxAddrs, Doc: "most addresses one ResolveReply carries"},
+		{Name: "MaxAddrList", CName: "MP_MAX_ADDR_LIST", Value: maxAddrList, Doc: "largest address list of a ResolveReply: MaxResolveAddrs address blocks"},
+		{Name: "ResolveReverse", CName: "MP_RESOLVE_REVERSE", Value: 1, Doc: "Resolve flag: look up the host name of Addr (PTR) instead of the addresses of Name"},
+		{Name: "ResolveOK", CName: "MP_RESOLVE_OK", Value: 0, Doc: "ResolveReply status: the name resolved"},
+		{Name: "ResolveNoName", CName: "MP_RESOLVE_NONAME", Value: 1, Doc: "ResolveReply status: the name does not exist (NXDOMAIN)"},
+		{Name: "ResolveNoData", CName: "MP_RESOLVE_NODATA", Value: 2, Doc: "ResolveReply status: the name exists but has no record of the wanted family"},
+		{Name: "ResolveAgain", CName: "MP_RESOLVE_AGAIN", Value: 3, Doc: "ResolveReply status: no answer now (timeout, SERVFAIL, no nameserver reachable); a later try may succeed"},
+		{Name: "ResolveFail", CName: "MP_RESOLVE_FAIL", Value: maxStatus, Doc: "ResolveReply status: the nameservers refused or answered nonsense; trying again will not help"},
+		{Name: "ResolveHas4", CName: "MP_RESOLVE_HAS4", Value: 1, Doc: "ResolveReply family bit: the INS has an IPv4 uplink address"},
+		{Name: "ResolveHas6", CName: "MP_RESOLVE_HAS6", Value: 2, Doc: "ResolveReply family bit: the INS has an IPv6 uplink address"},
 	},
 	Messages: []Message{
 		// Requests: 1..63.
@@ -148,6 +163,13 @@ var Proto = Schema{
 			pad("pad0"),
 		}},
 
+		{Name: "Resolve", Code: 18, Doc: "resolves a host name to addresses, or an address to its host name (ResolveReverse), through the nameservers of the INS; answered by ResolveReply. An empty Name without ResolveReverse only asks for the families.", Fields: []Field{
+			i32("Family", "FamilyInet, FamilyInet6 or FamilyUnspec (both) for a name; ignored for ResolveReverse"),
+			u32("Flags", "ResolveReverse"),
+			addr("Addr", "ResolveReverse: the address (port 0); FamilyUnspec otherwise"),
+			varb("Name", "MaxName", maxName, "the host name (no NUL); empty for ResolveReverse"),
+		}},
+
 		// Replies: 64..127.
 		{Name: "Reply", Code: 64, Doc: "is the generic reply; any request may be answered by a Reply carrying an errno.", Fields: []Field{
 			{Name: "Errno", C: "err", Kind: I32, HasRange: true, Min: 0, SMax: maxErrno, Doc: "0 on success, otherwise the exact positive Linux errno"},
@@ -186,6 +208,14 @@ var Proto = Schema{
 			u32("FullLen", "length of the datagram before truncation"),
 			varb("Control", "MaxControl", maxControl, "ancillary data"),
 			varb("Payload", "MaxDatagram", maxDatagram, "datagram, truncated to the requested length"),
+		}},
+
+		{Name: "ResolveReply", Code: 72, Doc: "answers Resolve.", Fields: []Field{
+			{Name: "Status", Kind: I32, HasRange: true, Min: 0, SMax: maxStatus, Doc: "ResolveOK, ResolveNoName, ResolveNoData, ResolveAgain or ResolveFail"},
+			u32("Families", "ResolveHas4 and ResolveHas6 bits: the address families the INS can reach the network with (AI_ADDRCONFIG)"),
+			u32("TTL", "seconds the answer stays valid"),
+			varb("Canon", "MaxName", maxName, "the canonical name (the end of the CNAME chain) or, for ResolveReverse, the host name"),
+			varb("Addrs", "MaxAddrList", maxAddrList, "the addresses, most preferred first: a sequence of address blocks with port 0"),
 		}},
 
 		// Notifications: 128..

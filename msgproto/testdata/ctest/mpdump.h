@@ -211,6 +211,18 @@ static int mpd_roundtrip(FILE *f, const struct mp_hdr *h, const uint8_t *body, s
 		fprintf(f, "Count %" PRIu32 "\n", m.count);
 		return mp_enc_fd_pass(enc, cap, h->reqid, h->flags, &m);
 	}
+	case MP_T_RESOLVE: {
+		struct mp_resolve m;
+		const uint8_t *name = NULL;
+		if ((rc = mp_dec_resolve(body, len, &m, &name)) != MP_OK)
+			return rc;
+		fprintf(f, "type Resolve\nreqid %" PRIu64 "\nflags %" PRIu32 "\n", h->reqid, h->flags);
+		fprintf(f, "Family %" PRId32 "\n", m.family);
+		fprintf(f, "Flags %" PRIu32 "\n", m.flags);
+		mpd_addr(f, "Addr", &m.addr);
+		mpd_hex(f, "Name", name, m.name_len);
+		return mp_enc_resolve(enc, cap, h->reqid, h->flags, &m, name);
+	}
 	case MP_T_REPLY: {
 		struct mp_reply m;
 		if ((rc = mp_dec_reply(body, len, &m)) != MP_OK)
@@ -291,6 +303,20 @@ static int mpd_roundtrip(FILE *f, const struct mp_hdr *h, const uint8_t *body, s
 		mpd_hex(f, "Control", control, m.control_len);
 		mpd_hex(f, "Payload", payload, m.payload_len);
 		return mp_enc_recv_msg_reply(enc, cap, h->reqid, h->flags, &m, control, payload);
+	}
+	case MP_T_RESOLVE_REPLY: {
+		struct mp_resolve_reply m;
+		const uint8_t *canon = NULL;
+		const uint8_t *addrs = NULL;
+		if ((rc = mp_dec_resolve_reply(body, len, &m, &canon, &addrs)) != MP_OK)
+			return rc;
+		fprintf(f, "type ResolveReply\nreqid %" PRIu64 "\nflags %" PRIu32 "\n", h->reqid, h->flags);
+		fprintf(f, "Status %" PRId32 "\n", m.status);
+		fprintf(f, "Families %" PRIu32 "\n", m.families);
+		fprintf(f, "TTL %" PRIu32 "\n", m.ttl);
+		mpd_hex(f, "Canon", canon, m.canon_len);
+		mpd_hex(f, "Addrs", addrs, m.addrs_len);
+		return mp_enc_resolve_reply(enc, cap, h->reqid, h->flags, &m, canon, addrs);
 	}
 	case MP_T_ACCEPT_NOTIFY: {
 		struct mp_accept_notify m;
