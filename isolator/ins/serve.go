@@ -16,6 +16,7 @@ import (
 
 	"github.com/mpshim/mpshim/isolator/ctrl"
 	"github.com/mpshim/mpshim/msgproto"
+	"github.com/mpshim/mpshim/netflow/flowtable"
 )
 
 // ProcessConfig is everything an INS process is started with. The daemon
@@ -27,6 +28,8 @@ type ProcessConfig struct {
 	Sandbox SandboxOptions
 	// NoSandbox skips the sandbox (diagnostics only).
 	NoSandbox bool
+	// Flows sizes the flow table (see EnableFlows).
+	Flows flowtable.Config
 }
 
 // ConfigEnv names the environment variable holding an INS process's
@@ -67,6 +70,8 @@ type Server struct {
 	eng *Engine
 	ch  *ctrl.Conn
 	log *slog.Logger
+	// flows counts every uplink packet; nil when accounting is off.
+	flows *flowtable.Table
 
 	mu      sync.Mutex
 	owner   map[SockID]uint64   // socket group of each socket
@@ -126,6 +131,9 @@ func (s *Server) manage(m ctrl.Msg) {
 	var out any
 	if err := json.Unmarshal(m.Payload, &req); err != nil {
 		out = Status{Error: fmt.Sprintf("bad management request: %v", err)}
+	} else if req.Op == ManageFlows {
+		go s.replyFlows(m.Frame)
+		return
 	} else {
 		switch req.Op {
 		case ManageStats:
@@ -446,6 +454,7 @@ func RunProcess(ctx context.Context, ctrlFile *os.File, log *slog.Logger) error 
 	defer st.Close()
 	ch := ctrl.New(ctrlFile)
 	srv := NewServer(cfg.Stack.ID, st, ch, log)
+	srv.EnableFlows(cfg.Flows)
 	if !cfg.NoSandbox {
 		if err := Sandbox(cfg.Sandbox); err != nil {
 			return fmt.Errorf("ins %d: %w", cfg.Stack.ID, err)
