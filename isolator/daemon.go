@@ -40,6 +40,9 @@ type Daemon struct {
 
 	// onSpawn is called for every INS that comes up (listener replication).
 	onSpawn func(Backend)
+	// app serves the registered apps; flows is the flow collector.
+	app   *AppServer
+	flows *flowService
 }
 
 // New validates cfg and prepares a daemon; Run starts it.
@@ -107,6 +110,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 		apiLn.Close()
 		return err
 	}
+	stopMonitoring, err := d.startMonitoring(ctx)
+	if err != nil {
+		apiLn.Close()
+		return err
+	}
+	defer stopMonitoring()
 	errc := make(chan error, 2)
 	go func() { errc <- api.Serve(ctx, apiLn, d.handle, d.log) }()
 	go func() { errc <- serveApp() }()
@@ -284,6 +293,8 @@ func (d *Daemon) handle(ctx context.Context, req api.Request) api.Response {
 		return resp
 	case api.OpList:
 		return api.Response{OK: true, INS: d.List(ctx)}
+	case api.OpFlows:
+		return d.flowsOp(req)
 	case api.OpKill:
 		if err := d.Kill(req.ID); err != nil {
 			return api.Errorf("%v", err)
@@ -298,6 +309,6 @@ func (d *Daemon) handle(ctx context.Context, req api.Request) api.Response {
 		}
 		return resp
 	default:
-		return api.Errorf("unknown operation %q (spawn, ls, kill, uplink-ls)", req.Op)
+		return api.Errorf("unknown operation %q (spawn, ls, kill, uplink-ls, flows)", req.Op)
 	}
 }

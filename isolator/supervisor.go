@@ -128,6 +128,7 @@ func (d *Daemon) startINS(ctx context.Context, id int, total int) (_ *insProc, e
 	pc := ins.ProcessConfig{
 		Stack:   ins.Config{ID: id, Policy: d.cfg.Policy, GOMAXPROCS: ins.GOMAXPROCSFor(total)},
 		Sandbox: ins.SandboxOptions{NoFile: noFileLimit()},
+		Flows:   d.flowTableConfig(),
 	}
 	for i, u := range uplinks {
 		a4, err := u.pool4.get()

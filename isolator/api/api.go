@@ -40,6 +40,7 @@ type Request struct {
 	ID     int            `json:"id,omitempty"`
 	Name   string         `json:"name,omitempty"`
 	Uplink *config.Uplink `json:"uplink,omitempty"`
+	Flows  *FlowQuery     `json:"flows,omitempty"`
 }
 
 // Response answers one request.
@@ -48,6 +49,7 @@ type Response struct {
 	Error   string       `json:"error,omitempty"`
 	INS     []INSInfo    `json:"ins,omitempty"`
 	Uplinks []UplinkInfo `json:"uplinks,omitempty"`
+	Flows   *FlowPage    `json:"flows,omitempty"`
 }
 
 // INSInfo describes one INS process.

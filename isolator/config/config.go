@@ -50,6 +50,12 @@ type Config struct {
 	API string `yaml:"api"`
 	// MaxINS bounds the number of INS processes (spawn refuses more).
 	MaxINS int `yaml:"max_ins"`
+	// Flows configures flow accounting and IPFIX export.
+	Flows Flows `yaml:"flows"`
+	// MetricsListen, if set, serves Prometheus /metrics on this address.
+	MetricsListen string `yaml:"metrics_listen"`
+	// RemoteAPI, if its Listen is set, serves the API on TCP with TLS.
+	RemoteAPI RemoteAPI `yaml:"remote_api"`
 }
 
 // Uplink is one host interface and the addresses its INS NICs take.
@@ -87,7 +93,7 @@ func (m *Mode) UnmarshalYAML(n *yaml.Node) error {
 // Default returns a configuration with every default filled in and no
 // uplinks.
 func Default() Config {
-	return Config{INS: 1, Policy: "wrr", Socket: DefaultSocket, SocketMode: 0o600, API: DefaultAPI, MaxINS: 64}
+	return Config{INS: 1, Policy: "wrr", Socket: DefaultSocket, SocketMode: 0o600, API: DefaultAPI, MaxINS: 64, Flows: DefaultFlows()}
 }
 
 // Load reads a YAML file over the defaults.
@@ -153,6 +159,7 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s %q: want an absolute path", p.what, p.path))
 		}
 	}
+	errs = append(errs, c.validateMonitoring())
 	seen := map[string]bool{}
 	for i := range c.Uplinks {
 		u := &c.Uplinks[i]
