@@ -1,6 +1,7 @@
 package ins
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -8,9 +9,12 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
 	"github.com/mpshim/mpshim/msgproto"
 	"github.com/mpshim/mpshim/netflow"
@@ -118,5 +122,118 @@ func TestFlowsDisabled(t *testing.T) {
 	srv.EnableFlows(flowtable.Config{Disable: true})
 	if srv.Flows() != nil || m.ins.taps.chain.Load() != nil {
 		t.Fatal("accounting disabled, yet a table or tap is installed")
+	}
+}
+
+type passTap struct{}
+
+func (passTap) Packet(string, netflow.Direction, *netflow.Packet) bool { return true }
+
+// BenchmarkTapPath measures one data packet's way through an uplink's tap
+// (gathering its headers, Parse, the taps): with a tap that does nothing,
+// which is the floor any tap pays, and with the flow table.
+func BenchmarkTapPath(b *testing.B) {
+	pkts := make([]*stack.PacketBuffer, 64)
+	for i := range pkts {
+		raw := make([]byte, 20+32+1448)
+		ip := header.IPv4(raw)
+		ip.Encode(&header.IPv4Fields{TotalLength: uint16(len(raw)), TTL: 64, Protocol: uint8(header.TCPProtocolNumber),
+			SrcAddr: tcpip.AddrFrom4([4]byte{10, 77, 0, 1}), DstAddr: tcpip.AddrFrom4([4]byte{10, 77, 0, 10})})
+		header.TCP(raw[20:]).Encode(&header.TCPFields{SrcPort: uint16(40000 + i), DstPort: 80, DataOffset: 32, Flags: header.TCPFlagAck})
+		pkts[i] = stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(raw)})
+		pkts[i].NetworkProtocolNumber = header.IPv4ProtocolNumber
+		b.Cleanup(pkts[i].DecRef)
+	}
+	for _, tc := range []struct {
+		name string
+		tap  Tap
+	}{{"parse only", passTap{}}, {"flow table", flowtable.New(flowtable.Config{})}} {
+		b.Run(tc.name, func(b *testing.B) {
+			t := &tapEndpoint{uplink: "up0", taps: &taps{}}
+			t.taps.chain.Store(&[]Tap{tc.tap})
+			var buf [netflow.HeaderBytes]byte
+			b.ReportAllocs()
+			for i := 0; b.Loop(); i++ {
+				if !t.pass(pkts[i&63], buf[:]) {
+					b.Fatal("dropped")
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkStreamThroughAccounting moves 8 MiB per operation from the WAN
+// stack to a connection of the INS stack (in one process, over in-memory
+// links), with and without the flow table. Both stacks' work is in the
+// time, so the difference bounds what accounting adds to an INS from
+// below; the real INS also pays for AF_PACKET and its app socketpairs.
+func BenchmarkStreamThroughAccounting(b *testing.B) {
+	for _, acct := range []bool{false, true} {
+		name := "off"
+		if acct {
+			name = "on"
+		}
+		b.Run(name, func(b *testing.B) {
+			m := newMemNet(b, "wrr", 1, 1, -1)
+			if acct {
+				m.ins.AddTap(flowtable.New(flowtable.Config{}))
+			}
+			ln, err := gonet.ListenTCP(m.wan, tcpip.FullAddress{Addr: tcpAddr(serverAddr), Port: 80}, ipv4.ProtocolNumber)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer ln.Close()
+			const chunk = 8 << 20
+			go func() {
+				buf := make([]byte, 64<<10)
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					go func() {
+						defer c.Close()
+						for {
+							if _, err := c.Write(buf); err != nil {
+								return
+							}
+						}
+					}()
+				}
+			}()
+			nic, local, err := m.ins.ChooseUplink(netip.AddrPortFrom(serverAddr, 80), 6)
+			if err != nil {
+				b.Fatal(err)
+			}
+			c, err := gonet.DialTCPWithBind(context.Background(), m.ins.Stack(), tcpip.FullAddress{NIC: nic, Addr: local},
+				tcpip.FullAddress{Addr: tcpAddr(serverAddr), Port: 80}, ipv4.ProtocolNumber)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			buf := make([]byte, 256<<10)
+			b.SetBytes(chunk)
+			// CPU time (of both stacks) per MB says more than wall time on
+			// a machine shared with other work.
+			cpu := func() time.Duration {
+				var ru unix.Rusage
+				unix.Getrusage(unix.RUSAGE_SELF, &ru)
+				return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+			}
+			b.ResetTimer()
+			cpu0 := cpu()
+			defer func() {
+				b.ReportMetric(float64(cpu()-cpu0)/float64(b.N)/(chunk/1e6)/1e3, "cpu-µs/MB")
+			}()
+			for range b.N {
+				for got := 0; got < chunk; {
+					n, err := c.Read(buf[:min(len(buf), chunk-got)])
+					if err != nil {
+						b.Fatal(err)
+					}
+					got += n
+				}
+			}
+		})
 	}
 }

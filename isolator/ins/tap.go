@@ -1,6 +1,7 @@
 package ins
 
 import (
+	"sync"
 	"sync/atomic"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -44,6 +45,11 @@ func (s *Stack) AddTap(t Tap) {
 		}
 	}
 }
+
+// packets holds the Packet each tapped packet is parsed into: taps are
+// called through an interface, so a Packet on the stack would escape and
+// cost an allocation per packet. Taps must not keep p (see Tap).
+var packets = sync.Pool{New: func() any { return new(netflow.Packet) }}
 
 // run passes p through the chain; false means drop.
 func (t *taps) run(uplink string, dir netflow.Direction, p *netflow.Packet) bool {
@@ -91,12 +97,16 @@ func (t *tapEndpoint) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pk
 			t.malformed.Add(1)
 			return
 		}
-		p, err := netflow.Parse(b)
-		if err != nil {
+		p := packets.Get().(*netflow.Packet)
+		var err error
+		if *p, err = netflow.Parse(b); err != nil {
+			packets.Put(p)
 			t.malformed.Add(1)
 			return
 		}
-		if !t.taps.run(t.uplink, netflow.In, &p) {
+		pass := t.taps.run(t.uplink, netflow.In, p)
+		packets.Put(p)
+		if !pass {
 			return
 		}
 	}
@@ -154,10 +164,12 @@ func (t *tapEndpoint) pass(pkt *stack.PacketBuffer, buf []byte) bool {
 			n += copy(buf[n:], d)
 		}
 	}
-	p, err := netflow.Parse(buf[:n])
-	if err != nil {
+	p := packets.Get().(*netflow.Packet)
+	defer packets.Put(p)
+	var err error
+	if *p, err = netflow.Parse(buf[:n]); err != nil {
 		// Our own netstack built it; never drop what we cannot read.
 		return true
 	}
-	return t.taps.run(t.uplink, netflow.Out, &p)
+	return t.taps.run(t.uplink, netflow.Out, p)
 }

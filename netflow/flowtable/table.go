@@ -101,13 +101,9 @@ const (
 	rstSeen
 )
 
-type mapKey struct {
-	k  netflow.Key // canonical
-	up uint16
-}
-
 type entry struct {
-	mk       mapKey
+	hash     uint64      // flowHash of key and up
+	up       uint16      // uplink index
 	key      netflow.Key // initiator first
 	inbound  bool
 	dirty    bool
@@ -124,12 +120,13 @@ type entry struct {
 
 type shard struct {
 	mu    sync.Mutex
-	m     map[mapKey]*entry
+	idx   index
 	head  *entry
 	tail  *entry
 	free  *entry
 	n     int
 	clock int64 // latest time seen, so the use order is time order
+	busy  bool  // a packet was counted since the clock last looked
 	_     [64]byte
 }
 
@@ -147,6 +144,12 @@ type Table struct {
 
 	uplinks atomic.Pointer[[]string]
 	upMu    sync.Mutex
+
+	// now is the time (ns since base) refreshed every clockTick by a
+	// goroutine that runs while packets flow, so that counting a packet
+	// reads a variable instead of the clock; 0 when it is not running.
+	now     atomic.Int64
+	ticking atomic.Bool
 
 	seq     atomic.Uint64
 	created atomic.Uint64
@@ -166,9 +169,6 @@ func New(cfg Config) *Table {
 	cfg.fill()
 	t := &Table{cfg: cfg, base: time.Now(), shards: make([]shard, cfg.Shards), mask: uint64(cfg.Shards - 1)}
 	t.perShard = (cfg.MaxFlows + cfg.Shards - 1) / cfg.Shards
-	for i := range t.shards {
-		t.shards[i].m = make(map[mapKey]*entry)
-	}
 	t.ended.buf = make([]Record, 0, min(cfg.MaxFlows, 1024))
 	t.ended.max = max(cfg.MaxFlows, 1024)
 	empty := []string{}
@@ -210,43 +210,83 @@ func (t *Table) uplinkName(i uint16) string {
 	return ""
 }
 
-// shardOf picks the shard of a canonical key: a multiplicative hash of the
-// ports, the protocol and the low halves of the addresses.
-func (t *Table) shardOf(k *netflow.Key) *shard {
-	s, d := k.Src.As16(), k.Dst.As16()
-	h := (le64(s[8:]) ^ bits.RotateLeft64(le64(d[8:]), 29) ^ uint64(k.SrcPort)<<40 ^ uint64(k.DstPort)<<16 ^ uint64(k.Proto)) * 0x9e3779b97f4a7c15
-	return &t.shards[(h>>32)&t.mask]
+func (t *Table) shardOf(h uint64) *shard { return &t.shards[(h>>40)&t.mask] }
+
+// clockTick is the resolution of the packet clock.
+const clockTick = time.Millisecond
+
+// clockIdle is how long the packet clock runs without packets.
+const clockIdle = time.Second
+
+func (t *Table) since() int64 { return max(1, time.Since(t.base).Nanoseconds()) }
+
+// packetTime returns the packet clock, starting it if it is stopped.
+func (t *Table) packetTime() int64 {
+	if now := t.now.Load(); now != 0 {
+		return now
+	}
+	now := t.since()
+	if t.ticking.CompareAndSwap(false, true) {
+		t.now.Store(now)
+		go t.tick()
+	}
+	return now
 }
 
-func le64(b []byte) uint64 {
-	_ = b[7]
-	return uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24 |
-		uint64(b[4])<<32 | uint64(b[5])<<40 | uint64(b[6])<<48 | uint64(b[7])<<56
+// tick refreshes t.now until no shard has seen a packet for clockIdle.
+func (t *Table) tick() {
+	tk := time.NewTicker(clockTick)
+	defer tk.Stop()
+	for n := 1; ; n++ {
+		<-tk.C
+		t.now.Store(t.since())
+		if n%int(clockIdle/clockTick) == 0 && !t.busy() {
+			t.now.Store(0)
+			t.ticking.Store(false)
+			return
+		}
+	}
+}
+
+// busy reports (and clears) whether any shard counted a packet since the
+// last call.
+func (t *Table) busy() bool {
+	any := false
+	for i := range t.shards {
+		s := &t.shards[i]
+		s.mu.Lock()
+		any = any || s.busy
+		s.busy = false
+		s.mu.Unlock()
+	}
+	return any
 }
 
 // Packet counts one packet (it implements the INS's Tap) and never drops.
 func (t *Table) Packet(uplink string, dir netflow.Direction, p *netflow.Packet) bool {
-	t.Account(time.Since(t.base).Nanoseconds(), uplink, dir, p)
+	t.Account(t.packetTime(), uplink, dir, p)
 	return true
 }
 
 // Account counts p at now (ns since the table was made).
 func (t *Table) Account(now int64, uplink string, dir netflow.Direction, p *netflow.Packet) {
-	mk := mapKey{k: p.Key.Canonical(), up: t.uplinkIndex(uplink)}
-	s := t.shardOf(&mk.k)
+	up := t.uplinkIndex(uplink)
+	h := flowHash(&p.Key, up)
+	s := t.shardOf(h)
 	s.mu.Lock()
 	if now < s.clock {
 		now = s.clock
 	}
 	s.clock = now
-	e := s.m[mk]
+	s.busy = true
+	e, fwd := s.idx.find(h, &p.Key, up)
 	if e == nil {
-		e = t.create(s, mk, dir, p, now)
+		e = t.create(s, h, up, dir, p, now)
+		fwd = e.key.Src == p.Src && e.key.SrcPort == p.SrcPort
 	} else if e != s.head {
 		s.unlink(e)
 		s.pushFront(e)
 	}
-	fwd := p.Src == e.key.Src && p.SrcPort == e.key.SrcPort
 	c := &e.rev
 	if fwd {
 		c = &e.fwd
@@ -269,7 +309,7 @@ func (t *Table) Account(now int64, uplink string, dir netflow.Direction, p *netf
 
 // create adds a flow for the first packet p, evicting the least recently
 // used flow of s if it is full. s is locked.
-func (t *Table) create(s *shard, mk mapKey, dir netflow.Direction, p *netflow.Packet, now int64) *entry {
+func (t *Table) create(s *shard, h uint64, up uint16, dir netflow.Direction, p *netflow.Packet, now int64) *entry {
 	if s.n >= t.perShard && s.tail != nil {
 		old := s.tail
 		t.pushEnded(t.record(old, netflow.EndEvicted))
@@ -283,7 +323,7 @@ func (t *Table) create(s *shard, mk mapKey, dir netflow.Direction, p *netflow.Pa
 	} else {
 		e = new(entry)
 	}
-	e.mk = mk
+	e.hash, e.up = h, up
 	e.key = p.Key
 	e.inbound = dir == netflow.In
 	// A SYN-ACK first means the SYN was missed: its receiver started it.
@@ -294,7 +334,7 @@ func (t *Table) create(s *shard, mk mapKey, dir netflow.Direction, p *netflow.Pa
 	e.first = now
 	e.seq = t.seq.Add(1)
 	e.tries = ownerTries
-	s.m[mk] = e
+	s.idx.insert(e)
 	s.pushFront(e)
 	s.n++
 	t.created.Add(1)
@@ -329,7 +369,7 @@ func (s *shard) unlink(e *entry) {
 // remove takes e out of the shard and keeps its memory for the next flow.
 func (s *shard) remove(e *entry) {
 	s.unlink(e)
-	delete(s.m, e.mk)
+	s.idx.remove(e)
 	s.n--
 	e.next = s.free
 	s.free = e
@@ -339,7 +379,7 @@ func (t *Table) wall(ns int64) time.Time { return t.base.Add(time.Duration(ns)) 
 
 func (t *Table) record(e *entry, end netflow.EndReason) Record {
 	return Record{
-		Seq: e.seq, Key: e.key, Uplink: t.uplinkName(e.mk.up), Inbound: e.inbound,
+		Seq: e.seq, Key: e.key, Uplink: t.uplinkName(e.up), Inbound: e.inbound,
 		Fwd: e.fwd, Rev: e.rev, First: t.wall(e.first), Last: t.wall(e.last), End: end, Group: e.group,
 	}
 }
@@ -422,7 +462,8 @@ func (t *Table) expired(e *entry, now int64) netflow.EndReason {
 
 // needOwner is a flow whose owner a collection looks up.
 type needOwner struct {
-	mk  mapKey
+	s   *shard
+	e   *entry
 	seq uint64
 	rec int // index in pending
 }
@@ -454,7 +495,7 @@ func (t *Table) scan(now int64, snapshot bool) {
 				t.pending = append(t.pending, t.record(e, netflow.EndNone))
 				if e.group == 0 && e.tries > 0 {
 					e.tries--
-					t.need = append(t.need, needOwner{mk: e.mk, seq: e.seq, rec: len(t.pending) - 1})
+					t.need = append(t.need, needOwner{s: s, e: e, seq: e.seq, rec: len(t.pending) - 1})
 				}
 			}
 			e = next
@@ -538,12 +579,12 @@ func (t *Table) resolve(owners OwnerFunc) {
 		if g == 0 {
 			continue
 		}
-		s := t.shardOf(&n.mk.k)
-		s.mu.Lock()
-		if e := s.m[n.mk]; e != nil && e.seq == n.seq {
-			e.group = g
+		// The entry may have ended and been reused since: its seq says.
+		n.s.mu.Lock()
+		if n.e.seq == n.seq {
+			n.e.group = g
 		}
-		s.mu.Unlock()
+		n.s.mu.Unlock()
 	}
 	t.need = t.need[:0]
 }
