@@ -504,21 +504,6 @@ func (t *Table) scan(now int64, snapshot bool) {
 	}
 }
 
-// Flush ends every flow (EndForced) and queues their records, as when the
-// INS stops.
-func (t *Table) Flush() {
-	for i := range t.shards {
-		s := &t.shards[i]
-		s.mu.Lock()
-		for e := s.head; e != nil; {
-			next := e.next
-			t.pushEnded(t.record(e, netflow.EndForced))
-			s.remove(e)
-			e = next
-		}
-		s.mu.Unlock()
-	}
-}
 
 // Collect returns the next batch for the daemon, encoded (AppendBatch) in
 // at most maxBytes. A collection round starts when the previous one has

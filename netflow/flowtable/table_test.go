@@ -310,15 +310,6 @@ func TestLostEndedRecords(t *testing.T) {
 	}
 }
 
-func TestFlush(t *testing.T) {
-	tb := New(Config{})
-	tb.Account(1, "up0", netflow.In, tcp(client, server, 1, 80, netflow.TCPSyn, 0))
-	tb.Flush()
-	recs, st := collectAll(t, tb, time.Millisecond, nil)
-	if len(recs) != 1 || recs[0].End != netflow.EndForced || st.Flows != 0 {
-		t.Fatalf("records %+v stats %+v", recs, st)
-	}
-}
 
 func TestConcurrentCounting(t *testing.T) {
 	tb := New(Config{})
