@@ -57,11 +57,18 @@ func (d *Daemon) startFlows(ctx context.Context) (stop func(), err error) {
 	if fs.cfg.Disable {
 		return func() {}, nil
 	}
-	if len(fs.cfg.IPFIX) > 0 {
-		if fs.exp, err = ipfix.NewExporter(ctx, fs.cfg.IPFIX, fs.cfg.TemplateRefresh); err != nil {
+	var cols []ipfix.Collector
+	for _, a := range fs.cfg.IPFIX {
+		cols = append(cols, ipfix.Collector{Addr: a, Format: ipfix.FormatIPFIX})
+	}
+	for _, a := range fs.cfg.NetFlow9 {
+		cols = append(cols, ipfix.Collector{Addr: a, Format: ipfix.FormatNetFlow9})
+	}
+	if len(cols) > 0 {
+		if fs.exp, err = ipfix.NewExporter(ctx, cols, fs.cfg.TemplateRefresh); err != nil {
 			return nil, err
 		}
-		d.log.Info("exporting flows in IPFIX", "collectors", fs.cfg.IPFIX)
+		d.log.Info("exporting flows", "ipfix", fs.cfg.IPFIX, "netflow9", fs.cfg.NetFlow9)
 	}
 	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	done := make(chan struct{})
@@ -148,7 +155,7 @@ func (fs *flowService) poll(ctx context.Context) {
 	out = append(out, fs.col.Expire(now)...)
 	if fs.exp != nil {
 		if err := fs.exp.Refresh(now, domains, fs.d.interfaces()); err != nil {
-			fs.log.Warn("IPFIX templates", "err", err)
+			fs.log.Warn("flow export templates", "err", err)
 		}
 	}
 	fs.export(now, out)
@@ -159,7 +166,7 @@ func (fs *flowService) export(now time.Time, recs []netflow.ExportRecord) {
 		return
 	}
 	if err := fs.exp.Export(now, recs, fs.d.interfaces()); err != nil {
-		fs.log.Warn("IPFIX export", "err", err)
+		fs.log.Warn("flow export", "err", err)
 	}
 }
 

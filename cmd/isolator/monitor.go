@@ -24,7 +24,8 @@ func (m *monitorFlags) register(f *pflag.FlagSet) {
 	f.DurationVar(&v.Flows.IdleTimeout, "flow-idle-timeout", v.Flows.IdleTimeout, "end a flow without packets for this long")
 	f.DurationVar(&v.Flows.ActiveTimeout, "flow-active-timeout", v.Flows.ActiveTimeout, "export a long flow's counts this often")
 	f.StringArrayVar(&v.Flows.IPFIX, "ipfix", nil, "IPFIX collector HOST:PORT (UDP) for every flow record (repeatable)")
-	f.DurationVar(&v.Flows.TemplateRefresh, "ipfix-template-refresh", v.Flows.TemplateRefresh, "re-send IPFIX templates this often")
+	f.StringArrayVar(&v.Flows.NetFlow9, "netflow9", nil, "NetFlow v9 collector HOST:PORT (UDP) for every flow record (repeatable)")
+	f.DurationVar(&v.Flows.TemplateRefresh, "ipfix-template-refresh", v.Flows.TemplateRefresh, "re-send IPFIX and NetFlow v9 templates this often")
 	f.StringVar(&v.MetricsListen, "metrics-listen", "", "serve Prometheus /metrics on this HOST:PORT")
 	f.StringVar(&v.RemoteAPI.Listen, "api-listen", "", "also serve the API on this HOST:PORT over TLS (needs --api-token-file)")
 	f.StringVar(&v.RemoteAPI.TokenFile, "api-token-file", "", "token remote API clients must present (created if missing)")
@@ -40,6 +41,7 @@ func (m *monitorFlags) apply(f *pflag.FlagSet, c *config.Config) {
 		"flow-idle-timeout":      func() { c.Flows.IdleTimeout = v.Flows.IdleTimeout },
 		"flow-active-timeout":    func() { c.Flows.ActiveTimeout = v.Flows.ActiveTimeout },
 		"ipfix":                  func() { c.Flows.IPFIX = v.Flows.IPFIX },
+		"netflow9":               func() { c.Flows.NetFlow9 = v.Flows.NetFlow9 },
 		"ipfix-template-refresh": func() { c.Flows.TemplateRefresh = v.Flows.TemplateRefresh },
 		"metrics-listen":         func() { c.MetricsListen = v.MetricsListen },
 		"api-listen":             func() { c.RemoteAPI.Listen = v.RemoteAPI.Listen },

@@ -25,7 +25,10 @@ type Flows struct {
 	// IPFIX lists collectors ("host:port", UDP) that get every flow
 	// record in IPFIX.
 	IPFIX []string `yaml:"ipfix"`
-	// TemplateRefresh is how often IPFIX templates are re-sent.
+	// NetFlow9 lists collectors ("host:port", UDP) that get every flow
+	// record in NetFlow v9.
+	NetFlow9 []string `yaml:"netflow9"`
+	// TemplateRefresh is how often IPFIX and v9 templates are re-sent.
 	TemplateRefresh time.Duration `yaml:"template_refresh"`
 }
 
@@ -80,8 +83,13 @@ func (c *Config) validateMonitoring() error {
 			errs = append(errs, err)
 		}
 	}
-	if f.Disable && len(f.IPFIX) > 0 {
-		errs = append(errs, errors.New("flows.ipfix needs flow accounting (flows.disable is set)"))
+	for _, a := range f.NetFlow9 {
+		if err := validAddr("flows.netflow9 collector", a); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if f.Disable && len(f.IPFIX)+len(f.NetFlow9) > 0 {
+		errs = append(errs, errors.New("flows.ipfix and flows.netflow9 need flow accounting (flows.disable is set)"))
 	}
 	if c.MetricsListen != "" {
 		if err := validAddr("metrics_listen", c.MetricsListen); err != nil {

@@ -504,7 +504,6 @@ func (t *Table) scan(now int64, snapshot bool) {
 	}
 }
 
-
 // Collect returns the next batch for the daemon, encoded (AppendBatch) in
 // at most maxBytes. A collection round starts when the previous one has
 // been handed out completely: it sweeps, then takes every ended flow and

@@ -310,7 +310,6 @@ func TestLostEndedRecords(t *testing.T) {
 	}
 }
 
-
 func TestConcurrentCounting(t *testing.T) {
 	tb := New(Config{})
 	const workers, per = 8, 5000

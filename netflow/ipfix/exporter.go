@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,37 +12,79 @@ import (
 	"github.com/mpshim/mpshim/netflow"
 )
 
-// Exporter sends records to one or more collectors over UDP. It is safe
-// for concurrent use.
+// Export formats.
+const (
+	FormatIPFIX    = "ipfix"
+	FormatNetFlow9 = "netflow9"
+)
+
+// Collector is where records go and in which format.
+type Collector struct {
+	// Addr is "host:port" (UDP).
+	Addr string
+	// Format is FormatIPFIX or FormatNetFlow9.
+	Format string
+}
+
+// encoder is an IPFIX or a NetFlow v9 encoder.
+type encoder interface {
+	Encode(id uint32, now time.Time, recs []netflow.ExportRecord, ifaces []Interface, templates bool) ([][]byte, error)
+	TemplatesDue(id uint32, now time.Time) bool
+	Forget(id uint32)
+}
+
+type target struct {
+	Collector
+	conn *net.UDPConn
+	enc  encoder
+}
+
+// Exporter sends records to one or more collectors over UDP, each with its
+// own format, sequence numbers and template schedule. It is safe for
+// concurrent use.
 type Exporter struct {
-	mu    sync.Mutex
-	enc   *Encoder
-	conns []*net.UDPConn
-	addrs []string
+	mu      sync.Mutex
+	targets []target
 
 	// Counters for metrics.
 	messages, records, errs atomic.Uint64
 }
 
-// NewExporter dials every collector ("host:port"); the same messages go to
-// each. refresh is the template refresh interval (0: 60 s).
-func NewExporter(ctx context.Context, collectors []string, refresh time.Duration) (*Exporter, error) {
-	e := &Exporter{enc: NewEncoder(0, refresh)}
+// NewExporter dials every collector. refresh is the template refresh
+// interval (0: 60 s).
+func NewExporter(ctx context.Context, collectors []Collector, refresh time.Duration) (*Exporter, error) {
+	e := &Exporter{}
+	boot := time.Now()
 	var d net.Dialer
-	for _, a := range collectors {
-		c, err := d.DialContext(ctx, "udp", a)
+	for _, col := range collectors {
+		var enc encoder
+		switch col.Format {
+		case FormatIPFIX, "":
+			col.Format, enc = FormatIPFIX, NewEncoder(0, refresh)
+		case FormatNetFlow9:
+			enc = NewV9Encoder(0, refresh, boot)
+		default:
+			e.Close()
+			return nil, fmt.Errorf("flow collector %s: unknown format %q (ipfix, netflow9)", col.Addr, col.Format)
+		}
+		c, err := d.DialContext(ctx, "udp", col.Addr)
 		if err != nil {
 			e.Close()
-			return nil, fmt.Errorf("ipfix collector %s: %w", a, err)
+			return nil, fmt.Errorf("%s collector %s: %w", col.Format, col.Addr, err)
 		}
-		e.conns = append(e.conns, c.(*net.UDPConn))
-		e.addrs = append(e.addrs, a)
+		e.targets = append(e.targets, target{Collector: col, conn: c.(*net.UDPConn), enc: enc})
 	}
 	return e, nil
 }
 
-// Collectors returns the collector addresses.
-func (e *Exporter) Collectors() []string { return slices.Clone(e.addrs) }
+// Collectors returns the collectors.
+func (e *Exporter) Collectors() []Collector {
+	out := make([]Collector, len(e.targets))
+	for i, t := range e.targets {
+		out[i] = t.Collector
+	}
+	return out
+}
 
 // Export sends recs at now, each domain's after its templates when they are
 // due. ifaces names the uplinks. Sending errors are counted and returned
@@ -60,15 +101,18 @@ func (e *Exporter) Export(now time.Time, recs []netflow.ExportRecord, ifaces []I
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	var errs []error
-	for _, id := range order {
-		msgs, err := e.enc.Encode(id, now, byDomain[id], ifaces, false)
-		if err != nil {
-			errs = append(errs, err)
-			continue
+	for i := range e.targets {
+		t := &e.targets[i]
+		for _, id := range order {
+			msgs, err := t.enc.Encode(id, now, byDomain[id], ifaces, false)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			errs = append(errs, e.send(t, msgs))
 		}
-		errs = append(errs, e.send(msgs))
-		e.records.Add(uint64(len(byDomain[id])))
 	}
+	e.records.Add(uint64(len(recs)))
 	return errors.Join(errs...)
 }
 
@@ -79,16 +123,19 @@ func (e *Exporter) Refresh(now time.Time, domains []uint32, ifaces []Interface) 
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	var errs []error
-	for _, id := range domains {
-		if !e.enc.TemplatesDue(id, now) {
-			continue
+	for i := range e.targets {
+		t := &e.targets[i]
+		for _, id := range domains {
+			if !t.enc.TemplatesDue(id, now) {
+				continue
+			}
+			msgs, err := t.enc.Encode(id, now, nil, ifaces, true)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			errs = append(errs, e.send(t, msgs))
 		}
-		msgs, err := e.enc.Encode(id, now, nil, ifaces, true)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		errs = append(errs, e.send(msgs))
 	}
 	return errors.Join(errs...)
 }
@@ -96,21 +143,21 @@ func (e *Exporter) Refresh(now time.Time, domains []uint32, ifaces []Interface) 
 // Forget drops the state of a domain whose INS is gone.
 func (e *Exporter) Forget(id uint32) {
 	e.mu.Lock()
-	e.enc.Forget(id)
+	for _, t := range e.targets {
+		t.enc.Forget(id)
+	}
 	e.mu.Unlock()
 }
 
-func (e *Exporter) send(msgs [][]byte) error {
+func (e *Exporter) send(t *target, msgs [][]byte) error {
 	var errs []error
 	for _, m := range msgs {
-		for i, c := range e.conns {
-			if _, err := c.Write(m); err != nil {
-				e.errs.Add(1)
-				errs = append(errs, fmt.Errorf("ipfix collector %s: %w", e.addrs[i], err))
-				continue
-			}
-			e.messages.Add(1)
+		if _, err := t.conn.Write(m); err != nil {
+			e.errs.Add(1)
+			errs = append(errs, fmt.Errorf("%s collector %s: %w", t.Format, t.Addr, err))
+			continue
 		}
+		e.messages.Add(1)
 	}
 	return errors.Join(errs...)
 }
@@ -123,8 +170,8 @@ func (e *Exporter) Stats() (messages, records, errs uint64) {
 
 // Close closes the sockets.
 func (e *Exporter) Close() error {
-	for _, c := range e.conns {
-		c.Close()
+	for _, t := range e.targets {
+		t.conn.Close()
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 // Package ipfix exports flow records in IPFIX (RFC 7011) over UDP, with
 // IANA information elements and RFC 5103 reverse elements for the replies
-// of a biflow.
+// of a biflow, and in its predecessor NetFlow v9 (RFC 3954) for older
+// collectors.
 //
 // The encoder is written here because the well-kept Go IPFIX libraries
 // (github.com/vmware/go-ipfix and its successor) are not available through
@@ -365,7 +366,7 @@ func (e *Encoder) Encode(id uint32, now time.Time, recs []netflow.ExportRecord, 
 	for i := range recs {
 		r := &recs[i]
 		if !r.Key.Src.IsValid() || r.Key.Src.Is4() != r.Key.Dst.Is4() {
-			return nil, fmt.Errorf("ipfix: record %d: addresses %v, %v", i, r.Key.Src, r.Key.Dst)
+			return nil, errAddresses(i, r)
 		}
 		set, size := uint16(TemplateIPv4), Templates[0].Length()
 		if !r.Key.Src.Is4() {
@@ -385,4 +386,8 @@ func (e *Encoder) Encode(id uint32, now time.Time, recs []netflow.ExportRecord, 
 	}
 	flush()
 	return out, nil
+}
+
+func errAddresses(i int, r *netflow.ExportRecord) error {
+	return fmt.Errorf("ipfix: record %d: addresses %v, %v", i, r.Key.Src, r.Key.Dst)
 }

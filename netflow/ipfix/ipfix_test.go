@@ -245,19 +245,131 @@ func TestMessagesStayWithinSize(t *testing.T) {
 	}
 }
 
+// decodeV9 decodes NetFlow v9 packets with goflow2: data records as
+// (type -> value) maps, and the interface names.
+func decodeV9(t *testing.T, ts gf.NetFlowTemplateSystem, msgs [][]byte) ([]gf.NFv9Packet, []map[uint16][]byte, map[uint32]string) {
+	t.Helper()
+	var pkts []gf.NFv9Packet
+	var recs []map[uint16][]byte
+	names := map[uint32]string{}
+	for i, m := range msgs {
+		if len(m)%4 != 0 {
+			t.Fatalf("packet %d: %d octets, flowsets are padded to 4", i, len(m))
+		}
+		var p gf.NFv9Packet
+		if err := gf.DecodeMessageVersion(bytes.NewBuffer(m), ts, &p, nil); err != nil {
+			t.Fatalf("packet %d: goflow2 cannot decode it: %v", i, err)
+		}
+		n := 0
+		for _, fs := range p.FlowSets {
+			switch s := fs.(type) {
+			case gf.TemplateFlowSet:
+				n += len(s.Records)
+			case gf.NFv9OptionsTemplateFlowSet:
+				n += len(s.Records)
+			case gf.OptionsDataFlowSet:
+				for _, r := range s.Records {
+					idx := binary.BigEndian.Uint32(r.ScopesValues[0].Value.([]byte))
+					names[idx] = string(bytes.TrimRight(r.OptionsValues[0].Value.([]byte), "\x00"))
+					n++
+				}
+			case gf.DataFlowSet:
+				for _, r := range s.Records {
+					vals := map[uint16][]byte{}
+					for _, v := range r.Values {
+						vals[v.Type] = v.Value.([]byte)
+					}
+					recs = append(recs, vals)
+					n++
+				}
+			default:
+				t.Fatalf("packet %d: unexpected flowset %T", i, fs)
+			}
+		}
+		if int(p.Count) != n {
+			t.Fatalf("packet %d: count %d, %d records", i, p.Count, n)
+		}
+		pkts = append(pkts, p)
+	}
+	return pkts, recs, names
+}
+
+func TestV9DecodesWithGoflow2(t *testing.T) {
+	boot := t0.Add(-time.Minute)
+	enc := NewV9Encoder(0, time.Minute, boot)
+	ts := gf.CreateTemplateSystem()
+	recs := sampleRecords()
+	pkts, got, names := decodeV9(t, ts, must(enc.Encode(3, t0.Add(2*time.Second), recs, ifaces, false)))
+	if pkts[0].Version != 9 || pkts[0].SourceId != 3 || pkts[0].SequenceNumber != 0 || pkts[0].SystemUptime != 62000 {
+		t.Fatalf("header %+v", pkts[0])
+	}
+	if names[1] != "up0" || names[2] != "up1" || len(got) != 2 {
+		t.Fatalf("names %v, %d records", names, len(got))
+	}
+	for i, r := range got {
+		want := recs[i]
+		checks := map[string][2]uint64{
+			"IN_BYTES":       {u(r[IEOctetDeltaCount]), want.Fwd.Bytes},
+			"IN_PKTS":        {u(r[IEPacketDeltaCount]), want.Fwd.Packets},
+			"OUT_BYTES":      {u(r[v9OutBytes]), want.Rev.Bytes},
+			"OUT_PKTS":       {u(r[v9OutPkts]), want.Rev.Packets},
+			"L4_DST_PORT":    {u(r[IEDestinationTransportPort]), uint64(want.Key.DstPort)},
+			"TCP_FLAGS":      {u(r[IETCPControlBits]), uint64(want.Fwd.TCPFlags | want.Rev.TCPFlags)},
+			"FIRST_SWITCHED": {u(r[v9FirstSwitched]), uint64(want.Start.Sub(boot).Milliseconds())},
+			"LAST_SWITCHED":  {u(r[v9LastSwitched]), uint64(want.End.Sub(boot).Milliseconds())},
+		}
+		for name, c := range checks {
+			if c[0] != c[1] {
+				t.Errorf("record %d %s = %d, want %d", i, name, c[0], c[1])
+			}
+		}
+	}
+	// The next packet: no templates, sequence counts packets.
+	pkts, got, _ = decodeV9(t, ts, must(enc.Encode(3, t0.Add(3*time.Second), recs[:1], ifaces, false)))
+	if len(pkts) != 1 || pkts[0].SequenceNumber != 1 || pkts[0].Count != 1 || len(got) != 1 {
+		t.Fatalf("second packet %+v, %d records", pkts, len(got))
+	}
+	// Many records: packets within the size limit, every record once.
+	var many []netflow.ExportRecord
+	for i := range 300 {
+		r := recs[i%2]
+		r.Key.SrcPort = uint16(i)
+		many = append(many, r)
+	}
+	msgs := must(NewV9Encoder(700, time.Minute, boot).Encode(1, t0, many, ifaces, false))
+	for i, m := range msgs {
+		if len(m) > 700 {
+			t.Fatalf("packet %d: %d octets", i, len(m))
+		}
+	}
+	if _, got, _ := decodeV9(t, gf.CreateTemplateSystem(), msgs); len(got) != 300 {
+		t.Fatalf("%d records decoded, want 300", len(got))
+	}
+}
+
+func must(m [][]byte, err error) [][]byte {
+	if err != nil {
+		panic(err)
+	}
+	return m
+}
+
 func TestExporterSendsToEveryCollector(t *testing.T) {
 	var lns []*net.UDPConn
-	var addrs []string
-	for range 2 {
+	var cols []Collector
+	for _, format := range []string{FormatIPFIX, FormatNetFlow9} {
 		c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer c.Close()
 		lns = append(lns, c)
-		addrs = append(addrs, c.LocalAddr().String())
+		cols = append(cols, Collector{Addr: c.LocalAddr().String(), Format: format})
 	}
-	ex, err := NewExporter(context.Background(), addrs, time.Minute)
+	if _, err := NewExporter(context.Background(), []Collector{{Addr: cols[0].Addr, Format: "sflow"}}, 0); err == nil {
+		t.Fatal("unknown format accepted")
+	}
+	ex, err := NewExporter(context.Background(), cols, time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -280,9 +392,16 @@ func TestExporterSendsToEveryCollector(t *testing.T) {
 			}
 			msgs = append(msgs, append([]byte(nil), buf[:n]...))
 		}
+		if cols[i].Format == FormatNetFlow9 {
+			pkts, recs, names := decodeV9(t, ts, msgs)
+			if len(recs) != 2 || len(names) != 2 || pkts[1].SequenceNumber != 1 {
+				t.Fatalf("netflow9 collector: %d records, %d names, second sequence %d", len(recs), len(names), pkts[1].SequenceNumber)
+			}
+			continue
+		}
 		d := decodeAll(t, ts, msgs)
 		if len(d.records) != 2 || len(d.interfaces) != 2 || d.headers[1].SequenceNumber != 2 {
-			t.Fatalf("collector %d: %d records, %d interfaces, second sequence %d", i, len(d.records), len(d.interfaces), d.headers[1].SequenceNumber)
+			t.Fatalf("ipfix collector: %d records, %d interfaces, second sequence %d", len(d.records), len(d.interfaces), d.headers[1].SequenceNumber)
 		}
 	}
 	if m, r, e := ex.Stats(); m != 4 || r != 2 || e != 0 {

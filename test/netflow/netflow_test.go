@@ -423,21 +423,31 @@ type nfdumpFlow struct {
 	Flags      string `json:"tcp_flags"`
 }
 
-// TestIPFIXToNfcapd exports the flows of curl downloads to Debian's nfcapd
-// and checks that nfdump prints them with the counts the flow view has and
-// the sizes curl received.
+// TestIPFIXToNfcapd exports the flows of curl downloads to two of Debian's
+// nfcapd, one receiving IPFIX and one NetFlow v9, and checks that nfdump
+// prints them with the counts the flow view has and the sizes curl
+// received.
 func TestIPFIXToNfcapd(t *testing.T) {
 	topo.RequireRoot(t)
 	harness.NeedFiles(t, "/usr/sbin/nginx", "/usr/bin/curl", "/usr/bin/nfcapd", "/usr/bin/nfdump")
 	tp := topo.New(t, topo.Config{Uplinks: 1})
-	flowDir := t.TempDir()
-	nfcapd, err := tp.GW.Start(context.Background(), "nfcapd", "-w", flowDir, "-b", "127.0.0.1", "-p", "4739", "-t", "3600")
-	if err != nil {
-		t.Fatal(err)
+	type collector struct {
+		format, port, dir string
+		proc              *topo.Proc
 	}
-	t.Cleanup(func() { nfcapd.Stop() })
+	collectors := []*collector{{format: "ipfix", port: "4739"}, {format: "netflow9", port: "9995"}}
+	for _, c := range collectors {
+		c.dir = t.TempDir()
+		p, err := tp.GW.Start(context.Background(), "nfcapd", "-w", c.dir, "-b", "127.0.0.1", "-p", c.port, "-t", "3600")
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.proc = p
+		t.Cleanup(func() { p.Stop() })
+	}
 	iso := harness.StartIsolator(t, tp, harness.Options{INS: 1, Args: []string{
-		"--allow-uid", "0", "--allow-uid", "33", "--ipfix", "127.0.0.1:4739", "--flow-idle-timeout", "5s",
+		"--allow-uid", "0", "--allow-uid", "33", "--ipfix", "127.0.0.1:4739", "--netflow9", "127.0.0.1:9995",
+		"--flow-idle-timeout", "5s",
 	}})
 	infos, err := iso.List()
 	if err != nil {
@@ -470,51 +480,55 @@ func TestIPFIXToNfcapd(t *testing.T) {
 	// The ended flows are exported at the poll that saw them end; give the
 	// datagrams a moment, then stop nfcapd so that it writes its file.
 	time.Sleep(2 * time.Second)
-	if err := nfcapd.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command("nfdump", "-R", flowDir, "-o", "json", "-N", "proto tcp and port 80").Output()
-	if err != nil {
-		t.Fatalf("nfdump: %v\nnfcapd:\n%s", err, nfcapd.Output())
-	}
-	var dumped []nfdumpFlow
-	if err := json.Unmarshal(out, &dumped); err != nil {
-		t.Fatalf("nfdump -o json: %v\n%s", err, out)
-	}
-	t.Logf("nfdump printed %d flows", len(dumped))
-	byPort := map[uint16][]nfdumpFlow{}
-	for _, d := range dumped {
-		byPort[d.SrcPort] = append(byPort[d.SrcPort], d)
-	}
-	for _, f := range fetches {
-		d := byPort[f.port]
-		if len(d) != 1 {
-			t.Errorf("curl from port %d: nfdump has %d flows %+v, want 1", f.port, len(d), d)
-			continue
-		}
-		o, ok := ours[f.port]
-		if !ok {
-			t.Errorf("curl from port %d: no flow in netflow ls", f.port)
-			continue
-		}
-		t.Logf("curl from port %d received %d+%d bytes; nfdump: in %d B/%d pkts, out %d B/%d pkts", f.port, f.header, f.content,
-			d[0].InBytes, d[0].InPackets, d[0].OutBytes, d[0].OutPackets)
-		// nfdump prints what the flow view counted, exactly.
-		if d[0].InBytes != o.Fwd.Bytes || d[0].InPackets != o.Fwd.Packets || d[0].OutBytes != o.Rev.Bytes || d[0].OutPackets != o.Rev.Packets {
-			t.Errorf("port %d: nfdump in %d B/%d pkts, out %d B/%d pkts; flow view %d/%d, %d/%d", f.port,
-				d[0].InBytes, d[0].InPackets, d[0].OutBytes, d[0].OutPackets, o.Fwd.Bytes, o.Fwd.Packets, o.Rev.Bytes, o.Rev.Packets)
-		}
-		if d[0].Src4 != tp.Uplinks[0].WANAddr4.String() || d[0].Dst4 != addr || d[0].Input != 1 || !strings.Contains(d[0].Flags, "S") || !strings.Contains(d[0].Flags, "F") {
-			t.Errorf("port %d: nfdump flow %+v", f.port, d[0])
-		}
-		// And what curl received: header and body, plus 40-80 bytes of
-		// IP and TCP headers per packet.
-		got := f.header + f.content
-		if d[0].OutBytes < got+40*d[0].OutPackets || d[0].OutBytes > got+80*d[0].OutPackets || !within(o.Rev.Payload, got, 0.02) {
-			t.Errorf("port %d: curl received %d bytes; nfdump out bytes %d in %d packets, flow payload %d", f.port, got, d[0].OutBytes, d[0].OutPackets, o.Rev.Payload)
-		}
-	}
-	if t.Failed() {
-		t.Logf("nfcapd:\n%s", nfcapd.Output())
+	for _, c := range collectors {
+		t.Run(c.format, func(t *testing.T) {
+			if err := c.proc.Stop(); err != nil {
+				t.Fatal(err)
+			}
+			out, err := exec.Command("nfdump", "-R", c.dir, "-o", "json", "-N", "proto tcp and port 80").Output()
+			if err != nil {
+				t.Fatalf("nfdump: %v\nnfcapd:\n%s", err, c.proc.Output())
+			}
+			var dumped []nfdumpFlow
+			if err := json.Unmarshal(out, &dumped); err != nil {
+				t.Fatalf("nfdump -o json: %v\n%s", err, out)
+			}
+			t.Logf("nfdump printed %d flows", len(dumped))
+			byPort := map[uint16][]nfdumpFlow{}
+			for _, d := range dumped {
+				byPort[d.SrcPort] = append(byPort[d.SrcPort], d)
+			}
+			for _, f := range fetches {
+				d := byPort[f.port]
+				if len(d) != 1 {
+					t.Errorf("curl from port %d: nfdump has %d flows %+v, want 1", f.port, len(d), d)
+					continue
+				}
+				o, ok := ours[f.port]
+				if !ok {
+					t.Errorf("curl from port %d: no flow in netflow ls", f.port)
+					continue
+				}
+				t.Logf("curl from port %d received %d+%d bytes; nfdump: in %d B/%d pkts, out %d B/%d pkts", f.port, f.header, f.content,
+					d[0].InBytes, d[0].InPackets, d[0].OutBytes, d[0].OutPackets)
+				// nfdump prints what the flow view counted, exactly.
+				if d[0].InBytes != o.Fwd.Bytes || d[0].InPackets != o.Fwd.Packets || d[0].OutBytes != o.Rev.Bytes || d[0].OutPackets != o.Rev.Packets {
+					t.Errorf("port %d: nfdump in %d B/%d pkts, out %d B/%d pkts; flow view %d/%d, %d/%d", f.port,
+						d[0].InBytes, d[0].InPackets, d[0].OutBytes, d[0].OutPackets, o.Fwd.Bytes, o.Fwd.Packets, o.Rev.Bytes, o.Rev.Packets)
+				}
+				if d[0].Src4 != tp.Uplinks[0].WANAddr4.String() || d[0].Dst4 != addr || d[0].Input != 1 || !strings.Contains(d[0].Flags, "S") || !strings.Contains(d[0].Flags, "F") {
+					t.Errorf("port %d: nfdump flow %+v", f.port, d[0])
+				}
+				// And what curl received: header and body, plus 40-80 bytes
+				// of IP and TCP headers per packet.
+				got := f.header + f.content
+				if d[0].OutBytes < got+40*d[0].OutPackets || d[0].OutBytes > got+80*d[0].OutPackets || !within(o.Rev.Payload, got, 0.02) {
+					t.Errorf("port %d: curl received %d bytes; nfdump out bytes %d in %d packets, flow payload %d", f.port, got, d[0].OutBytes, d[0].OutPackets, o.Rev.Payload)
+				}
+			}
+			if t.Failed() {
+				t.Logf("nfcapd:\n%s", c.proc.Output())
+			}
+		})
 	}
 }
