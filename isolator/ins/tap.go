@@ -158,8 +158,13 @@ func (t *tapEndpoint) pass(pkt *stack.PacketBuffer, buf []byte) bool {
 		return true
 	}
 	n := copy(buf, pkt.NetworkHeader().Slice())
-	n += copy(buf[n:], pkt.TransportHeader().Slice())
-	if n < len(buf) {
+	th := pkt.TransportHeader().Slice()
+	n += copy(buf[n:], th)
+	// The netstack sets the transport header of what it sends, and Parse
+	// needs nothing beyond it. The data is read only without one: PullUp
+	// merges the payload's views into a new chunk, which costs more than
+	// all the rest of the tap.
+	if len(th) == 0 && n < len(buf) {
 		if d, ok := pkt.Data().PullUp(min(pkt.Data().Size(), len(buf)-n)); ok {
 			n += copy(buf[n:], d)
 		}
