@@ -41,6 +41,9 @@ type Daemon struct {
 	onSpawn func(Backend)
 
 	mit *mitigator // rules and tunings (rules.go)
+	// app serves the registered apps; flows is the flow collector.
+	app   *AppServer
+	flows *flowService
 }
 
 // New validates cfg and prepares a daemon; Run starts it.
@@ -98,6 +101,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 		apiLn.Close()
 		return err
 	}
+	stopMonitoring, err := d.startMonitoring(ctx)
+	if err != nil {
+		apiLn.Close()
+		return err
+	}
+	defer stopMonitoring()
 	errc := make(chan error, 2)
 	go func() { errc <- api.Serve(ctx, apiLn, d.handle, d.log) }()
 	go func() { errc <- serveApp() }()
@@ -280,6 +289,8 @@ func (d *Daemon) handle(ctx context.Context, req api.Request) api.Response {
 		return resp
 	case api.OpList:
 		return api.Response{OK: true, INS: d.List(ctx)}
+	case api.OpFlows:
+		return d.flowsOp(req)
 	case api.OpKill:
 		if err := d.Kill(req.ID); err != nil {
 			return api.Errorf("%v", err)
@@ -291,6 +302,6 @@ func (d *Daemon) handle(ctx context.Context, req api.Request) api.Response {
 		if resp, ok := d.handleMitigation(ctx, req); ok {
 			return resp
 		}
-		return api.Errorf("unknown operation %q (spawn, ls, kill, uplink-add, uplink-del, uplink-ls, and the mitigation ops)", req.Op)
+		return api.Errorf("unknown operation %q (spawn, ls, kill, uplink-add, uplink-del, uplink-ls, flows, and the mitigation ops)", req.Op)
 	}
 }

@@ -33,6 +33,7 @@ func (d *Daemon) startApp(ctx context.Context) (func() error, error) {
 	srv := NewAppServer(AppConfig{AllowUIDs: d.cfg.AllowUIDs, AllowGIDs: d.cfg.AllowGIDs}, d, d.log)
 	d.mu.Lock()
 	d.onSpawn = srv.OnSpawn
+	d.app = srv
 	d.mu.Unlock()
 	return func() error {
 		defer os.Remove(d.cfg.Socket)

@@ -150,6 +150,7 @@ func (d *Daemon) startINS(ctx context.Context, id int, total int) (_ *insProc, e
 		Sandbox: ins.SandboxOptions{NoFile: noFileLimit()},
 		// Rules and tunings in force from the first packet.
 		Mitigation: d.mit.config(id),
+		Flows:      d.flowTableConfig(),
 	}
 	var ups []insUplink
 	for i, u := range uplinks {

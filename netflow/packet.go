@@ -91,6 +91,11 @@ type Packet struct {
 	// Len is the IP packet's length in bytes (IP header included, link
 	// header excluded), from the IP header.
 	Len int
+	// Payload is the transport payload's length in bytes: Len minus the
+	// IP header, IPv6 extension headers and the TCP or UDP header. For
+	// other protocols and for non-first fragments it is what follows the
+	// IP headers. It is 0 when the headers are not all in the buffer.
+	Payload int
 	// TCPFlags are the TCP header's flags (0 for other protocols).
 	TCPFlags uint8
 	// Fragment is set for a non-first fragment: its ports are unknown
@@ -116,6 +121,7 @@ func Parse(b []byte) (Packet, error) {
 		return p, ErrShort
 	}
 	var rest []byte
+	hdr := 0 // bytes of IP (and extension) headers
 	switch b[0] >> 4 {
 	case 4:
 		if len(b) < 20 {
@@ -137,9 +143,11 @@ func Parse(b []byte) (Packet, error) {
 		// first fragment only.
 		if binary.BigEndian.Uint16(b[6:8])&0x1fff != 0 {
 			p.Fragment = true
+			p.Payload = total - ihl
 			return p, nil
 		}
 		rest = b[ihl:min(len(b), total)]
+		hdr = ihl
 	case 6:
 		if len(b) < 40 {
 			return p, ErrShort
@@ -169,6 +177,7 @@ func Parse(b []byte) (Packet, error) {
 				if fragOff != 0 {
 					p.Proto = next
 					p.Fragment = true
+					p.Payload = max(p.Len-off, 0)
 					return p, nil
 				}
 			default:
@@ -180,6 +189,7 @@ func Parse(b []byte) (Packet, error) {
 			return p, nil
 		}
 		rest = b[off:end]
+		hdr = off
 	default:
 		return p, ErrVersion
 	}
@@ -189,11 +199,13 @@ func Parse(b []byte) (Packet, error) {
 			p.SrcPort = binary.BigEndian.Uint16(rest[0:2])
 			p.DstPort = binary.BigEndian.Uint16(rest[2:4])
 			p.TCPFlags = rest[13]
+			p.Payload = max(p.Len-hdr-int(rest[12]>>4)*4, 0)
 		}
 	case ProtoUDP:
 		if len(rest) >= 4 {
 			p.SrcPort = binary.BigEndian.Uint16(rest[0:2])
 			p.DstPort = binary.BigEndian.Uint16(rest[2:4])
+			p.Payload = max(p.Len-hdr-8, 0)
 		}
 	case ProtoICMP, ProtoICMPv6:
 		// As flow exporters do, type and code go in the destination
@@ -201,6 +213,9 @@ func Parse(b []byte) (Packet, error) {
 		if len(rest) >= 2 {
 			p.DstPort = uint16(rest[0])<<8 | uint16(rest[1])
 		}
+		p.Payload = p.Len - hdr
+	default:
+		p.Payload = p.Len - hdr
 	}
 	return p, nil
 }

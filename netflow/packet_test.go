@@ -76,17 +76,19 @@ func TestParse(t *testing.T) {
 		want Packet
 		err  error
 	}{
-		{"tcp4", ip4(ProtoTCP, a4, b4, 0, 5, synPayload), Packet{Key: Key{netip.MustParseAddr(a4), netip.MustParseAddr(b4), 40000, 80, ProtoTCP}, Len: 140, TCPFlags: TCPSyn}, nil},
+		{"tcp4", ip4(ProtoTCP, a4, b4, 0, 5, synPayload), Packet{Key: Key{netip.MustParseAddr(a4), netip.MustParseAddr(b4), 40000, 80, ProtoTCP}, Len: 140, Payload: 100, TCPFlags: TCPSyn}, nil},
 		{"tcp4 options", ip4(ProtoTCP, a4, b4, 0, 7, tcpHdr(1, 2, TCPAck|TCPFin)), Packet{Key: Key{netip.MustParseAddr(a4), netip.MustParseAddr(b4), 1, 2, ProtoTCP}, Len: 48, TCPFlags: TCPAck | TCPFin}, nil},
 		{"udp4", ip4(ProtoUDP, a4, b4, 0, 5, udpHdr(53, 5353)), Packet{Key: Key{netip.MustParseAddr(a4), netip.MustParseAddr(b4), 53, 5353, ProtoUDP}, Len: 28}, nil},
-		{"icmp4 echo", ip4(ProtoICMP, a4, b4, 0, 5, []byte{8, 0, 0, 0, 0, 1, 0, 1}), Packet{Key: Key{netip.MustParseAddr(a4), netip.MustParseAddr(b4), 0, 8 << 8, ProtoICMP}, Len: 28}, nil},
-		{"fragment4", ip4(ProtoUDP, a4, b4, 185, 5, udpHdr(1, 2)), Packet{Key: Key{netip.MustParseAddr(a4), netip.MustParseAddr(b4), 0, 0, ProtoUDP}, Len: 28, Fragment: true}, nil},
+		{"icmp4 echo", ip4(ProtoICMP, a4, b4, 0, 5, []byte{8, 0, 0, 0, 0, 1, 0, 1}), Packet{Key: Key{netip.MustParseAddr(a4), netip.MustParseAddr(b4), 0, 8 << 8, ProtoICMP}, Len: 28, Payload: 8}, nil},
+		{"fragment4", ip4(ProtoUDP, a4, b4, 185, 5, udpHdr(1, 2)), Packet{Key: Key{netip.MustParseAddr(a4), netip.MustParseAddr(b4), 0, 0, ProtoUDP}, Len: 28, Payload: 8, Fragment: true}, nil},
 		{"first fragment4", ip4(ProtoUDP, a4, b4, 0x2000, 5, udpHdr(1, 2)), Packet{Key: Key{netip.MustParseAddr(a4), netip.MustParseAddr(b4), 1, 2, ProtoUDP}, Len: 28}, nil},
 		{"tcp4 cut after IP", ip4(ProtoTCP, a4, b4, 0, 5, synPayload)[:30], Packet{Key: Key{netip.MustParseAddr(a4), netip.MustParseAddr(b4), 0, 0, ProtoTCP}, Len: 140}, nil},
 		{"tcp6", ip6(ProtoTCP, a6, b6, nil, 0, tcpHdr(443, 50000, TCPSyn|TCPAck)), Packet{Key: Key{netip.MustParseAddr(a6), netip.MustParseAddr(b6), 443, 50000, ProtoTCP}, Len: 60, TCPFlags: TCPSyn | TCPAck}, nil},
+		{"udp4 payload", ip4(ProtoUDP, a4, b4, 0, 6, append(udpHdr(1, 2), make([]byte, 33)...)), Packet{Key: Key{netip.MustParseAddr(a4), netip.MustParseAddr(b4), 1, 2, ProtoUDP}, Len: 65, Payload: 33}, nil},
+		{"tcp6 payload", ip6(ProtoTCP, a6, b6, []uint8{0}, 0, append(tcpHdr(1, 2, TCPPsh), make([]byte, 1000)...)), Packet{Key: Key{netip.MustParseAddr(a6), netip.MustParseAddr(b6), 1, 2, ProtoTCP}, Len: 1068, Payload: 1000, TCPFlags: TCPPsh}, nil},
 		{"udp6 ext", ip6(ProtoUDP, a6, b6, []uint8{0, 60}, 0, udpHdr(7, 9)), Packet{Key: Key{netip.MustParseAddr(a6), netip.MustParseAddr(b6), 7, 9, ProtoUDP}, Len: 64}, nil},
-		{"icmp6", ip6(ProtoICMPv6, a6, b6, nil, 0, []byte{135, 0, 0, 0}), Packet{Key: Key{netip.MustParseAddr(a6), netip.MustParseAddr(b6), 0, 135 << 8, ProtoICMPv6}, Len: 44}, nil},
-		{"fragment6", ip6(ProtoTCP, a6, b6, []uint8{44}, 3, tcpHdr(1, 2, 0)), Packet{Key: Key{netip.MustParseAddr(a6), netip.MustParseAddr(b6), 0, 0, ProtoTCP}, Len: 68, Fragment: true}, nil},
+		{"icmp6", ip6(ProtoICMPv6, a6, b6, nil, 0, []byte{135, 0, 0, 0}), Packet{Key: Key{netip.MustParseAddr(a6), netip.MustParseAddr(b6), 0, 135 << 8, ProtoICMPv6}, Len: 44, Payload: 4}, nil},
+		{"fragment6", ip6(ProtoTCP, a6, b6, []uint8{44}, 3, tcpHdr(1, 2, 0)), Packet{Key: Key{netip.MustParseAddr(a6), netip.MustParseAddr(b6), 0, 0, ProtoTCP}, Len: 68, Payload: 20, Fragment: true}, nil},
 		{"empty", nil, Packet{}, ErrShort},
 		{"short4", ip4(ProtoTCP, a4, b4, 0, 5, nil)[:19], Packet{}, ErrShort},
 		{"short6", ip6(ProtoTCP, a6, b6, nil, 0, nil)[:39], Packet{}, ErrShort},
@@ -135,6 +137,9 @@ func FuzzParse(f *testing.F) {
 		}
 		if p.Fragment && (p.SrcPort != 0 || p.DstPort != 0) {
 			t.Fatalf("fragment with ports %+v", p)
+		}
+		if p.Payload < 0 || p.Payload > p.Len {
+			t.Fatalf("payload %d outside 0..%d", p.Payload, p.Len)
 		}
 	})
 }

@@ -15,6 +15,8 @@ test | demo | bench)
 	# Real servers whose libc imports the shim must cover and which the
 	# end-to-end suites run under the shim.
 	want+=(nginx apache2 apache2-utils redis-server memcached haproxy wrk iperf3)
+	# The flow collector the IPFIX export is checked against.
+	want+=(nfdump)
 	;;
 *)
 	echo "deps.sh: unknown set '$1' (want build|test|demo|bench)" >&2

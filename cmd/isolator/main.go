@@ -61,6 +61,7 @@ func runCmd() *cobra.Command {
 		allowUIDs      []uint
 		allowGIDs      []uint
 		c              = config.Default()
+		monitor        = newMonitorFlags()
 	)
 	cmd := &cobra.Command{
 		Use:   "run",
@@ -110,6 +111,7 @@ is a host interface whose macvlan children become the INS NICs, e.g.
 			} else {
 				c.API, _ = cmd.Flags().GetString("api")
 			}
+			monitor.apply(cmd.Flags(), &c)
 			for _, s := range uplinks {
 				u, err := config.ParseUplinkFlag(s)
 				if err != nil {
@@ -147,6 +149,7 @@ is a host interface whose macvlan children become the INS NICs, e.g.
 	f.UintSliceVar(&allowUIDs, "allow-uid", nil, "uids allowed to register apps (default: the daemon's own)")
 	f.UintSliceVar(&allowGIDs, "allow-gid", nil, "gids allowed to register apps")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	monitor.register(f)
 	return cmd
 }
 

@@ -43,7 +43,8 @@ type Request struct {
 	// Mitigation carries the arguments of the mitigation ops (mitigate.go).
 	Mitigation *MitigationRequest `json:"mitigation,omitempty"`
 	// TimeoutMS bounds the drain of uplink-del (0: DefaultDrainTimeout).
-	TimeoutMS int64 `json:"timeout_ms,omitempty"`
+	TimeoutMS int64      `json:"timeout_ms,omitempty"`
+	Flows     *FlowQuery `json:"flows,omitempty"`
 }
 
 // Response answers one request.
@@ -56,6 +57,7 @@ type Response struct {
 	Mitigation *MitigationReply `json:"mitigation,omitempty"`
 	// Change reports what uplink-add or uplink-del did.
 	Change *UplinkChange `json:"change,omitempty"`
+	Flows  *FlowPage     `json:"flows,omitempty"`
 }
 
 // INSInfo describes one INS process.

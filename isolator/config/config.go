@@ -63,6 +63,12 @@ type Config struct {
 	// DNSTimeout bounds one query to one nameserver; 0 means 2 s. Each
 	// lookup tries every nameserver twice before it fails with EAI_AGAIN.
 	DNSTimeout time.Duration `yaml:"dns_timeout"`
+	// Flows configures flow accounting and IPFIX export.
+	Flows Flows `yaml:"flows"`
+	// MetricsListen, if set, serves Prometheus /metrics on this address.
+	MetricsListen string `yaml:"metrics_listen"`
+	// RemoteAPI, if its Listen is set, serves the API on TCP with TLS.
+	RemoteAPI RemoteAPI `yaml:"remote_api"`
 }
 
 // MaxDNSTimeout is the largest DNSTimeout accepted.
@@ -132,7 +138,7 @@ func (m *Mode) UnmarshalYAML(n *yaml.Node) error {
 // Default returns a configuration with every default filled in and no
 // uplinks.
 func Default() Config {
-	return Config{INS: 1, Policy: "wrr", Socket: DefaultSocket, SocketMode: 0o600, API: DefaultAPI, MaxINS: 64, StateDir: DefaultStateDir}
+	return Config{INS: 1, Policy: "wrr", Socket: DefaultSocket, SocketMode: 0o600, API: DefaultAPI, MaxINS: 64, StateDir: DefaultStateDir, Flows: DefaultFlows()}
 }
 
 // Load reads a YAML file over the defaults.
@@ -204,6 +210,7 @@ func (c *Config) Validate() error {
 	if c.DNSTimeout < 0 || c.DNSTimeout > MaxDNSTimeout {
 		errs = append(errs, fmt.Errorf("dns_timeout %v: want 0 (default) up to %v", c.DNSTimeout, MaxDNSTimeout))
 	}
+	errs = append(errs, c.validateMonitoring())
 	seen := map[string]bool{}
 	for i := range c.Uplinks {
 		u := &c.Uplinks[i]

@@ -17,6 +17,7 @@ import (
 
 	"github.com/mpshim/mpshim/isolator/ctrl"
 	"github.com/mpshim/mpshim/msgproto"
+	"github.com/mpshim/mpshim/netflow/flowtable"
 )
 
 // ProcessConfig is everything an INS process is started with. The daemon
@@ -30,6 +31,8 @@ type ProcessConfig struct {
 	NoSandbox bool
 	// Mitigation are the rules and tunings in force from the start.
 	Mitigation Mitigation
+	// Flows sizes the flow table (see EnableFlows).
+	Flows flowtable.Config
 }
 
 // ConfigEnv names the environment variable holding an INS process's
@@ -76,6 +79,8 @@ type Server struct {
 	log *slog.Logger
 	mit *mitigation // rules, resets and tunings (rules.go)
 	res *resolver
+	// flows counts every uplink packet; nil when accounting is off.
+	flows *flowtable.Table
 
 	mu      sync.Mutex
 	owner   map[SockID]uint64   // socket group of each socket
@@ -144,6 +149,9 @@ func (s *Server) manage(m ctrl.Msg) {
 	var out any
 	if err := json.Unmarshal(m.Payload, &req); err != nil {
 		out = Status{Error: fmt.Sprintf("bad management request: %v", err)}
+	} else if req.Op == ManageFlows {
+		go s.replyFlows(m.Frame)
+		return
 	} else {
 		switch req.Op {
 		case ManageUplinkAdd, ManageUplinkDel, ManageUplinkDrain, ManageUplinkCarrier, ManageUplinkStats:
@@ -482,6 +490,7 @@ func RunProcess(ctx context.Context, ctrlFile *os.File, log *slog.Logger) error 
 	if err := srv.setMitigation(mit); err != nil {
 		return fmt.Errorf("ins %d: %w", cfg.Stack.ID, err)
 	}
+	srv.EnableFlows(cfg.Flows)
 	if !cfg.NoSandbox {
 		if err := Sandbox(cfg.Sandbox); err != nil {
 			return fmt.Errorf("ins %d: %w", cfg.Stack.ID, err)

@@ -34,7 +34,7 @@ type memNet struct {
 	wan *stack.Stack
 }
 
-func newMemNet(t *testing.T, policy string, w1, w2 int, probe time.Duration) *memNet {
+func newMemNet(t testing.TB, policy string, w1, w2 int, probe time.Duration) *memNet {
 	t.Helper()
 	wan := stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol},

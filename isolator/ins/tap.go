@@ -1,6 +1,7 @@
 package ins
 
 import (
+	"sync"
 	"sync/atomic"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -44,6 +45,11 @@ func (s *Stack) AddTap(t Tap) {
 		}
 	}
 }
+
+// packets holds the Packet each tapped packet is parsed into: taps are
+// called through an interface, so a Packet on the stack would escape and
+// cost an allocation per packet. Taps must not keep p (see Tap).
+var packets = sync.Pool{New: func() any { return new(netflow.Packet) }}
 
 // run passes p through the chain; false means drop.
 func (t *taps) run(uplink string, dir netflow.Direction, p *netflow.Packet) bool {
@@ -91,12 +97,16 @@ func (t *tapEndpoint) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pk
 			t.malformed.Add(1)
 			return
 		}
-		p, err := netflow.Parse(b)
-		if err != nil {
+		p := packets.Get().(*netflow.Packet)
+		var err error
+		if *p, err = netflow.Parse(b); err != nil {
+			packets.Put(p)
 			t.malformed.Add(1)
 			return
 		}
-		if !t.taps.run(t.uplink, netflow.In, &p) {
+		pass := t.taps.run(t.uplink, netflow.In, p)
+		packets.Put(p)
+		if !pass {
 			return
 		}
 	}
@@ -148,16 +158,23 @@ func (t *tapEndpoint) pass(pkt *stack.PacketBuffer, buf []byte) bool {
 		return true
 	}
 	n := copy(buf, pkt.NetworkHeader().Slice())
-	n += copy(buf[n:], pkt.TransportHeader().Slice())
-	if n < len(buf) {
+	th := pkt.TransportHeader().Slice()
+	n += copy(buf[n:], th)
+	// The netstack sets the transport header of what it sends, and Parse
+	// needs nothing beyond it. The data is read only without one: PullUp
+	// merges the payload's views into a new chunk, which costs more than
+	// all the rest of the tap.
+	if len(th) == 0 && n < len(buf) {
 		if d, ok := pkt.Data().PullUp(min(pkt.Data().Size(), len(buf)-n)); ok {
 			n += copy(buf[n:], d)
 		}
 	}
-	p, err := netflow.Parse(buf[:n])
-	if err != nil {
+	p := packets.Get().(*netflow.Packet)
+	defer packets.Put(p)
+	var err error
+	if *p, err = netflow.Parse(buf[:n]); err != nil {
 		// Our own netstack built it; never drop what we cannot read.
 		return true
 	}
-	return t.taps.run(t.uplink, netflow.Out, &p)
+	return t.taps.run(t.uplink, netflow.Out, p)
 }
