@@ -4,13 +4,16 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -43,12 +46,20 @@ const (
 	ManageStats = "stats"
 	// ManageForget releases the sockets of a socket group that has gone.
 	ManageForget = "forget"
+	// ManageProfile writes a Go profile (Profile: "cpu" over Seconds, or
+	// "heap") to the one descriptor the request carries, then closes it.
+	ManageProfile = "profile"
 )
+
+// MaxProfileSeconds bounds a CPU profile.
+const MaxProfileSeconds = 300
 
 // ManageRequest is a management request from the daemon.
 type ManageRequest struct {
-	Op    string `json:"op"`
-	Group uint64 `json:"group,omitempty"`
+	Op      string `json:"op"`
+	Group   uint64 `json:"group,omitempty"`
+	Profile string `json:"profile,omitempty"`
+	Seconds int    `json:"seconds,omitempty"`
 }
 
 // Status is an INS's answer to ManageStats.
@@ -121,13 +132,23 @@ func (s *Server) Serve(ctx context.Context) error {
 }
 
 func (s *Server) manage(m ctrl.Msg) {
-	m.CloseFiles()
+	f := oneFile(&m)
 	var req ManageRequest
 	var out any
 	if err := json.Unmarshal(m.Payload, &req); err != nil {
 		out = Status{Error: fmt.Sprintf("bad management request: %v", err)}
 	} else {
+		if req.Op != ManageProfile && f != nil {
+			f.Close()
+			f = nil
+		}
 		switch req.Op {
+		case ManageProfile:
+			out = Status{}
+			if err := startProfile(req, f); err != nil {
+				out = Status{Error: err.Error()}
+			}
+			f = nil
 		case ManageStats:
 			out = Status{Engine: s.eng.Stats(), Uplinks: s.st.Counters(), RSSBytes: selfRSS()}
 		case ManageForget:
@@ -137,10 +158,45 @@ func (s *Server) manage(m ctrl.Msg) {
 			out = Status{Error: fmt.Sprintf("unknown management op %q", req.Op)}
 		}
 	}
+	if f != nil {
+		f.Close()
+	}
 	b, _ := json.Marshal(out)
 	if err := s.ch.Reply(m.Frame, b); err != nil {
 		s.log.Debug("management reply", "err", err)
 	}
+}
+
+// startProfile starts writing the profile req asks for to f in the
+// background; f is closed when the profile is complete or refused.
+func startProfile(req ManageRequest, f *os.File) error {
+	if f == nil {
+		return errors.New("profile: no descriptor to write to")
+	}
+	switch req.Profile {
+	case "cpu":
+		if req.Seconds < 1 || req.Seconds > MaxProfileSeconds {
+			f.Close()
+			return fmt.Errorf("profile: %d seconds, want 1..%d", req.Seconds, MaxProfileSeconds)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			return fmt.Errorf("profile: %w", err)
+		}
+		time.AfterFunc(time.Duration(req.Seconds)*time.Second, func() {
+			pprof.StopCPUProfile()
+			f.Close()
+		})
+	case "heap":
+		go func() {
+			defer f.Close()
+			_ = pprof.Lookup("heap").WriteTo(f, 0)
+		}()
+	default:
+		f.Close()
+		return fmt.Errorf("profile: unknown profile %q (cpu or heap)", req.Profile)
+	}
+	return nil
 }
 
 // forget closes every socket of a group that has gone.
