@@ -15,6 +15,10 @@ test | demo | bench)
 	# Real servers whose libc imports the shim must cover and which the
 	# end-to-end suites run under the shim.
 	want+=(nginx apache2 apache2-utils redis-server memcached haproxy wrk iperf3)
+	if [ "$1" = bench ]; then
+		# The benchmark's plot and its profiles of the processes under load.
+		want+=(gnuplot-nox linux-perf)
+	fi
 	;;
 *)
 	echo "deps.sh: unknown set '$1' (want build|test|demo|bench)" >&2
