@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/mpshim/mpshim/isolator/api"
 	"github.com/mpshim/mpshim/test/topo"
 )
@@ -55,6 +57,8 @@ type env struct {
 	notes    []string // anomalies the results file reports
 
 	sourcesAdded bool
+	noFile       uint64 // hard RLIMIT_NOFILE
+	workers      int    // nginx worker processes
 }
 
 // note records an anomaly for the results file and logs it.
@@ -65,7 +69,12 @@ func (e *env) note(format string, args ...any) {
 }
 
 func setup(ctx context.Context, o options) (*env, error) {
-	e := &env{o: o}
+	e := &env{o: o, workers: 2}
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		return nil, fmt.Errorf("getrlimit: %w", err)
+	}
+	e.noFile = rl.Max
 	var err error
 	if e.self, err = os.Executable(); err != nil {
 		return nil, fmt.Errorf("own executable: %w", err)
@@ -260,12 +269,10 @@ func (e *env) startNginx(ctx context.Context, ns *topo.NS, name string, shim boo
 		return nil, err
 	}
 	n.conf = filepath.Join(n.dir, "nginx.conf")
-	conns := 2048
-	if e.o.scaleN > conns {
-		conns = e.o.scaleN + 1024
-	}
+	// Each worker may hold as many connections as descriptors.
+	conns := max(1024, e.fdCap())
 	conf := fmt.Sprintf(`daemon on;
-worker_processes 2;
+worker_processes %[6]d;
 worker_rlimit_nofile %[4]d;
 pid %[1]s/nginx.pid;
 error_log %[1]s/error.log warn;
@@ -281,7 +288,7 @@ http {
         root %[2]s;
     }
 }
-`, n.dir, e.www, conns, 2*conns+64, nginxPort)
+`, n.dir, e.www, conns, conns+1024, nginxPort, e.workers)
 	if err := os.WriteFile(n.conf, []byte(conf), 0o644); err != nil {
 		return nil, err
 	}
@@ -460,4 +467,23 @@ func (e *env) checkServed(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// restartNginx restarts both nginx with e.workers workers.
+func (e *env) restartNginx(ctx context.Context) error {
+	var err error
+	if e.natNginx != nil {
+		e.natNginx.stop()
+		if e.natNginx, err = e.startNginx(ctx, e.native, "native", false); err != nil {
+			return err
+		}
+	}
+	if e.shmNginx != nil {
+		e.shmNginx.stop()
+		if e.shmNginx, err = e.startNginx(ctx, e.tp.App, "mpshim", true); err != nil {
+			return err
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	return e.checkServed(ctx)
 }

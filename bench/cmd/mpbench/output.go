@@ -160,6 +160,10 @@ func render(o options, res *results, png string) string {
 	if len(res.scale) > 0 {
 		b.WriteString(report.Table(res.scale))
 		b.WriteString("\n")
+		for _, l := range res.scaleN {
+			fmt.Fprintf(&b, "- %s\n", l)
+		}
+		b.WriteString("\n")
 	}
 	if gs := goals(res); len(gs) > 0 {
 		b.WriteString("Goals:\n\n")
@@ -222,7 +226,7 @@ func write(o options, res *results) error {
 		return err
 	}
 	slog.Info("results written", "file", md, "plot", png)
-	if o.quick || o.doc == "" || o.only != "" {
+	if o.quick || o.doc == "" || o.only != "" || res.aborted {
 		return nil
 	}
 	return updateDoc(o.doc, fmt.Sprintf("Latest full run (`%s`, results in `%s`):\n\n%s", cmd, md, body))

@@ -115,12 +115,12 @@ func (e *env) profileUnder(ctx context.Context, dir, name string, load func() er
 		var err error
 		path := filepath.Join(dir, j.name)
 		if strings.HasSuffix(j.name, ".pprof") {
-			out, err = top(32, "go", "tool", "pprof", "-top", "-nodecount=25", path)
+			// Flat costs, then cumulative ones: who makes the system calls.
+			out, err = top(26, "go", "tool", "pprof", "-top", "-nodecount=20", path)
 			if err == nil && !strings.Contains(out, "Total samples = 0") {
-				// Who makes the system calls.
-				var peek string
-				peek, err = top(40, "go", "tool", "pprof", "-peek", `linux\.Syscall6$`, path)
-				out += "\ncallers of the system-call entry:\n" + peek
+				var cum string
+				cum, err = top(36, "go", "tool", "pprof", "-top", "-cum", "-nodecount=30", path)
+				out += "\nby cumulative cost:\n" + cumOnly(cum)
 			}
 		} else {
 			out, err = top(32, perf, "report", "--stdio", "--no-children", "--sort", "dso,sym", "--percent-limit", "1", "-g", "none", "-i", path)
@@ -157,4 +157,16 @@ func top(n int, name string, args ...string) (string, error) {
 		}
 	}
 	return strings.Join(keep, "\n") + "\n", nil
+}
+
+// cumOnly keeps the table of a pprof -top report, dropping the header it
+// repeats.
+func cumOnly(s string) string {
+	lines := strings.Split(s, "\n")
+	for i, l := range lines {
+		if strings.HasPrefix(strings.TrimSpace(l), "flat ") {
+			return strings.Join(lines[i:], "\n")
+		}
+	}
+	return s
 }
