@@ -19,6 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/mpshim/mpshim/bench/internal/report"
 	"github.com/mpshim/mpshim/isolator/api"
 	"github.com/mpshim/mpshim/test/topo"
 )
@@ -59,6 +60,7 @@ type env struct {
 	sourcesAdded bool
 	noFile       uint64 // hard RLIMIT_NOFILE
 	workers      int    // nginx worker processes
+	iperfPID     map[string]int
 }
 
 // note records an anomaly for the results file and logs it.
@@ -69,7 +71,7 @@ func (e *env) note(format string, args ...any) {
 }
 
 func setup(ctx context.Context, o options) (*env, error) {
-	e := &env{o: o, workers: 2}
+	e := &env{o: o, workers: 2, iperfPID: map[string]int{}}
 	var rl unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
 		return nil, fmt.Errorf("getrlimit: %w", err)
@@ -389,6 +391,7 @@ func (e *env) startServers(ctx context.Context, native bool) error {
 			return err
 		}
 		e.procs = append(e.procs, p)
+		e.iperfPID[report.Native] = p.PID()
 	}
 	if e.shmNginx, err = e.startNginx(ctx, e.tp.App, "mpshim", true); err != nil {
 		return err
@@ -396,12 +399,14 @@ func (e *env) startServers(ctx context.Context, native bool) error {
 	if err := e.startShim(ctx, "iperf3", "-s", "-p", strconv.Itoa(iperfPort)); err != nil {
 		return err
 	}
+	e.iperfPID[report.MPShim] = e.procs[len(e.procs)-1].PID()
 	p, err := e.startShimless(ctx, e.self, "netstack", "--http", fmt.Sprintf(":%d", netstackHTTPPort),
 		"--iperf", fmt.Sprintf(":%d", netstackIperf), "--root", e.www)
 	if err != nil {
 		return err
 	}
 	e.netstack = p
+	e.iperfPID[report.Netstack] = p.PID()
 	if _, err := waitOutput(p.Output, p.Done(), readyLine, 30*time.Second); err != nil {
 		return fmt.Errorf("netstack server: %w", err)
 	}
@@ -486,4 +491,73 @@ func (e *env) restartNginx(ctx context.Context) error {
 	}
 	time.Sleep(300 * time.Millisecond)
 	return e.checkServed(ctx)
+}
+
+// cpuTime returns the user and system CPU time pid has used (all its
+// threads), or 0 if it is gone.
+func cpuTime(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	// Fields 14 and 15 of stat (utime, stime), in clock ticks of 1/100 s
+	// (USER_HZ on Linux).
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(u+st) * 10 * time.Millisecond
+}
+
+// serverPIDs are the processes that serve side's HTTP (http) or iperf3
+// tests.
+func (e *env) serverPIDs(side string, http bool) []int {
+	if !http {
+		return []int{e.iperfPID[side]}
+	}
+	switch side {
+	case report.Native:
+		return e.natNginx.workers()
+	case report.MPShim:
+		return e.shmNginx.workers()
+	default:
+		return []int{e.netstack.PID()}
+	}
+}
+
+// cpuMeter measures the CPU the INS and a side's server use during a run.
+type cpuMeter struct {
+	ins, server []int
+	i0, s0      time.Duration
+}
+
+func (e *env) startCPU(side string, http bool) *cpuMeter {
+	m := &cpuMeter{server: e.serverPIDs(side, http)}
+	if side != report.Native {
+		for _, in := range e.iso.ins {
+			m.ins = append(m.ins, in.PID)
+		}
+	}
+	m.i0, m.s0 = sumCPU(m.ins), sumCPU(m.server)
+	return m
+}
+
+// stop returns the CPU used by the INS and by the server since start.
+func (m *cpuMeter) stop() (ins, server time.Duration) {
+	return sumCPU(m.ins) - m.i0, sumCPU(m.server) - m.s0
+}
+
+func sumCPU(pids []int) time.Duration {
+	var t time.Duration
+	for _, p := range pids {
+		t += cpuTime(p)
+	}
+	return t
 }

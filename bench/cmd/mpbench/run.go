@@ -89,7 +89,7 @@ func run(ctx context.Context, o options) (err error) {
 	}
 	if o.phase("ab") {
 		err := e.runAB(ctx, h)
-		res.main = append(res.main, h.conns)
+		res.main = append(res.main, h.conns, h.connINS, h.connSrv)
 		if err != nil {
 			return fail(err)
 		}

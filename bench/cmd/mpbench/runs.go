@@ -73,8 +73,11 @@ func (e *env) iperf3(ctx context.Context, t target, streams int, d time.Duration
 
 // httpMetrics are the figures of the wrk and ab phases.
 type httpMetrics struct {
-	rps, p50, p99 []*report.Metric // by wrkConns
-	conns         *report.Metric
+	rps, p50, p99  []*report.Metric // by wrkConns
+	insCPU, srvCPU []*report.Metric // CPU per request, by wrkConns
+	conns          *report.Metric
+	connINS        *report.Metric // INS CPU per connection (ab)
+	connSrv        *report.Metric // server CPU per connection (ab)
 }
 
 // wrkConns are the wrk connection counts: 1 shows the latency a request
@@ -87,8 +90,12 @@ func newHTTPMetrics() *httpMetrics {
 		h.rps = append(h.rps, &report.Metric{Key: fmt.Sprintf("nginx-c%d-rps", c), Name: fmt.Sprintf("nginx 1 KiB keep-alive, wrk -t1 -c%d", c), Unit: "req/s"})
 		h.p50 = append(h.p50, &report.Metric{Key: fmt.Sprintf("nginx-c%d-p50", c), Name: fmt.Sprintf("… -c%d latency p50", c), Unit: "ms"})
 		h.p99 = append(h.p99, &report.Metric{Key: fmt.Sprintf("nginx-c%d-p99", c), Name: fmt.Sprintf("… -c%d latency p99", c), Unit: "ms"})
+		h.insCPU = append(h.insCPU, &report.Metric{Key: fmt.Sprintf("nginx-c%d-inscpu", c), Name: fmt.Sprintf("… -c%d INS CPU per request", c), Unit: "µs"})
+		h.srvCPU = append(h.srvCPU, &report.Metric{Key: fmt.Sprintf("nginx-c%d-srvcpu", c), Name: fmt.Sprintf("… -c%d server CPU per request", c), Unit: "µs"})
 	}
 	h.conns = &report.Metric{Key: "nginx-newconn", Name: "nginx, new connection per request (ab -c64)", Unit: "conn/s"}
+	h.connINS = &report.Metric{Key: "nginx-newconn-inscpu", Name: "… INS CPU per connection", Unit: "µs"}
+	h.connSrv = &report.Metric{Key: "nginx-newconn-srvcpu", Name: "… server CPU per connection", Unit: "µs"}
 	return h
 }
 
@@ -96,7 +103,7 @@ func newHTTPMetrics() *httpMetrics {
 func (h *httpMetrics) wrkList() []*report.Metric {
 	var out []*report.Metric
 	for i := range wrkConns {
-		out = append(out, h.rps[i], h.p50[i], h.p99[i])
+		out = append(out, h.rps[i], h.p50[i], h.p99[i], h.insCPU[i], h.srvCPU[i])
 	}
 	return out
 }
@@ -120,10 +127,16 @@ func (e *env) runHTTP(ctx context.Context, h *httpMetrics) error {
 		for r := range e.o.rounds {
 			for _, side := range rotated(r) {
 				t := e.targets()[side]
+				cpu := e.startCPU(side, true)
 				w, err := e.wrk(ctx, t.url(), c, e.o.duration)
 				if err != nil {
 					return fmt.Errorf("%s: %w", side, err)
 				}
+				insCPU, srvCPU := cpu.stop()
+				if side != report.Native {
+					h.insCPU[i].Add(side, float64(insCPU.Microseconds())/float64(w.Requests))
+				}
+				h.srvCPU[i].Add(side, float64(srvCPU.Microseconds())/float64(w.Requests))
 				slog.Info("wrk", "side", side, "conns", c, "round", r+1, "req/s", int(w.RPS), "p50", w.P50, "p99", w.P99)
 				h.rps[i].Add(side, w.RPS)
 				h.p50[i].Add(side, ms(w.P50))
@@ -139,10 +152,16 @@ func (e *env) runAB(ctx context.Context, h *httpMetrics) error {
 	for r := range e.o.rounds {
 		for _, side := range rotated(r) {
 			t := e.targets()[side]
+			cpu := e.startCPU(side, true)
 			a, err := e.ab(ctx, t.url(), e.o.abN, 64)
 			if err != nil {
 				return fmt.Errorf("%s: %w", side, err)
 			}
+			ic, sc := cpu.stop()
+			if side != report.Native {
+				h.connINS.Add(side, float64(ic.Microseconds())/float64(a.Complete))
+			}
+			h.connSrv.Add(side, float64(sc.Microseconds())/float64(a.Complete))
 			slog.Info("ab", "side", side, "round", r+1, "conn/s", int(a.RPS), "p50", a.P50, "p99", a.P99)
 			h.conns.Add(side, a.RPS)
 		}
@@ -158,13 +177,22 @@ func (e *env) runBulk(ctx context.Context) ([]*report.Metric, error) {
 	var ms []*report.Metric
 	for _, n := range bulkStreams {
 		m := &report.Metric{Key: fmt.Sprintf("bulk-P%d", n), Name: fmt.Sprintf("bulk download, iperf3 -R -P%d", n), Unit: "Gbit/s"}
-		ms = append(ms, m)
+		insCPU := &report.Metric{Key: fmt.Sprintf("bulk-P%d-inscpu", n), Name: fmt.Sprintf("… -P%d INS CPU per GiB", n), Unit: "s"}
+		srvCPU := &report.Metric{Key: fmt.Sprintf("bulk-P%d-srvcpu", n), Name: fmt.Sprintf("… -P%d server CPU per GiB", n), Unit: "s"}
+		ms = append(ms, m, insCPU, srvCPU)
 		for r := range e.o.rounds {
 			for _, side := range rotated(r) {
+				cpu := e.startCPU(side, false)
 				res, err := e.iperf3(ctx, e.targets()[side], n, e.o.duration)
 				if err != nil {
 					return ms, fmt.Errorf("%s: %w", side, err)
 				}
+				ic, sc := cpu.stop()
+				gib := float64(res.ReceivedBytes) / (1 << 30)
+				if side != report.Native {
+					insCPU.Add(side, ic.Seconds()/gib)
+				}
+				srvCPU.Add(side, sc.Seconds()/gib)
 				slog.Info("iperf3", "side", side, "streams", n, "round", r+1, "Gbit/s", fmt.Sprintf("%.2f", res.ReceivedBps/1e9))
 				m.Add(side, res.ReceivedBps/1e9)
 			}
