@@ -532,18 +532,22 @@ func (e *env) serverPIDs(side string, http bool) []int {
 	}
 }
 
-// cpuMeter measures the CPU the INS and a side's server use during a run.
+// cpuMeter measures the CPU the INS and a side's server use during a run,
+// and the frames the INS send and receive.
 type cpuMeter struct {
+	e           *env
 	ins, server []int
 	i0, s0      time.Duration
+	tx0, rx0    uint64
 }
 
 func (e *env) startCPU(side string, http bool) *cpuMeter {
-	m := &cpuMeter{server: e.serverPIDs(side, http)}
+	m := &cpuMeter{e: e, server: e.serverPIDs(side, http)}
 	if side != report.Native {
 		for _, in := range e.iso.ins {
 			m.ins = append(m.ins, in.PID)
 		}
+		m.tx0, m.rx0 = e.iso.frames()
 	}
 	m.i0, m.s0 = sumCPU(m.ins), sumCPU(m.server)
 	return m
@@ -552,6 +556,30 @@ func (e *env) startCPU(side string, http bool) *cpuMeter {
 // stop returns the CPU used by the INS and by the server since start.
 func (m *cpuMeter) stop() (ins, server time.Duration) {
 	return sumCPU(m.ins) - m.i0, sumCPU(m.server) - m.s0
+}
+
+// frames returns the frames the INS sent and received since start.
+func (m *cpuMeter) frames() (tx, rx uint64) {
+	if len(m.ins) == 0 {
+		return 0, 0
+	}
+	tx, rx = m.e.iso.frames()
+	return tx - m.tx0, rx - m.rx0
+}
+
+// frames sums the frames every INS sent and received on its uplinks.
+func (d *isolator) frames() (tx, rx uint64) {
+	infos, err := d.list()
+	if err != nil {
+		return 0, 0
+	}
+	for _, in := range infos {
+		for _, u := range in.Uplinks {
+			tx += u.TxPackets
+			rx += u.RxPackets
+		}
+	}
+	return tx, rx
 }
 
 func sumCPU(pids []int) time.Duration {

@@ -75,6 +75,8 @@ func (e *env) iperf3(ctx context.Context, t target, streams int, d time.Duration
 type httpMetrics struct {
 	rps, p50, p99  []*report.Metric // by wrkConns
 	insCPU, srvCPU []*report.Metric // CPU per request, by wrkConns
+	txFrames       []*report.Metric // INS frames sent per request, by wrkConns
+	rxFrames       []*report.Metric // INS frames received per request
 	conns          *report.Metric
 	connINS        *report.Metric // INS CPU per connection (ab)
 	connSrv        *report.Metric // server CPU per connection (ab)
@@ -91,6 +93,8 @@ func newHTTPMetrics() *httpMetrics {
 		h.p50 = append(h.p50, &report.Metric{Key: fmt.Sprintf("nginx-c%d-p50", c), Name: fmt.Sprintf("… -c%d latency p50", c), Unit: "ms"})
 		h.p99 = append(h.p99, &report.Metric{Key: fmt.Sprintf("nginx-c%d-p99", c), Name: fmt.Sprintf("… -c%d latency p99", c), Unit: "ms"})
 		h.insCPU = append(h.insCPU, &report.Metric{Key: fmt.Sprintf("nginx-c%d-inscpu", c), Name: fmt.Sprintf("… -c%d INS CPU per request", c), Unit: "µs"})
+		h.txFrames = append(h.txFrames, &report.Metric{Key: fmt.Sprintf("nginx-c%d-txframes", c), Name: fmt.Sprintf("… -c%d INS frames sent per request", c), Unit: "frames"})
+		h.rxFrames = append(h.rxFrames, &report.Metric{Key: fmt.Sprintf("nginx-c%d-rxframes", c), Name: fmt.Sprintf("… -c%d INS frames received per request", c), Unit: "frames"})
 		h.srvCPU = append(h.srvCPU, &report.Metric{Key: fmt.Sprintf("nginx-c%d-srvcpu", c), Name: fmt.Sprintf("… -c%d server CPU per request", c), Unit: "µs"})
 	}
 	h.conns = &report.Metric{Key: "nginx-newconn", Name: "nginx, new connection per request (ab -c64)", Unit: "conn/s"}
@@ -103,7 +107,7 @@ func newHTTPMetrics() *httpMetrics {
 func (h *httpMetrics) wrkList() []*report.Metric {
 	var out []*report.Metric
 	for i := range wrkConns {
-		out = append(out, h.rps[i], h.p50[i], h.p99[i], h.insCPU[i], h.srvCPU[i])
+		out = append(out, h.rps[i], h.p50[i], h.p99[i], h.insCPU[i], h.srvCPU[i], h.txFrames[i], h.rxFrames[i])
 	}
 	return out
 }
@@ -135,6 +139,9 @@ func (e *env) runHTTP(ctx context.Context, h *httpMetrics) error {
 				insCPU, srvCPU := cpu.stop()
 				if side != report.Native {
 					h.insCPU[i].Add(side, float64(insCPU.Microseconds())/float64(w.Requests))
+					tx, rx := cpu.frames()
+					h.txFrames[i].Add(side, float64(tx)/float64(w.Requests))
+					h.rxFrames[i].Add(side, float64(rx)/float64(w.Requests))
 				}
 				h.srvCPU[i].Add(side, float64(srvCPU.Microseconds())/float64(w.Requests))
 				slog.Info("wrk", "side", side, "conns", c, "round", r+1, "req/s", int(w.RPS), "p50", w.P50, "p99", w.P99)

@@ -112,7 +112,7 @@ func newScaleMetrics(nINS int) *scaleMetrics {
 }
 
 func (s *scaleMetrics) list() []*report.Metric {
-	return []*report.Metric{s.est, s.ins, s.iso, s.server}
+	return []*report.Metric{s.est, s.ins, s.iso, s.server, s.slab}
 }
 
 // describeN says how many connections each side held.
