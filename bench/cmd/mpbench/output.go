@@ -142,8 +142,9 @@ func ringTable(rep *ringbench.Report, n int) string {
 	return b.String()
 }
 
-// render is the body of the results file and of the BENCHMARKS.md section.
-func render(o options, res *results, png string) string {
+// render is the body of the results file and, without the profiles, of
+// the BENCHMARKS.md section.
+func render(o options, res *results, png string, withProfile bool) string {
 	var b strings.Builder
 	mode := "full"
 	if o.quick {
@@ -187,7 +188,7 @@ func render(o options, res *results, png string) string {
 		}
 		b.WriteString("\n")
 	}
-	if res.profile != "" {
+	if res.profile != "" && withProfile {
 		b.WriteString(res.profile)
 		b.WriteString("\n")
 	}
@@ -214,12 +215,23 @@ func write(o options, res *results) error {
 		slog.Warn("no plot", "err", err)
 		png = ""
 	}
-	body := render(o, res, png)
+	body := render(o, res, png, true)
 	fmt.Println()
 	fmt.Print(body)
-	cmd := "make bench"
+	var args []string
 	if o.quick {
-		cmd = "make bench ARGS=--quick"
+		args = append(args, "--quick")
+	}
+	if o.profile {
+		args = append(args, "--profile")
+	}
+	cmd := "make bench"
+	switch len(args) {
+	case 0:
+	case 1:
+		cmd += " ARGS=" + args[0]
+	default:
+		cmd += fmt.Sprintf(" ARGS=%q", strings.Join(args, " "))
 	}
 	doc := fmt.Sprintf("# mpshim benchmark, %s\n\nCommand: `%s` (bench/cmd/mpbench).\n\n%s", stem, cmd, body)
 	if err := os.WriteFile(md, []byte(doc), 0o644); err != nil {
@@ -229,7 +241,8 @@ func write(o options, res *results) error {
 	if o.quick || o.doc == "" || o.only != "" || res.aborted {
 		return nil
 	}
-	return updateDoc(o.doc, fmt.Sprintf("Latest full run (`%s`, results in `%s`):\n\n%s", cmd, md, body))
+	section := fmt.Sprintf("Latest full run (`%s`, results and profiles in `%s`):\n\n%s", cmd, md, render(o, res, png, false))
+	return updateDoc(o.doc, section)
 }
 
 // updateDoc replaces the marked section of the document at path.

@@ -25,10 +25,11 @@ func (e *env) runProfile(ctx context.Context) (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
+	shown := dir
 	dir = absPath(dir)
 	t := e.targets()["mpshim"]
 	var b strings.Builder
-	fmt.Fprintf(&b, "Profiles of the mpshim side, %d s each (raw files in `%s`):\n\n", profileSeconds, dir)
+	fmt.Fprintf(&b, "Profiles of the mpshim side, %d s each (raw files in `%s`):\n\n", profileSeconds, shown)
 	loads := []struct {
 		name, what string
 		run        func() error
