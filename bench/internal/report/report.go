@@ -127,7 +127,7 @@ func Table(metrics []*Metric) string {
 }
 
 // PlotData renders a gnuplot data file: one line per metric that has all
-// three sides, with the ratios mpshim/native, netstack/native and
+// three sides and positive ratios, with the ratios mpshim/native, netstack/native and
 // mpshim/netstack; it returns the number of lines.
 func PlotData(metrics []*Metric) (string, int) {
 	var b strings.Builder
@@ -137,7 +137,10 @@ func PlotData(metrics []*Metric) (string, int) {
 		r1, ok1 := m.Ratio(MPShim, Native)
 		r2, ok2 := m.Ratio(Netstack, Native)
 		r3, ok3 := m.Ratio(MPShim, Netstack)
-		if !ok1 || !ok2 || !ok3 {
+		// The plot is on a log scale: a ratio of figures of different sign
+		// (a memory delta that other work on the machine made negative)
+		// has no place on it.
+		if !ok1 || !ok2 || !ok3 || r1 <= 0 || r2 <= 0 || r3 <= 0 {
 			continue
 		}
 		fmt.Fprintf(&b, "%q %.4f %.4f %.4f\n", m.Key, r1, r2, r3)

@@ -36,7 +36,11 @@ func TestMedianRatioTable(t *testing.T) {
 			t.Errorf("table lacks %q:\n%s", want, tab)
 		}
 	}
-	data, n := PlotData([]*Metric{m, empty})
+	neg := &Metric{Key: "slab", Name: "slab", Unit: "KiB"}
+	neg.Add(Native, 10)
+	neg.Add(Netstack, -3)
+	neg.Add(MPShim, 11)
+	data, n := PlotData([]*Metric{m, empty, neg})
 	if n != 1 || !strings.Contains(data, `"rps64" 0.2500 0.5000 0.5000`) {
 		t.Fatalf("plot data (%d lines):\n%s", n, data)
 	}
