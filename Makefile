@@ -23,7 +23,7 @@ endif
 
 TEST_TIMEOUT ?= 25m
 
-.PHONY: all build deps deps-test test vet fmt-check generate-check demo clean FORCE
+.PHONY: all build deps deps-test test vet fmt-check generate-check demo bench clean FORCE
 
 all: build
 
@@ -59,6 +59,15 @@ test: deps-test build fmt-check vet
 
 demo: deps-test build
 	@scripts/demo.sh
+
+# bench runs the performance harness (needs root): native kernel, a Go
+# server through mpnet, and the real servers under the shim, alternated in
+# one run; writes bench/results/DATE.md and .png and, for full runs, the
+# latest table in BENCHMARKS.md. make bench ARGS=--quick is a smoke run.
+bench: build
+	@scripts/deps.sh bench
+	$(GO) build -o $(BIN)/mpbench ./bench/cmd/mpbench
+	$(BIN)/mpbench --bin $(BIN) $(ARGS)
 
 clean:
 	rm -rf $(BIN)

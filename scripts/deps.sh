@@ -17,6 +17,10 @@ test | demo | bench)
 	want+=(nginx apache2 apache2-utils redis-server memcached haproxy wrk iperf3)
 	# The flow collector the IPFIX export is checked against.
 	want+=(nfdump)
+	if [ "$1" = bench ]; then
+		# The benchmark's plot and its profiles of the processes under load.
+		want+=(gnuplot-nox linux-perf)
+	fi
 	;;
 *)
 	echo "deps.sh: unknown set '$1' (want build|test|demo|bench)" >&2

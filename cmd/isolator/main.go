@@ -57,6 +57,7 @@ func newLogger(level string) *slog.Logger {
 func runCmd() *cobra.Command {
 	var (
 		file, logLevel string
+		pprofAddr      string
 		uplinks        []string
 		allowUIDs      []uint
 		allowGIDs      []uint
@@ -132,6 +133,13 @@ is a host interface whose macvlan children become the INS NICs, e.g.
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
+			if pprofAddr != "" {
+				go func() {
+					if err := d.ServeDebug(ctx, pprofAddr); err != nil {
+						log.Error("profiles", "err", err)
+					}
+				}()
+			}
 			return d.Run(ctx)
 		},
 	}
@@ -150,6 +158,7 @@ is a host interface whose macvlan children become the INS NICs, e.g.
 	f.UintSliceVar(&allowGIDs, "allow-gid", nil, "gids allowed to register apps")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	monitor.register(f)
+	f.StringVar(&pprofAddr, "pprof", "", "serve Go profiles of the daemon and its INS over HTTP on ADDR (e.g. 127.0.0.1:6060; off by default)")
 	return cmd
 }
 

@@ -4,14 +4,17 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -49,7 +52,13 @@ const (
 	ManageStats = "stats"
 	// ManageForget releases the sockets of a socket group that has gone.
 	ManageForget = "forget"
+	// ManageProfile writes a Go profile (Profile: "cpu" over Seconds, or
+	// "heap") to the one descriptor the request carries, then closes it.
+	ManageProfile = "profile"
 )
+
+// MaxProfileSeconds bounds a CPU profile.
+const MaxProfileSeconds = 300
 
 // ManageRequest is a management request from the daemon.
 type ManageRequest struct {
@@ -57,7 +66,9 @@ type ManageRequest struct {
 	Group    uint64           `json:"group,omitempty"`
 	Mitigate *MitigateRequest `json:"mitigate,omitempty"`
 	// Uplink carries the arguments of the uplink operations (ManageUplink*).
-	Uplink *UplinkOp `json:"uplink,omitempty"`
+	Uplink  *UplinkOp `json:"uplink,omitempty"`
+	Profile string    `json:"profile,omitempty"`
+	Seconds int       `json:"seconds,omitempty"`
 }
 
 // Status is an INS's answer to ManageStats.
@@ -156,6 +167,11 @@ func (s *Server) manage(m ctrl.Msg) {
 		switch req.Op {
 		case ManageUplinkAdd, ManageUplinkDel, ManageUplinkDrain, ManageUplinkCarrier, ManageUplinkStats:
 			out = s.manageUplink(req, &m)
+		case ManageProfile:
+			out = Status{}
+			if err := startProfile(req, oneFile(&m)); err != nil {
+				out = Status{Error: err.Error()}
+			}
 		case ManageStats:
 			out = Status{Engine: s.eng.Stats(), Uplinks: s.st.Counters(), RSSBytes: selfRSS()}
 		case ManageForget:
@@ -171,6 +187,38 @@ func (s *Server) manage(m ctrl.Msg) {
 	if err := s.ch.Reply(m.Frame, b); err != nil {
 		s.log.Debug("management reply", "err", err)
 	}
+}
+
+// startProfile starts writing the profile req asks for to f in the
+// background; f is closed when the profile is complete or refused.
+func startProfile(req ManageRequest, f *os.File) error {
+	if f == nil {
+		return errors.New("profile: no descriptor to write to")
+	}
+	switch req.Profile {
+	case "cpu":
+		if req.Seconds < 1 || req.Seconds > MaxProfileSeconds {
+			f.Close()
+			return fmt.Errorf("profile: %d seconds, want 1..%d", req.Seconds, MaxProfileSeconds)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			return fmt.Errorf("profile: %w", err)
+		}
+		time.AfterFunc(time.Duration(req.Seconds)*time.Second, func() {
+			pprof.StopCPUProfile()
+			f.Close()
+		})
+	case "heap":
+		go func() {
+			defer f.Close()
+			_ = pprof.Lookup("heap").WriteTo(f, 0)
+		}()
+	default:
+		f.Close()
+		return fmt.Errorf("profile: unknown profile %q (cpu or heap)", req.Profile)
+	}
+	return nil
 }
 
 // forget closes every socket of a group that has gone.

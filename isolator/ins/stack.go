@@ -18,6 +18,7 @@ import (
 	"github.com/mpshim/mpshim/isolator/uplink"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/qdisc/fifo"
 	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
@@ -31,6 +32,10 @@ import (
 // gateway pinged. 200 ms with uplink.LossThreshold=3 steers new flows off a
 // dead uplink in under a second, at 5 tiny packets per second per uplink.
 const DefaultProbeInterval = 200 * time.Millisecond
+
+// txQueueLen bounds the frames queued for transmission on one NIC; a full
+// queue drops, which TCP answers like any loss.
+const txQueueLen = 1000
 
 // Config configures one INS stack.
 type Config struct {
@@ -318,7 +323,18 @@ func (s *Stack) addUplink(u UplinkConfig, pkt *packetLink) (err error) {
 	}
 	// Every NIC goes through the taps (flow accounting, rules).
 	l.tap = s.tapped(u.Name, ep)
-	if terr := s.ns.CreateNICWithOptions(l.nic, l.tap, stack.NICOptions{Name: u.Name}); terr != nil {
+	opts := stack.NICOptions{Name: u.Name}
+	if l.pkt != nil {
+		// A FIFO queue with its own dispatcher hands the packet socket
+		// batches of up to fifo.BatchSize frames per sendmmsg, where the
+		// transport would otherwise make one system call per frame. It
+		// writes through the taps.
+		opts.QDisc = fifo.New(l.tap, 1, txQueueLen)
+	}
+	if terr := s.ns.CreateNICWithOptions(l.nic, l.tap, opts); terr != nil {
+		if opts.QDisc != nil {
+			opts.QDisc.Close()
+		}
 		return fmt.Errorf("add uplink %q: create NIC: %s", u.Name, terr)
 	}
 	defer func() {

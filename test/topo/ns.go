@@ -71,7 +71,13 @@ func (ns *NS) Run(ctx context.Context, name string, args ...string) (string, err
 // belongs to a Topology the process is killed (whole group, by PID) on
 // Topology.Close. Cancelling ctx kills the process group as well.
 func (ns *NS) Start(ctx context.Context, name string, args ...string) (*Proc, error) {
+	return ns.StartEnv(ctx, nil, name, args...)
+}
+
+// StartEnv is Start with the environment env (nil: this process's).
+func (ns *NS) StartEnv(ctx context.Context, env []string, name string, args ...string) (*Proc, error) {
 	cmd := ns.Command(ctx, name, args...)
+	cmd.Env = env
 	p := &Proc{Cmd: cmd, done: make(chan struct{}), name: name}
 	cmd.Stdout = &p.out
 	cmd.Stderr = &p.out
