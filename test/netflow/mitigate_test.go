@@ -549,10 +549,13 @@ func TestMitigateLimit(t *testing.T) {
 	r := mitMust(t, iso, "netflow", "limit", "--src", tp.Uplinks[0].Subnet4.String(), "--pps", strconv.Itoa(pps), "--burst", strconv.Itoa(burst))
 	sent, got, took := ping(1500)
 	most := burst + int(pps*took.Seconds()) + 1
-	// At least 80 % of what the limit admits must pass: the rate, or what
-	// ping managed to offer if that was less.
+	// At least half of what the limit admits must pass: the rate, or what
+	// ping managed to offer if that was less. Not more: a ping starved of
+	// CPU offers in bursts, and a burst beyond the bucket's depth is
+	// dropped even when the average stays under the rate. The upper
+	// bound is the limiter's promise and is exact.
 	offered := float64(sent) / took.Seconds()
-	least := int(0.8 * min(offered, pps) * took.Seconds())
+	least := int(0.5 * min(offered, pps) * took.Seconds())
 	t.Logf("%d pings in %v (%.0f/s offered) under a %d pps limit: %d answered (%.0f/s), allowed %d..%d",
 		sent, took.Round(time.Millisecond), offered, pps, got, float64(got)/took.Seconds(), least, most)
 	if got > most || got < least {
