@@ -4,13 +4,14 @@
 // daemon in batches (Collect) that carry what changed and what ended.
 //
 // The table is a Tap: Packet is called for every IP packet an uplink sends
-// or receives. It is split into shards, each a map, a lock and a list in
-// order of last use; counting a packet of a known flow takes one shard lock
-// and allocates nothing. When a shard is full its least recently used flow
-// is evicted (EndEvicted). Flows end after the idle timeout (EndIdle), or
-// shortly after TCP FIN in both directions or a RST (EndOfFlow). The
-// active timeout is applied where flows are exported, not here: the table
-// keeps totals, the daemon computes the deltas it exports.
+// or receives. It is split into shards, each a lock, an open-addressing
+// index (index.go) and a list in order of last use; counting a packet of a
+// known flow takes one shard lock and allocates nothing. When a shard is
+// full its least recently used flow is evicted (EndEvicted). Flows end
+// after the idle timeout (EndIdle), or shortly after TCP FIN in both
+// directions or a RST (EndOfFlow). The active timeout is applied where flows
+// are exported, not here: the table keeps totals, the daemon computes the
+// deltas it exports.
 package flowtable
 
 import (
