@@ -4,7 +4,6 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"testing"
-	"time"
 
 	"github.com/mpshim/mpshim/netflow"
 )
@@ -59,32 +58,5 @@ func TestFlowHashSymmetric(t *testing.T) {
 	}
 	if flowHash(&k, 3) == flowHash(&k, 4) {
 		t.Fatal("hash ignores the uplink")
-	}
-}
-
-func TestPacketClock(t *testing.T) {
-	tb := New(Config{})
-	before := time.Now()
-	tb.Packet("up0", netflow.In, tcp(client, server, 1, 80, netflow.TCPSyn, 0))
-	if !tb.ticking.Load() {
-		t.Fatal("packet clock not started")
-	}
-	time.Sleep(50 * time.Millisecond)
-	tb.Packet("up0", netflow.In, tcp(client, server, 1, 80, netflow.TCPAck, 0))
-	bt, _ := DecodeBatch(tb.Collect(time.Now(), 65000, nil))
-	r := bt.Records[0]
-	if d := r.Last.Sub(r.First); d < 40*time.Millisecond || r.First.Before(before.Add(-time.Millisecond)) {
-		t.Fatalf("first %v last %v: the clock did not advance", r.First, r.Last)
-	}
-	// Without packets the clock stops.
-	deadline := time.Now().Add(3*clockIdle + time.Second)
-	for tb.ticking.Load() {
-		if time.Now().After(deadline) {
-			t.Fatal("packet clock still running without packets")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if tb.now.Load() != 0 {
-		t.Fatal("stopped clock left a time behind")
 	}
 }

@@ -4,13 +4,14 @@
 // daemon in batches (Collect) that carry what changed and what ended.
 //
 // The table is a Tap: Packet is called for every IP packet an uplink sends
-// or receives. It is split into shards, each a map, a lock and a list in
-// order of last use; counting a packet of a known flow takes one shard lock
-// and allocates nothing. When a shard is full its least recently used flow
-// is evicted (EndEvicted). Flows end after the idle timeout (EndIdle), or
-// shortly after TCP FIN in both directions or a RST (EndOfFlow). The
-// active timeout is applied where flows are exported, not here: the table
-// keeps totals, the daemon computes the deltas it exports.
+// or receives. It is split into shards, each a lock, an open-addressing
+// index (index.go) and a list in order of last use; counting a packet of a
+// known flow takes one shard lock and allocates nothing. When a shard is
+// full its least recently used flow is evicted (EndEvicted). Flows end
+// after the idle timeout (EndIdle), or shortly after TCP FIN in both
+// directions or a RST (EndOfFlow). The active timeout is applied where flows
+// are exported, not here: the table keeps totals, the daemon computes the
+// deltas it exports.
 package flowtable
 
 import (
@@ -126,7 +127,6 @@ type shard struct {
 	free  *entry
 	n     int
 	clock int64 // latest time seen, so the use order is time order
-	busy  bool  // a packet was counted since the clock last looked
 	_     [64]byte
 }
 
@@ -144,12 +144,6 @@ type Table struct {
 
 	uplinks atomic.Pointer[[]string]
 	upMu    sync.Mutex
-
-	// now is the time (ns since base) refreshed every clockTick by a
-	// goroutine that runs while packets flow, so that counting a packet
-	// reads a variable instead of the clock; 0 when it is not running.
-	now     atomic.Int64
-	ticking atomic.Bool
 
 	seq     atomic.Uint64
 	created atomic.Uint64
@@ -212,59 +206,11 @@ func (t *Table) uplinkName(i uint16) string {
 
 func (t *Table) shardOf(h uint64) *shard { return &t.shards[(h>>40)&t.mask] }
 
-// clockTick is the resolution of the packet clock.
-const clockTick = time.Millisecond
-
-// clockIdle is how long the packet clock runs without packets.
-const clockIdle = time.Second
-
 func (t *Table) since() int64 { return max(1, time.Since(t.base).Nanoseconds()) }
-
-// packetTime returns the packet clock, starting it if it is stopped.
-func (t *Table) packetTime() int64 {
-	if now := t.now.Load(); now != 0 {
-		return now
-	}
-	now := t.since()
-	if t.ticking.CompareAndSwap(false, true) {
-		t.now.Store(now)
-		go t.tick()
-	}
-	return now
-}
-
-// tick refreshes t.now until no shard has seen a packet for clockIdle.
-func (t *Table) tick() {
-	tk := time.NewTicker(clockTick)
-	defer tk.Stop()
-	for n := 1; ; n++ {
-		<-tk.C
-		t.now.Store(t.since())
-		if n%int(clockIdle/clockTick) == 0 && !t.busy() {
-			t.now.Store(0)
-			t.ticking.Store(false)
-			return
-		}
-	}
-}
-
-// busy reports (and clears) whether any shard counted a packet since the
-// last call.
-func (t *Table) busy() bool {
-	any := false
-	for i := range t.shards {
-		s := &t.shards[i]
-		s.mu.Lock()
-		any = any || s.busy
-		s.busy = false
-		s.mu.Unlock()
-	}
-	return any
-}
 
 // Packet counts one packet (it implements the INS's Tap) and never drops.
 func (t *Table) Packet(uplink string, dir netflow.Direction, p *netflow.Packet) bool {
-	t.Account(t.packetTime(), uplink, dir, p)
+	t.Account(t.since(), uplink, dir, p)
 	return true
 }
 
@@ -278,7 +224,6 @@ func (t *Table) Account(now int64, uplink string, dir netflow.Direction, p *netf
 		now = s.clock
 	}
 	s.clock = now
-	s.busy = true
 	e, fwd := s.idx.find(h, &p.Key, up)
 	if e == nil {
 		e = t.create(s, h, up, dir, p, now)
