@@ -150,6 +150,8 @@ func (d *Daemon) startINS(ctx context.Context, id int, total int) (_ *insProc, e
 			// Virtual parents (veth) hand partial checksums to AF_PACKET;
 			// the netstack must not verify those.
 			RXChecksumOffload: ns.Links[i].VirtualParent,
+			Backend:           ins.Backend(u.cfg.Backend),
+			GSO:               u.cfg.GSOEnabled(),
 		})
 	}
 	cfgJSON, err := json.Marshal(pc)

@@ -73,6 +73,11 @@ type UplinkConfig struct {
 	// links (veth), whose offloaded partial checksums would otherwise be
 	// rejected; frames from a physical wire must be verified (false).
 	RXChecksumOffload bool
+	// Backend is how frames reach the netstack; "" is BackendPacket.
+	Backend Backend
+	// GSO lets TCP hand segments of up to 64 KiB to the kernel, which
+	// splits them into frames (PACKET_VNET_HDR on the sending socket).
+	GSO bool
 	// Endpoint, if set, is used as the NIC's link endpoint instead of an
 	// AF_PACKET socket on Interface (tests, other link types).
 	Endpoint stack.LinkEndpoint
@@ -105,7 +110,7 @@ type Stack struct {
 type nicLink struct {
 	cfg    UplinkConfig
 	nic    tcpip.NICID
-	pkt    *packetLink // nil for injected endpoints
+	pkt    nicBackend // nil for injected endpoints
 	tap    *tapEndpoint
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -259,6 +264,9 @@ func validateUplink(u UplinkConfig) error {
 	if u.Weight < 0 {
 		return fmt.Errorf("uplink %q: negative weight", u.Name)
 	}
+	if _, err := ParseBackend(string(u.Backend)); err != nil {
+		return fmt.Errorf("uplink %q: %w", u.Name, err)
+	}
 	return nil
 }
 
@@ -272,6 +280,7 @@ func (s *Stack) AddUplink(u UplinkConfig) (err error) {
 	if u.Weight == 0 {
 		u.Weight = 1
 	}
+	u.Backend, _ = ParseBackend(string(u.Backend)) // validated
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -283,11 +292,7 @@ func (s *Stack) AddUplink(u UplinkConfig) (err error) {
 	l := &nicLink{cfg: u, nic: s.nextNIC}
 	ep := u.Endpoint
 	if ep == nil {
-		if l.pkt, err = openPacketLink(u.Interface); err != nil {
-			return fmt.Errorf("add uplink %q: %w", u.Name, err)
-		}
-		if ep, err = l.pkt.endpoint(u.RXChecksumOffload); err != nil {
-			l.closeFD()
+		if l.pkt, ep, err = openLink(u); err != nil {
 			return fmt.Errorf("add uplink %q: %w", u.Name, err)
 		}
 	}
@@ -331,7 +336,7 @@ func (s *Stack) AddUplink(u UplinkConfig) (err error) {
 			s.monitor(ctx, l)
 		}()
 	}
-	s.log.Info("uplink added", "uplink", u.Name, "nic", l.nic, "if", u.Interface, "addr4", u.Addr4, "addr6", u.Addr6, "weight", u.Weight)
+	s.log.Info("uplink added", "uplink", u.Name, "nic", l.nic, "if", u.Interface, "addr4", u.Addr4, "addr6", u.Addr6, "weight", u.Weight, "backend", u.Backend, "gso", u.GSO)
 	return nil
 }
 
@@ -551,9 +556,8 @@ func (l *nicLink) stop() {
 }
 
 func (l *nicLink) closeFD() {
-	if l.pkt != nil && l.pkt.fd >= 0 {
-		closeFD(l.pkt.fd)
-		l.pkt.fd = -1
+	if l.pkt != nil {
+		l.pkt.close()
 	}
 }
 

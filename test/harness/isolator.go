@@ -72,6 +72,8 @@ type UplinkSpec struct {
 	Gateway4, Gateway6 string
 	// Weight is the uplink's share of outbound flows (0 means 1).
 	Weight int
+	// Link holds further --uplink keys, e.g. "backend=xdp,gso=off".
+	Link string
 }
 
 // Options configures a daemon.
@@ -142,6 +144,9 @@ func StartIsolator(t testing.TB, tp *topo.Topology, o Options) *Isolator {
 			s += ",gw6=" + u.Gateway6
 		}
 		s += fmt.Sprintf(",weight=%d", max(u.Weight, 1))
+		if u.Link != "" {
+			s += "," + u.Link
+		}
 		args = append(args, "--uplink", s)
 	}
 	args = append(args, o.Args...)
