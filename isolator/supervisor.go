@@ -172,6 +172,8 @@ func (d *Daemon) startINS(ctx context.Context, id int, total int) (_ *insProc, e
 			// Virtual parents (veth) hand partial checksums to AF_PACKET;
 			// the netstack must not verify those.
 			RXChecksumOffload: ns.Links[i].VirtualParent,
+			Backend:           ins.Backend(u.cfg.Backend),
+			GSO:               u.cfg.GSOEnabled(),
 		}
 		pc.Stack.Uplinks = append(pc.Stack.Uplinks, uc)
 		ups = append(ups, insUplink{u: u, cfg: uc})

@@ -190,8 +190,9 @@ type Counters struct {
 
 // Add counts one packet.
 func (c *Counters) Add(p *Packet) {
-	c.Bytes += uint64(p.Len)
-	c.Packets++
+	pkts, bytes := p.Wire()
+	c.Bytes += uint64(bytes)
+	c.Packets += uint64(pkts)
 	c.Payload += uint64(p.Payload)
 	c.TCPFlags |= TCPFlags(p.TCPFlags)
 }

@@ -101,6 +101,20 @@ type Packet struct {
 	// Fragment is set for a non-first fragment: its ports are unknown
 	// (zero), as flow exporters report them.
 	Fragment bool
+	// Segments is how many packets this one leaves as on the wire when
+	// the kernel segments it (GSO); 0 and 1 both mean one packet. Each
+	// segment repeats the headers, Len-Payload bytes.
+	Segments int
+}
+
+// Wire returns the packets and IP bytes p stands for on the wire: one
+// packet of Len bytes, or Segments packets that share Payload and each
+// carry the headers.
+func (p *Packet) Wire() (packets, bytes int) {
+	if p.Segments <= 1 {
+		return 1, p.Len
+	}
+	return p.Segments, p.Len + (p.Segments-1)*(p.Len-p.Payload)
 }
 
 // Errors of Parse. Every malformed packet is reported, never trusted.

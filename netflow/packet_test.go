@@ -163,3 +163,19 @@ func TestFlowID(t *testing.T) {
 		}
 	}
 }
+
+func TestWire(t *testing.T) {
+	for _, tc := range []struct {
+		p           Packet
+		pkts, bytes int
+	}{
+		{Packet{Len: 1500, Payload: 1448}, 1, 1500},
+		{Packet{Len: 1500, Payload: 1448, Segments: 1}, 1, 1500},
+		// 3 segments of a 4,000-byte payload with 52 bytes of headers.
+		{Packet{Len: 4052, Payload: 4000, Segments: 3}, 3, 4156},
+	} {
+		if pkts, bytes := tc.p.Wire(); pkts != tc.pkts || bytes != tc.bytes {
+			t.Errorf("%+v: Wire() = %d, %d; want %d, %d", tc.p, pkts, bytes, tc.pkts, tc.bytes)
+		}
+	}
+}

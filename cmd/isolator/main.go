@@ -145,7 +145,7 @@ is a host interface whose macvlan children become the INS NICs, e.g.
 	}
 	f := cmd.Flags()
 	f.StringVarP(&file, "config", "c", "", "YAML configuration file")
-	f.StringArrayVar(&uplinks, "uplink", nil, "uplink NAME=IFACE,pool4=ADDR/LEN[,gw4=ADDR][,pool6=ADDR/LEN,gw6=ADDR][,weight=N] (repeatable)")
+	f.StringArrayVar(&uplinks, "uplink", nil, "uplink NAME=IFACE,pool4=ADDR/LEN[,gw4=ADDR][,pool6=ADDR/LEN,gw6=ADDR][,weight=N][,backend=packet|xdp][,gso=on|off] (repeatable)")
 	f.IntVar(&c.INS, "ins", c.INS, "INS processes to start with")
 	f.IntVar(&c.MaxINS, "max-ins", c.MaxINS, "most INS processes allowed")
 	f.StringVar(&c.Policy, "policy", c.Policy, "outbound uplink policy: wrr, rtt or hash")

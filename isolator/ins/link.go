@@ -76,8 +76,13 @@ func openPacketLink(ifname string) (*packetLink, error) {
 	return &packetLink{fd: fd, ifname: ifname, ifindex: ifc.Index, mac: ifc.HardwareAddr, mtu: ifc.MTU}, nil
 }
 
-// endpoint wraps the socket in a gVisor fdbased link endpoint.
-func (p *packetLink) endpoint(rxChecksumOffload bool) (stack.LinkEndpoint, error) {
+// endpoint wraps the socket in a gVisor fdbased link endpoint. With gso the
+// socket must have PACKET_VNET_HDR set.
+func (p *packetLink) endpoint(rxChecksumOffload, gso bool) (stack.LinkEndpoint, error) {
+	gsoMax := uint32(0)
+	if gso {
+		gsoMax = gsoMaxSize
+	}
 	ep, err := fdbased.New(&fdbased.Options{
 		FDs:            []int{p.fd},
 		MTU:            uint32(p.mtu),
@@ -87,14 +92,16 @@ func (p *packetLink) endpoint(rxChecksumOffload bool) (stack.LinkEndpoint, error
 		// would save the copy but pins a ring of memory per NIC per INS,
 		// which costs more than it saves at the per-INS rates we run.
 		PacketDispatchMode: fdbased.RecvMMsg,
-		// The netstack computes transmit checksums itself: AF_PACKET
-		// without a virtio header cannot ask the kernel to finish them.
+		// The netstack computes transmit checksums itself. With GSO the
+		// virtio header asks the kernel to finish TCP checksums, but only
+		// TCP segments carry GSO options: UDP and ICMP would leave with
+		// no checksum if the netstack skipped them.
 		TXChecksumOffload: false,
 		// See UplinkConfig.RXChecksumOffload.
 		RXChecksumOffload: rxChecksumOffload,
-		// GSO stays off: host GSO needs PACKET_VNET_HDR and a veth/macvlan
-		// that segments, and was not measured faster for this path.
-		GSOMaxSize: 0,
+		// Host GSO (UplinkConfig.GSO): TCP hands segments of up to
+		// 64 KiB to the kernel, which splits them into frames.
+		GSOMaxSize: gsoMax,
 		// One dispatcher goroutine per NIC: an INS gets one or two cores
 		// (GOMAXPROCS) for all its NICs, more processors only contend.
 		ProcessorsPerChannel: 1,

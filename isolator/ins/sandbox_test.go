@@ -193,7 +193,7 @@ func newPacketPeer(t *testing.T, ifname string, addr netip.Prefix) *stack.Stack 
 	if err != nil {
 		t.Fatal(err)
 	}
-	ep, err := pl.endpoint(false)
+	ep, err := pl.endpoint(false, false)
 	if err != nil {
 		t.Fatal(err)
 	}

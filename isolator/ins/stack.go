@@ -86,6 +86,11 @@ type UplinkConfig struct {
 	// links (veth), whose offloaded partial checksums would otherwise be
 	// rejected; frames from a physical wire must be verified (false).
 	RXChecksumOffload bool
+	// Backend is how frames reach the netstack; "" is BackendPacket.
+	Backend Backend
+	// GSO lets TCP hand segments of up to 64 KiB to the kernel, which
+	// splits them into frames (PACKET_VNET_HDR on the sending socket).
+	GSO bool
 	// Endpoint, if set, is used as the NIC's link endpoint instead of an
 	// AF_PACKET socket on Interface (tests, other link types).
 	Endpoint stack.LinkEndpoint
@@ -119,7 +124,7 @@ type Stack struct {
 type nicLink struct {
 	cfg    UplinkConfig
 	nic    tcpip.NICID
-	pkt    *packetLink // nil for injected endpoints
+	pkt    nicBackend // nil for injected endpoints
 	tap    *tapEndpoint
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -281,6 +286,9 @@ func validateUplink(u UplinkConfig) error {
 	if u.Weight < 0 {
 		return fmt.Errorf("uplink %q: negative weight", u.Name)
 	}
+	if _, err := ParseBackend(string(u.Backend)); err != nil {
+		return fmt.Errorf("uplink %q: %w", u.Name, err)
+	}
 	return nil
 }
 
@@ -292,7 +300,10 @@ func (s *Stack) AddUplink(u UplinkConfig) error { return s.addUplink(u, nil) }
 // addUplink is AddUplink on an already open link socket pkt (nil: open
 // one on u.Interface); pkt is closed if the uplink cannot be added.
 func (s *Stack) addUplink(u UplinkConfig, pkt *packetLink) (err error) {
-	l := &nicLink{cfg: u, nic: 0, pkt: pkt}
+	l := &nicLink{cfg: u, nic: 0}
+	if pkt != nil {
+		l.pkt = pkt // never a nil *packetLink in the interface
+	}
 	defer func() {
 		if err != nil {
 			l.closeFD()
@@ -305,6 +316,7 @@ func (s *Stack) addUplink(u UplinkConfig, pkt *packetLink) (err error) {
 		u.Weight = 1
 		l.cfg.Weight = 1
 	}
+	u.Backend, _ = ParseBackend(string(u.Backend)) // validated
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -316,12 +328,16 @@ func (s *Stack) addUplink(u UplinkConfig, pkt *packetLink) (err error) {
 	l.nic = s.nextNIC
 	ep := u.Endpoint
 	if ep == nil {
-		if l.pkt == nil {
-			if l.pkt, err = openPacketLink(u.Interface); err != nil {
-				return fmt.Errorf("add uplink %q: %w", u.Name, err)
+		if pkt != nil {
+			// A socket the daemon opened (uplink added at run time).
+			if u.Backend == BackendXDP {
+				return fmt.Errorf("add uplink %q: the xdp backend cannot be added at run time", u.Name)
 			}
+			l.pkt, ep, err = packetBackend(u, pkt)
+		} else {
+			l.pkt, ep, err = openLink(u)
 		}
-		if ep, err = l.pkt.endpoint(u.RXChecksumOffload); err != nil {
+		if err != nil {
 			return fmt.Errorf("add uplink %q: %w", u.Name, err)
 		}
 	}
@@ -375,7 +391,7 @@ func (s *Stack) addUplink(u UplinkConfig, pkt *packetLink) (err error) {
 			s.monitor(ctx, l)
 		}()
 	}
-	s.log.Info("uplink added", "uplink", u.Name, "nic", l.nic, "if", u.Interface, "addr4", u.Addr4, "addr6", u.Addr6, "weight", u.Weight)
+	s.log.Info("uplink added", "uplink", u.Name, "nic", l.nic, "if", u.Interface, "addr4", u.Addr4, "addr6", u.Addr6, "weight", u.Weight, "backend", u.Backend, "gso", u.GSO)
 	return nil
 }
 
@@ -610,9 +626,8 @@ func (l *nicLink) stop() {
 }
 
 func (l *nicLink) closeFD() {
-	if l.pkt != nil && l.pkt.fd >= 0 {
-		closeFD(l.pkt.fd)
-		l.pkt.fd = -1
+	if l.pkt != nil {
+		l.pkt.close()
 	}
 }
 

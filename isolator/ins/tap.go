@@ -176,5 +176,10 @@ func (t *tapEndpoint) pass(pkt *stack.PacketBuffer, buf []byte) bool {
 		// Our own netstack built it; never drop what we cannot read.
 		return true
 	}
+	// A GSO segment leaves as one frame per MSS of payload: count what
+	// the wire carries.
+	if g := pkt.GSOOptions; g.Type != stack.GSONone && g.MSS > 0 && p.Payload > int(g.MSS) {
+		p.Segments = (p.Payload + int(g.MSS) - 1) / int(g.MSS)
+	}
 	return t.taps.run(t.uplink, netflow.Out, p)
 }

@@ -72,6 +72,8 @@ type UplinkSpec struct {
 	Gateway4, Gateway6 string
 	// Weight is the uplink's share of outbound flows (0 means 1).
 	Weight int
+	// Link holds further --uplink keys, e.g. "backend=xdp,gso=off".
+	Link string
 }
 
 // Arg is the uplink in the syntax of `isolator run --uplink` and
@@ -87,7 +89,11 @@ func (u UplinkSpec) Arg(name string) string {
 	if u.Gateway6 != "" {
 		s += ",gw6=" + u.Gateway6
 	}
-	return s + fmt.Sprintf(",weight=%d", max(u.Weight, 1))
+	s += fmt.Sprintf(",weight=%d", max(u.Weight, 1))
+	if u.Link != "" {
+		s += "," + u.Link
+	}
+	return s
 }
 
 // Options configures a daemon.
