@@ -97,7 +97,7 @@ static int replace(int fd, int nfd)
 
 int mp_convert(int fd, struct mp_fd *e)
 {
-	int sv[2], rc, fl, fdfl, type;
+	int sv[2], rc, fl, fdfl, type, oflags;
 	uint64_t sock = 0;
 
 	rc = mps_available();
@@ -122,7 +122,7 @@ int mp_convert(int fd, struct mp_fd *e)
 			return 1;
 		return mp_fail(-rc);
 	}
-	mp_opt_replay(fd, e, sock, sv[0]);
+	oflags = mp_opt_replay(fd, e, sock, sv[0]);
 	if (replace(fd, sv[0]) < 0)
 		return -1;
 	if (e->flags & MPF_EPOLL) {
@@ -134,7 +134,7 @@ int mp_convert(int fd, struct mp_fd *e)
 	}
 	e->kind = e->type == SOCK_DGRAM ? MPK_DGRAM : MPK_STREAM;
 	e->sock = sock;
-	e->flags = e->type == SOCK_DGRAM ? 0 : MPF_UNATTACHED;
+	e->flags = e->type == SOCK_DGRAM ? 0 : (uint8_t)(MPF_UNATTACHED | oflags);
 	e->optmask = 0;
 	MPLOG("convert(%d) -> sock %llu", fd, (unsigned long long)sock);
 	return 0;
