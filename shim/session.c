@@ -695,6 +695,15 @@ int mps_shutdown(uint64_t sock, int how)
 	return call_reply(req, sizeof req, MP_T_SHUTDOWN, -1);
 }
 
+int mps_close(uint64_t sock)
+{
+	unsigned char req[W_HDR + MP_CLOSE_FIXED];
+
+	memset(req, 0, sizeof req);
+	put64(req + W_HDR + offsetof(struct mp_close, sock), sock);
+	return call_reply(req, sizeof req, MP_T_CLOSE, -1);
+}
+
 int mps_ioctl_int(uint64_t sock, unsigned long request, int *out)
 {
 	unsigned char req[W_HDR + 24 + sizeof(int)], rep[W_HDR + 16 + W_MAX_OPT];

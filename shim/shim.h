@@ -218,6 +218,8 @@ int mps_getsockopt(uint64_t sock, int level, int name, void *val, socklen_t *len
 int mps_getname(uint64_t sock, int peer, struct sockaddr *sa, socklen_t *len);
 int mps_shutdown(uint64_t sock, int how);
 int mps_ioctl_int(uint64_t sock, unsigned long req, int *out);
+/* Tells the isolator that the app closed its descriptor of sock. */
+int mps_close(uint64_t sock);
 
 /* Wire address block <-> sockaddr. mps_addr_size is its size in bytes. */
 #define MPS_ADDR_SIZE 28
