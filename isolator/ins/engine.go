@@ -48,6 +48,9 @@ type EngineOptions struct {
 	MaxSockets int
 	// Workers is the number of goroutines that run the data pump; zero means 2.
 	Workers int
+	// Released, if set, is called once for every socket record the engine
+	// frees (whatever ended it), outside the engine's locks.
+	Released func(id SockID)
 }
 
 // EngineStats is a snapshot of an engine's counters.
@@ -300,8 +303,12 @@ func (e *Engine) lookup(id SockID) (*sock, unix.Errno) {
 
 func (e *Engine) forget(id SockID) {
 	e.mu.Lock()
+	_, ok := e.socks[id]
 	delete(e.socks, id)
 	e.mu.Unlock()
+	if ok && e.opts.Released != nil {
+		e.opts.Released(id)
+	}
 }
 
 // toFull converts an app address for a socket of the given family. A 4-byte

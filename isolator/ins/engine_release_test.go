@@ -91,17 +91,35 @@ func TestStreamRecordRelease(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			n := newTestNet(t)
+			released := make(chan SockID, 4)
+			e := NewEngine(n.a, nil, EngineOptions{Released: func(id SockID) { released <- id }})
+			t.Cleanup(e.Stop)
 			srv := netip.AddrPortFrom(addrB, 7)
 			tc.srv(t, n.b, srv)
-			id, app := dial(t, n.e, srv)
-			if tc.run(t, n.e, id, app) {
+			id, app := dial(t, e, srv)
+			if tc.run(t, e, id, app) {
 				time.Sleep(100 * time.Millisecond)
-				if got := n.e.Stats().Sockets; got != 1 {
+				if got := e.Stats().Sockets; got != 1 {
 					t.Fatalf("%d records before Close, want 1 (the kernel cannot tell this close)", got)
 				}
-				n.e.Close(id)
+				e.Close(id)
 			}
-			engWait(t, func() bool { return n.e.Stats().Sockets == 0 })
+			engWait(t, func() bool { return e.Stats().Sockets == 0 })
+			// Whoever holds state per socket (the INS server: its
+			// socket group) hears of the release once.
+			select {
+			case got := <-released:
+				if got != id {
+					t.Fatalf("Released(%v), want %v", got, id)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("Released was not called")
+			}
+			select {
+			case got := <-released:
+				t.Fatalf("Released(%v) called again", got)
+			case <-time.After(100 * time.Millisecond):
+			}
 		})
 	}
 }

@@ -76,7 +76,7 @@ type Server struct {
 // NewServer builds the engine on st and serves the daemon on ch.
 func NewServer(id int, st *Stack, ch *ctrl.Conn, log *slog.Logger) *Server {
 	s := &Server{id: id, st: st, ch: ch, log: log, owner: map[SockID]uint64{}, pending: map[SockID]*os.File{}}
-	s.eng = NewEngine(st.Stack(), st, EngineOptions{EncodeAccept: s.encodeAccept, Logger: log})
+	s.eng = NewEngine(st.Stack(), st, EngineOptions{EncodeAccept: s.encodeAccept, Logger: log, Released: s.released})
 	return s
 }
 
@@ -156,6 +156,15 @@ func (s *Server) forget(group uint64) {
 	for _, id := range ids {
 		s.release(id)
 	}
+}
+
+// released drops the group of a socket the engine has freed: the engine
+// frees an accepted connection when the app's last descriptor of it is
+// gone, with no call from the daemon.
+func (s *Server) released(id SockID) {
+	s.mu.Lock()
+	delete(s.owner, id)
+	s.mu.Unlock()
 }
 
 // release ends the daemon's interest in a socket: it is no longer anyone's,
