@@ -132,6 +132,9 @@ DocumentRoot %[2]s
 EnableSendfile On
 KeepAlive On
 MaxKeepAliveRequests 100
+# The keep-alive timer starts when a response is written; on a loaded
+# two-core machine the client may read its last bytes seconds later.
+KeepAliveTimeout 60
 %[5]s`, dir, root, mpm, mods, mpmConf[mpm])
 	os.WriteFile(s.conf, []byte(conf), 0o644)
 	s.env = append(os.Environ(), "LD_PRELOAD="+harness.Binary(t, "libmpshim.so"), "MPSHIM_SOCKET="+iso.Socket)
