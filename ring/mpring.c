@@ -301,6 +301,13 @@ static int wait_reply(struct mpring *r, uint32_t *st)
 int mpring_callv(struct mpring *r, const struct iovec *iov, int iovcnt,
 		 void *resp, size_t respcap, size_t *resplen)
 {
+	return mpring_callv_prepared(r, iov, iovcnt, resp, respcap, resplen, NULL, NULL);
+}
+
+int mpring_callv_prepared(struct mpring *r, const struct iovec *iov, int iovcnt,
+			  void *resp, size_t respcap, size_t *resplen,
+			  int (*prepare)(void *), void *arg)
+{
 	int saved = errno, rc;
 	size_t len = 0;
 	uint32_t slot, n;
@@ -328,6 +335,13 @@ int mpring_callv(struct mpring *r, const struct iovec *iov, int iovcnt,
 		len += iov[i].iov_len;
 	}
 	slot = slot_alloc(r);
+	if (prepare) {
+		rc = prepare(arg);
+		if (rc != 0) {
+			rc = rc < 0 ? rc : -EIO;
+			goto free_slot;
+		}
+	}
 	s = r->slots + (size_t)slot * r->slot_size;
 	st = U32(s + MPRING_SLOT_OFF_STATE);
 	__atomic_store_n(st, MPRING_SLOT_WAITING, __ATOMIC_RELAXED);

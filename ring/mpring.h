@@ -56,6 +56,16 @@ int mpring_call(struct mpring *r, const void *req, size_t reqlen,
 int mpring_callv(struct mpring *r, const struct iovec *iov, int iovcnt,
 		 void *resp, size_t respcap, size_t *resplen);
 
+/* As mpring_callv with prepare(arg) run once the call holds its response
+ * slot and before the request is published. A nonzero return (a negative
+ * errno) abandons the call, which then returns it; nothing is published.
+ * The shim sends a request's descriptors from prepare, so that they reach
+ * the isolator only when their request follows at once (it waits for
+ * descriptors a bounded time and holds a bounded number of them). */
+int mpring_callv_prepared(struct mpring *r, const struct iovec *iov, int iovcnt,
+			  void *resp, size_t respcap, size_t *resplen,
+			  int (*prepare)(void *), void *arg);
+
 /* Marks the ring dead: waiting and later calls return -EPIPE. */
 void mpring_mark_dead(struct mpring *r);
 

@@ -5,7 +5,8 @@
  *
  * On an INS socket options go to the isolator, except the ones that only
  * concern the app's own end of the socketpair (SO_RCVTIMEO, SO_SNDTIMEO:
- * they bound the native read/write/accept). On a pending socket they are
+ * they bound the native read/write/accept) and TCP_CORK on a stream, which
+ * the shim keeps itself (cork_set below says why). On a pending socket they are
  * set on the kernel socket and remembered by bit, so that conversion can
  * read the kernel's value back and replay it to the isolator without
  * storing anything.
@@ -67,11 +68,54 @@ void mp_opt_note(struct mp_fd *e, int level, int name)
 	e->flags |= MPF_UNKNOWN;
 }
 
+static int is_cork(int level, int name)
+{
+	return level == IPPROTO_TCP && name == TCP_CORK;
+}
+
+/* TCP_CORK on an INS stream is the shim's own: the entry's MPF_CORK answers
+ * getsockopt and nothing goes to the INS. Corking only decides where
+ * segments end: under the shim the app's bytes reach the network through
+ * the pump, which moves whatever the socketpair holds in chunks of up to
+ * 64 KiB, so at worst a header written just before a body leaves in a
+ * segment of its own; Linux flushes a corked tail at uncork or after
+ * 200 ms, the INS never holds one back. Servers toggle the option around
+ * every response (Apache's sendfile with headers, nginx's tcp_nopush): a
+ * ring round trip each way would hold the worker for two isolator round
+ * trips per response. The checks are Linux's: EFAULT for a missing value,
+ * EINVAL for one shorter than an int. */
+static int cork_set(struct mp_fd *e, const void *val, socklen_t len)
+{
+	int v;
+
+	if (len < sizeof v)
+		return mp_fail(EINVAL);
+	if (!val)
+		return mp_fail(EFAULT);
+	memcpy(&v, val, sizeof v);
+	if (v)
+		e->flags |= MPF_CORK;
+	else
+		e->flags &= (uint8_t)~MPF_CORK;
+	return 0;
+}
+
+/* As Linux: the value's first min(*len, sizeof(int)) bytes. */
+static int cork_get(const struct mp_fd *e, void *val, socklen_t *len)
+{
+	int v = !!(e->flags & MPF_CORK);
+	socklen_t n = *len < sizeof v ? *len : sizeof v;
+
+	memcpy(val, &v, n);
+	*len = n;
+	return 0;
+}
+
 int mp_opt_replay(int kfd, struct mp_fd *e, uint64_t sock, int newfd)
 {
 	unsigned char buf[256];
 	socklen_t l;
-	int rc, v;
+	int rc, v, flags = 0;
 
 	(void)newfd;
 	if (e->flags & MPF_UNKNOWN)
@@ -90,12 +134,17 @@ int mp_opt_replay(int kfd, struct mp_fd *e, uint64_t sock, int newfd)
 			v /= 2;
 			memcpy(buf, &v, sizeof v);
 		}
+		if (is_cork(replayable[i].level, replayable[i].name) && e->type == SOCK_STREAM) {
+			if (l == sizeof v && memcmp(buf, &(int){ 0 }, sizeof v) != 0)
+				flags |= MPF_CORK;
+			continue;
+		}
 		rc = mps_setsockopt(sock, replayable[i].level, replayable[i].name, buf, l);
 		if (rc < 0)
 			MPLOG("convert(%d): replaying option %d/%d: %s", kfd, replayable[i].level,
 			      replayable[i].name, mp_errname(-rc));
 	}
-	return 0;
+	return flags;
 }
 
 MP_EXPORT int setsockopt(int fd, int level, int name, const void *val, socklen_t len)
@@ -113,6 +162,10 @@ MP_EXPORT int setsockopt(int fd, int level, int name, const void *val, socklen_t
 			mp_opt_note(e, level, name);
 	} else if (mp_opt_local(level, name)) {
 		rc = REAL(setsockopt)(fd, level, name, val, len);
+	} else if (e->kind == MPK_STREAM && is_cork(level, name)) {
+		if (e->flags & MPF_FILLER)
+			mp_settle(fd, e);
+		rc = cork_set(e, val, len);
 	} else {
 		if (e->flags & MPF_FILLER)
 			mp_settle(fd, e);
@@ -148,6 +201,10 @@ MP_EXPORT int getsockopt(int fd, int level, int name, void *val, socklen_t *len)
 		rc = REAL(getsockopt)(fd, level, name, val, len);
 	} else if (!len || (*len && !val)) {
 		rc = mp_fail(EFAULT);
+	} else if (e->kind == MPK_STREAM && is_cork(level, name)) {
+		if (e->flags & MPF_FILLER)
+			mp_settle(fd, e);
+		rc = cork_get(e, val, len);
 	} else {
 		if (e->flags & MPF_FILLER)
 			mp_settle(fd, e);

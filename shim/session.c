@@ -451,6 +451,43 @@ int mps_available(void)
 static int callv(const struct iovec *iov, int iovcnt, size_t len, uint16_t type, int fd_b,
 		 unsigned char *rep, size_t cap, size_t *rlen);
 
+/* A descriptor to pass ahead of request id. */
+struct fdpass {
+	uint64_t id;
+	int fd;
+};
+
+/* Sends the header-only FDPass of a request on the registration
+ * connection. mpring_callv_prepared runs it once the request holds its
+ * response slot: a request waiting for a slot (more threads in calls than
+ * the ring has slots, or slots held by blocking connects) must not leave
+ * its descriptor waiting at the isolator, which drops descriptors whose
+ * request does not follow within a second and holds at most twice the
+ * slot count of them. */
+static int send_fdpass(void *arg)
+{
+	const struct fdpass *p = arg;
+	unsigned char fp[W_HDR + MP_FD_PASS_FIXED] = { 0 };
+	union {
+		struct cmsghdr h;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} cm;
+	struct iovec iov = { fp, sizeof fp };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+			     .msg_control = cm.buf, .msg_controllen = sizeof cm.buf };
+	struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+
+	hdr_put(fp, MP_T_FD_PASS, sizeof fp, MP_FLAG_FD, p->id);
+	put32(fp + W_HDR + offsetof(struct mp_fd_pass, count), 1);
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(c), &p->fd, sizeof p->fd);
+	if (REAL(sendmsg)(__atomic_load_n(&S.fd, __ATOMIC_RELAXED), &mh, MSG_NOSIGNAL) < 0)
+		return -EPIPE;
+	return 0;
+}
+
 /* Sends req (header filled here) and waits for the reply. fd_b >= 0 travels
  * ahead in an FDPass. Returns the reply type or -errno. */
 static int call(unsigned char *req, size_t len, uint16_t type, int fd_b, unsigned char *rep,
@@ -478,26 +515,12 @@ static int callv(const struct iovec *iov, int iovcnt, size_t len, uint16_t type,
 	id = __atomic_add_fetch(&S.reqid, 1, __ATOMIC_RELAXED);
 	hdr_put(iov[0].iov_base, type, len, fd_b >= 0 ? MP_FLAG_FD : 0, id);
 	if (fd_b >= 0) {
-		unsigned char fp[W_HDR + MP_FD_PASS_FIXED] = { 0 };
-		union {
-			struct cmsghdr h;
-			char buf[CMSG_SPACE(sizeof(int))];
-		} cm;
-		struct iovec iov = { fp, sizeof fp };
-		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
-				     .msg_control = cm.buf, .msg_controllen = sizeof cm.buf };
-		struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+		struct fdpass fp = { .id = id, .fd = fd_b };
 
-		hdr_put(fp, MP_T_FD_PASS, sizeof fp, MP_FLAG_FD, id);
-		put32(fp + W_HDR + offsetof(struct mp_fd_pass, count), 1);
-		c->cmsg_level = SOL_SOCKET;
-		c->cmsg_type = SCM_RIGHTS;
-		c->cmsg_len = CMSG_LEN(sizeof(int));
-		memcpy(CMSG_DATA(c), &fd_b, sizeof fd_b);
-		if (REAL(sendmsg)(__atomic_load_n(&S.fd, __ATOMIC_RELAXED), &mh, MSG_NOSIGNAL) < 0)
-			return -MP_FAIL_ERRNO;
+		rc = mpring_callv_prepared(r, iov, iovcnt, rep, cap, rlen, send_fdpass, &fp);
+	} else {
+		rc = mpring_callv(r, iov, iovcnt, rep, cap, rlen);
 	}
-	rc = mpring_callv(r, iov, iovcnt, rep, cap, rlen);
 	if (rc == -EPIPE || rc == -EBADF)
 		return -MP_FAIL_ERRNO;
 	if (rc < 0)
@@ -693,6 +716,15 @@ int mps_shutdown(uint64_t sock, int how)
 	put64(req + W_HDR, sock);
 	put32(req + W_HDR + 8, (uint32_t)how);
 	return call_reply(req, sizeof req, MP_T_SHUTDOWN, -1);
+}
+
+int mps_close(uint64_t sock)
+{
+	unsigned char req[W_HDR + MP_CLOSE_FIXED];
+
+	memset(req, 0, sizeof req);
+	put64(req + W_HDR + offsetof(struct mp_close, sock), sock);
+	return call_reply(req, sizeof req, MP_T_CLOSE, -1);
 }
 
 int mps_ioctl_int(uint64_t sock, unsigned long request, int *out)

@@ -116,6 +116,7 @@ enum mp_kind {
 #define MPF_DEST4 0x08u    /* MPK_DGRAM: dest holds a validated IPv4 destination */
 #define MPF_DEST6 0x10u    /* MPK_DGRAM: dest holds a validated IPv6 destination */
 #define MPF_DGPEER 0x20u   /* MPK_DGRAM: a send to the connected peer succeeded (dest.gen) */
+#define MPF_CORK 0x40u     /* MPK_STREAM: TCP_CORK is set (kept here; see opts.c) */
 #define MPF_UNATTACHED 0x80u /* MPK_STREAM: never connected; only the first non-blocking
 			      * connect may fill the socketpair (later ones would put the
 			      * filler into a live stream) */
@@ -224,6 +225,9 @@ int mps_ioctl_int(uint64_t sock, unsigned long req, int *out);
 int mps_call(unsigned char *req, size_t len, uint16_t type, unsigned char *rep, size_t cap,
 	     size_t *rlen);
 
+/* Tells the isolator that the app closed its descriptor of sock. */
+int mps_close(uint64_t sock);
+
 /* Wire address block <-> sockaddr. mps_addr_size is its size in bytes. */
 #define MPS_ADDR_SIZE 28
 int mps_addr_put(unsigned char *wire, const struct sockaddr *sa, socklen_t len);
@@ -285,6 +289,8 @@ ssize_t mp_dgram_recvmsg(int fd, struct mp_fd *e, struct msghdr *msg, int flags)
 
 /* opts.c: replayable options of pending sockets */
 void mp_opt_note(struct mp_fd *e, int level, int name);
+/* Replays the noted options of pending socket kfd to sock; returns the
+ * MPF_* flags the converted entry takes from them (MPF_CORK). */
 int mp_opt_replay(int kfd, struct mp_fd *e, uint64_t sock, int newfd);
 int mp_opt_local(int level, int name);
 

@@ -19,6 +19,7 @@
 #include <fcntl.h>
 #include <linux/sockios.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -97,7 +98,7 @@ static int replace(int fd, int nfd)
 
 int mp_convert(int fd, struct mp_fd *e)
 {
-	int sv[2], rc, fl, fdfl, type;
+	int sv[2], rc, fl, fdfl, type, oflags;
 	uint64_t sock = 0;
 
 	rc = mps_available();
@@ -122,7 +123,7 @@ int mp_convert(int fd, struct mp_fd *e)
 			return 1;
 		return mp_fail(-rc);
 	}
-	mp_opt_replay(fd, e, sock, sv[0]);
+	oflags = mp_opt_replay(fd, e, sock, sv[0]);
 	if (replace(fd, sv[0]) < 0)
 		return -1;
 	if (e->flags & MPF_EPOLL) {
@@ -134,7 +135,7 @@ int mp_convert(int fd, struct mp_fd *e)
 	}
 	e->kind = e->type == SOCK_DGRAM ? MPK_DGRAM : MPK_STREAM;
 	e->sock = sock;
-	e->flags = e->type == SOCK_DGRAM ? 0 : MPF_UNATTACHED;
+	e->flags = e->type == SOCK_DGRAM ? 0 : (uint8_t)(MPF_UNATTACHED | oflags);
 	e->optmask = 0;
 	MPLOG("convert(%d) -> sock %llu", fd, (unsigned long long)sock);
 	return 0;
@@ -553,18 +554,51 @@ MP_EXPORT int shutdown(int fd, int how)
 	return ret_log(rc, "shutdown", fd, how == SHUT_RD ? "RD" : how == SHUT_WR ? "WR" : "RDWR");
 }
 
+/* Whether closing stream fd (sock) should be reported to the isolator: the
+ * kernel tells the INS when the last descriptor of a stream goes, except
+ * after both directions were shut (the app's shutdown(SHUT_WR) and the
+ * peer's FIN), when the INS end already hangs up, or once the INS has
+ * closed its end (reset, both FINs): then the app's end hangs up too, and
+ * only this close can end the INS's record of the socket. Another
+ * descriptor of the same socket in this process keeps it; one held by
+ * another process cannot be seen from here, and its later calls on the
+ * finished socket fail as on a socket the INS no longer knows. */
+static int close_reports(int fd, uint64_t sock)
+{
+	struct pollfd p = { .fd = fd, .events = 0 };
+
+	if (poll(&p, 1, 0) != 1 || !(p.revents & POLLHUP))
+		return 0;
+	for (unsigned int i = 0; i < mp_table_hiwat && i < mp_table_size; i++)
+		if ((int)i != fd && mp_table[i].kind == MPK_STREAM && mp_table[i].sock == sock)
+			return 0;
+	return 1;
+}
+
 MP_EXPORT int close(int fd)
 {
 	struct mp_fd *e = mp_get(fd);
-	int rc;
+	uint64_t sock = 0;
+	int rc, report = 0;
 
 	if (e) {
 		if (e->kind == MPK_INTERNAL)
 			return ret_log(mp_fail(EBADF), "close", fd, NULL);
+		if (e->kind == MPK_STREAM) {
+			MP_SAVE;
+			sock = e->sock;
+			report = close_reports(fd, sock);
+			MP_RESTORE;
+		}
 		/* Before the real close: the number may be reused at once. */
 		memset(e, 0, sizeof *e);
 	}
 	rc = REAL(close)(fd);
+	if (report && rc == 0) {
+		MP_SAVE;
+		mps_close(sock);
+		MP_RESTORE;
+	}
 	if (__builtin_expect(mp_conf.log, 0))
 		ret_log(rc, "close", fd, NULL);
 	return rc;

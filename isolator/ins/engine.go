@@ -51,6 +51,9 @@ type EngineOptions struct {
 	// OnRelease, if set, is called after a socket record is released (the
 	// engine's live socket count fell). It must not block.
 	OnRelease func()
+	// Released, if set, is called once for every socket record the engine
+	// frees (whatever ended it), outside the engine's locks.
+	Released func(id SockID)
 }
 
 // EngineStats is a snapshot of an engine's counters.
@@ -120,13 +123,18 @@ type sock struct {
 	soErr    unix.Errno // pending error reported once by SO_ERROR
 	closeReq bool       // Close was called
 	attDone  bool       // the attached kernel end is finished
-	conn     *streamConn
-	lis      *listener
-	dg       *dgramPump
-	o        sockOpts
-	peer     netip.AddrPort // remote address once connected
-	backlog  int            // backlog asked for by listen(2)
-	counted  bool           // counted as accepted from peer (see admit)
+	// appShutWR records a successful write shutdown of a stream by the
+	// app. The shim asks before it shuts its own end, so when the pump
+	// reads end-of-file from a stream without it, the app's last
+	// descriptor is gone (see streamConn.appGone).
+	appShutWR atomic.Bool
+	conn      *streamConn
+	lis       *listener
+	dg        *dgramPump
+	o         sockOpts
+	peer      netip.AddrPort // remote address once connected
+	backlog   int            // backlog asked for by listen(2)
+	counted   bool           // counted as accepted from peer (see admit)
 }
 
 // NewEngine returns an engine serving sockets on s. A nil chooser lets the
@@ -309,6 +317,9 @@ func (e *Engine) forget(id SockID) {
 		if e.opts.OnRelease != nil {
 			e.opts.OnRelease()
 		}
+		if e.opts.Released != nil {
+			e.opts.Released(id)
+		}
 	}
 }
 
@@ -438,6 +449,9 @@ func (e *Engine) Getpeername(id SockID) (netip.AddrPort, unix.Errno) {
 // of its end (the engine would take the resulting hang-up of its end for the
 // app's last close); SHUT_RD here stops the netstack receiving, and the pump
 // then ends the app's read side (it reads EOF once the queued bytes are read).
+// A successful write shutdown is recorded (sock.appShutWR): it tells the
+// pump that the end-of-file it will read is a half-close, not the app's
+// last close.
 // Errors, as Linux's inet_shutdown: EINVAL for a bad how, ENOTCONN when the
 // socket is not connected or its connection is over (TCP_CLOSE, which
 // includes TIME_WAIT after FINs both ways and a reset). A listener stops
@@ -476,6 +490,9 @@ func (e *Engine) Shutdown(id SockID, how int) unix.Errno {
 		}
 		if how != unix.SHUT_WR {
 			s.ep.Shutdown(tcpip.ShutdownRead)
+		}
+		if how != unix.SHUT_RD {
+			s.appShutWR.Store(true)
 		}
 		return 0
 	case stConnecting:

@@ -246,12 +246,15 @@ func (s *sock) setTCPOpt(name int, val []byte) unix.Errno {
 			return ErrnoOf(terr)
 		}
 	case unix.TCP_DEFER_ACCEPT:
-		r := secsToRetrans(v)
-		o := tcpip.TCPDeferAcceptOption(time.Duration(retransToSecs(r)) * time.Second)
-		if terr := s.ep.SetSockOpt(&o); terr != nil {
-			return ErrnoOf(terr)
-		}
-		v = retransToSecs(r)
+		// Recorded with Linux's rounding, not applied: the netstack's
+		// deferral drops a FIN that completes the handshake as it drops
+		// a bare ACK, where Linux completes the connection on it. A
+		// client that connects and closes without sending then sat in
+		// FIN-WAIT-1, its connection undelivered until the timeout and
+		// then held by the app waiting for a request. Delivering every
+		// connection at once is what Linux does once the timeout has
+		// passed; the app handles an idle connection either way.
+		v = retransToSecs(secsToRetrans(v))
 	case unix.TCP_SYNCNT:
 		if v < 1 || v > 255 {
 			return unix.EINVAL

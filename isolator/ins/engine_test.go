@@ -174,7 +174,9 @@ func TestStreamEchoHalfClose(t *testing.T) {
 		// Half-close app -> net: the echo server sees EOF, finishes,
 		// and half-closes net -> app, which we must read as EOF.
 		if err == nil {
-			err = unix.Shutdown(app, unix.SHUT_WR)
+			if errno := shutdownVia(n.e, id, app, unix.SHUT_WR); errno != 0 {
+				err = errno
+			}
 		}
 		werr <- err
 	}()
@@ -372,7 +374,7 @@ func TestNonblockingConnect(t *testing.T) {
 		}
 		// None of the filler reaches the peer.
 		writeAll(app, []byte("payload"))
-		unix.Shutdown(app, unix.SHUT_WR)
+		shutdownVia(n.e, id, app, unix.SHUT_WR)
 		pc := <-accepted
 		pc.SetReadDeadline(time.Now().Add(10 * time.Second))
 		b, err := io.ReadAll(pc)

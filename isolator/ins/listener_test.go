@@ -230,7 +230,7 @@ func TestManyConnections(t *testing.T) {
 				errs <- err
 				return
 			}
-			unix.Shutdown(app, unix.SHUT_WR)
+			shutdownVia(n.e, id, app, unix.SHUT_WR)
 			got, err := readAll(app)
 			if err != nil || string(got) != string(msg) {
 				errs <- err

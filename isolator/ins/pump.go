@@ -311,6 +311,7 @@ type streamConn struct {
 	pend     []byte // bytes read from fd the endpoint has not taken yet
 	pendBuf  *[]byte
 	appEOF   bool // read 0 from fd
+	appGone  bool // the EOF came from the release of the app's last descriptor
 	finSent  bool // endpoint write side shut
 	netEOF   bool // peer FIN delivered as SHUT_WR on fd
 	fdNoRecv bool // app no longer reads (EPIPE on fd)
@@ -361,14 +362,18 @@ func (c *streamConn) run(w *worker) {
 	if c.appToNet(w) {
 		return
 	}
-	if c.finSent && (hup || c.netEOF) {
+	if c.finSent && (hup || c.netEOF || c.appGone) {
 		// Either the app is gone and everything it wrote is queued, or
 		// both directions ended with FINs (then, like Linux, the socket
 		// is closed though the app may still hold its descriptor).
 		// A hang-up before our own SHUT_WR can only mean that the last
 		// app descriptor is closed (the shim never shuts its read side
-		// in the kernel), so the record goes too.
-		gone := hup && !c.netEOF
+		// in the kernel), and so does an end-of-file the app did not
+		// ask for with shutdown: the record goes too. What is left is
+		// an app that shut its write side, got the peer's FIN and
+		// still holds its descriptor; the shim reports its close of
+		// such a finished stream (a Close request).
+		gone := (hup && !c.netEOF) || c.appGone
 		c.finish()
 		if gone {
 			c.s.e.forget(c.s.id)
@@ -512,7 +517,11 @@ func (c *streamConn) appToNet(w *worker) bool {
 			return false
 		}
 		if err != nil || n == 0 {
+			// The shim records a write shutdown before it applies it
+			// to the app's end: without one, only the release of the
+			// last app descriptor (close, exit) ends the stream.
 			c.appEOF = true
+			c.appGone = !c.s.appShutWR.Load()
 			break
 		}
 		w.rd.b = w.buf[:n]

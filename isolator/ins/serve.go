@@ -105,7 +105,7 @@ type Server struct {
 func NewServer(id int, st *Stack, ch *ctrl.Conn, log *slog.Logger) *Server {
 	s := &Server{id: id, st: st, ch: ch, log: log, owner: map[SockID]uint64{}, pending: map[SockID]*os.File{},
 		loadKick: make(chan struct{}, 1)}
-	s.eng = NewEngine(st.Stack(), st, EngineOptions{EncodeAccept: s.encodeAccept, Logger: log, OnRelease: s.loadChanged})
+	s.eng = NewEngine(st.Stack(), st, EngineOptions{EncodeAccept: s.encodeAccept, Logger: log, OnRelease: s.loadChanged, Released: s.released})
 	s.res = newResolver(st, log)
 	return s
 }
@@ -234,6 +234,15 @@ func (s *Server) forget(group uint64) {
 	for _, id := range ids {
 		s.release(id)
 	}
+}
+
+// released drops the group of a socket the engine has freed: the engine
+// frees an accepted connection when the app's last descriptor of it is
+// gone, with no call from the daemon.
+func (s *Server) released(id SockID) {
+	s.mu.Lock()
+	delete(s.owner, id)
+	s.mu.Unlock()
 }
 
 // release ends the daemon's interest in a socket: it is no longer anyone's,

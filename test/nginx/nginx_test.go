@@ -1,6 +1,7 @@
 // Package nginx runs Debian's nginx, unmodified, under libmpshim.so in an
 // app namespace that has only loopback, served by the isolator's INS, and
-// drives it from the wan namespace with curl and ab.
+// drives it from the wan namespace with curl, ab and wrk; its proxy_pass
+// reaches an upstream nginx in the wan namespace through the INS.
 package nginx
 
 import (
@@ -8,6 +9,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -30,7 +32,9 @@ type server struct {
 	files     map[string][]byte
 }
 
-func startNginx(t *testing.T, tp *topo.Topology, iso *harness.Isolator, reuseport bool) *server {
+// startNginx runs nginx under the shim in the app namespace; its /up/
+// location proxies to upstream (host:port), an nginx in the wan namespace.
+func startNginx(t *testing.T, tp *topo.Topology, iso *harness.Isolator, reuseport bool, upstream string) *server {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "mpshim-nginx-")
 	if err != nil {
@@ -59,16 +63,26 @@ pid %[1]s/nginx.pid;
 error_log %[1]s/error.log info;
 events { worker_connections 4096; }
 http {
-    access_log %[1]s/access.log;
+    log_format status '$status';
+    access_log %[1]s/access.log status;
     sendfile on;
     keepalive_timeout 60;
     keepalive_requests 100000;
+    upstream wan {
+        server %[4]s;
+        keepalive 16;
+    }
     server {
         %[3]s
         root %[2]s;
+        location /up/ {
+            proxy_pass http://wan/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
     }
 }
-`, dir, root, listen)
+`, dir, root, listen, upstream)
 	if err := os.WriteFile(s.conf, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -132,21 +146,6 @@ func urls(infos []api.INSInfo, path string) []string {
 	return out
 }
 
-func fdCount(pid int) int {
-	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	return len(ents)
-}
-
-func rssKB(pid int) int {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	m := regexp.MustCompile(`VmRSS:\s+(\d+)`).FindSubmatch(b)
-	if m == nil {
-		return 0
-	}
-	n, _ := strconv.Atoi(string(m[1]))
-	return n
-}
-
 var abField = func(name string) *regexp.Regexp { return regexp.MustCompile(name + `:\s+(\d+)`) }
 
 // ab runs ApacheBench from wan and returns its counters.
@@ -175,9 +174,69 @@ func ab(t *testing.T, tp *topo.Topology, url string, n, c int, keepalive bool) m
 	return res
 }
 
+// upstream is a plain nginx in the wan namespace (no shim) serving dir on
+// addr; it is stopped at cleanup.
+type upstream struct {
+	dir  string
+	addr string
+	tp   *topo.Topology
+}
+
+func startUpstream(t *testing.T, tp *topo.Topology, addr string, files map[string][]byte) *upstream {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "mpshim-upstream-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(dir, 0o755)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	root := filepath.Join(dir, "www")
+	os.MkdirAll(root, 0o755)
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(root, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conf := filepath.Join(dir, "nginx.conf")
+	os.WriteFile(conf, []byte(fmt.Sprintf(`daemon on;
+worker_processes 1;
+pid %[1]s/nginx.pid;
+error_log %[1]s/error.log info;
+events { worker_connections 1024; }
+http {
+    log_format status '$status';
+    access_log %[1]s/access.log status;
+    keepalive_requests 100000;
+    server {
+        listen %[2]s;
+        root %[3]s;
+    }
+}
+`, dir, addr, root)), 0o644)
+	u := &upstream{dir: dir, addr: addr, tp: tp}
+	if out, err := tp.WAN.Command(context.Background(), "/usr/sbin/nginx", "-c", conf, "-e", filepath.Join(dir, "error.log")).CombinedOutput(); err != nil {
+		t.Fatalf("upstream nginx: %v\n%s", err, out)
+	}
+	t.Cleanup(func() {
+		pid := harness.ReadPIDFile(filepath.Join(dir, "nginx.pid"))
+		tp.WAN.Command(context.Background(), "/usr/sbin/nginx", "-c", conf, "-s", "quit").Run()
+		for i := 0; i < 100 && pid != 0 && syscall.Kill(pid, 0) == nil; i++ {
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+	return u
+}
+
+func (u *upstream) served() (int, int) { return harness.StatusLog(filepath.Join(u.dir, "access.log")) }
+
+func (s *server) served() (int, int) { return harness.StatusLog(filepath.Join(s.dir, "access.log")) }
+
+// procs is the master and its workers.
+func (s *server) procs() []int { return append([]int{s.masterPID()}, s.workers()...) }
+
 func TestNginx(t *testing.T) {
 	topo.RequireRoot(t)
-	harness.NeedFiles(t, "/usr/sbin/nginx", "/usr/bin/curl", "/usr/bin/ab")
+	harness.NeedFiles(t, "/usr/sbin/nginx", "/usr/bin/curl", "/usr/bin/ab", "/usr/bin/wrk")
 	for _, reuseport := range []bool{false, true} {
 		t.Run(fmt.Sprintf("reuseport=%v", reuseport), func(t *testing.T) {
 			tp := topo.New(t, topo.Config{Uplinks: 2})
@@ -186,42 +245,61 @@ func TestNginx(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			s := startNginx(t, tp, iso, reuseport)
+			upFiles := map[string][]byte{"1k.bin": make([]byte, 1<<10), "1m.bin": make([]byte, 1<<20)}
+			for _, b := range upFiles {
+				rand.Read(b)
+			}
+			up := startUpstream(t, tp, net.JoinHostPort(tp.Uplinks[0].WANAddr4.String(), "8081"), upFiles)
+			s := startNginx(t, tp, iso, reuseport, up.addr)
 			if w := s.workers(); len(w) != 2 {
 				t.Fatalf("nginx master %d has %d workers, want 2", s.masterPID(), len(w))
 			}
 			for _, u := range urls(infos, "") {
 				s.fetch(t, u+"/1k.bin", s.files["1k.bin"])
 				s.fetch(t, u+"/1m.bin", s.files["1m.bin"])
+				// proxy_pass: out through the INS to the wan upstream.
+				s.fetch(t, u+"/up/1m.bin", upFiles["1m.bin"])
 			}
 
-			// Load: 100,000 keep-alive requests, 256 concurrent connections.
-			target := urls(infos, "/1k.bin")[0]
-			workers := s.workers()
-			fds0, rss0 := map[int]int{}, map[int]int{}
-			for _, w := range workers {
-				fds0[w], rss0[w] = fdCount(w), rssKB(w)
-			}
-			isoRSS0 := rssKB(iso.PID())
-			r := ab(t, tp, target, 100000, 256, true)
-			if r["Complete requests"] != 100000 || r["Failed requests"] != 0 || r["Non-2xx responses"] != 0 || r["Write errors"] != 0 {
-				t.Fatalf("ab: %v; want 100000 complete, no failures, no non-2xx", r)
-			}
+			// Acceptance: 100,000 keep-alive requests over 256
+			// connections, no error, no growth of nginx or the
+			// isolator, then the 1 MiB file intact.
+			iso.RunLoad(t, harness.Load{NS: tp.WAN, URL: urls(infos, "/1k.bin")[0], Requests: 100000, Warmup: 20000,
+				Conns: 256, Pids: s.procs, Served: s.served})
 			s.fetch(t, urls(infos, "/1m.bin")[1], s.files["1m.bin"])
-			time.Sleep(2 * time.Second) // keep-alive connections close
-			for _, w := range workers {
-				if fdCount(w) > fds0[w]+4 {
-					t.Errorf("worker %d: %d fds after the load, %d before", w, fdCount(w), fds0[w])
-				}
-				t.Logf("worker %d: fds %d→%d, RSS %d→%d KiB", w, fds0[w], fdCount(w), rss0[w], rssKB(w))
+
+			// A connection per request: accept and close churn.
+			r := ab(t, tp, urls(infos, "/1k.bin")[1], 5000, 256, false)
+			if r["Complete requests"] != 5000 || r["Failed requests"] != 0 || r["Non-2xx responses"] != 0 || r["Write errors"] != 0 {
+				t.Fatalf("ab: %v; want 5000 complete, no failures, no non-2xx", r)
 			}
-			t.Logf("isolator RSS %d→%d KiB", isoRSS0, rssKB(iso.PID()))
+
+			// Through the proxy: every response complete, every request
+			// reaching the upstream over its kept-alive connections.
+			up0, _ := up.served()
+			wr := harness.Wrk(t, tp.WAN, urls(infos, "/up/1k.bin")[0], 10000, 64, 5*time.Minute)
+			if wr.SocketErrors() != 0 || wr.Non2xx != 0 {
+				t.Fatalf("wrk through proxy_pass: %d socket errors, %d non-2xx\n%s", wr.SocketErrors(), wr.Non2xx, wr.Output)
+			}
+			t.Logf("wrk -c 64 through proxy_pass: %d responses in %v", wr.Requests, wr.Elapsed.Round(time.Millisecond))
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				up1, bad := up.served()
+				if n := up1 - up0; n >= wr.Requests && n <= wr.Requests+64 && bad == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("the upstream logged %d requests (%d not 2xx) for %d proxied responses", up1-up0, bad, wr.Requests)
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
 
 			// Reload: new workers, service goes on.
+			workers := s.workers()
 			if out, err := s.nginx("-s", "reload"); err != nil {
 				t.Fatalf("nginx -s reload: %v\n%s", err, out)
 			}
-			deadline := time.Now().Add(10 * time.Second)
+			deadline = time.Now().Add(10 * time.Second)
 			for {
 				w := s.workers()
 				if len(w) == 2 && w[0] != workers[0] && w[0] != workers[1] {

@@ -23,6 +23,21 @@ static void seti(int s, int lvl, int name, int v, const char *what)
 	res(w, setsockopt(s, lvl, name, &v, sizeof v));
 }
 
+/* TCP_CORK's own checks: a value shorter than an int is refused, a
+ * shorter buffer gets the value's first bytes. */
+static void cork_edges(int s)
+{
+	int v = 1;
+	unsigned char c[2] = { 0xee, 0xee };
+	socklen_t l = 1;
+
+	res("set TCP_CORK len 2", setsockopt(s, IPPROTO_TCP, TCP_CORK, &v, 2));
+	seti(s, IPPROTO_TCP, TCP_CORK, 7, "TCP_CORK");
+	res("get TCP_CORK len 1", getsockopt(s, IPPROTO_TCP, TCP_CORK, c, &l));
+	say("TCP_CORK len 1: %#x %#x (len %u)", c[0], c[1], l);
+	seti(s, IPPROTO_TCP, TCP_CORK, 0, "TCP_CORK");
+}
+
 static void all(int s)
 {
 	struct linger lg = { 1, 5 };
@@ -40,6 +55,7 @@ static void all(int s)
 	seti(s, IPPROTO_TCP, TCP_CORK, 1, "TCP_CORK");
 	geti(s, IPPROTO_TCP, TCP_CORK, "TCP_CORK");
 	seti(s, IPPROTO_TCP, TCP_CORK, 0, "TCP_CORK");
+	cork_edges(s);
 	geti(s, SOL_SOCKET, SO_KEEPALIVE, "SO_KEEPALIVE");
 	seti(s, SOL_SOCKET, SO_KEEPALIVE, 1, "SO_KEEPALIVE");
 	geti(s, SOL_SOCKET, SO_KEEPALIVE, "SO_KEEPALIVE");
@@ -68,6 +84,7 @@ int main(int argc, char **argv)
 	say("-- fresh socket");
 	s = sock(AF_INET, SOCK_STREAM);
 	all(s);
+	seti(s, IPPROTO_TCP, TCP_CORK, 1, "TCP_CORK");
 	say("-- connected (options set before connect carry over)");
 	l = mkaddr(&a, AF_INET, V4, PORT_ECHO);
 	res("connect", connect(s, &a.sa, l));
@@ -75,6 +92,7 @@ int main(int argc, char **argv)
 	geti(s, IPPROTO_TCP, TCP_NODELAY, "TCP_NODELAY");
 	geti(s, SOL_SOCKET, SO_KEEPALIVE, "SO_KEEPALIVE");
 	geti(s, SOL_SOCKET, SO_RCVBUF, "SO_RCVBUF");
+	geti(s, IPPROTO_TCP, TCP_CORK, "TCP_CORK");
 	all(s);
 	close(s);
 	return 0;
