@@ -18,6 +18,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/mpshim/mpshim/internal/units"
 	"github.com/mpshim/mpshim/isolator"
 	"github.com/mpshim/mpshim/isolator/api"
 	"github.com/mpshim/mpshim/isolator/config"
@@ -269,14 +270,5 @@ func killCmd(d dialer) *cobra.Command {
 	}
 }
 
-func size(b uint64) string {
-	switch {
-	case b >= 1<<30:
-		return fmt.Sprintf("%.1fG", float64(b)/(1<<30))
-	case b >= 1<<20:
-		return fmt.Sprintf("%.1fM", float64(b)/(1<<20))
-	case b >= 1<<10:
-		return fmt.Sprintf("%.1fK", float64(b)/(1<<10))
-	}
-	return fmt.Sprintf("%dB", b)
-}
+// size formats a byte count for the tables.
+func size(b uint64) string { return units.Bytes(float64(b)) }

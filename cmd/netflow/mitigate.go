@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/mpshim/mpshim/internal/units"
 	"github.com/mpshim/mpshim/isolator/api"
 	"github.com/mpshim/mpshim/netflow/rules"
 )
@@ -261,23 +262,11 @@ func listRules(dial dialFunc, out io.Writer, output string) error {
 		if !r.Created.IsZero() {
 			created = r.Created.Local().Format(time.DateTime)
 		}
-		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", r.ID, r.Action, r.Prefix, rate, burst, r.Packets, r.Drops, bytesText(r.DropBytes), created)
+		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", r.ID, r.Action, r.Prefix, rate, burst, r.Packets, r.Drops, units.Bytes(float64(r.DropBytes)), created)
 	}
 	if err := w.Flush(); err != nil {
 		return err
 	}
 	fmt.Fprintln(out, reply.Summary)
 	return nil
-}
-
-func bytesText(b uint64) string {
-	switch {
-	case b >= 1<<30:
-		return fmt.Sprintf("%.1fG", float64(b)/(1<<30))
-	case b >= 1<<20:
-		return fmt.Sprintf("%.1fM", float64(b)/(1<<20))
-	case b >= 1<<10:
-		return fmt.Sprintf("%.1fK", float64(b)/(1<<10))
-	}
-	return fmt.Sprintf("%dB", b)
 }

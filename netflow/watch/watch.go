@@ -17,6 +17,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/mpshim/mpshim/internal/units"
 	"github.com/mpshim/mpshim/isolator/api"
 	"github.com/mpshim/mpshim/netflow"
 	"github.com/mpshim/mpshim/netflow/query"
@@ -100,19 +101,6 @@ func (o Options) Check() error {
 	return nil
 }
 
-// Size formats a byte count: 999B, 1.2K, 3.4M, 5.6G.
-func Size(b float64) string {
-	switch {
-	case b >= 1<<30:
-		return strconv.FormatFloat(b/(1<<30), 'f', 1, 64) + "G"
-	case b >= 1<<20:
-		return strconv.FormatFloat(b/(1<<20), 'f', 1, 64) + "M"
-	case b >= 1<<10:
-		return strconv.FormatFloat(b/(1<<10), 'f', 1, 64) + "K"
-	}
-	return strconv.FormatFloat(b, 'f', 0, 64) + "B"
-}
-
 func count(n float64) string {
 	switch {
 	case n >= 1e9:
@@ -149,7 +137,7 @@ func Render(w io.Writer, flows []netflow.Flow, o Options, now time.Time) error {
 		pps += flows[i].PacketsPerSec
 		bytes += flows[i].Bytes()
 	}
-	fmt.Fprintf(tw, "%s  %d flows  %s/s  %s pkt/s  %s total  (top by %s)\n", now.Format("15:04:05"), len(flows), Size(rate), count(pps), Size(float64(bytes)), o.Sort)
+	fmt.Fprintf(tw, "%s  %d flows  %s/s  %s pkt/s  %s total  (top by %s)\n", now.Format("15:04:05"), len(flows), units.Bytes(rate), count(pps), units.Bytes(float64(bytes)), o.Sort)
 	if o.Totals {
 		for _, by := range []string{query.AggUplink, query.AggINS} {
 			groups, err := query.Aggregate(flows, by, o.Sort)
@@ -159,7 +147,7 @@ func Render(w io.Writer, flows []netflow.Flow, o Options, now time.Time) error {
 			slices.SortFunc(groups, func(a, b query.Group) int { return cmp.Compare(a.Key, b.Key) })
 			fmt.Fprintf(tw, "\n%s\tFLOWS\tRATE\tPKT/S\tBYTES\tPACKETS\n", strings.ToUpper(by))
 			for _, g := range groups {
-				fmt.Fprintf(tw, "%s\t%d\t%s/s\t%s\t%s\t%s\n", g.Key, g.Flows, Size(g.BytesPerSec), count(g.PacketsPerSec), Size(float64(g.Bytes)), count(float64(g.Packets)))
+				fmt.Fprintf(tw, "%s\t%d\t%s/s\t%s\t%s\t%s\n", g.Key, g.Flows, units.Bytes(g.BytesPerSec), count(g.PacketsPerSec), units.Bytes(float64(g.Bytes)), count(float64(g.Packets)))
 			}
 		}
 	}
@@ -174,7 +162,7 @@ func Render(w io.Writer, flows []netflow.Flow, o Options, now time.Time) error {
 		}
 		fmt.Fprintf(tw, "%s\tFLOWS\tRATE\tPKT/S\tBYTES\tPACKETS\n", strings.ToUpper(o.AggregateBy))
 		for _, g := range groups {
-			fmt.Fprintf(tw, "%s\t%d\t%s/s\t%s\t%s\t%s\n", g.Key, g.Flows, Size(g.BytesPerSec), count(g.PacketsPerSec), Size(float64(g.Bytes)), count(float64(g.Packets)))
+			fmt.Fprintf(tw, "%s\t%d\t%s/s\t%s\t%s\t%s\n", g.Key, g.Flows, units.Bytes(g.BytesPerSec), count(g.PacketsPerSec), units.Bytes(float64(g.Bytes)), count(float64(g.Packets)))
 		}
 		return tw.Flush()
 	}
@@ -195,7 +183,7 @@ func Render(w io.Writer, flows []netflow.Flow, o Options, now time.Time) error {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s/s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.ID, f.Uplink, pid, f.Proto,
 			endpoint(f.Src, f.SrcPort, f.Proto), endpoint(f.Dst, f.DstPort, f.Proto), (f.Fwd.TCPFlags | f.Rev.TCPFlags).Short(),
-			Size(f.BytesPerSec), Size(float64(f.Bytes())), Size(float64(f.Fwd.Bytes)), Size(float64(f.Rev.Bytes)), count(float64(f.Packets())),
+			units.Bytes(f.BytesPerSec), units.Bytes(float64(f.Bytes())), units.Bytes(float64(f.Fwd.Bytes)), units.Bytes(float64(f.Rev.Bytes)), count(float64(f.Packets())),
 			f.Last.Sub(f.First).Round(time.Second), end)
 	}
 	return tw.Flush()
