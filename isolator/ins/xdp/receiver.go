@@ -79,11 +79,11 @@ func (r *Receiver) Attach(d stack.NetworkDispatcher) {
 			r.mu.Unlock()
 			return
 		}
+		// Signal the reader and return without waiting for it: the
+		// netstack detaches a NIC with its own lock held, and a packet
+		// the reader is delivering may need that lock. The reader
+		// closes its eventfd as it exits; Wait waits for it.
 		r.stop.Stop()
-		r.mu.Unlock()
-		r.wg.Wait()
-		r.mu.Lock()
-		unix.Close(r.stop.EFD)
 		r.dispatcher = nil
 		r.mu.Unlock()
 		return
@@ -102,6 +102,7 @@ func (r *Receiver) Attach(d stack.NetworkDispatcher) {
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
+		defer unix.Close(stop.EFD)
 		if !r.read(stop.EFD, d) {
 			r.mu.RLock()
 			f := r.onClose
