@@ -129,11 +129,18 @@ func (x *xdpLink) kernelDrops() uint64 {
 	return st.Rx_dropped + st.Rx_ring_full
 }
 
-// close implements nicBackend: the program is detached first, so no frame
-// is redirected to a closing socket. The NIC must already be removed (its
-// reader stopped).
+// close implements nicBackend: it waits for the reader to exit, then
+// detaches the program, so no frame is redirected to a closing socket, and
+// closes the sockets. It must run without netstack locks held (after the
+// NIC is removed).
 func (x *xdpLink) close() {
 	x.once.Do(func() {
+		if x.rx != nil {
+			// The reader may still be finishing a frame (see
+			// xdp.Receiver.Wait); the socket's memory stays mapped
+			// until it has exited.
+			x.rx.Close()
+		}
 		if x.redirect != nil {
 			_ = x.redirect.Close()
 		}

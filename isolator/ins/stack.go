@@ -625,7 +625,12 @@ func (l *nicLink) stop() {
 	}
 }
 
+// closeFD stops the NIC's link reader and closes its sockets; the NIC must
+// already be removed from the netstack (or never have been added).
 func (l *nicLink) closeFD() {
+	if l.tap != nil {
+		l.tap.release()
+	}
 	if l.pkt != nil {
 		l.pkt.close()
 	}

@@ -75,6 +75,10 @@ type tapEndpoint struct {
 	taps   *taps
 	// Malformed counts received IP packets whose headers did not parse.
 	malformed atomic.Uint64
+	// detached is set when the netstack detaches the NIC (Attach(nil)):
+	// from then on received packets are dropped here, and the child is
+	// stopped by release.
+	detached atomic.Bool
 }
 
 // tapped wraps ep for the uplink named name.
@@ -91,6 +95,9 @@ func isIP(proto tcpip.NetworkProtocolNumber) bool {
 // DeliverNetworkPacket implements stack.NetworkDispatcher: a received
 // packet, its link header already consumed.
 func (t *tapEndpoint) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
+	if t.detached.Load() {
+		return
+	}
 	if isIP(proto) && t.taps.chain.Load() != nil {
 		b, ok := pkt.Data().PullUp(min(pkt.Data().Size(), netflow.HeaderBytes))
 		if !ok {
@@ -111,6 +118,46 @@ func (t *tapEndpoint) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pk
 		}
 	}
 	t.Endpoint.DeliverNetworkPacket(proto, pkt)
+}
+
+// Attach implements stack.LinkEndpoint. The netstack detaches a NIC (nil)
+// and then waits for its link endpoint while holding its own lock, and a
+// packet the link's reader is delivering at that moment may be waiting for
+// that lock (an unknown destination's reset looks up the NIC by ID). gVisor's
+// fdbased endpoint waits for its reader inside Attach(nil), so passing the
+// detach on would deadlock the stack. So detaching only stops deliveries
+// here; release, called without netstack locks, stops and waits for the
+// child.
+func (t *tapEndpoint) Attach(d stack.NetworkDispatcher) {
+	if d == nil {
+		t.detached.Store(true)
+		return
+	}
+	t.detached.Store(false)
+	t.Endpoint.Attach(d)
+}
+
+// IsAttached implements stack.LinkEndpoint.
+func (t *tapEndpoint) IsAttached() bool {
+	return !t.detached.Load() && t.Endpoint.IsAttached()
+}
+
+// Wait implements stack.LinkEndpoint. Once detached it returns at once
+// (see Attach); release waits for the child.
+func (t *tapEndpoint) Wait() {
+	if t.detached.Load() {
+		return
+	}
+	t.Endpoint.Wait()
+}
+
+// release detaches the child link endpoint and waits for its reader to
+// exit, after which its sockets may be closed. It must not be called with a
+// netstack lock held: the reader may be finishing a packet that needs one.
+func (t *tapEndpoint) release() {
+	t.detached.Store(true)
+	t.Endpoint.Attach(nil)
+	t.Endpoint.Wait()
 }
 
 // WritePackets implements stack.LinkEndpoint: packets on their way out,

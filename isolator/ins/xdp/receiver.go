@@ -32,6 +32,9 @@ type Receiver struct {
 	stop       stopfd.StopFD
 	onClose    func()
 	wg         sync.WaitGroup
+	// stopped is set by Attach(nil); the reader delivers no frame once
+	// it is set.
+	stopped atomic.Bool
 
 	frames  atomic.Uint64
 	foreign atomic.Uint64
@@ -67,8 +70,26 @@ func (r *Receiver) IsAttached() bool {
 	return r.dispatcher != nil
 }
 
-// Wait returns once the reader has stopped.
-func (r *Receiver) Wait() { r.wg.Wait() }
+// Wait returns once the reader has stopped or, if it has been told to stop
+// (Attach(nil)), at once: it delivers no frame after that, but may still
+// be finishing one. The netstack calls Wait with its own lock held, and a
+// frame being delivered may wait for that lock (an unknown destination's
+// reset looks up the NIC), so waiting for the reader there could deadlock.
+// Close waits for the reader in full.
+func (r *Receiver) Wait() {
+	if r.stopped.Load() {
+		return
+	}
+	r.wg.Wait()
+}
+
+// Close stops the reader if it runs and waits until it has exited, after
+// which the socket may be closed. It must not be called with a netstack
+// lock held.
+func (r *Receiver) Close() {
+	r.Attach(nil)
+	r.wg.Wait()
+}
 
 // Attach starts delivering frames to d; nil stops the reader and waits for
 // it. It has the semantics of stack.NetworkLinkEndpoint.Attach.
@@ -83,6 +104,7 @@ func (r *Receiver) Attach(d stack.NetworkDispatcher) {
 		// netstack detaches a NIC with its own lock held, and a packet
 		// the reader is delivering may need that lock. The reader
 		// closes its eventfd as it exits; Wait waits for it.
+		r.stopped.Store(true)
 		r.stop.Stop()
 		r.dispatcher = nil
 		r.mu.Unlock()
@@ -99,6 +121,7 @@ func (r *Receiver) Attach(d stack.NetworkDispatcher) {
 		return
 	}
 	r.stop, r.dispatcher = stop, d
+	r.stopped.Store(false)
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
@@ -118,12 +141,16 @@ func (r *Receiver) Attach(d stack.NetworkDispatcher) {
 // the socket fails (false).
 func (r *Receiver) read(efd int, d stack.NetworkDispatcher) bool {
 	var addr tcpip.LinkAddress
-	deliver := func(frame []byte) { r.deliver(d, addr, frame) }
+	deliver := func(frame []byte) {
+		if !r.stopped.Load() {
+			r.deliver(d, addr, frame)
+		}
+	}
 	for {
 		r.mu.RLock()
 		addr = r.addr
 		r.mu.RUnlock()
-		for {
+		for !r.stopped.Load() {
 			n := r.sock.Receive(rxBatch, deliver)
 			if n == 0 {
 				break
