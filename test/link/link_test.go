@@ -50,9 +50,6 @@ func TestBackends(t *testing.T) {
 		{"xdp without GSO", "backend=xdp,gso=off", "xdp", "false"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if tc.backend == "xdp" && os.Getenv("MPSHIM_TEST_KNOWN_BUGS") == "" {
-				t.Skip("known bug: the xdp backend's reader can stall under load; MPSHIM_TEST_KNOWN_BUGS=1 runs it")
-			}
 			tp := topo.New(t, topo.Config{Uplinks: 1})
 			ups := harness.DefaultUplinks(tp)
 			for i := range ups {
