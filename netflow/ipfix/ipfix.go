@@ -90,28 +90,17 @@ type Template struct {
 }
 
 func biflowTemplate(id uint16, src, dst uint16, alen uint16) Template {
-	return Template{ID: id, Fields: []Field{
-		{ID: src, Length: alen},
-		{ID: dst, Length: alen},
-		{ID: IESourceTransportPort, Length: 2},
-		{ID: IEDestinationTransportPort, Length: 2},
-		{ID: IEProtocolIdentifier, Length: 1},
-		// tcpControlBits is unsigned16; one octet is its reduced-size
-		// encoding (RFC 7011 6.2) and holds every flag we see.
-		{ID: IETCPControlBits, Length: 1},
-		{ID: IEIngressInterface, Length: 4},
-		{ID: IEEgressInterface, Length: 4},
-		{ID: IEFlowDirection, Length: 1},
-		{ID: IEOctetDeltaCount, Length: 8},
-		{ID: IEPacketDeltaCount, Length: 8},
-		{ID: IEFlowStartMilliseconds, Length: 8},
-		{ID: IEFlowEndMilliseconds, Length: 8},
-		{ID: IEFlowEndReason, Length: 1},
-		{ID: IEBiflowDirection, Length: 1},
-		{ID: IEOctetDeltaCount, Length: 8, PEN: ReversePEN},
-		{ID: IEPacketDeltaCount, Length: 8, PEN: ReversePEN},
-		{ID: IETCPControlBits, Length: 1, PEN: ReversePEN},
-	}}
+	return Template{ID: id, Fields: append(keyFields(src, dst, alen),
+		Field{ID: IEOctetDeltaCount, Length: 8},
+		Field{ID: IEPacketDeltaCount, Length: 8},
+		Field{ID: IEFlowStartMilliseconds, Length: 8},
+		Field{ID: IEFlowEndMilliseconds, Length: 8},
+		Field{ID: IEFlowEndReason, Length: 1},
+		Field{ID: IEBiflowDirection, Length: 1},
+		Field{ID: IEOctetDeltaCount, Length: 8, PEN: ReversePEN},
+		Field{ID: IEPacketDeltaCount, Length: 8, PEN: ReversePEN},
+		Field{ID: IETCPControlBits, Length: 1, PEN: ReversePEN},
+	)}
 }
 
 // Templates are the templates this package sends, in order.
@@ -187,25 +176,7 @@ func ms(t time.Time) uint64 {
 
 // appendRecord writes r as a data record of the IPv4 or IPv6 template.
 func appendRecord(b []byte, r *netflow.ExportRecord) []byte {
-	if r.Key.Src.Is4() {
-		s, d := r.Key.Src.As4(), r.Key.Dst.As4()
-		b = append(append(b, s[:]...), d[:]...)
-	} else {
-		s, d := r.Key.Src.As16(), r.Key.Dst.As16()
-		b = append(append(b, s[:]...), d[:]...)
-	}
-	b = binary.BigEndian.AppendUint16(b, r.Key.SrcPort)
-	b = binary.BigEndian.AppendUint16(b, r.Key.DstPort)
-	b = append(b, r.Key.Proto, byte(r.Fwd.TCPFlags))
-	// The initiator's packets enter from the uplink (ingress) when it is
-	// on the network side and leave by it (egress) when the app is.
-	in, out, dir := uint32(0), r.Interface, byte(dirEgress)
-	if r.Inbound {
-		in, out, dir = r.Interface, 0, dirIngress
-	}
-	b = binary.BigEndian.AppendUint32(b, in)
-	b = binary.BigEndian.AppendUint32(b, out)
-	b = append(b, dir)
+	b = appendKey(b, r, uint8(r.Fwd.TCPFlags))
 	b = binary.BigEndian.AppendUint64(b, r.Fwd.Bytes)
 	b = binary.BigEndian.AppendUint64(b, r.Fwd.Packets)
 	b = binary.BigEndian.AppendUint64(b, ms(r.Start))
@@ -232,9 +203,7 @@ func appendVarString(b []byte, s string) []byte {
 
 // message builds one IPFIX message.
 type message struct {
-	b      []byte
-	setAt  int // start of the open set, -1 if none
-	setID  uint16
+	sets
 	domain uint32
 	seq    uint32
 	recs   uint32 // data records in this message
@@ -243,7 +212,7 @@ type message struct {
 const headerLen = 16
 
 func newMessage(domain, seq uint32, exportTime time.Time, max int) *message {
-	m := &message{b: make([]byte, headerLen, max), setAt: -1, domain: domain, seq: seq}
+	m := &message{sets: sets{b: make([]byte, headerLen, max), setAt: -1}, domain: domain, seq: seq}
 	binary.BigEndian.PutUint16(m.b[0:], Version)
 	binary.BigEndian.PutUint32(m.b[4:], uint32(exportTime.Unix()))
 	binary.BigEndian.PutUint32(m.b[8:], seq)
@@ -251,27 +220,8 @@ func newMessage(domain, seq uint32, exportTime time.Time, max int) *message {
 	return m
 }
 
-// openSet starts a set of id unless one is open already.
-func (m *message) openSet(id uint16) {
-	if m.setAt >= 0 && m.setID == id {
-		return
-	}
-	m.closeSet()
-	m.setAt, m.setID = len(m.b), id
-	m.b = append(m.b, 0, 0, 0, 0)
-	binary.BigEndian.PutUint16(m.b[m.setAt:], id)
-}
-
-func (m *message) closeSet() {
-	if m.setAt < 0 {
-		return
-	}
-	binary.BigEndian.PutUint16(m.b[m.setAt+2:], uint16(len(m.b)-m.setAt))
-	m.setAt = -1
-}
-
 func (m *message) finish() []byte {
-	m.closeSet()
+	m.close()
 	binary.BigEndian.PutUint16(m.b[2:], uint16(len(m.b)))
 	return m.b
 }
@@ -342,11 +292,11 @@ func (e *Encoder) Encode(id uint32, now time.Time, recs []netflow.ExportRecord, 
 		m = newMessage(id, d.seq, now, e.MaxMessage)
 	}
 	if templates {
-		m.openSet(SetTemplate)
+		m.open(SetTemplate)
 		for i := range Templates {
 			m.b = appendTemplateRecord(m.b, &Templates[i])
 		}
-		m.openSet(SetOptionsTemplate)
+		m.open(SetOptionsTemplate)
 		m.b = appendTemplateRecord(m.b, &InterfaceTemplate)
 		for _, ifc := range ifaces {
 			need := 4 + 3 + len(ifc.Name) + 4
@@ -356,7 +306,7 @@ func (e *Encoder) Encode(id uint32, now time.Time, recs []netflow.ExportRecord, 
 			if 16+4+need > e.MaxMessage {
 				return nil, fmt.Errorf("ipfix: interface name %q does not fit a message of %d bytes", ifc.Name, e.MaxMessage)
 			}
-			m.openSet(TemplateInterface)
+			m.open(TemplateInterface)
 			m.b = binary.BigEndian.AppendUint32(m.b, ifc.Index)
 			m.b = appendVarString(m.b, ifc.Name)
 			m.recs++
@@ -373,14 +323,14 @@ func (e *Encoder) Encode(id uint32, now time.Time, recs []netflow.ExportRecord, 
 			set, size = TemplateIPv6, Templates[1].Length()
 		}
 		need := size
-		if m.setAt < 0 || m.setID != set {
+		if m.opens(set) {
 			need += 4
 		}
 		if len(m.b)+need > e.MaxMessage {
 			flush()
 			need = size + 4
 		}
-		m.openSet(set)
+		m.open(set)
 		m.b = appendRecord(m.b, r)
 		m.recs++
 	}

@@ -30,23 +30,14 @@ const (
 )
 
 func v9Template(id, src, dst, alen uint16) Template {
-	return Template{ID: id, Fields: []Field{
-		{ID: src, Length: alen},
-		{ID: dst, Length: alen},
-		{ID: IESourceTransportPort, Length: 2},
-		{ID: IEDestinationTransportPort, Length: 2},
-		{ID: IEProtocolIdentifier, Length: 1},
-		{ID: IETCPControlBits, Length: 1},
-		{ID: IEIngressInterface, Length: 4},
-		{ID: IEEgressInterface, Length: 4},
-		{ID: IEFlowDirection, Length: 1},
-		{ID: IEOctetDeltaCount, Length: 8},
-		{ID: IEPacketDeltaCount, Length: 8},
-		{ID: v9OutBytes, Length: 8},
-		{ID: v9OutPkts, Length: 8},
-		{ID: v9FirstSwitched, Length: 4},
-		{ID: v9LastSwitched, Length: 4},
-	}}
+	return Template{ID: id, Fields: append(keyFields(src, dst, alen),
+		Field{ID: IEOctetDeltaCount, Length: 8},
+		Field{ID: IEPacketDeltaCount, Length: 8},
+		Field{ID: v9OutBytes, Length: 8},
+		Field{ID: v9OutPkts, Length: 8},
+		Field{ID: v9FirstSwitched, Length: 4},
+		Field{ID: v9LastSwitched, Length: 4},
+	)}
 }
 
 // V9Templates are the NetFlow v9 templates, IPv4 then IPv6.
@@ -90,31 +81,8 @@ func (e *V9Encoder) Forget(id uint32) { delete(e.domains, id) }
 
 // v9msg builds one packet: header, then flowsets padded to 4 octets.
 type v9msg struct {
-	b     []byte
-	setAt int
-	setID uint16
+	sets
 	count int // records (template and data) in the packet
-}
-
-func (m *v9msg) openSet(id uint16) {
-	if m.setAt >= 0 && m.setID == id {
-		return
-	}
-	m.closeSet()
-	m.setAt, m.setID = len(m.b), id
-	m.b = append(m.b, 0, 0, 0, 0)
-	binary.BigEndian.PutUint16(m.b[m.setAt:], id)
-}
-
-func (m *v9msg) closeSet() {
-	if m.setAt < 0 {
-		return
-	}
-	for (len(m.b)-m.setAt)%4 != 0 {
-		m.b = append(m.b, 0)
-	}
-	binary.BigEndian.PutUint16(m.b[m.setAt+2:], uint16(len(m.b)-m.setAt))
-	m.setAt = -1
 }
 
 // Encode returns the packets carrying recs (all of source id) at now, led
@@ -130,11 +98,11 @@ func (e *V9Encoder) Encode(id uint32, now time.Time, recs []netflow.ExportRecord
 	var out [][]byte
 	var m *v9msg
 	start := func() {
-		m = &v9msg{b: make([]byte, 20, e.MaxMessage), setAt: -1}
+		m = &v9msg{sets: sets{b: make([]byte, 20, e.MaxMessage), setAt: -1, pad4: true}}
 	}
 	flush := func() {
 		if m.count > 0 {
-			m.closeSet()
+			m.close()
 			binary.BigEndian.PutUint16(m.b[0:], V9Version)
 			binary.BigEndian.PutUint16(m.b[2:], uint16(m.count))
 			binary.BigEndian.PutUint32(m.b[4:], e.uptime(now))
@@ -149,14 +117,14 @@ func (e *V9Encoder) Encode(id uint32, now time.Time, recs []netflow.ExportRecord
 	// fits reports whether n more octets (plus a set header and padding
 	// if a new set of id opens) fit the packet.
 	fits := func(set uint16, n int) bool {
-		if m.setAt < 0 || m.setID != set {
+		if m.opens(set) {
 			n += 4 + 3
 		}
 		return len(m.b)+n+3 <= e.MaxMessage
 	}
 	start()
 	if templates {
-		m.openSet(v9SetTemplate)
+		m.open(v9SetTemplate)
 		for i := range V9Templates {
 			t := &V9Templates[i]
 			m.b = binary.BigEndian.AppendUint16(m.b, t.ID)
@@ -167,7 +135,7 @@ func (e *V9Encoder) Encode(id uint32, now time.Time, recs []netflow.ExportRecord
 			}
 			m.count++
 		}
-		m.openSet(v9SetOptionsTemplate)
+		m.open(v9SetOptionsTemplate)
 		m.b = binary.BigEndian.AppendUint16(m.b, TemplateInterface)
 		m.b = binary.BigEndian.AppendUint16(m.b, 4) // scope: one field
 		m.b = binary.BigEndian.AppendUint16(m.b, 4) // options: one field
@@ -180,7 +148,7 @@ func (e *V9Encoder) Encode(id uint32, now time.Time, recs []netflow.ExportRecord
 			if !fits(TemplateInterface, 4+v9IfNameLen) {
 				flush()
 			}
-			m.openSet(TemplateInterface)
+			m.open(TemplateInterface)
 			m.b = binary.BigEndian.AppendUint32(m.b, ifc.Index)
 			var name [v9IfNameLen]byte
 			copy(name[:], ifc.Name)
@@ -201,7 +169,7 @@ func (e *V9Encoder) Encode(id uint32, now time.Time, recs []netflow.ExportRecord
 		if !fits(set, size) {
 			flush()
 		}
-		m.openSet(set)
+		m.open(set)
 		m.b = e.appendRecord(m.b, r)
 		m.count++
 	}
@@ -210,23 +178,7 @@ func (e *V9Encoder) Encode(id uint32, now time.Time, recs []netflow.ExportRecord
 }
 
 func (e *V9Encoder) appendRecord(b []byte, r *netflow.ExportRecord) []byte {
-	if r.Key.Src.Is4() {
-		s, d := r.Key.Src.As4(), r.Key.Dst.As4()
-		b = append(append(b, s[:]...), d[:]...)
-	} else {
-		s, d := r.Key.Src.As16(), r.Key.Dst.As16()
-		b = append(append(b, s[:]...), d[:]...)
-	}
-	b = binary.BigEndian.AppendUint16(b, r.Key.SrcPort)
-	b = binary.BigEndian.AppendUint16(b, r.Key.DstPort)
-	b = append(b, r.Key.Proto, byte(r.Fwd.TCPFlags|r.Rev.TCPFlags))
-	in, out, dir := uint32(0), r.Interface, byte(dirEgress)
-	if r.Inbound {
-		in, out, dir = r.Interface, 0, dirIngress
-	}
-	b = binary.BigEndian.AppendUint32(b, in)
-	b = binary.BigEndian.AppendUint32(b, out)
-	b = append(b, dir)
+	b = appendKey(b, r, uint8(r.Fwd.TCPFlags|r.Rev.TCPFlags))
 	b = binary.BigEndian.AppendUint64(b, r.Fwd.Bytes)
 	b = binary.BigEndian.AppendUint64(b, r.Fwd.Packets)
 	b = binary.BigEndian.AppendUint64(b, r.Rev.Bytes)
