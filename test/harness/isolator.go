@@ -121,12 +121,16 @@ type Isolator struct {
 	lineAt []time.Time
 }
 
-// DefaultUplinks gives every topology uplink to the daemon.
+// DefaultUplinks gives every topology uplink to the daemon, with an IPv6
+// pool where the topology has IPv6.
 func DefaultUplinks(tp *topo.Topology) []UplinkSpec {
 	var out []UplinkSpec
 	for _, u := range tp.Uplinks {
-		out = append(out, UplinkSpec{Interface: u.GWIf, Pool4: u.HostAddr4(0).String() + "/24",
-			Gateway4: u.WANAddr4.String(), Pool6: u.HostAddr6(0).String() + "/64", Weight: 1})
+		spec := UplinkSpec{Interface: u.GWIf, Pool4: u.HostAddr4(0).String() + "/24", Gateway4: u.WANAddr4.String(), Weight: 1}
+		if u.Subnet6.IsValid() { // no IPv6 on a topology built with NoIPv6
+			spec.Pool6 = u.HostAddr6(0).String() + "/64"
+		}
+		out = append(out, spec)
 	}
 	return out
 }

@@ -6,7 +6,6 @@ package netflow_test
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,7 +15,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -82,23 +80,14 @@ func mitINS(t *testing.T, iso *harness.Isolator) []api.INSInfo {
 }
 
 // mitNginx starts Debian's nginx under the shim in the app namespace,
-// serving a 1 KiB file with keep-alive.
+// serving a 1 KiB file with keep-alive, and returns the file.
 func mitNginx(t *testing.T, tp *topo.Topology, iso *harness.Isolator) []byte {
 	t.Helper()
 	harness.NeedFiles(t, "/usr/sbin/nginx", "/usr/bin/curl")
-	dir, err := os.MkdirTemp("", "mpshim-mit-nginx-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.Chmod(dir, 0o755)
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	page := make([]byte, 1<<10)
-	rand.Read(page)
-	if err := os.WriteFile(filepath.Join(dir, "1k.bin"), page, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	conf := filepath.Join(dir, "nginx.conf")
-	os.WriteFile(conf, []byte(fmt.Sprintf(`daemon on;
+	n := harness.StartNginx(t, harness.NginxOptions{NS: tp.App, Shim: iso,
+		Files: harness.RandomFiles(map[string]int{"1k.bin": 1 << 10}),
+		Config: func(dir, root string) string {
+			return fmt.Sprintf(`daemon on;
 worker_processes 1;
 pid %[1]s/nginx.pid;
 error_log %[1]s/error.log info;
@@ -107,34 +96,11 @@ http {
     access_log off;
     keepalive_timeout 60;
     keepalive_requests 100000;
-    server { listen 80; root %[1]s; }
+    server { listen 80; root %[2]s; }
 }
-`, dir)), 0o644)
-	env := append(os.Environ(), "LD_PRELOAD="+harness.Binary(t, "libmpshim.so"), "MPSHIM_SOCKET="+iso.Socket)
-	run := func(args ...string) (string, error) {
-		cmd := tp.App.Command(context.Background(), "/usr/sbin/nginx", append([]string{"-c", conf, "-e", filepath.Join(dir, "error.log")}, args...)...)
-		cmd.Env = env
-		out, err := cmd.CombinedOutput()
-		return string(out), err
-	}
-	if out, err := run(); err != nil {
-		b, _ := os.ReadFile(filepath.Join(dir, "error.log"))
-		t.Fatalf("nginx: %v\n%s\n%s", err, out, b)
-	}
-	t.Cleanup(func() {
-		run("-s", "quit")
-		pid := harness.ReadPIDFile(filepath.Join(dir, "nginx.pid"))
-		for deadline := time.Now().Add(5 * time.Second); pid > 0 && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-			if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err != nil {
-				break
-			}
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(dir, "error.log"))
-			t.Logf("nginx error.log:\n%s", b)
-		}
-	})
-	return page
+`, dir, root)
+		}})
+	return n.Files["1k.bin"]
 }
 
 // mitDial opens a TCP connection from the wan namespace.

@@ -8,7 +8,6 @@ package netflow
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -31,30 +30,14 @@ import (
 // server is one nginx under the shim, logging per request the client's
 // address and port, $bytes_sent and $request_length.
 type server struct {
-	dir, conf string
-	env       []string
-	tp        *topo.Topology
+	*harness.Nginx
 }
 
 func startNginx(t *testing.T, tp *topo.Topology, iso *harness.Isolator, files map[string]int) *server {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "mpshim-nginx-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.Chmod(dir, 0o755)
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	root := filepath.Join(dir, "www")
-	os.MkdirAll(root, 0o755)
-	for name, n := range files {
-		b := make([]byte, n)
-		rand.Read(b)
-		if err := os.WriteFile(filepath.Join(root, name), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	s := &server{dir: dir, conf: filepath.Join(dir, "nginx.conf"), tp: tp}
-	conf := fmt.Sprintf(`daemon on;
+	n := harness.StartNginx(t, harness.NginxOptions{NS: tp.App, Shim: iso, Files: harness.RandomFiles(files),
+		Config: func(dir, root string) string {
+			return fmt.Sprintf(`daemon on;
 worker_processes 2;
 pid %[1]s/nginx.pid;
 error_log %[1]s/error.log info;
@@ -72,37 +55,9 @@ http {
     }
 }
 `, dir, root)
-	if err := os.WriteFile(s.conf, []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	s.env = append(os.Environ(), "LD_PRELOAD="+harness.Binary(t, "libmpshim.so"), "MPSHIM_SOCKET="+iso.Socket)
-	if out, err := s.nginx("-e", filepath.Join(dir, "error.log")); err != nil {
-		t.Fatalf("nginx start: %v\n%s", err, out)
-	}
-	t.Cleanup(func() {
-		s.nginx("-s", "quit")
-		pid := s.masterPID()
-		for deadline := time.Now().Add(5 * time.Second); pid != 0 && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-			if syscall.Kill(pid, 0) != nil {
-				break
-			}
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(dir, "error.log"))
-			t.Logf("nginx error.log:\n%s", b)
-		}
-	})
-	return s
+		}})
+	return &server{Nginx: n}
 }
-
-func (s *server) nginx(args ...string) (string, error) {
-	cmd := s.tp.App.Command(context.Background(), "/usr/sbin/nginx", append([]string{"-c", s.conf}, args...)...)
-	cmd.Env = s.env
-	out, err := cmd.CombinedOutput()
-	return string(out), err
-}
-
-func (s *server) masterPID() int { return harness.ReadPIDFile(filepath.Join(s.dir, "nginx.pid")) }
 
 // logEntry is one access log line.
 type logEntry struct {
@@ -112,7 +67,7 @@ type logEntry struct {
 
 func (s *server) accessLog(t *testing.T) []logEntry {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(s.dir, "access.log"))
+	b, err := os.ReadFile(filepath.Join(s.Dir, "access.log"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -332,7 +287,7 @@ func TestWatchMatchesNginxLog(t *testing.T) {
 	if len(ins) != 2 {
 		t.Errorf("flows seen on INS %v, want both", ins)
 	}
-	if master := s.masterPID(); len(pids) != 1 || pids[master] == 0 {
+	if master := s.MasterPID(); len(pids) != 1 || pids[master] == 0 {
 		t.Errorf("flow pids %v, want nginx's master %d for all", pids, master)
 	}
 
