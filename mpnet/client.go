@@ -8,12 +8,13 @@
 package mpnet
 
 import (
+	"github.com/mpshim/mpshim/internal/procstat"
+
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -64,11 +65,11 @@ func Register(ctx context.Context, path string) (*Client, error) {
 }
 
 func register(ctx context.Context, conn *net.UnixConn) (*Client, error) {
-	st, err := selfStartTime()
+	self, err := procstat.Self()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("mpnet: start time: %w", err)
 	}
-	reg := &msgproto.Register{PID: uint32(os.Getpid()), ProtoVersion: msgproto.Version, StartTime: st}
+	reg := &msgproto.Register{PID: uint32(os.Getpid()), ProtoVersion: msgproto.Version, StartTime: self.StartTime}
 	copy(reg.Comm[:15], commName())
 	b, err := msgproto.Append(nil, 0, 0, reg)
 	if err != nil {
@@ -141,28 +142,6 @@ func (c *Client) Close() error {
 	err := c.conn.Close()
 	c.ring.Close()
 	return err
-}
-
-// selfStartTime reads field 22 of /proc/self/stat.
-func selfStartTime() (uint64, error) {
-	b, err := os.ReadFile("/proc/self/stat")
-	if err != nil {
-		return 0, fmt.Errorf("start time: %w", err)
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, errors.New("start time: malformed /proc/self/stat")
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 20 {
-		return 0, errors.New("start time: short /proc/self/stat")
-	}
-	v, err := strconv.ParseUint(f[19], 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("start time: %w", err)
-	}
-	return v, nil
 }
 
 func commName() string {

@@ -24,6 +24,10 @@
 package main
 
 import (
+	"github.com/mpshim/mpshim/bench/internal/report"
+
+	"github.com/mpshim/mpshim/internal/procstat"
+
 	"context"
 	"encoding/json"
 	"flag"
@@ -254,7 +258,7 @@ func run(binDir string, rounds int, dur time.Duration, only string, keep bool) e
 
 	fmt.Printf("bench/link: %d variants x %d rounds, %v per run, 1 uplink (veth, user-space relay), 1 INS per variant, %d CPUs\n",
 		len(ds), rounds, dur, runtime.NumCPU())
-	load0 := loadavg()
+	load0 := report.LoadAvg()
 	res := map[string]map[string][]float64{}
 	for _, d := range ds {
 		res[d.v.name] = map[string][]float64{}
@@ -287,7 +291,7 @@ func run(binDir string, rounds int, dur time.Duration, only string, keep bool) e
 			fmt.Println()
 		}
 	}
-	load1 := loadavg()
+	load1 := report.LoadAvg()
 
 	fmt.Printf("\nmedians (load average %s before, %s after):\n", load0, load1)
 	fmt.Printf("%-12s", "variant")
@@ -299,8 +303,8 @@ func run(binDir string, rounds int, dur time.Duration, only string, keep bool) e
 	for _, d := range ds {
 		fmt.Printf("%-12s", d.v.name)
 		for _, m := range metrics {
-			v := median(res[d.v.name][m.key])
-			fmt.Printf(" "+m.format+" (x%4.2f)", v, v/median(base[m.key]))
+			v := report.Median(res[d.v.name][m.key])
+			fmt.Printf(" "+m.format+" (x%4.2f)", v, v/report.Median(base[m.key]))
 		}
 		fmt.Println()
 	}
@@ -405,42 +409,6 @@ func wrk(ctx context.Context, tp *topo.Topology, d *daemon, secs string) (float6
 
 // insCPU is the CPU time (user and system, all threads) the INS has used.
 func (d *daemon) insCPU() time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", d.insPID))
-	if err != nil {
-		return 0
-	}
-	// Fields after the command name, which is in parentheses: utime and
-	// stime are the 12th and 13th, in clock ticks (USER_HZ, 100 on Linux).
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	if len(f) < 13 {
-		return 0
-	}
-	u, _ := strconv.ParseInt(f[11], 10, 64)
-	k, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(u+k) * 10 * time.Millisecond
-}
-
-func median(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	s := slices.Clone(v)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
-func loadavg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "?"
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "?"
-	}
-	return strings.Join(f[:3], "/")
+	t, _ := procstat.CPUTime(d.insPID)
+	return t
 }

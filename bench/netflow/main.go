@@ -12,6 +12,10 @@
 package main
 
 import (
+	"github.com/mpshim/mpshim/bench/internal/report"
+
+	"github.com/mpshim/mpshim/internal/procstat"
+
 	"context"
 	"encoding/json"
 	"flag"
@@ -20,7 +24,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
@@ -84,7 +87,7 @@ func run(rounds int, dur time.Duration, binDir string) error {
 			for i := range s {
 				v[i] = f(s[i])
 			}
-			return median(v)
+			return report.Median(v)
 		}
 		gOn, gOff := get(on, func(s sample) float64 { return s.gbps }), get(off, func(s sample) float64 { return s.gbps })
 		cOn, cOff := get(on, func(s sample) float64 { return s.cpuPerMB }), get(off, func(s sample) float64 { return s.cpuPerMB })
@@ -106,15 +109,6 @@ func dirName(reverse bool) string {
 		return "INS -> wan (iperf3 -R)"
 	}
 	return "wan -> INS"
-}
-
-func median(v []float64) float64 {
-	s := slices.Clone(v)
-	slices.Sort(s)
-	if len(s) == 0 {
-		return 0
-	}
-	return s[len(s)/2]
 }
 
 // measure starts an isolator (accounting on or off) and an iperf3 server
@@ -201,19 +195,9 @@ func measure(ctx context.Context, tp *topo.Topology, isolator, lib string, flows
 
 // cpuTime is a process's user and system CPU time (all threads).
 func cpuTime(pid int) (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	t, err := procstat.CPUTime(pid)
 	if err != nil {
-		return 0, fmt.Errorf("INS cpu time: %w", err)
+		return 0, fmt.Errorf("INS %w", err)
 	}
-	// Fields after the command name (which may hold spaces): utime is
-	// the 14th field of the line, stime the 15th.
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-	if len(f) < 13 {
-		return 0, fmt.Errorf("INS cpu time: short /proc/%d/stat", pid)
-	}
-	var ut, st int64
-	fmt.Sscan(f[11], &ut)
-	fmt.Sscan(f[12], &st)
-	// Clock ticks are 1/100 s on Linux (USER_HZ).
-	return time.Duration(ut+st) * 10 * time.Millisecond, nil
+	return t, nil
 }

@@ -1,5 +1,6 @@
 // Package procstat reads the fields of /proc/PID/stat that identify a
-// process across pid reuse: its parent and its start time.
+// process across pid reuse (its parent and its start time) and the CPU
+// time it has used.
 package procstat
 
 import (
@@ -8,12 +9,20 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 )
 
-// Stat holds the fields of /proc/PID/stat the isolator uses.
+// userHZ is the unit of the time fields of /proc/PID/stat: USER_HZ, 100 on
+// every Linux architecture we build for.
+const userHZ = 100
+
+// Stat holds the fields of /proc/PID/stat the project uses.
 type Stat struct {
 	// PPID is the parent's pid (field 4).
 	PPID int32
+	// UTime and STime are the user and system time of all the process's
+	// threads, in clock ticks (fields 14 and 15).
+	UTime, STime uint64
 	// StartTime is the time the process started after boot, in clock
 	// ticks (field 22). A pid and its start time name one process for the
 	// life of the system.
@@ -49,11 +58,27 @@ func Parse(s string) (Stat, error) {
 	if err != nil {
 		return Stat{}, fmt.Errorf("proc stat: ppid: %w", err)
 	}
-	st, err := strconv.ParseUint(f[22-3], 10, 64)
-	if err != nil {
-		return Stat{}, fmt.Errorf("proc stat: start time: %w", err)
+	var ticks [3]uint64
+	for i, n := range []int{14, 15, 22} {
+		if ticks[i], err = strconv.ParseUint(f[n-3], 10, 64); err != nil {
+			return Stat{}, fmt.Errorf("proc stat: field %d: %w", n, err)
+		}
 	}
-	return Stat{PPID: int32(ppid), StartTime: st}, nil
+	return Stat{PPID: int32(ppid), UTime: ticks[0], STime: ticks[1], StartTime: ticks[2]}, nil
+}
+
+// CPU is the user and system CPU time the process has used.
+func (s Stat) CPU() time.Duration {
+	return time.Duration(s.UTime+s.STime) * (time.Second / userHZ)
+}
+
+// CPUTime returns the CPU time process pid has used, all threads.
+func CPUTime(pid int) (time.Duration, error) {
+	st, err := Read(pid)
+	if err != nil {
+		return 0, fmt.Errorf("cpu time of %d: %w", pid, err)
+	}
+	return st.CPU(), nil
 }
 
 // Alive reports whether the process pid exists and started at start (so a

@@ -1,6 +1,8 @@
 package topo
 
 import (
+	"github.com/mpshim/mpshim/internal/procstat"
+
 	"context"
 	"encoding/json"
 	"errors"
@@ -53,28 +55,13 @@ func writeState(s *state) error {
 
 // procStart returns the start time (clock ticks since boot) of pid.
 func procStart(pid int) (uint64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	// Fields after the command name, which is in parentheses and may
-	// contain spaces; starttime is field 22, the 20th after ")".
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 20 {
-		return 0, fmt.Errorf("parse /proc/%d/stat: %d fields", pid, len(f))
-	}
-	return strconv.ParseUint(f[19], 10, 64)
+	st, err := procstat.Read(pid)
+	return st.StartTime, err
 }
 
 // ownerAlive reports whether the owner recorded in s still runs.
 func ownerAlive(s *state) bool {
-	st, err := procStart(s.PID)
-	return err == nil && st == s.Start
+	return procstat.Alive(s.PID, s.Start)
 }
 
 // Reap removes the leftovers of earlier runs whose owning process is dead:

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/mpshim/mpshim/internal/procstat"
+
 	"context"
 	"crypto/rand"
 	"encoding/json"
@@ -496,24 +498,8 @@ func (e *env) restartNginx(ctx context.Context) error {
 // cpuTime returns the user and system CPU time pid has used (all its
 // threads), or 0 if it is gone.
 func cpuTime(pid int) time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 13 {
-		return 0
-	}
-	// Fields 14 and 15 of stat (utime, stime), in clock ticks of 1/100 s
-	// (USER_HZ on Linux).
-	u, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(u+st) * 10 * time.Millisecond
+	t, _ := procstat.CPUTime(pid)
+	return t
 }
 
 // serverPIDs are the processes that serve side's HTTP (http) or iperf3

@@ -62,20 +62,6 @@ func describeMachine() string {
 		nginx, wrk, firstLine("iperf3", "--version"), ab)
 }
 
-// loadAvg is the 1, 5 and 15 minute load average: other work on the
-// machine during the run.
-func loadAvg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "?"
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "?"
-	}
-	return strings.Join(f[:3], " ")
-}
-
 // goal is one target of the project and how the run did against it.
 type goal struct {
 	text, got string

@@ -47,7 +47,7 @@ func run(ctx context.Context, o options) (err error) {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("needs root (network namespaces)")
 	}
-	res := &results{started: time.Now(), machine: describeMachine(), loadBefore: loadAvg()}
+	res := &results{started: time.Now(), machine: describeMachine(), loadBefore: report.LoadAvg()}
 	e, err := setup(ctx, o)
 	if e != nil {
 		defer e.close()
@@ -72,7 +72,7 @@ func run(ctx context.Context, o options) (err error) {
 	// results file, with the error.
 	fail := func(err error) error {
 		e.note("run aborted: %v", err)
-		res.notes, res.ended, res.loadAfter = e.notes, time.Now(), loadAvg()
+		res.notes, res.ended, res.loadAfter = e.notes, time.Now(), report.LoadAvg()
 		res.aborted = true
 		if werr := write(o, res); werr != nil {
 			slog.Error("writing partial results", "err", werr)
@@ -157,6 +157,6 @@ func run(ctx context.Context, o options) (err error) {
 	}
 	res.notes = e.notes
 	res.ended = time.Now()
-	res.loadAfter = loadAvg()
+	res.loadAfter = report.LoadAvg()
 	return write(o, res)
 }

@@ -6,6 +6,7 @@ package report
 import (
 	"fmt"
 	"math"
+	"os"
 	"slices"
 	"strings"
 )
@@ -43,15 +44,39 @@ func (m *Metric) Add(side string, v float64) {
 
 // Median returns the median sample of side and whether there is one.
 func (m *Metric) Median(side string) (float64, bool) {
-	s := slices.Clone(m.Samples[side])
-	if len(s) == 0 {
+	if len(m.Samples[side]) == 0 {
 		return 0, false
+	}
+	return Median(m.Samples[side]), true
+}
+
+// Median returns the median of v (the mean of the middle two for an even
+// count), 0 for none. v is not changed.
+func Median(v []float64) float64 {
+	s := slices.Clone(v)
+	if len(s) == 0 {
+		return 0
 	}
 	slices.Sort(s)
 	if len(s)%2 == 1 {
-		return s[len(s)/2], true
+		return s[len(s)/2]
 	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2, true
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// LoadAvg is the machine's 1, 5 and 15 minute load average ("0.52 0.61
+// 0.70"), "?" if it cannot be read: how much other work shared the
+// machine with a run.
+func LoadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 // Ratio returns median(a)/median(b) and whether both exist and b ≠ 0.

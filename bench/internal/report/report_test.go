@@ -53,3 +53,26 @@ func TestFormatValue(t *testing.T) {
 		}
 	}
 }
+
+func TestMedianOfSlice(t *testing.T) {
+	for _, tc := range []struct {
+		in   []float64
+		want float64
+	}{
+		{nil, 0},
+		{[]float64{3}, 3},
+		{[]float64{5, 1, 3}, 3},
+		{[]float64{4, 1, 3, 2}, 2.5},
+	} {
+		in := append([]float64(nil), tc.in...)
+		if got := Median(in); got != tc.want {
+			t.Errorf("Median(%v) = %v, want %v", tc.in, got, tc.want)
+		}
+		for i := range in {
+			if in[i] != tc.in[i] {
+				t.Errorf("Median(%v) reordered its argument to %v", tc.in, in)
+				break
+			}
+		}
+	}
+}
