@@ -111,6 +111,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	go func() { errc <- api.Serve(ctx, apiLn, d.handle, d.log) }()
 	go func() { errc <- serveApp() }()
 	d.log.Info("isolator running", "api", d.cfg.API, "socket", d.cfg.Socket, "ins", d.cfg.INS)
+	if n := noFileLimit(); n < ins.DefaultNoFile {
+		d.log.Warn("INS descriptor limit lowered to the isolator's hard RLIMIT_NOFILE: each INS holds at most about that many sockets; raise the hard limit (ulimit -Hn, LimitNOFILE=) to lift it",
+			"limit", n, "default", ins.DefaultNoFile)
+	}
 	var first error
 	for range 2 {
 		if err := <-errc; err != nil && first == nil {
