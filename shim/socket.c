@@ -575,30 +575,47 @@ static int close_reports(int fd, uint64_t sock)
 	return 1;
 }
 
-MP_EXPORT int close(int fd)
+/* The socket whose descriptor fd is about to be closed (by close, by dup2
+ * or dup3 onto it, or by close_range), if this close must tell the INS
+ * (close_reports); 0 otherwise. */
+static uint64_t closing_stream(int fd)
 {
 	struct mp_fd *e = mp_get(fd);
 	uint64_t sock = 0;
-	int rc, report = 0;
+	MP_SAVE;
 
-	if (e) {
-		if (e->kind == MPK_INTERNAL)
-			return ret_log(mp_fail(EBADF), "close", fd, NULL);
-		if (e->kind == MPK_STREAM) {
-			MP_SAVE;
-			sock = e->sock;
-			report = close_reports(fd, sock);
-			MP_RESTORE;
-		}
-		/* Before the real close: the number may be reused at once. */
-		memset(e, 0, sizeof *e);
-	}
-	rc = REAL(close)(fd);
-	if (report && rc == 0) {
+	if (e && e->kind == MPK_STREAM && close_reports(fd, e->sock))
+		sock = e->sock;
+	MP_RESTORE;
+	return sock;
+}
+
+/* Tells the INS that sock (from closing_stream) is closed, once the close
+ * succeeded. */
+static void closed_stream(uint64_t sock, int rc)
+{
+	if (sock && rc == 0) {
 		MP_SAVE;
 		mps_close(sock);
 		MP_RESTORE;
 	}
+}
+
+MP_EXPORT int close(int fd)
+{
+	struct mp_fd *e = mp_get(fd);
+	uint64_t sock = 0;
+	int rc;
+
+	if (e) {
+		if (e->kind == MPK_INTERNAL)
+			return ret_log(mp_fail(EBADF), "close", fd, NULL);
+		sock = closing_stream(fd);
+		/* Before the real close: the number may be reused at once. */
+		memset(e, 0, sizeof *e);
+	}
+	rc = REAL(close)(fd);
+	closed_stream(sock, rc);
 	if (__builtin_expect(mp_conf.log, 0))
 		ret_log(rc, "close", fd, NULL);
 	return rc;
@@ -623,6 +640,7 @@ MP_EXPORT int dup(int fd)
 static int dup23(int oldfd, int newfd, int flags, int three)
 {
 	struct mp_fd *e = mp_get(oldfd);
+	uint64_t sock = 0;
 	int rc;
 	MP_SAVE;
 
@@ -630,6 +648,10 @@ static int dup23(int oldfd, int newfd, int flags, int three)
 		return mp_fail(EBADF);
 	if (mps_is_internal_fd(newfd))
 		mps_evict(newfd);
+	/* Duplicating onto newfd closes what it was (not when it is oldfd:
+	 * dup2 then changes nothing, dup3 fails). */
+	if (oldfd != newfd)
+		sock = closing_stream(newfd);
 	MP_RESTORE;
 	rc = three ? REAL(dup3)(oldfd, newfd, flags) : REAL(dup2)(oldfd, newfd);
 	if (rc >= 0) {
@@ -637,6 +659,7 @@ static int dup23(int oldfd, int newfd, int flags, int three)
 		mp_copy(oldfd, newfd);
 		MP_RESTORE;
 	}
+	closed_stream(sock, rc >= 0 ? 0 : -1);
 	return rc;
 }
 
@@ -675,6 +698,18 @@ static int close_span(unsigned int first, unsigned int last, int flags)
 	return rc;
 }
 
+/* Closes the stream sockets among [first, last] one by one through close,
+ * which tells the INS of those it must hear of (close_reports; the last of
+ * several descriptors of one socket reports it), before the rest of the
+ * range is closed natively. */
+static void close_streams(unsigned int first, unsigned int last)
+{
+	for (unsigned int fd = first; fd <= last && fd < mp_table_hiwat && fd < mp_table_size; fd++) {
+		if (mp_table[fd].kind == MPK_STREAM)
+			close((int)fd);
+	}
+}
+
 MP_EXPORT int close_range(unsigned int first, unsigned int last, int flags)
 {
 	int rc;
@@ -683,6 +718,7 @@ MP_EXPORT int close_range(unsigned int first, unsigned int last, int flags)
 		return ret_log(mp_fail(EINVAL), "close_range", (int)first, NULL);
 	if (!(flags & CLOSE_RANGE_CLOEXEC)) {
 		MP_SAVE;
+		close_streams(first, last);
 		mp_clear_range(first, last);
 		MP_RESTORE;
 	}
@@ -694,6 +730,7 @@ MP_EXPORT void closefrom(int lowfd)
 {
 	MP_SAVE;
 	if (lowfd >= 0) {
+		close_streams((unsigned int)lowfd, ~0u);
 		mp_clear_range((unsigned int)lowfd, ~0u);
 		close_span((unsigned int)lowfd, ~0u, 0);
 	}
