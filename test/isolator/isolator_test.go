@@ -256,14 +256,15 @@ func TestBulkEcho(t *testing.T) {
 }
 
 // TestThousandConnections: 1,000 concurrent connections through one INS
-// all complete.
+// all complete. It logs the INS's memory idle and with them open.
 func TestThousandConnections(t *testing.T) {
-	tp, _, c := setup(t, 1)
+	tp, d, c := setup(t, 1)
 	port := wanServer(t, tp, echo)
 	addr := net.JoinHostPort(tp.Uplinks[0].WANAddr4.String(), fmt.Sprint(port))
 	const n = 1000
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
+	idle := insRSS(t, d)
 	start := time.Now()
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
@@ -286,6 +287,10 @@ func TestThousandConnections(t *testing.T) {
 	wg.Wait()
 	close(errs)
 	close(conns)
+	if open := insRSS(t, d); open > idle {
+		t.Logf("INS RSS idle %d KiB, with %d connections open %d KiB: %.1f KiB per connection",
+			idle>>10, n, open>>10, float64(open-idle)/n/1024)
+	}
 	for conn := range conns {
 		conn.Close()
 	}
@@ -300,6 +305,16 @@ func TestThousandConnections(t *testing.T) {
 		t.Fatalf("%d of %d connections failed", failed, n)
 	}
 	t.Logf("%d concurrent connections completed in %v", n, time.Since(start))
+}
+
+// insRSS is the resident memory of the isolator's first INS.
+func insRSS(t *testing.T, d *harness.Isolator) uint64 {
+	t.Helper()
+	infos, err := d.List()
+	if err != nil || len(infos) == 0 {
+		t.Fatalf("isolator ls: %v %v", infos, err)
+	}
+	return infos[0].RSS
 }
 
 // TestINSKilled: kill -9 of an INS is reported within a second and
