@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -23,13 +21,8 @@ import (
 // hold no record of them.
 func TestClosePathsEndRecords(t *testing.T) {
 	topo.RequireRoot(t)
-	harness.NeedFiles(t, "/usr/bin/cc")
 	lib := harness.Binary(t, "libmpshim.so")
-	prog := filepath.Join(t.TempDir(), "closepaths")
-	if out, err := exec.Command("cc", "-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror",
-		"-o", prog, "testdata/closepaths.c").CombinedOutput(); err != nil {
-		t.Fatalf("cc closepaths.c: %v\n%s", err, out)
-	}
+	prog := harness.BuildC(t, "testdata/closepaths.c")
 	tp := topo.New(t, topo.Config{Uplinks: 1, NoIPv6: true})
 	d := harness.StartIsolator(t, tp, harness.Options{INS: 1})
 	port := wanServer(t, tp, echo)

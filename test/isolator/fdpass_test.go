@@ -3,8 +3,6 @@ package isolator_test
 import (
 	"context"
 	"net"
-	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"testing"
@@ -23,13 +21,8 @@ import (
 // them must get its socket and echo a line through it.
 func TestShimFDPassUnderSlotPressure(t *testing.T) {
 	topo.RequireRoot(t)
-	harness.NeedFiles(t, "/usr/bin/cc")
 	lib := harness.Binary(t, "libmpshim.so")
-	prog := filepath.Join(t.TempDir(), "fdstorm")
-	if out, err := exec.Command("cc", "-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread",
-		"-o", prog, "testdata/fdstorm.c").CombinedOutput(); err != nil {
-		t.Fatalf("cc fdstorm.c: %v\n%s", err, out)
-	}
+	prog := harness.BuildC(t, "testdata/fdstorm.c", "-pthread")
 	tp := topo.New(t, topo.Config{Uplinks: 1})
 	d := harness.StartIsolator(t, tp, harness.Options{INS: 1})
 	port := wanServer(t, tp, echo)

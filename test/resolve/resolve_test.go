@@ -17,7 +17,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -219,15 +218,7 @@ func TestCurl(t *testing.T) {
 // buildLookup compiles progs/lookup.c.
 func buildLookup(t *testing.T) string {
 	t.Helper()
-	harness.NeedFiles(t, "/usr/bin/cc")
-	_, file, _, _ := runtime.Caller(0)
-	bin := filepath.Join(t.TempDir(), "lookup")
-	out, err := exec.Command("cc", "-O2", "-Wall", "-Wextra", "-Werror", "-o", bin, filepath.Join(filepath.Dir(file), "progs", "lookup.c")).CombinedOutput()
-	if err != nil {
-		t.Fatalf("cc lookup.c: %v\n%s", err, out)
-	}
-	os.Chmod(filepath.Dir(bin), 0o755)
-	return bin
+	return harness.BuildC(t, "progs/lookup.c")
 }
 
 // runLookup runs the lookup program with the given cases and returns its
