@@ -70,18 +70,10 @@ func (r *Receiver) IsAttached() bool {
 	return r.dispatcher != nil
 }
 
-// Wait returns once the reader has stopped or, if it has been told to stop
-// (Attach(nil)), at once: it delivers no frame after that, but may still
-// be finishing one. The netstack calls Wait with its own lock held, and a
-// frame being delivered may wait for that lock (an unknown destination's
-// reset looks up the NIC), so waiting for the reader there could deadlock.
-// Close waits for the reader in full.
-func (r *Receiver) Wait() {
-	if r.stopped.Load() {
-		return
-	}
-	r.wg.Wait()
-}
+// Wait returns once the reader has stopped. A frame the reader is
+// delivering may wait for the netstack's lock, so Wait must not be called
+// with it held (the INS's NIC wrapper waits only once the NIC is removed).
+func (r *Receiver) Wait() { r.wg.Wait() }
 
 // Close stops the reader if it runs and waits until it has exited, after
 // which the socket may be closed. It must not be called with a netstack
