@@ -3,6 +3,7 @@ package harness
 import (
 	"context"
 	"crypto/rand"
+	"fmt"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -22,9 +23,9 @@ type NginxOptions struct {
 	// Files are the documents nginx serves from its root, by name.
 	Files map[string][]byte
 	// Config returns nginx.conf for the directory that holds the
-	// configuration, pid file and logs and for the document root. It must
-	// run nginx as a daemon with its pid file at dir/nginx.pid and its
-	// error log at dir/error.log.
+	// configuration, pid file and logs and for the document root, without
+	// the directives StartNginx puts first: daemon on, the pid file
+	// dir/nginx.pid and the error log dir/error.log (level info).
 	Config func(dir, root string) string
 }
 
@@ -75,7 +76,8 @@ func StartNginx(t testing.TB, o NginxOptions) *Nginx {
 			t.Fatal(err)
 		}
 	}
-	if err := os.WriteFile(n.conf, []byte(o.Config(dir, n.Root)), 0o644); err != nil {
+	conf := fmt.Sprintf("daemon on;\npid %[1]s/nginx.pid;\nerror_log %[1]s/error.log info;\n", dir) + o.Config(dir, n.Root)
+	if err := os.WriteFile(n.conf, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if o.Shim != nil {

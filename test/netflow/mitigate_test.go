@@ -86,19 +86,16 @@ func mitNginx(t *testing.T, tp *topo.Topology, iso *harness.Isolator) []byte {
 	harness.NeedFiles(t, "/usr/sbin/nginx", "/usr/bin/curl")
 	n := harness.StartNginx(t, harness.NginxOptions{NS: tp.App, Shim: iso,
 		Files: harness.RandomFiles(map[string]int{"1k.bin": 1 << 10}),
-		Config: func(dir, root string) string {
-			return fmt.Sprintf(`daemon on;
-worker_processes 1;
-pid %[1]s/nginx.pid;
-error_log %[1]s/error.log info;
+		Config: func(_, root string) string {
+			return fmt.Sprintf(`worker_processes 1;
 events { worker_connections 1024; }
 http {
     access_log off;
     keepalive_timeout 60;
     keepalive_requests 100000;
-    server { listen 80; root %[2]s; }
+    server { listen 80; root %s; }
 }
-`, dir, root)
+`, root)
 		}})
 	return n.Files["1k.bin"]
 }

@@ -37,10 +37,7 @@ func startNginx(t *testing.T, tp *topo.Topology, iso *harness.Isolator, files ma
 	t.Helper()
 	n := harness.StartNginx(t, harness.NginxOptions{NS: tp.App, Shim: iso, Files: harness.RandomFiles(files),
 		Config: func(dir, root string) string {
-			return fmt.Sprintf(`daemon on;
-worker_processes 2;
-pid %[1]s/nginx.pid;
-error_log %[1]s/error.log info;
+			return fmt.Sprintf(`worker_processes 2;
 events { worker_connections 4096; }
 http {
     log_format flows '$remote_addr $remote_port $bytes_sent $request_length $status';

@@ -38,10 +38,7 @@ func startNginx(t *testing.T, tp *topo.Topology, iso *harness.Isolator, reusepor
 		NS: tp.App, Shim: iso,
 		Files: harness.RandomFiles(map[string]int{"1k.bin": 1 << 10, "1m.bin": 1 << 20}),
 		Config: func(dir, root string) string {
-			return fmt.Sprintf(`daemon on;
-worker_processes 2;
-pid %[1]s/nginx.pid;
-error_log %[1]s/error.log info;
+			return fmt.Sprintf(`worker_processes 2;
 events { worker_connections 4096; }
 http {
     log_format status '$status';
@@ -121,10 +118,7 @@ func ab(t *testing.T, tp *topo.Topology, url string, n, c int, keepalive bool) m
 func startUpstream(t *testing.T, tp *topo.Topology, addr string, files map[string][]byte) *harness.Nginx {
 	t.Helper()
 	return harness.StartNginx(t, harness.NginxOptions{NS: tp.WAN, Files: files, Config: func(dir, root string) string {
-		return fmt.Sprintf(`daemon on;
-worker_processes 1;
-pid %[1]s/nginx.pid;
-error_log %[1]s/error.log info;
+		return fmt.Sprintf(`worker_processes 1;
 events { worker_connections 1024; }
 http {
     log_format status '$status';
