@@ -136,9 +136,9 @@ func (x *xdpLink) kernelDrops() uint64 {
 func (x *xdpLink) close() {
 	x.once.Do(func() {
 		if x.rx != nil {
-			// The reader may still be finishing a frame (see
-			// xdp.Receiver.Wait); the socket's memory stays mapped
-			// until it has exited.
+			// The NIC wrapper has normally stopped and waited for
+			// the reader already; the UMEM stays mapped until it has
+			// surely exited (also on a failed setup).
 			x.rx.Close()
 		}
 		if x.redirect != nil {

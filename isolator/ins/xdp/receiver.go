@@ -83,8 +83,9 @@ func (r *Receiver) Close() {
 	r.wg.Wait()
 }
 
-// Attach starts delivering frames to d; nil stops the reader and waits for
-// it. It has the semantics of stack.NetworkLinkEndpoint.Attach.
+// Attach starts delivering frames to d; nil tells the reader to stop and
+// returns without waiting for it (Wait and Close do). It has the semantics
+// of stack.NetworkLinkEndpoint.Attach.
 func (r *Receiver) Attach(d stack.NetworkDispatcher) {
 	r.mu.Lock()
 	if d == nil {
