@@ -134,9 +134,10 @@ func (n *Nginx) Procs() []int {
 	return append([]int{pid}, Children(pid)...)
 }
 
-// Served counts the 2xx and other statuses in the access log, which the
-// configuration must write to Dir/access.log with log_format '$status'.
-func (n *Nginx) Served() (ok, other int) { return StatusLog(filepath.Join(n.Dir, "access.log")) }
+// Served counts the requests in the access log and how many of them did
+// not get a 2xx status (StatusLog); the configuration must write it to
+// Dir/access.log with log_format '$status'.
+func (n *Nginx) Served() (total, non2xx int) { return StatusLog(filepath.Join(n.Dir, "access.log")) }
 
 // WaitGone waits up to d for the master to exit and reports whether it did.
 func (n *Nginx) WaitGone(d time.Duration) bool {
