@@ -235,7 +235,6 @@ func countFDs(t *testing.T) int {
 	return len(es)
 }
 
-
 // helperCopy copies the test binary where another uid can run it.
 func helperCopy(t *testing.T) string {
 	t.Helper()

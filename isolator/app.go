@@ -156,7 +156,7 @@ func NewAppServer(cfg AppConfig, backends Backends, log *slog.Logger) *AppServer
 		pendingByUID: map[uint32]int{},
 		refusedLog:   rateLog{every: 5 * time.Second},
 		busyLog:      rateLog{every: 5 * time.Second},
-		baseCtx:  context.Background(),
+		baseCtx:      context.Background(),
 	}
 }
 

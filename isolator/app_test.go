@@ -299,7 +299,6 @@ func TestRegistrationRefusals(t *testing.T) {
 	})
 }
 
-
 // TestExecJoinsGroup registers, hangs up, and registers again as the next
 // image of the same process (and as a fork child of the gone image, as a
 // daemonizing server's child does): with the group's key they join the same
