@@ -187,6 +187,8 @@ int mps_accept_parse(const void *msg, size_t len, uint64_t *sock, const unsigned
 
 /* ---- session state ------------------------------------------------------- */
 
+enum { REFUSED_BY_ISOLATOR = 1, REFUSED_BY_SOCKET = 2 };
+
 static struct {
 	pthread_mutex_t mu;
 	int fd;                  /* registration connection, -1 when none */
@@ -291,7 +293,7 @@ static int refused_by_policy(const unsigned char *m, size_t n)
 {
 	if (hdr_check(m, n) != MP_T_REGISTER_REFUSED || n != W_HDR + MP_REGISTER_REFUSED_FIXED)
 		return 0;
-	S.refused = 1;
+	S.refused = REFUSED_BY_ISOLATOR;
 	S.refused_uid = get32(m + W_HDR + offsetof(struct mp_register_refused, uid));
 	S.refused_gid = get32(m + W_HDR + offsetof(struct mp_register_refused, gid));
 	return 1;
@@ -343,7 +345,7 @@ static int do_register(void)
 		rc = -errno;
 		if (rc == -EACCES || rc == -EPERM) {
 			/* The socket is there; its permissions refuse us. */
-			S.refused = 1;
+			S.refused = REFUSED_BY_SOCKET;
 			S.refused_uid = (uint32_t)geteuid();
 			S.refused_gid = (uint32_t)getegid();
 			rc = -MP_REFUSED_ERRNO;
@@ -403,7 +405,7 @@ static int do_register(void)
 		int32_t err = (int32_t)get32(rep + W_HDR);
 		rc = err > 0 && err < 4096 ? -err : -EPROTO;
 		if (rc == -MP_REFUSED_ERRNO) { /* an answer, not an absence */
-			S.refused = 1;
+			S.refused = REFUSED_BY_ISOLATOR;
 			S.refused_uid = (uint32_t)geteuid();
 			S.refused_gid = (uint32_t)getegid();
 		}
@@ -464,7 +466,14 @@ static int ensure_locked(void)
 	if (rc < 0) {
 		clock_gettime(CLOCK_MONOTONIC, &S.failed);
 		S.failerr = -rc;
-		if (rc == -MP_REFUSED_ERRNO && S.refused)
+		if (rc == -MP_REFUSED_ERRNO && S.refused == REFUSED_BY_SOCKET)
+			mp_warn_once(&S.refused_warned,
+				     "refused by policy: uid %u (gid %u) may not connect to the "
+				     "isolator's socket %s (its mode and group); network sockets fail "
+				     "with %s (MPSHIM_FAIL=open does not apply to a refusal)",
+				     S.refused_uid, S.refused_gid, mp_conf.path,
+				     mp_errname(MP_REFUSED_ERRNO));
+		else if (rc == -MP_REFUSED_ERRNO && S.refused)
 			mp_warn_once(&S.refused_warned,
 				     "refused by policy: the isolator at %s refuses uid %u "
 				     "(gid %u); network sockets fail with %s (MPSHIM_FAIL=open does "
