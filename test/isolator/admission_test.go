@@ -240,4 +240,3 @@ func helperCopy(t *testing.T) string {
 	}
 	return p
 }
-
