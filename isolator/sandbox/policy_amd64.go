@@ -4,7 +4,6 @@ import "golang.org/x/sys/unix"
 
 const auditArch = unix.AUDIT_ARCH_X86_64
 
-
 // policy is the x86-64 allow-list, the one table of what a sealed INS may
 // call. The Go runtime's needs come first, then descriptor I/O, then the
 // socket calls on descriptors the daemon handed in.
