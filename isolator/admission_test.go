@@ -175,7 +175,9 @@ func TestAdmissionStrangerFlood(t *testing.T) {
 			t.Fatalf("flood helper was not told it is refused: %s", line)
 		}
 	}
-	if d := countFDs(t) - fdsBefore; d > 8 {
+	// The test process also holds a pipe per helper and whatever the
+	// runtime opened meanwhile: a few descriptors, not thousands.
+	if d := countFDs(t) - fdsBefore; d > 32 {
 		t.Fatalf("server holds %d more descriptors with %d stranger connections open", d, procs*each)
 	}
 	if n := s.Pending(); n != 0 {

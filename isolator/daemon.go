@@ -51,6 +51,9 @@ func New(cfg config.Config, log *slog.Logger) (*Daemon, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
+	if _, err := cfg.INSIdentity(1); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
 	self, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find own executable: %w", err)
@@ -254,7 +257,7 @@ func (d *Daemon) List(ctx context.Context) []api.INSInfo {
 		}
 		info.Sockets = st.Engine.Sockets
 		info.Connections = st.Engine.Connected
-		info.RSS = st.RSSBytes
+		info.RSS = p.rss()
 		counters := map[string]ins.UplinkCounters{}
 		for _, c := range st.Uplinks {
 			counters[c.Name] = c

@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -144,10 +143,14 @@ func (d *Daemon) startINS(ctx context.Context, id int, total int) (_ *insProc, e
 	if err != nil {
 		return nil, fmt.Errorf("INS %d: %w", id, err)
 	}
+	who, err := d.cfg.INSIdentity(id)
+	if err != nil {
+		return nil, fmt.Errorf("INS %d: %w", id, err)
+	}
 	pc := ins.ProcessConfig{
 		Stack: ins.Config{ID: id, Policy: d.cfg.Policy, GOMAXPROCS: ins.GOMAXPROCSFor(total),
 			DNS: ins.DNSConfig{Servers: nameservers, Timeout: d.cfg.DNSTimeout}},
-		Sandbox: ins.SandboxOptions{NoFile: noFileLimit()},
+		Sandbox: ins.SandboxOptions{NoFile: noFileLimit(), UID: who.UID, GID: who.GID},
 		// Rules and tunings in force from the first packet.
 		Mitigation: d.mit.config(id),
 		Flows:      d.flowTableConfig(),
@@ -189,16 +192,21 @@ func (d *Daemon) startINS(ctx context.Context, id int, total int) (_ *insProc, e
 	defer theirs.Close()
 	cmd := exec.Command(d.self, "ins")
 	cmd.ExtraFiles = []*os.File{theirs} // fd 3
-	cmd.Env = append(os.Environ(), ins.ConfigEnv+"="+string(cfgJSON))
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	// Pdeathsig: the INS dies with the daemon (the INS also exits when its
-	// control channel hangs up). Setpgid keeps a terminal's ^C to the
-	// daemon, which then stops its INS in order.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	if err := startInNetNS(ns.Path, cmd); err != nil {
+	cmd.Env = insEnv(ins.ConfigEnv + "=" + string(cfgJSON))
+	out, started, err := insStdio(cmd)
+	if err != nil {
+		mine.Close()
+		return nil, fmt.Errorf("INS %d: %w", id, err)
+	}
+	cmd.SysProcAttr = insSysProcAttr()
+	err = startInNetNS(ns.Path, cmd)
+	started()
+	if err != nil {
+		out.Close()
 		mine.Close()
 		return nil, fmt.Errorf("INS %d: start: %w", id, err)
 	}
+	go relayINSOutput(id, out)
 	p := &insProc{id: id, cmd: cmd, ch: ctrl.New(mine), ns: ns, cfg: pc, started: time.Now(), done: make(chan struct{}), log: log,
 		ups: ups, carrierKick: make(chan struct{}, 1)}
 	// From here the process owns the addresses (reap returns them).
