@@ -109,7 +109,7 @@ func TestMitigationStateRefusesBadFile(t *testing.T) {
 			dir := t.TempDir()
 			os.WriteFile(filepath.Join(dir, stateFile), []byte(content), 0o600)
 			harness.EnsureINSUser(t)
-	cfg := config.Default()
+			cfg := config.Default()
 			cfg.StateDir = dir
 			if _, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil))); err == nil || !strings.Contains(err.Error(), "fix or remove") {
 				t.Fatalf("New with a bad state file: %v", err)
