@@ -3,6 +3,8 @@ package isolator
 import (
 	"bufio"
 	"bytes"
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,8 +14,12 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
-	"github.com/mpshim/mpshim/isolator/sandbox"
+	"github.com/mpshim/mpshim/isolator/api"
+	"github.com/mpshim/mpshim/isolator/ctrl"
+	"github.com/mpshim/mpshim/isolator/ins"
+	"github.com/mpshim/mpshim/isolator/ins/sandbox"
 )
 
 // insEnvPass lists the variables of the daemon's environment an INS
@@ -130,4 +136,42 @@ func (p *insProc) rss() uint64 {
 // own (sandbox.Cloneflags), which the INS seals with an empty root.
 func insSysProcAttr() *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true, Cloneflags: sandbox.Cloneflags}
+}
+
+// sandboxProbe answers the hidden API op sandbox-probe: every INS attempts
+// the acts its sandbox forbids, among them reaching this daemon's API
+// socket and its remote API, and reports how each ended. Refused unless
+// sandbox.ProbeEnv was set when the daemon started.
+func (d *Daemon) sandboxProbe(ctx context.Context) api.Response {
+	if !sandbox.ProbeEnabled() {
+		return api.Errorf("unknown operation %q", api.OpSandboxProbe)
+	}
+	target := &sandbox.ProbeTarget{API: d.cfg.API, Remote: d.cfg.RemoteAPI.Listen}
+	var resp api.Response
+	for _, b := range d.All() {
+		p := b.(*insProc)
+		pr := api.SandboxProbe{ID: p.id}
+		b, _ := json.Marshal(ins.ManageRequest{Op: ins.ManageSandboxProbe, Probe: target})
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		r, err := p.ch.Call(cctx, ctrl.Frame{Kind: ctrl.KindManage}, b)
+		cancel()
+		if err != nil {
+			pr.Error = err.Error()
+		} else {
+			r.CloseFiles()
+			var rep ins.ProbeReply
+			if err := json.Unmarshal(r.Payload, &rep); err != nil {
+				pr.Error = fmt.Sprintf("probe reply: %v", err)
+			}
+			if rep.Error != "" {
+				pr.Error = rep.Error
+			}
+			for _, x := range rep.Results {
+				pr.Results = append(pr.Results, api.ProbeResult{Act: x.Act, Result: x.Result})
+			}
+		}
+		resp.Probes = append(resp.Probes, pr)
+	}
+	resp.OK = true
+	return resp
 }

@@ -1,9 +1,0 @@
-//go:build !amd64
-
-package sandbox
-
-// No allow-list is written for this architecture: Policy fails, and so
-// does Confine.
-var policy []Rule
-
-const auditArch = 0
