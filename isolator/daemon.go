@@ -57,6 +57,7 @@ func New(cfg config.Config, log *slog.Logger) (*Daemon, error) {
 	if _, err := cfg.INSIdentity(1); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
+	cloexecInherited()
 	self, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find own executable: %w", err)

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/mpshim/mpshim/isolator/api"
 	"github.com/mpshim/mpshim/isolator/ctrl"
 	"github.com/mpshim/mpshim/isolator/ins"
@@ -174,4 +176,20 @@ func (d *Daemon) sandboxProbe(ctx context.Context) api.Response {
 	}
 	resp.OK = true
 	return resp
+}
+
+// cloexecInherited marks every descriptor this process inherited (3 and
+// up) close-on-exec, so that nothing whoever started the daemon left open
+// reaches an INS (or any other child). Descriptors Go opens are
+// close-on-exec already; those a child must get are passed explicitly.
+func cloexecInherited() {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			unix.CloseOnExec(fd)
+		}
+	}
 }
