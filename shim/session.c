@@ -240,7 +240,26 @@ void mps_evict(int fd)
 	if ((e = mp_slot(nfd)))
 		e->kind = MPK_INTERNAL;
 	__atomic_store_n(&S.fd, nfd, __ATOMIC_RELAXED);
+	for (int i = 0; i < 2; i++)
+		if (S.rings[i].peer_fd == fd)
+			mpring_set_peer(&S.rings[i], nfd);
 	REAL(close)(fd);
+}
+
+int mps_high_fd(int fd)
+{
+	struct rlimit rl;
+	int nfd;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur > 64) {
+		rlim_t lo = (rl.rlim_cur > 1024 ? 1024 : rl.rlim_cur) - 32;
+		nfd = REAL(fcntl)(fd, F_DUPFD_CLOEXEC, (int)lo);
+		if (nfd >= 0) {
+			REAL(close)(fd);
+			return nfd;
+		}
+	}
+	return fd;
 }
 
 static uint64_t start_time(void)
@@ -274,6 +293,8 @@ static void drop_fd(void)
 
 	if (S.fd < 0)
 		return;
+	for (int i = 0; i < 2; i++)
+		mpring_set_peer(&S.rings[i], -1);
 	if ((e = mp_slot(S.fd)))
 		memset(e, 0, sizeof *e);
 	REAL(close)(S.fd);
@@ -293,9 +314,8 @@ static int do_register(void)
 	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
 			     .msg_control = cm.buf, .msg_controllen = sizeof cm.buf };
 	struct timeval tv = { 5, 0 };
-	struct rlimit rl;
 	struct cmsghdr *c;
-	int fd, nfd, memfd = -1, rc, type;
+	int fd, memfd = -1, rc, type;
 	ssize_t n;
 	struct mp_fd *e;
 	struct mpring *r;
@@ -304,14 +324,7 @@ static int do_register(void)
 	if (fd < 0)
 		return -errno;
 	/* Keep the connection out of the app's way: high, close-on-exec. */
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur > 64) {
-		rlim_t lo = (rl.rlim_cur > 1024 ? 1024 : rl.rlim_cur) - 32;
-		nfd = REAL(fcntl)(fd, F_DUPFD_CLOEXEC, (int)lo);
-		if (nfd >= 0) {
-			REAL(close)(fd);
-			fd = nfd;
-		}
-	}
+	fd = mps_high_fd(fd);
 	if ((e = mp_slot(fd))) {
 		memset(e, 0, sizeof *e);
 		e->kind = MPK_INTERNAL;
@@ -374,6 +387,9 @@ static int do_register(void)
 	memfd = -1;
 	if (rc < 0)
 		goto fail;
+	/* A daemon killed outright never marks the ring dead; its end of
+	 * this connection closes, which waiting calls poll for. */
+	mpring_set_peer(r, fd);
 	S.next ^= 1;
 	S.client = get64(rep + W_HDR);
 	S.key = get64(rep + W_HDR + offsetof(struct mp_register_reply, key));

@@ -242,23 +242,106 @@ static int connect_stream(int fd, struct mp_fd *e, const struct sockaddr *sa, so
 	return rc < 0 ? mp_fail(-rc) : 0;
 }
 
+/* ---- listener keepers (shim.h) ---------------------------------------- */
+
+/* The keeper of listener entry e, if it still is one (a range close may
+ * have taken it). */
+static struct mp_fd *keeper_of(const struct mp_fd *e)
+{
+	struct mp_fd *k;
+
+	if (e->kind != MPK_LISTEN || e->keep <= 0)
+		return NULL;
+	k = mp_get(e->keep);
+	if (!k || k->kind != MPK_INTERNAL || k->type != MP_INTERNAL_KEEP || k->sock != e->sock)
+		return NULL;
+	return k;
+}
+
+void mp_keep_release(int fd, struct mp_fd *e)
+{
+	int keep = e->keep;
+	MP_SAVE;
+
+	if (!keeper_of(e)) {
+		MP_RESTORE;
+		return;
+	}
+	for (unsigned int i = 0; i < mp_table_hiwat && i < mp_table_size; i++)
+		if ((int)i != fd && mp_table[i].kind == MPK_LISTEN && mp_table[i].keep == keep) {
+			MP_RESTORE;
+			return;
+		}
+	mp_clear(keep);
+	REAL(close)(keep);
+	MP_RESTORE;
+}
+
+void mp_keep_evict(int fd)
+{
+	struct mp_fd *k = mp_get(fd), *nk;
+	int nfd;
+	MP_SAVE;
+
+	if (!k || k->kind != MPK_INTERNAL || k->type != MP_INTERNAL_KEEP) {
+		MP_RESTORE;
+		return;
+	}
+	nfd = REAL(fcntl)(fd, F_DUPFD_CLOEXEC, fd + 1);
+	if (nfd >= 0 && (nk = mp_slot(nfd))) {
+		*nk = *k;
+		for (unsigned int i = 0; i < mp_table_hiwat && i < mp_table_size; i++)
+			if (mp_table[i].kind == MPK_LISTEN && mp_table[i].keep == fd)
+				mp_table[i].keep = nfd;
+	} else if (nfd >= 0) {
+		REAL(close)(nfd);
+	}
+	memset(k, 0, sizeof *k);
+	REAL(close)(fd);
+	MP_RESTORE;
+}
+
+void mp_keep_forget_range(unsigned int first, unsigned int last)
+{
+	for (unsigned int i = first; i <= last && i < mp_table_hiwat && i < mp_table_size; i++)
+		if (mp_table[i].kind == MPK_INTERNAL && mp_table[i].type == MP_INTERNAL_KEEP)
+			memset(&mp_table[i], 0, sizeof mp_table[i]);
+}
+
 /* ---- listen and accept ---------------------------------------------------- */
 
 static int listen_ins(int fd, struct mp_fd *e, int backlog)
 {
-	int sv[2], rc;
+	int sv[2], rc, keep;
+	struct mp_fd *k;
 
 	if (REAL(socketpair)(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
 		return -1;
 	rc = mps_listen(e->sock, backlog, sv[1]);
-	REAL(close)(sv[1]);
 	if (rc < 0) {
+		REAL(close)(sv[1]);
 		REAL(close)(sv[0]);
 		return mp_fail(-rc);
 	}
-	if (replace(fd, sv[0]) < 0)
+	if (replace(fd, sv[0]) < 0) {
+		REAL(close)(sv[1]);
 		return -1;
+	}
 	e->kind = MPK_LISTEN;
+	e->keep = 0;
+	/* The keeper: the far end stays open here as long as the listener,
+	 * so the listener never reads end-of-file when the isolator and its
+	 * INS are gone; accept then just waits (or says EAGAIN). */
+	keep = mps_high_fd(sv[1]);
+	if ((k = mp_slot(keep))) {
+		memset(k, 0, sizeof *k);
+		k->kind = MPK_INTERNAL;
+		k->type = MP_INTERNAL_KEEP;
+		k->sock = e->sock;
+		e->keep = keep;
+	} else {
+		REAL(close)(keep);
+	}
 	return 0;
 }
 
@@ -611,6 +694,8 @@ MP_EXPORT int close(int fd)
 		if (e->kind == MPK_INTERNAL)
 			return ret_log(mp_fail(EBADF), "close", fd, NULL);
 		sock = closing_stream(fd);
+		if (e->kind == MPK_LISTEN)
+			mp_keep_release(fd, e);
 		/* Before the real close: the number may be reused at once. */
 		memset(e, 0, sizeof *e);
 	}
@@ -648,10 +733,16 @@ static int dup23(int oldfd, int newfd, int flags, int three)
 		return mp_fail(EBADF);
 	if (mps_is_internal_fd(newfd))
 		mps_evict(newfd);
+	mp_keep_evict(newfd);
 	/* Duplicating onto newfd closes what it was (not when it is oldfd:
 	 * dup2 then changes nothing, dup3 fails). */
-	if (oldfd != newfd)
+	if (oldfd != newfd) {
+		struct mp_fd *ne = mp_get(newfd);
+
 		sock = closing_stream(newfd);
+		if (ne && ne->kind == MPK_LISTEN && e != ne)
+			mp_keep_release(newfd, ne);
+	}
 	MP_RESTORE;
 	rc = three ? REAL(dup3)(oldfd, newfd, flags) : REAL(dup2)(oldfd, newfd);
 	if (rc >= 0) {
@@ -719,6 +810,7 @@ MP_EXPORT int close_range(unsigned int first, unsigned int last, int flags)
 	if (!(flags & CLOSE_RANGE_CLOEXEC)) {
 		MP_SAVE;
 		close_streams(first, last);
+		mp_keep_forget_range(first, last);
 		mp_clear_range(first, last);
 		MP_RESTORE;
 	}
@@ -731,6 +823,7 @@ MP_EXPORT void closefrom(int lowfd)
 	MP_SAVE;
 	if (lowfd >= 0) {
 		close_streams((unsigned int)lowfd, ~0u);
+		mp_keep_forget_range((unsigned int)lowfd, ~0u);
 		mp_clear_range((unsigned int)lowfd, ~0u);
 		close_span((unsigned int)lowfd, ~0u, 0);
 	}
