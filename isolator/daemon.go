@@ -37,7 +37,7 @@ type Daemon struct {
 	stopping bool
 	hist     map[int]*insHistory // restarts and exits per INS id (restart.go)
 	runCtx   context.Context     // Run's context: the lifetime of replacements
-	spawnMu  sync.Mutex // one spawn batch, or one uplink change, at a time
+	spawnMu  sync.Mutex          // one spawn batch, or one uplink change, at a time
 
 	// onSpawn is called for every INS that comes up (listener replication).
 	onSpawn func(Backend)
