@@ -156,7 +156,7 @@ void mpring_set_peer(struct mpring *r, int fd)
 /* Polls the peer descriptor: nonzero (and the ring dead for this process)
  * once it hung up. A consumer killed outright never sets the dead word;
  * the kernel closes its end of the registration connection. */
-static int peer_gone(struct mpring *r)
+int mpring_peer_gone(struct mpring *r)
 {
 	int saved = errno, fd = __atomic_load_n(&r->peer_fd, __ATOMIC_ACQUIRE);
 	struct pollfd p = { .fd = fd, .events = POLLRDHUP };
@@ -258,7 +258,7 @@ static uint64_t reserve(struct mpring *r, uint64_t need)
 			continue;
 		}
 		if (pos + total - head > size) {
-			if (mpring_is_dead(r) || peer_gone(r))
+			if (mpring_is_dead(r) || mpring_peer_gone(r))
 				return UINT64_MAX;
 			wait_space(r);
 			pos = __atomic_load_n(resv, __ATOMIC_RELAXED);
@@ -321,7 +321,7 @@ static int wait_reply(struct mpring *r, uint32_t *st)
 		futex_wait(st, MPRING_SLOT_SLEEPING, MPRING_WAIT_NS);
 		if (__atomic_load_n(st, __ATOMIC_ACQUIRE) == MPRING_SLOT_DONE)
 			return 0;
-		if (mpring_is_dead(r) || peer_gone(r))
+		if (mpring_is_dead(r) || mpring_peer_gone(r))
 			return -EPIPE;
 	}
 }

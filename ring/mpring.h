@@ -74,6 +74,9 @@ int mpring_callv_prepared(struct mpring *r, const struct iovec *iov, int iovcnt,
  * waits longer than MPRING_PEER_POLL_MS (plus scheduling) after the death.
  * -1 turns the check off. The descriptor must stay open while calls run. */
 void mpring_set_peer(struct mpring *r, int fd);
+/* Polls the peer descriptor now: nonzero (and the ring dead for this
+ * process) once it hung up. */
+int mpring_peer_gone(struct mpring *r);
 /* How often a waiting call polls the peer descriptor, in milliseconds. */
 #define MPRING_PEER_POLL_MS 20
 /* Marks the ring dead: waiting and later calls return -EPIPE. */

@@ -24,7 +24,9 @@
 
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
@@ -202,6 +204,9 @@ static struct {
 	struct timespec failed;  /* time of the last failed registration */
 	int failerr;
 	int warned;
+	int lost;                /* a session died: the next one rejoins (RegRejoin) */
+	int relisten;            /* a rejoined session awaits mp_relisten */
+	pid_t watcher;           /* the process whose watcher thread runs */
 } S = { .mu = PTHREAD_MUTEX_INITIALIZER, .fd = -1 };
 
 uint64_t mps_client_id(void)
@@ -301,6 +306,8 @@ static void drop_fd(void)
 	__atomic_store_n(&S.fd, -1, __ATOMIC_RELAXED);
 }
 
+static void start_watcher(void);
+
 /* Registers; called with S.mu held. Returns 0 or -errno. */
 static int do_register(void)
 {
@@ -396,6 +403,7 @@ static int do_register(void)
 	S.regflags = 0;
 	__atomic_store_n(&S.ring, r, __ATOMIC_RELEASE);
 	MPLOG("registered with %s: client %llu", mp_conf.path, (unsigned long long)S.client);
+	start_watcher();
 	return 0;
 fail:
 	if (memfd >= 0)
@@ -420,14 +428,25 @@ static int ensure_locked(void)
 	if (S.ring && !mpring_is_dead(S.ring))
 		return 0;
 	if (S.ring) {
-		/* The isolator went away: forget the session, keep the mapping. */
+		/* The isolator went away: forget the session, keep the mapping.
+		 * The next session rejoins the group under its key, and the
+		 * listeners are made again there (docs/protocol.md). */
 		__atomic_store_n(&S.ring, NULL, __ATOMIC_RELEASE);
-		S.regflags = 0;
 		drop_fd();
+		S.regflags = MP_REG_REJOIN;
+		S.parent = 0;
+		S.parent_key = S.key;
+		S.lost = 1;
+		S.failerr = 0;
+		MPLOG("isolator session lost; registering again");
 	}
 	if (S.failerr && !elapsed_1s(&S.failed))
 		return -S.failerr;
 	rc = do_register();
+	if (rc == 0 && S.lost) {
+		S.lost = 0;
+		S.relisten = 1;
+	}
 	if (rc < 0) {
 		clock_gettime(CLOCK_MONOTONIC, &S.failed);
 		S.failerr = -rc;
@@ -447,6 +466,81 @@ static int ensure_locked(void)
 	return 0;
 }
 
+/* Runs mp_relisten once after a rejoin, outside S.mu (it makes calls). */
+static void relisten_pending(void)
+{
+	if (__atomic_load_n(&S.relisten, __ATOMIC_ACQUIRE) &&
+	    __atomic_exchange_n(&S.relisten, 0, __ATOMIC_ACQ_REL)) {
+		mp_relisten();
+		MPLOG("listeners made again under client %llu", (unsigned long long)S.client);
+	}
+}
+
+/* ---- the session watcher ---------------------------------------------------
+ * One thread per registered process (started with its first session; a
+ * fork child starts its own) waits for the registration connection to hang
+ * up, which is how the death of the daemon shows (a daemon killed outright
+ * never marks the ring dead), and then registers again every
+ * MPS_RETRY_MS until a daemon answers, so that an idle server, which makes
+ * no call that would notice, gets its listeners back as soon as the
+ * daemon is back. It blocks every signal and touches nothing of the app's. */
+
+#define MPS_RETRY_MS 100
+
+static void *watcher_main(void *arg)
+{
+	sigset_t all;
+
+	(void)arg;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, NULL);
+	for (;;) {
+		int fd = __atomic_load_n(&S.fd, __ATOMIC_RELAXED), rc;
+		struct mpring *r;
+
+		if (fd >= 0) {
+			struct pollfd p = { .fd = fd, .events = POLLRDHUP };
+
+			/* A timeout: S.fd may move (mps_evict) while polled. */
+			if (poll(&p, 1, 1000) <= 0 || !(p.revents & (POLLHUP | POLLRDHUP | POLLERR | POLLNVAL)))
+				continue;
+		} else {
+			struct timespec ts = { 0, MPS_RETRY_MS * 1000000L };
+			nanosleep(&ts, NULL);
+		}
+		pthread_mutex_lock(&S.mu);
+		r = S.ring;
+		if (r && !mpring_is_dead(r) && !mpring_peer_gone(r)) {
+			pthread_mutex_unlock(&S.mu);
+			continue;
+		}
+		S.failerr = 0; /* no back-off here: retry every MPS_RETRY_MS */
+		rc = ensure_locked();
+		pthread_mutex_unlock(&S.mu);
+		if (rc == 0)
+			relisten_pending();
+	}
+	return NULL;
+}
+
+/* Starts the watcher of this process once; called with S.mu held. */
+static void start_watcher(void)
+{
+	pthread_attr_t a;
+	pthread_t t;
+	pid_t me = getpid();
+
+	if (S.watcher == me)
+		return;
+	if (pthread_attr_init(&a) != 0)
+		return;
+	pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+	pthread_attr_setstacksize(&a, 64 * 1024);
+	if (pthread_create(&t, &a, watcher_main, NULL) == 0)
+		S.watcher = me;
+	pthread_attr_destroy(&a);
+}
+
 int mps_available(void)
 {
 	struct mpring *r = __atomic_load_n(&S.ring, __ATOMIC_ACQUIRE);
@@ -458,6 +552,8 @@ int mps_available(void)
 	pthread_mutex_lock(&S.mu);
 	rc = ensure_locked();
 	pthread_mutex_unlock(&S.mu);
+	if (rc == 0)
+		relisten_pending();
 	MP_RESTORE;
 	return rc;
 }

@@ -110,6 +110,12 @@ enum mp_kind {
 			* (type 0) and listener keepers (type MP_INTERNAL_KEEP) */
 };
 
+/* lflags of a listener: what mp_relisten sets again. optmask holds the
+ * listener's backlog. */
+#define MPL_BOUND 0x01u     /* laddr/lport are known */
+#define MPL_V6ONLY 0x02u    /* IPV6_V6ONLY was on */
+#define MPL_REUSEPORT 0x04u /* SO_REUSEPORT was on */
+
 /* type of an MPK_INTERNAL entry that keeps a listener's far end open; its
  * sock is the listener's socket id. */
 #define MP_INTERNAL_KEEP 1
@@ -152,8 +158,12 @@ struct mp_fd {
 			uint32_t pad;
 		};
 		struct mp_dgdest dest; /* MPK_DGRAM: MPF_DEST4, MPF_DEST6, MPF_DGPEER */
-		struct {
-			int32_t keep;      /* MPK_LISTEN: its keeper (mp_keep_*), 0 when none */
+		struct {                   /* MPK_LISTEN (see mp_relisten) */
+			int32_t keep;      /* its keeper (mp_keep_*), 0 when none */
+			uint16_t lport;    /* the bound port, host order */
+			uint8_t lflags;    /* MPL_* */
+			uint8_t lpad;
+			uint8_t laddr[16]; /* the bound address (IPv4: first 4 bytes) */
 		};
 	};
 };
@@ -297,6 +307,12 @@ uint64_t mps_client_key(void);
 void mp_keep_release(int fd, struct mp_fd *e);
 void mp_keep_evict(int fd);
 void mp_keep_forget_range(unsigned int first, unsigned int last);
+
+/* After the session was re-established with a new isolator daemon (the
+ * old one died): makes every listener of the process listen again, on the
+ * same descriptor, with a new socket bound to the address it had (the
+ * keeper's end is handed over as the INS end). */
+void mp_relisten(void);
 
 /* Settles a finished non-blocking connect (restores SO_SNDBUF). */
 void mp_settle(int fd, struct mp_fd *e);

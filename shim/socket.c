@@ -310,6 +310,125 @@ void mp_keep_forget_range(unsigned int first, unsigned int last)
 
 /* ---- listen and accept ---------------------------------------------------- */
 
+/* Records what mp_relisten needs to make listener e again: its address
+ * and the options that decide whether the bind succeeds. */
+static void note_listener(struct mp_fd *e)
+{
+	union {
+		struct sockaddr sa;
+		struct sockaddr_in in;
+		struct sockaddr_in6 in6;
+	} a;
+	socklen_t len = sizeof a;
+	int v = 0;
+	socklen_t vl = sizeof v;
+	MP_SAVE;
+
+	if (mps_getname(e->sock, 0, &a.sa, &len) == 0) {
+		if (a.sa.sa_family == AF_INET) {
+			memcpy(e->laddr, &a.in.sin_addr, 4);
+			e->lport = ntohs(a.in.sin_port);
+			e->lflags |= MPL_BOUND;
+		} else if (a.sa.sa_family == AF_INET6) {
+			memcpy(e->laddr, &a.in6.sin6_addr, 16);
+			e->lport = ntohs(a.in6.sin6_port);
+			e->lflags |= MPL_BOUND;
+		}
+	}
+	if (e->domain == AF_INET6 && mps_getsockopt(e->sock, IPPROTO_IPV6, IPV6_V6ONLY, &v, &vl) == 0 && v)
+		e->lflags |= MPL_V6ONLY;
+	v = 0;
+	vl = sizeof v;
+	if (mps_getsockopt(e->sock, SOL_SOCKET, SO_REUSEPORT, &v, &vl) == 0 && v)
+		e->lflags |= MPL_REUSEPORT;
+	MP_RESTORE;
+}
+
+/* Makes listener e (keeper k) again under the current session; 0 or
+ * -errno. */
+static int relisten_one(struct mp_fd *e, int k)
+{
+	union {
+		struct sockaddr sa;
+		struct sockaddr_in in;
+		struct sockaddr_in6 in6;
+	} a;
+	socklen_t len;
+	uint64_t sock;
+	int sv[2], one = 1, rc, kd;
+
+	memset(&a, 0, sizeof a);
+	if (e->domain == AF_INET) {
+		a.in.sin_family = AF_INET;
+		a.in.sin_port = htons(e->lport);
+		memcpy(&a.in.sin_addr, e->laddr, 4);
+		len = sizeof a.in;
+	} else {
+		a.in6.sin6_family = AF_INET6;
+		a.in6.sin6_port = htons(e->lport);
+		memcpy(&a.in6.sin6_addr, e->laddr, 16);
+		len = sizeof a.in6;
+	}
+	if (REAL(socketpair)(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+		return -errno;
+	rc = mps_socket(e->domain, SOCK_STREAM | SOCK_NONBLOCK, e->protocol, sv[1], &sock);
+	REAL(close)(sv[1]);
+	REAL(close)(sv[0]);
+	if (rc < 0)
+		return rc;
+	mps_setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	if (e->lflags & MPL_REUSEPORT)
+		mps_setsockopt(sock, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+	if (e->lflags & MPL_V6ONLY)
+		mps_setsockopt(sock, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+	if ((rc = mps_bind(sock, &a.sa, len)) < 0)
+		goto fail;
+	kd = REAL(fcntl)(k, F_DUPFD_CLOEXEC, 0);
+	if (kd < 0) {
+		rc = -errno;
+		goto fail;
+	}
+	rc = mps_listen(sock, e->optmask ? (int)e->optmask : 511, kd);
+	REAL(close)(kd);
+	if (rc < 0)
+		goto fail;
+	e->sock = sock;
+	return 0;
+fail:
+	mps_close(sock);
+	return rc;
+}
+
+void mp_relisten(void)
+{
+	MP_SAVE;
+
+	for (unsigned int fd = 0; fd < mp_table_hiwat && fd < mp_table_size; fd++) {
+		struct mp_fd *e = &mp_table[fd], *k = keeper_of(e);
+		uint64_t old;
+		int rc;
+
+		if (!k || !(e->lflags & MPL_BOUND))
+			continue;
+		old = e->sock;
+		rc = relisten_one(e, e->keep);
+		if (rc < 0) {
+			/* Another process of the group made it first (they share
+			 * the listener and its keeper's file): the listener is
+			 * served all the same. */
+			MPLOG("relisten(%u): %s", fd, mp_errname(-rc));
+			continue;
+		}
+		k->sock = e->sock;
+		/* The other descriptors of the same listener. */
+		for (unsigned int i = fd + 1; i < mp_table_hiwat && i < mp_table_size; i++)
+			if (mp_table[i].kind == MPK_LISTEN && mp_table[i].sock == old)
+				mp_table[i].sock = e->sock;
+		MPLOG("relisten(%u): socket %llu", fd, (unsigned long long)e->sock);
+	}
+	MP_RESTORE;
+}
+
 static int listen_ins(int fd, struct mp_fd *e, int backlog)
 {
 	int sv[2], rc, keep;
@@ -329,6 +448,9 @@ static int listen_ins(int fd, struct mp_fd *e, int backlog)
 	}
 	e->kind = MPK_LISTEN;
 	e->keep = 0;
+	e->lflags = 0;
+	e->optmask = (uint32_t)backlog;
+	note_listener(e);
 	/* The keeper: the far end stays open here as long as the listener,
 	 * so the listener never reads end-of-file when the isolator and its
 	 * INS are gone; accept then just waits (or says EAGAIN). */
@@ -487,6 +609,8 @@ MP_EXPORT int listen(int fd, int backlog)
 		break;
 	case MPK_LISTEN:
 		rc = mps_listen(e->sock, backlog, -1);
+		if (rc == 0)
+			e->optmask = (uint32_t)backlog;
 		rc = rc < 0 ? mp_fail(-rc) : 0;
 		break;
 	default:

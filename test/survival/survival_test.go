@@ -304,5 +304,160 @@ func TestINSReplaced(t *testing.T) {
 	}
 }
 
-var _ = filepath.Join
-var _ = os.Getpid
+// cpuTicks is the user+system CPU time of pids, in clock ticks.
+func cpuTicks(pids []int) int {
+	total := 0
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+		if len(f) > 12 {
+			u, _ := strconv.Atoi(f[11])
+			st, _ := strconv.Atoi(f[12])
+			total += u + st
+		}
+	}
+	return total
+}
+
+// fileSize is the size of path (0 if missing).
+func fileSize(path string) int64 {
+	st, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	return st.Size()
+}
+
+// waitOutput waits until p's output has a line starting with prefix and
+// returns it with the time it was seen (polled every 2 ms).
+func waitOutput(t *testing.T, p *topo.Proc, prefix string, limit time.Duration) (string, time.Time) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		for _, l := range strings.Split(p.Output(), "\n") {
+			if strings.HasPrefix(l, prefix) {
+				return l, time.Now()
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q from pid %d within %v; output:\n%s", prefix, p.PID(), limit, p.Output())
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// serveAgain waits until every url answers with want and returns how long
+// that took.
+func serveAgain(t *testing.T, ns *topo.NS, urls []string, want []byte, limit time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for _, u := range urls {
+		for !curlOK(ns, u, want, time.Second) {
+			if time.Since(start) > limit {
+				t.Fatalf("%s not served %v after the restart", u, limit)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	return time.Since(start)
+}
+
+// TestDaemonKilled kills the daemon with SIGKILL, under load and idle, and
+// starts it again a second later, as an operator (or a binary upgrade)
+// does.
+//
+// What the app sees: a call in flight when the daemon dies (a blocking
+// connect) returns within the ring's poll period with ENETUNREACH, and so
+// does every call made while no daemon runs, at once; its listeners are
+// never readable without a connection (no accept loop, no CPU, no error
+// log); once the daemon is back, the shim registers again by itself and
+// makes its listeners again on the same descriptors: nginx is never
+// restarted and serves again within about a second of the restart.
+//
+// What the clients see: the INS die with the daemon (a restarted daemon
+// cannot adopt running INS yet), so the connections open at the kill are
+// lost; new connections are served once the daemon is back, on the same
+// addresses with the same MACs.
+func TestDaemonKilled(t *testing.T) {
+	needTools(t)
+	tp := topo.New(t, topo.Config{Uplinks: 1})
+	iso := harness.StartIsolator(t, tp, harness.Options{INS: 2, Args: allowNginx})
+	s := startNginx(t, tp, iso)
+	infos, err := iso.List()
+	if err != nil || len(infos) != 2 {
+		t.Fatalf("isolator ls: %v %v", infos, err)
+	}
+	want := s.Files["1k.bin"]
+	var urls []string
+	for _, in := range infos {
+		urls = append(urls, "http://"+addr4(in)+"/1k.bin")
+	}
+	for _, u := range urls {
+		harness.Fetch(t, tp.WAN, nil, u, want)
+	}
+	master, workers := s.MasterPID(), s.Workers()
+	errLog := filepath.Join(s.Dir, "error.log")
+	gap := harness.BuildC(t, "testdata/gapcall.c")
+	env := append(os.Environ(), "LD_PRELOAD="+harness.Binary(t, "libmpshim.so"), "MPSHIM_SOCKET="+iso.Socket)
+
+	// Under load: wrk on the first INS, a blocking connect in flight
+	// (192.0.2.1 is routed to the wan end, which drops it: the SYN is
+	// never answered).
+	w := startWrk(t, tp.WAN, urls[0], 64, 5*time.Second)
+	time.Sleep(1500 * time.Millisecond)
+	p, err := tp.App.StartEnv(context.Background(), env, gap, "connect", "192.0.2.1", "80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitOutput(t, p, "waiting", 10*time.Second)
+	time.Sleep(300 * time.Millisecond)
+	killed := time.Now()
+	iso.Kill(t)
+	line, at := waitOutput(t, p, "returned", 10*time.Second)
+	inFlight := at.Sub(killed)
+	t.Logf("daemon killed: the connect in flight returned after %v: %s", inFlight.Round(time.Millisecond), line)
+	if !strings.Contains(line, "errno=ENETUNREACH") || inFlight > time.Second {
+		t.Errorf("call in flight at the daemon's death: %q after %v, want ENETUNREACH within the poll period", line, inFlight)
+	}
+	for range 3 {
+		line, _ := waitOutput(t, p, "again", 5*time.Second)
+		ms := 0
+		fmt.Sscanf(line[strings.Index(line, "ms=")+3:], "%d", &ms)
+		if !strings.Contains(line, "errno=ENETUNREACH") || ms > 100 {
+			t.Errorf("call while no daemon runs: %q, want ENETUNREACH within 100 ms", line)
+		}
+	}
+	t.Logf("calls while no daemon runs: %s", strings.ReplaceAll(strings.TrimSpace(p.Output()), "\n", "; "))
+	time.Sleep(time.Until(killed.Add(time.Second)))
+	iso.Restart(t)
+	restarted := time.Now()
+	back := serveAgain(t, tp.WAN, urls, want, 30*time.Second)
+	t.Logf("daemon restarted 1 s after the kill: every address served again %v after the restart", back.Round(time.Millisecond))
+	r := wrkDone(t, w)
+	t.Logf("wrk -c 64 through the kill: %d responses, %d socket errors (connections lost with the INS)", r.Requests, r.SocketErrors())
+	_ = restarted
+
+	// Idle: no spin, no log.
+	time.Sleep(500 * time.Millisecond)
+	cpu0, log0 := cpuTicks(s.Workers()), fileSize(errLog)
+	iso.Kill(t)
+	time.Sleep(2 * time.Second)
+	cpu1, log1 := cpuTicks(s.Workers()), fileSize(errLog)
+	t.Logf("idle nginx with no daemon for 2 s: workers used %d ticks of CPU, error log grew %d bytes", cpu1-cpu0, log1-log0)
+	if cpu1-cpu0 > 20 || log1-log0 > 4096 {
+		t.Errorf("idle nginx while no daemon runs: %d CPU ticks in 2 s, error log +%d bytes (want ~0: no accept loop)",
+			cpu1-cpu0, log1-log0)
+	}
+	iso.Restart(t)
+	back = serveAgain(t, tp.WAN, urls, want, 30*time.Second)
+	t.Logf("idle: served again %v after the restart", back.Round(time.Millisecond))
+	if b, _ := os.ReadFile(errLog); bytes.Contains(b, []byte("accept4() failed")) {
+		t.Errorf("nginx logged failed accepts:\n%s", b)
+	}
+	if s.MasterPID() != master || !samePIDs(s.Workers(), workers) {
+		t.Errorf("nginx processes changed: master %d workers %v, were %d %v", s.MasterPID(), s.Workers(), master, workers)
+	}
+}
