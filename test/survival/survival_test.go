@@ -461,3 +461,51 @@ func TestDaemonKilled(t *testing.T) {
 		t.Errorf("nginx processes changed: master %d workers %v, were %d %v", s.MasterPID(), s.Workers(), master, workers)
 	}
 }
+
+// TestAddressConflict gives the daemon a pool whose first addresses a host
+// on the link (the wan end) already uses, over IPv4 and IPv6.
+//
+// What the INS does: it probes each pool address before use (ARP probe,
+// DAD), skips the taken ones with a warning that names the MAC that
+// answered, and takes the next free one. What the clients see: the host
+// that owns the address keeps it (no INS answers ARP for it); the INS is
+// reachable on the next address.
+func TestAddressConflict(t *testing.T) {
+	needTools(t)
+	tp := topo.New(t, topo.Config{Uplinks: 1})
+	u := tp.Uplinks[0]
+	taken4, taken6 := u.HostAddr4(0), u.HostAddr6(0)
+	if _, err := tp.WAN.Run(context.Background(), "ip", "addr", "add", taken4.String()+"/32", "dev", u.WANIf); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tp.WAN.Run(context.Background(), "ip", "addr", "add", taken6.String()+"/128", "dev", u.WANIf, "nodad"); err != nil {
+		t.Fatal(err)
+	}
+	out, err := tp.WAN.Run(context.Background(), "cat", "/sys/class/net/"+u.WANIf+"/address")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wanMAC := strings.TrimSpace(out)
+	since := time.Now()
+	iso := harness.StartIsolator(t, tp, harness.Options{INS: 1})
+	infos, err := iso.List()
+	if err != nil || len(infos) != 1 {
+		t.Fatalf("isolator ls: %v %v", infos, err)
+	}
+	got4, got6 := strings.Split(infos[0].Uplinks[0].Addr4, "/")[0], strings.Split(infos[0].Uplinks[0].Addr6, "/")[0]
+	if got4 != u.HostAddr4(1).String() || got6 != u.HostAddr6(1).String() {
+		t.Errorf("INS took %s and %s; want the next free ones %s and %s", got4, got6, u.HostAddr4(1), u.HostAddr6(1))
+	}
+	for _, a := range []string{taken4.String(), taken6.String()} {
+		line, _, ok := iso.WaitLog(since, 5*time.Second, "in use on the link", "addr="+a, "mac="+wanMAC)
+		if !ok {
+			t.Errorf("no warning naming %s and the MAC %s that answered for it:\n%s", a, wanMAC, iso.Log())
+		}
+		t.Logf("%s", line)
+	}
+	// The INS answers on its address; the owner of the taken one still
+	// has it to itself.
+	if _, err := tp.WAN.Run(context.Background(), "ping", "-c", "1", "-W", "2", got4); err != nil {
+		t.Errorf("ping %s (the INS): %v", got4, err)
+	}
+}
