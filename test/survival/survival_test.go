@@ -509,3 +509,44 @@ func TestAddressConflict(t *testing.T) {
 		t.Errorf("ping %s (the INS): %v", got4, err)
 	}
 }
+
+// TestINSStop stops INS the orderly way: `isolator kill ID` and the
+// daemon's own SIGTERM. Each INS exits on its SIGTERM at once with status
+// 0 (no SIGKILL after the grace period), an INS stopped on purpose is not
+// replaced, and no INS process is left.
+//
+// What the app would see: the connections of a stopped INS end as those of
+// a dead one; there is no draining of established connections yet.
+func TestINSStop(t *testing.T) {
+	topo.RequireRoot(t)
+	tp := topo.New(t, topo.Config{Uplinks: 1})
+	iso := harness.StartIsolator(t, tp, harness.Options{INS: 3})
+	infos, err := iso.List()
+	if err != nil || len(infos) != 3 {
+		t.Fatalf("isolator ls: %v %v", infos, err)
+	}
+	since := time.Now()
+	if out, err := iso.CLI("kill", strconv.Itoa(infos[0].ID)); err != nil {
+		t.Fatalf("isolator kill: %v\n%s", err, out)
+	}
+	line, at, ok := iso.WaitLog(since, 5*time.Second, "INS stopped", fmt.Sprintf("ins=%d ", infos[0].ID))
+	if !ok || !strings.Contains(line, "status=exited") || at.Sub(since) > 2*time.Second {
+		t.Errorf("isolator kill %d: %q after %v; want a clean exit on SIGTERM within the 2 s grace", infos[0].ID, line, at.Sub(since))
+	}
+	time.Sleep(time.Second)
+	if after, _ := iso.List(); len(after) != 2 {
+		t.Errorf("after isolator kill: %d INS, want 2 (a stopped INS is not replaced)", len(after))
+	}
+	since = time.Now()
+	iso.Stop(t)
+	for _, in := range infos[1:] {
+		line, _, ok := iso.WaitLog(since, time.Second, "INS stopped", fmt.Sprintf("ins=%d ", in.ID))
+		if !ok || !strings.Contains(line, "status=exited") {
+			t.Errorf("daemon stop: INS %d: %q, want a clean exit on SIGTERM", in.ID, line)
+		}
+		if syscall.Kill(in.PID, 0) == nil {
+			t.Errorf("INS pid %d outlived the daemon", in.PID)
+		}
+	}
+	t.Logf("daemon stopped in %v", time.Since(since).Round(time.Millisecond))
+}
