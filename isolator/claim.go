@@ -1,16 +1,14 @@
 package isolator
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net/netip"
-	"os/exec"
 	"sync"
 
 	"github.com/mpshim/mpshim/isolator/addrcheck"
-	"github.com/mpshim/mpshim/isolator/ins"
+	"github.com/mpshim/mpshim/isolator/ins/netns"
 )
 
 // maxProbeRounds bounds the addresses tried per uplink and family when the
@@ -41,7 +39,7 @@ func (c *claim) mac() []byte {
 // host's MAC; it stays marked used in the pool, so no other INS of this
 // daemon tries it again. The next free address of the pool is probed
 // instead. On error the claims hold what they held before.
-func (d *Daemon) claimAddrs(ctx context.Context, ns *ins.NetNS, claims []*claim) error {
+func (d *Daemon) claimAddrs(ctx context.Context, ns *netns.NS, claims []*claim) error {
 	for round := 0; ; round++ {
 		for _, c := range claims {
 			if err := setLinkMAC(ctx, ns.Name, c.link, c.mac()); err != nil {
@@ -116,9 +114,8 @@ func (d *Daemon) claimAddrs(ctx context.Context, ns *ins.NetNS, claims []*claim)
 // setLinkMAC sets the hardware address of link dev in namespace ns.
 func setLinkMAC(ctx context.Context, ns, dev string, mac []byte) error {
 	hw := fmt.Sprintf("%02x:%02x:%02x:%02x:%02x:%02x", mac[0], mac[1], mac[2], mac[3], mac[4], mac[5])
-	out, err := exec.CommandContext(ctx, "ip", "-n", ns, "link", "set", "dev", dev, "address", hw).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("set MAC %s on %s: %w: %s", hw, dev, err, bytes.TrimSpace(out))
+	if _, err := netns.RunIP(ctx, ns, "link", "set", "dev", dev, "address", hw); err != nil {
+		return fmt.Errorf("set MAC %s on %s: %w", hw, dev, err)
 	}
 	return nil
 }

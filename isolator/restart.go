@@ -8,7 +8,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/mpshim/mpshim/isolator/ins"
+	"github.com/mpshim/mpshim/isolator/ins/netstack"
 )
 
 // Restart policy for INS that die: the first death is replaced at once;
@@ -91,7 +91,7 @@ func (d *Daemon) onINSGone(id int) {
 // replace starts an INS with the id and addresses (keep) of one that died,
 // after the backoff of its history, retrying with growing backoff until it
 // runs or the daemon stops; then the addresses go back to their pools.
-func (d *Daemon) replace(id int, keep []ins.UplinkConfig, reason string, uptime time.Duration) {
+func (d *Daemon) replace(id int, keep []netstack.UplinkConfig, reason string, uptime time.Duration) {
 	d.mu.Lock()
 	h := d.historyLocked(id)
 	h.lastExit, h.lastAt = reason, time.Now()
@@ -150,9 +150,9 @@ func (d *Daemon) replace(id int, keep []ins.UplinkConfig, reason string, uptime 
 		d.catchUp(ctx, p)
 		p.kickCarrier()
 		d.spawnMu.Unlock()
-		var gone []ins.UplinkConfig // kept for uplinks removed meanwhile
+		var gone []netstack.UplinkConfig // kept for uplinks removed meanwhile
 		for _, k := range keep {
-			if !slices.ContainsFunc(p.uplinkConfigs(), func(x ins.UplinkConfig) bool { return x.Name == k.Name }) {
+			if !slices.ContainsFunc(p.uplinkConfigs(), func(x netstack.UplinkConfig) bool { return x.Name == k.Name }) {
 				gone = append(gone, k)
 			}
 		}
@@ -168,7 +168,7 @@ func (d *Daemon) replace(id int, keep []ins.UplinkConfig, reason string, uptime 
 
 // releaseKept returns the addresses of a dead INS that will not be
 // replaced to their pools.
-func (d *Daemon) releaseKept(keep []ins.UplinkConfig) {
+func (d *Daemon) releaseKept(keep []netstack.UplinkConfig) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, k := range keep {

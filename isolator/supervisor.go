@@ -19,6 +19,11 @@ import (
 
 	"github.com/mpshim/mpshim/isolator/ctrl"
 	"github.com/mpshim/mpshim/isolator/ins"
+	"github.com/mpshim/mpshim/isolator/ins/link"
+	"github.com/mpshim/mpshim/isolator/ins/netns"
+	"github.com/mpshim/mpshim/isolator/ins/netstack"
+	"github.com/mpshim/mpshim/isolator/ins/resolve"
+	"github.com/mpshim/mpshim/isolator/ins/sandbox"
 	"github.com/mpshim/mpshim/msgproto"
 )
 
@@ -27,7 +32,7 @@ type insProc struct {
 	id      int
 	cmd     *exec.Cmd
 	ch      *ctrl.Conn
-	ns      *ins.NetNS
+	ns      *netns.NS
 	cfg     ins.ProcessConfig // as started; uplinks change (ups)
 	started time.Time
 	done    chan struct{} // closed when the process has exited
@@ -114,7 +119,7 @@ func (p *insProc) manage(ctx context.Context, req ins.ManageRequest) (ins.Status
 // and waits until it answers. keep are the uplinks of the INS this one
 // replaces: their addresses (still marked used in the pools) are taken
 // again, and not returned to the pools if the start fails.
-func (d *Daemon) startINS(ctx context.Context, id int, total int, keep []ins.UplinkConfig) (_ *insProc, err error) {
+func (d *Daemon) startINS(ctx context.Context, id int, total int, keep []netstack.UplinkConfig) (_ *insProc, err error) {
 	log := d.log.With("ins", id)
 	d.mu.Lock()
 	var uplinks []*uplinkState
@@ -127,9 +132,9 @@ func (d *Daemon) startINS(ctx context.Context, id int, total int, keep []ins.Upl
 	if len(uplinks) == 0 {
 		return nil, errors.New("no uplinks configured: add one with --uplink or in the config file")
 	}
-	host := make([]ins.HostUplink, len(uplinks))
+	host := make([]netns.HostUplink, len(uplinks))
 	for i, u := range uplinks {
-		host[i] = ins.HostUplink{Parent: u.cfg.Interface, Name: u.ifname}
+		host[i] = netns.HostUplink{Parent: u.cfg.Interface, Name: u.ifname}
 	}
 	var release []func()
 	defer func() {
@@ -139,7 +144,7 @@ func (d *Daemon) startINS(ctx context.Context, id int, total int, keep []ins.Upl
 			}
 		}
 	}()
-	ns, err := ins.PrepareNetNS(ctx, id, d.cfg.NetNS, host)
+	ns, err := netns.Prepare(ctx, id, d.cfg.NetNS, host)
 	if err != nil {
 		return nil, fmt.Errorf("INS %d: %w", id, err)
 	}
@@ -151,9 +156,9 @@ func (d *Daemon) startINS(ctx context.Context, id int, total int, keep []ins.Upl
 		return nil, fmt.Errorf("INS %d: %w", id, err)
 	}
 	pc := ins.ProcessConfig{
-		Stack: ins.Config{ID: id, Policy: d.cfg.Policy, GOMAXPROCS: ins.GOMAXPROCSFor(total),
-			DNS: ins.DNSConfig{Servers: nameservers, Timeout: d.cfg.DNSTimeout}},
-		Sandbox: ins.SandboxOptions{NoFile: noFileLimit()},
+		Stack:   netstack.Config{ID: id, Policy: d.cfg.Policy, GOMAXPROCS: netstack.GOMAXPROCSFor(total)},
+		DNS:     resolve.Config{Servers: nameservers, Timeout: d.cfg.DNSTimeout},
+		Sandbox: sandbox.Options{NoFile: noFileLimit()},
 		// Rules and tunings in force from the first packet.
 		Mitigation: d.mit.config(id),
 		Flows:      d.flowTableConfig(),
@@ -163,7 +168,7 @@ func (d *Daemon) startINS(ctx context.Context, id int, total int, keep []ins.Upl
 	for i, u := range uplinks {
 		c := &claim{u: u, link: ns.Links[i].Name}
 		claims[i] = c
-		if k := slices.IndexFunc(keep, func(x ins.UplinkConfig) bool { return x.Name == u.cfg.Name }); k >= 0 {
+		if k := slices.IndexFunc(keep, func(x netstack.UplinkConfig) bool { return x.Name == u.cfg.Name }); k >= 0 {
 			c.a4, c.a6, c.kept = keep[k].Addr4, keep[k].Addr6, true
 			continue
 		}
@@ -190,14 +195,14 @@ func (d *Daemon) startINS(ctx context.Context, id int, total int, keep []ins.Upl
 	for i, u := range uplinks {
 		a4, a6 := claims[i].a4, claims[i].a6
 		ns.Links[i].MAC = claims[i].mac()
-		uc := ins.UplinkConfig{
+		uc := netstack.UplinkConfig{
 			Name: u.cfg.Name, Interface: ns.Links[i].Name,
 			Addr4: a4, Gateway4: u.gw4, Addr6: a6, Gateway6: u.gw6,
 			Weight: u.cfg.Weight,
 			// Virtual parents (veth) hand partial checksums to AF_PACKET;
 			// the netstack must not verify those.
 			RXChecksumOffload: ns.Links[i].VirtualParent,
-			Backend:           ins.Backend(u.cfg.Backend),
+			Backend:           link.Backend(u.cfg.Backend),
 			GSO:               u.cfg.GSOEnabled(),
 		}
 		pc.Stack.Uplinks = append(pc.Stack.Uplinks, uc)
@@ -273,7 +278,7 @@ func (d *Daemon) reap(p *insProc, closeNS func()) {
 	// The namespace goes first: its macvlans carry the MACs the
 	// replacement takes again.
 	closeNS()
-	var keep []ins.UplinkConfig
+	var keep []netstack.UplinkConfig
 	if died {
 		keep = p.uplinkConfigs()
 	} else {
@@ -302,13 +307,13 @@ func (p *insProc) stop(grace time.Duration) {
 // the daemon could not either).
 func noFileLimit() uint64 {
 	var rl unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err == nil && rl.Max < ins.DefaultNoFile {
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err == nil && rl.Max < sandbox.DefaultNoFile {
 		return rl.Max
 	}
-	return ins.DefaultNoFile
+	return sandbox.DefaultNoFile
 }
 
-func addrList(ups []ins.UplinkConfig) []string {
+func addrList(ups []netstack.UplinkConfig) []string {
 	var out []string
 	for _, u := range ups {
 		s := u.Name + "=" + u.Addr4.String()
