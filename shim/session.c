@@ -502,8 +502,15 @@ static void *watcher_main(void *arg)
 			struct pollfd p = { .fd = fd, .events = POLLRDHUP };
 
 			/* A timeout: S.fd may move (mps_evict) while polled. */
-			if (poll(&p, 1, 1000) <= 0 || !(p.revents & (POLLHUP | POLLRDHUP | POLLERR | POLLNVAL)))
+			if (poll(&p, 1, 1000) <= 0)
 				continue;
+			if (!(p.revents & (POLLHUP | POLLRDHUP | POLLERR | POLLNVAL))) {
+				/* Unread data (the daemon sends none after
+				 * the RegisterReply): do not spin on it. */
+				struct timespec ts = { 0, MPS_RETRY_MS * 1000000L };
+				nanosleep(&ts, NULL);
+				continue;
+			}
 		} else {
 			struct timespec ts = { 0, MPS_RETRY_MS * 1000000L };
 			nanosleep(&ts, NULL);
