@@ -30,13 +30,14 @@ const (
 	CountMaglev             // decided by the Maglev table
 	CountPromoted           // moved from the new-flow to the established table
 	CountFragHit            // a non-first fragment sent where its first fragment went
+	CountNDP                // NDP message to a VIP: sent to every backend
 	NumCounters
 )
 
 // CounterNames names the counters, indexed by Count*.
 var CounterNames = [NumCounters]string{
 	"pass", "short", "malformed", "unsupported", "frag_miss", "no_backend",
-	"steered", "est_hit", "new_hit", "maglev", "promoted", "frag_hit",
+	"steered", "est_hit", "new_hit", "maglev", "promoted", "frag_hit", "ndp",
 }
 
 // Backend states in the backend map.
@@ -169,6 +170,22 @@ func (b *builder) update(fd int) {
 	)
 }
 
+// vipMAC passes the frame unless R0 (the VIP map's answer) is an entry
+// whose MAC address is the frame's destination: frames to a VIP's address
+// but sent to a backend's own MAC (a neighbour advertisement answering the
+// backend's solicitation, say) are not the balancer's to steer.
+func (b *builder) vipMAC() {
+	b.emit(
+		asm.JEq.Imm(asm.R0, 0, "pass"),
+		asm.LoadMem(asm.R2, asm.R0, 0, asm.Word),
+		asm.LoadMem(asm.R3, asm.R6, 0, asm.Word),
+		asm.JNE.Reg(asm.R2, asm.R3, "pass"),
+		asm.LoadMem(asm.R2, asm.R0, 4, asm.Half),
+		asm.LoadMem(asm.R3, asm.R6, 4, asm.Half),
+		asm.JNE.Reg(asm.R2, asm.R3, "pass"),
+	)
+}
+
 // be16 loads a big-endian 16-bit field at src+off into dst in host order.
 func be16(dst, src asm.Register, off int16) []asm.Instruction {
 	return []asm.Instruction{asm.LoadMem(dst, src, off, asm.Half), asm.HostTo(asm.BE, dst, asm.Half)}
@@ -181,7 +198,7 @@ func be16(dst, src asm.Register, off int16) []asm.Instruction {
 // The program, in outline:
 //
 //	not IPv4/IPv6, or too short to hold the IP header: XDP_PASS
-//	destination not a VIP: XDP_PASS
+//	destination not a VIP, or the frame not sent to the VIP's MAC: XDP_PASS
 //	malformed or truncated IP header, or a truncated L4 header: XDP_DROP
 //	non-first fragment: the backend of its first fragment, else XDP_DROP
 //	ICMP error (unreachable, too big, time exceeded, parameter problem)
@@ -191,6 +208,7 @@ func be16(dst, src asm.Register, off int16) []asm.Instruction {
 //	new-flow table hit: that backend; unless a SYN, promote the flow to
 //	    the established table
 //	else the Maglev table on the key's hash; record in the new-flow table
+//	NDP for a VIP: to the broadcast MAC (every backend), XDP_PASS
 //	first fragment: remember its backend in the fragment map
 //	rewrite the destination MAC to the backend's, XDP_PASS
 func instructions(fd mapFDs, size uint32) asm.Instructions {
@@ -230,8 +248,8 @@ func instructions(fd mapFDs, size uint32) asm.Instructions {
 		asm.StoreMem(asm.R10, stDaddr+12, asm.R2, asm.Word),
 	)
 	b.lookup(fd.vips, stDaddr)
+	b.vipMAC()
 	b.emit(
-		asm.JEq.Imm(asm.R0, 0, "pass"),
 		asm.StoreImm(asm.R10, stSaddr+10, 0xffff, asm.Half),
 		asm.LoadMem(asm.R2, asm.R8, 12, asm.Word),
 		asm.StoreMem(asm.R10, stSaddr+12, asm.R2, asm.Word),
@@ -328,8 +346,8 @@ func instructions(fd mapFDs, size uint32) asm.Instructions {
 		asm.StoreMem(asm.R10, stDaddr+8, asm.R2, asm.DWord),
 	)
 	b.lookup(fd.vips, stDaddr)
+	b.vipMAC()
 	b.emit(
-		asm.JEq.Imm(asm.R0, 0, "pass"),
 		asm.LoadMem(asm.R2, asm.R8, 8, asm.DWord),
 		asm.StoreMem(asm.R10, stSaddr, asm.R2, asm.DWord),
 		asm.LoadMem(asm.R2, asm.R8, 16, asm.DWord),
@@ -387,6 +405,7 @@ func instructions(fd mapFDs, size uint32) asm.Instructions {
 		asm.JGT.Reg(asm.R2, asm.R7, "malformed"),
 		asm.LoadMem(asm.R2, asm.R8, 0, asm.Byte),
 		asm.JEq.Imm(asm.R2, 0, "decide"),
+		asm.JGE.Imm(asm.R2, 133, "ndpmaybe"),
 		asm.JGT.Imm(asm.R2, 4, "decide"),
 		asm.Add.Imm(asm.R8, 8), // quoted IPv6 header
 		asm.Mov.Reg(asm.R2, asm.R8),
@@ -610,6 +629,20 @@ func instructions(fd mapFDs, size uint32) asm.Instructions {
 	)
 	b.count(st, CountFragHit)
 	b.emit(asm.Ja.Label("rewrite"))
+
+	// NDP (router and neighbour solicitations and advertisements,
+	// redirects) for a VIP concerns whichever backend asked: a neighbour
+	// advertisement answers the one backend that solicited from the VIP.
+	// The frame goes to the broadcast address, so every backend (macvlan
+	// child) gets it and the one with a use for it takes it.
+	b.label("ndpmaybe")
+	b.emit(
+		asm.JGT.Imm(asm.R2, 137, "decide"),
+		asm.Mov.Imm(asm.R2, -1),
+		asm.StoreMem(asm.R6, 0, asm.R2, asm.Word),
+		asm.StoreMem(asm.R6, 4, asm.R2, asm.Half),
+	)
+	b.exit("ndp", st, CountNDP, ActionPass)
 
 	b.exit("pass", st, CountPass, ActionPass)
 	b.exit("short", st, CountShort, ActionPass)

@@ -41,7 +41,7 @@ func newBalancer(t testing.TB, cfg Config, n int) *Balancer {
 	}
 	t.Cleanup(func() { b.Close() })
 	for _, v := range []netip.Addr{vip4, vip6} {
-		if err := b.AddVIP(v); err != nil {
+		if err := b.AddVIP(v, lbMAC); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -84,6 +84,9 @@ func macOwner(t testing.TB, in, out []byte) int {
 		return -1
 	}
 	if out[0] != 0x02 || out[1] != 0xbb {
+		if bytes.Equal(out[:6], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}) && len(in) > 54 && in[12] == 0x86 && in[20] == 58 && in[54] >= 133 && in[54] <= 137 {
+			return -2 // NDP, to every backend
+		}
 		t.Fatalf("destination MAC %v is no backend's", net.HardwareAddr(out[:6]))
 	}
 	return int(out[4])<<8 | int(out[5])
@@ -129,6 +132,8 @@ func TestVerdicts(t *testing.T) {
 		{"ipv6 header cut", trunc(tcp6(ap(client6, 1), ap(vip6, 80), tcpSYN), 21), ActionPass, CountShort},
 		{"ipv4 not a VIP", tcp4(ap(client4, 4000), ap(other, 80), tcpSYN), ActionPass, CountPass},
 		{"ipv6 not a VIP", tcp6(ap(client6, 4000), ap(netip.MustParseAddr("fd99::2"), 80), tcpSYN), ActionPass, CountPass},
+		{"ipv4 VIP sent to another MAC", set(good, 5, 0x77), ActionPass, CountPass},
+		{"ipv6 VIP sent to another MAC", set(tcp6(ap(client6, 1), ap(vip6, 80), tcpSYN), 0, 0x33), ActionPass, CountPass},
 		{"ipv4 version 5", set(good, 14, 0x55), ActionDrop, CountMalformed},
 		{"ipv4 ihl 4", set(good, 14, 0x44), ActionDrop, CountMalformed},
 		{"ipv4 ihl beyond frame", set(good, 14, 0x4f), ActionDrop, CountMalformed},
@@ -376,6 +381,24 @@ func TestFragments(t *testing.T) {
 	v, _ := run(t, b, eth(0x86dd, ipv6(client6, vip6, 44, frag6(17, 9, false, 4242, make([]byte, 16)))))
 	if v != ActionDrop {
 		t.Fatalf("unknown IPv6 fragment: verdict %d, want drop", v)
+	}
+}
+
+// TestNDP: neighbour discovery messages for a VIP go to every backend
+// (broadcast destination), since only the backend that asked knows them.
+func TestNDP(t *testing.T) {
+	b := newBalancer(t, Config{}, 8)
+	na := eth(0x86dd, ipv6(client6, vip6, 58, icmp(136, 0, make([]byte, 24))))
+	v, out := run(t, b, na)
+	if v != ActionPass {
+		t.Fatalf("verdict %d, want pass", v)
+	}
+	if !bytes.Equal(out[:6], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}) || !bytes.Equal(out[6:len(na)], na[6:]) {
+		t.Fatalf("advertisement went to %v, want the broadcast address and nothing else changed", net.HardwareAddr(out[:6]))
+	}
+	// Echo (128) is not NDP: it goes to one backend.
+	if id := steer(t, b, eth(0x86dd, ipv6(client6, vip6, 58, icmp(128, 0, make([]byte, 8))))); id < 0 {
+		t.Fatal("echo request passed untouched")
 	}
 }
 

@@ -161,7 +161,7 @@ func New(cfg Config) (_ *Balancer, err error) {
 		m    **ebpf.Map
 		spec ebpf.MapSpec
 	}{
-		{&b.vips, ebpf.MapSpec{Name: "lb_vips", Type: ebpf.Hash, KeySize: 16, ValueSize: 4, MaxEntries: maxVIPs}},
+		{&b.vips, ebpf.MapSpec{Name: "lb_vips", Type: ebpf.Hash, KeySize: 16, ValueSize: 8, MaxEntries: maxVIPs}},
 		{&b.est, ebpf.MapSpec{Name: "lb_est", Type: ebpf.LRUHash, KeySize: KeySize, ValueSize: 4, MaxEntries: uint32(cfg.EstEntries)}},
 		{&b.new, ebpf.MapSpec{Name: "lb_new", Type: ebpf.LRUHash, KeySize: KeySize, ValueSize: 4, MaxEntries: uint32(cfg.NewEntries)}},
 		{&b.frags, ebpf.MapSpec{Name: "lb_frags", Type: ebpf.LRUHash, KeySize: KeySize, ValueSize: 4, MaxEntries: uint32(cfg.FragEntries)}},
@@ -233,13 +233,21 @@ func vipKey(a netip.Addr) ([16]byte, error) {
 	return a.Unmap().As16(), nil
 }
 
-// AddVIP makes the program steer packets for a (IPv4 or IPv6).
-func (b *Balancer) AddVIP(a netip.Addr) error {
+// AddVIP makes the program steer packets for a (IPv4 or IPv6) that arrive
+// in frames sent to mac, the address the VIP's ARP and NDP answers give
+// (normally the MAC of the interface the program is attached to). Frames
+// for a with another destination MAC pass untouched.
+func (b *Balancer) AddVIP(a netip.Addr, mac net.HardwareAddr) error {
 	k, err := vipKey(a)
 	if err != nil {
 		return err
 	}
-	if err := b.vips.Update(k, uint32(1), ebpf.UpdateAny); err != nil {
+	if len(mac) != 6 {
+		return fmt.Errorf("lb/xdp: VIP %v: MAC %v is not 6 bytes", a, mac)
+	}
+	var v [8]byte
+	copy(v[:], mac)
+	if err := b.vips.Update(k, v, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("lb/xdp: add VIP %v: %w", a, err)
 	}
 	return nil
