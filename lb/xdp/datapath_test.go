@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	osexec "os/exec"
@@ -29,15 +30,21 @@ import (
 type lab struct {
 	// root is the test the lab belongs to: connections and backends are
 	// cleaned up when it ends, not when a subtest does.
-	root     *testing.T
-	tp       *topo.Topology
-	b        *Balancer
-	vip4     netip.Addr
-	vip6     netip.Addr
-	wanMAC   net.HardwareAddr
-	wanIndex int
-	clients4 []netip.Addr
-	clients6 []netip.Addr
+	root *testing.T
+	tp   *topo.Topology
+	b    *Balancer
+	vip4 netip.Addr
+	vip6 netip.Addr
+	// client is the clients' namespace; clientMAC and clientIndex are
+	// its end of the wire, gwMAC the gw end's address (the VIP's MAC).
+	client      *topo.NS
+	clientMAC   net.HardwareAddr
+	clientIndex int
+	gwMAC       net.HardwareAddr
+	subnet4     netip.Prefix
+	subnet6     netip.Prefix
+	clients4    []netip.Addr
+	clients6    []netip.Addr
 
 	mu       sync.Mutex
 	backends map[uint32]*labBackend
@@ -58,30 +65,47 @@ type labBackend struct {
 
 func newLab(t *testing.T, cfg Config) *lab {
 	t.Helper()
-	tp := topo.New(t, topo.Config{Uplinks: 1})
-	up := tp.Uplinks[0]
-	l := &lab{root: t, tp: tp, backends: map[uint32]*labBackend{}}
-	l.vip4 = up.HostAddr4(90) // 10.77.0.100
-	l.vip6 = up.HostAddr6(90)
+	// The topology's namespaces, plus a client namespace wired straight
+	// to gw by a veth pair: its gw end carries the program and is the
+	// lower device of the backends' macvlans. (The topology's own uplinks
+	// pass through a user-space relay that drops floods.)
+	tp := topo.New(t, topo.Config{Uplinks: 1, NoIPv6: true})
+	cl, err := tp.NewNS("cl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &lab{root: t, tp: tp, client: cl, backends: map[uint32]*labBackend{}}
+	l.subnet4 = netip.MustParsePrefix("10.78.0.0/24")
+	l.subnet6 = netip.MustParsePrefix("fd78::/64")
+	l.vip4 = netip.MustParseAddr("10.78.0.100")
+	l.vip6 = netip.MustParseAddr("fd78::100")
 	ctx := context.Background()
-	var gwMAC net.HardwareAddr
+	for _, args := range [][]string{
+		{"-n", cl.Name, "link", "add", "name", "c0", "type", "veth", "peer", "name", lbIf, "netns", tp.GW.Name},
+		{"-n", cl.Name, "addr", "add", "10.78.0.1/24", "dev", "c0"},
+		{"-n", cl.Name, "addr", "add", "fd78::1/64", "dev", "c0", "nodad"},
+		{"-n", cl.Name, "link", "set", "c0", "up"},
+		{"-n", tp.GW.Name, "link", "set", lbIf, "up"},
+	} {
+		ipCmd(t, ctx, args...)
+	}
 	var gwIndex int
 	if err := tp.GW.Do(func() error {
-		ifc, err := net.InterfaceByName(up.GWIf)
+		ifc, err := net.InterfaceByName(lbIf)
 		if err != nil {
 			return err
 		}
-		gwMAC, gwIndex = ifc.HardwareAddr, ifc.Index
+		l.gwMAC, gwIndex = ifc.HardwareAddr, ifc.Index
 		return nil
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := tp.WAN.Do(func() error {
-		ifc, err := net.InterfaceByName(up.WANIf)
+	if err := cl.Do(func() error {
+		ifc, err := net.InterfaceByName("c0")
 		if err != nil {
 			return err
 		}
-		l.wanMAC, l.wanIndex = ifc.HardwareAddr, ifc.Index
+		l.clientMAC, l.clientIndex = ifc.HardwareAddr, ifc.Index
 		return nil
 	}); err != nil {
 		t.Fatal(err)
@@ -90,18 +114,19 @@ func newLab(t *testing.T, cfg Config) *lab {
 	// points at the interface the program runs on (as the one answer to
 	// ARP and NDP for the VIP would).
 	for i := range 9 {
-		a4, a6 := up.HostAddr4(190+i), up.HostAddr6(190+i)
+		a4 := netip.AddrFrom4([4]byte{10, 78, 0, byte(200 + i)})
+		a6 := netip.MustParseAddr(fmt.Sprintf("fd78::%x", 0x200+i))
 		l.clients4 = append(l.clients4, a4)
 		l.clients6 = append(l.clients6, a6)
 		for _, args := range [][]string{
-			{"-n", tp.WAN.Name, "addr", "add", a4.String() + "/24", "dev", up.WANIf},
-			{"-n", tp.WAN.Name, "addr", "add", a6.String() + "/64", "dev", up.WANIf, "nodad"},
+			{"-n", cl.Name, "addr", "add", a4.String() + "/24", "dev", "c0"},
+			{"-n", cl.Name, "addr", "add", a6.String() + "/64", "dev", "c0", "nodad"},
 		} {
 			ipCmd(t, ctx, args...)
 		}
 	}
 	for _, v := range []netip.Addr{l.vip4, l.vip6} {
-		ipCmd(t, ctx, "-n", tp.WAN.Name, "neigh", "replace", v.String(), "lladdr", gwMAC.String(), "dev", up.WANIf, "nud", "permanent")
+		ipCmd(t, ctx, "-n", cl.Name, "neigh", "replace", v.String(), "lladdr", l.gwMAC.String(), "dev", "c0", "nud", "permanent")
 	}
 	b, err := New(cfg)
 	if err != nil {
@@ -110,7 +135,7 @@ func newLab(t *testing.T, cfg Config) *lab {
 	t.Cleanup(func() { b.Close() })
 	l.b = b
 	for _, v := range []netip.Addr{l.vip4, l.vip6} {
-		if err := b.AddVIP(v, gwMAC); err != nil {
+		if err := b.AddVIP(v, l.gwMAC); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -119,6 +144,9 @@ func newLab(t *testing.T, cfg Config) *lab {
 	}
 	return l
 }
+
+// lbIf is the gw end of the client's wire, where the program runs.
+const lbIf = "lbup"
 
 func ipCmd(t *testing.T, ctx context.Context, args ...string) {
 	t.Helper()
@@ -137,17 +165,16 @@ func (l *lab) addBackend(t *testing.T, id uint32, weight uint32) *labBackend {
 	if err != nil {
 		t.Fatal(err)
 	}
-	up := l.tp.Uplinks[0]
 	ifname := fmt.Sprintf("lb%d", id)
 	be := &labBackend{Backend: Backend{ID: id, Name: fmt.Sprintf("ins-%d", id), MAC: backendMAC(id), Weight: weight, State: Up}, ns: ns}
 	for _, args := range [][]string{
-		{"-n", l.tp.GW.Name, "link", "add", "link", up.GWIf, "name", ifname, "address", be.MAC.String(), "type", "macvlan", "mode", "bridge"},
+		{"-n", l.tp.GW.Name, "link", "add", "link", lbIf, "name", ifname, "address", be.MAC.String(), "type", "macvlan", "mode", "bridge"},
 		{"-n", l.tp.GW.Name, "link", "set", ifname, "netns", ns.Name},
 		{"-n", ns.Name, "link", "set", ifname, "up"},
 		{"-n", ns.Name, "addr", "add", l.vip4.String() + "/32", "dev", ifname},
 		{"-n", ns.Name, "addr", "add", l.vip6.String() + "/128", "dev", ifname, "nodad"},
-		{"-n", ns.Name, "route", "add", up.Subnet4.String(), "dev", ifname, "src", l.vip4.String()},
-		{"-n", ns.Name, "route", "add", up.Subnet6.String(), "dev", ifname, "src", l.vip6.String()},
+		{"-n", ns.Name, "route", "add", l.subnet4.String(), "dev", ifname, "src", l.vip4.String()},
+		{"-n", ns.Name, "route", "add", l.subnet6.String(), "dev", ifname, "src", l.vip6.String()},
 	} {
 		ipCmd(t, ctx, args...)
 	}
@@ -278,7 +305,7 @@ func (l *lab) dial(t *testing.T, n int) []*client {
 			src, dst = l.clients6[i%9], l.vip6
 		}
 		var c net.Conn
-		err := l.tp.WAN.Do(func() (err error) {
+		err := l.client.Do(func() (err error) {
 			d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))}
 			c, err = d.Dial("tcp", netip.AddrPortFrom(dst, 80).String())
 			return err
@@ -335,8 +362,8 @@ func exec(ctx context.Context, name string, args ...string) (string, error) {
 	return string(out), err
 }
 
-// rawSender sends hand-made frames from the wan end of the uplink to the
-// gw end (where the program runs).
+// rawSender sends hand-made frames from the client's end of the wire to
+// the gw end (where the program runs).
 type rawSender struct {
 	fd      int
 	ifindex int
@@ -346,17 +373,8 @@ type rawSender struct {
 
 func (l *lab) rawSender(t *testing.T) *rawSender {
 	t.Helper()
-	s := &rawSender{ifindex: l.wanIndex, src: l.wanMAC}
-	if err := l.tp.GW.Do(func() error {
-		ifc, err := net.InterfaceByName(l.tp.Uplinks[0].GWIf)
-		if err == nil {
-			s.dst = ifc.HardwareAddr
-		}
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	err := l.tp.WAN.Do(func() (err error) {
+	s := &rawSender{ifindex: l.clientIndex, src: l.clientMAC, dst: l.gwMAC}
+	err := l.client.Do(func() (err error) {
 		s.fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
 		return err
 	})
@@ -404,7 +422,7 @@ func (l *lab) udpAskPayload(t *testing.T, src netip.Addr, payload []byte) (netip
 		dst = l.vip6
 	}
 	var pc net.PacketConn
-	if err := l.tp.WAN.Do(func() (err error) {
+	if err := l.client.Do(func() (err error) {
 		pc, err = net.ListenPacket("udp", netip.AddrPortFrom(src, 0).String())
 		return err
 	}); err != nil {
@@ -727,6 +745,9 @@ func TestDataPath(t *testing.T) {
 		if wouldMove == 0 {
 			t.Error("the table change mid-flood moves none of the live flows: affinity not tested")
 		}
+		if d := after[CountSteered] - before[CountSteered]; d < flood {
+			t.Errorf("only %d packets reached a backend during a flood of %d: the flood did not reach the program", d, flood)
+		}
 		t.Logf("%d spoofed SYNs (%d packets steered meanwhile): established table %d entries, new-flow table %d/2048; all %d live connections kept, %d of which the new table would have moved",
 			flood, after[CountSteered]-before[CountSteered], est, nw, len(live), wouldMove)
 	})
@@ -736,4 +757,75 @@ func TestDataPath(t *testing.T) {
 func requireTestRun(t *testing.T) {
 	t.Helper()
 	topo.RequireRoot(t)
+}
+
+// TestShares20 sends 100,000 new flows (TCP SYNs from 9 client addresses,
+// random ports) through the program on a real interface to 20 backends of
+// weights 1..4, and checks every backend's share of the new flows, as the
+// program counted them, within ±10% of its weight's share.
+func TestShares20(t *testing.T) {
+	requireTestRun(t)
+	l := newLab(t, Config{})
+	total := 0
+	for id := uint32(1); id <= 20; id++ {
+		w := 1 + (id-1)%4
+		l.addBackend(t, id, w)
+		total += int(w)
+	}
+	l.apply(t)
+	s := l.rawSender(t)
+	before := map[uint32]BackendStats{}
+	for id := range l.backends {
+		st, err := l.b.BackendStats(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before[id] = st
+	}
+	c0 := counters(t, l.b)
+	const flows = 100000
+	// Distinct source ports per address.
+	sent := 0
+	for i := range flows {
+		src := l.clients4[i%9]
+		f := eth(0x0800, ipv4(src, l.vip4, 6, uint16(i), 0x4000, tcp(uint16(1024+i/9), 80, tcpSYN, nil)))
+		for {
+			err := s.send(f)
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, unix.ENOBUFS) {
+				t.Fatal(err)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		sent++
+	}
+	l.waitCounters(t, func(c [NumCounters]uint64) bool { return c[CountMaglev]-c0[CountMaglev] >= flows })
+	var got [21]uint64
+	var sum uint64
+	for id := range l.backends {
+		st, err := l.b.BackendStats(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[id] = st.NewFlows - before[id].NewFlows
+		sum += got[id]
+	}
+	if sum < flows*99/100 {
+		c1 := counters(t, l.b)
+		t.Fatalf("the program decided %d new flows of %d sent (steered %d, new-table hits %d)", sum, sent,
+			c1[CountSteered]-c0[CountSteered], c1[CountNewHit]-c0[CountNewHit])
+	}
+	worst := 0.0
+	for id := uint32(1); id <= 20; id++ {
+		w := l.backends[id].Weight
+		want := float64(w) / float64(total)
+		dev := float64(got[id])/float64(sum)/want - 1
+		worst = max(worst, math.Abs(dev))
+		if math.Abs(dev) > 0.10 {
+			t.Errorf("backend %d weight %d: %d of %d new flows, %+.1f%% off its share", id, w, got[id], sum, 100*dev)
+		}
+	}
+	t.Logf("%d new flows from 9 addresses over 20 backends of weights 1..4: worst share deviation %.2f%%", sum, 100*worst)
 }
