@@ -110,9 +110,8 @@ func newLab(t *testing.T, cfg Config) *lab {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	// Nine client addresses of each family; the VIP's neighbour entry
-	// points at the interface the program runs on (as the one answer to
-	// ARP and NDP for the VIP would).
+	// Nine client addresses of each family. The client resolves the VIPs
+	// with ARP and NDP like any neighbour; the program answers.
 	for i := range 9 {
 		a4 := netip.AddrFrom4([4]byte{10, 78, 0, byte(200 + i)})
 		a6 := netip.MustParseAddr(fmt.Sprintf("fd78::%x", 0x200+i))
@@ -124,9 +123,6 @@ func newLab(t *testing.T, cfg Config) *lab {
 		} {
 			ipCmd(t, ctx, args...)
 		}
-	}
-	for _, v := range []netip.Addr{l.vip4, l.vip6} {
-		ipCmd(t, ctx, "-n", cl.Name, "neigh", "replace", v.String(), "lladdr", l.gwMAC.String(), "dev", "c0", "nud", "permanent")
 	}
 	b, err := New(cfg)
 	if err != nil {
@@ -167,14 +163,26 @@ func (l *lab) addBackend(t *testing.T, id uint32, weight uint32) *labBackend {
 	}
 	ifname := fmt.Sprintf("lb%d", id)
 	be := &labBackend{Backend: Backend{ID: id, Name: fmt.Sprintf("ins-%d", id), MAC: backendMAC(id), Weight: weight, State: Up}, ns: ns}
+	// The VIP sits on the loopback device, as direct server return wants
+	// it: the backend neither answers ARP or NDP for it (arp_ignore, and
+	// NDP answers only for the receiving device's addresses) nor solicits
+	// from it (arp_announce; NDP takes the outgoing device's address), so
+	// the network learns only the program's answer for the VIP.
+	own4 := netip.AddrFrom4([4]byte{10, 78, 0, byte(150 + id)})
+	own6 := netip.MustParseAddr(fmt.Sprintf("fd78::%x", 0x150+id))
+	for _, kv := range [][2]string{{"net.ipv4.conf.all.arp_ignore", "1"}, {"net.ipv4.conf.all.arp_announce", "2"}} {
+		if err := ns.SetSysctl(kv[0], kv[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, args := range [][]string{
 		{"-n", l.tp.GW.Name, "link", "add", "link", lbIf, "name", ifname, "address", be.MAC.String(), "type", "macvlan", "mode", "bridge"},
 		{"-n", l.tp.GW.Name, "link", "set", ifname, "netns", ns.Name},
+		{"-n", ns.Name, "addr", "add", l.vip4.String() + "/32", "dev", "lo"},
+		{"-n", ns.Name, "addr", "add", l.vip6.String() + "/128", "dev", "lo"},
+		{"-n", ns.Name, "addr", "add", own4.String() + "/24", "dev", ifname},
+		{"-n", ns.Name, "addr", "add", own6.String() + "/64", "dev", ifname, "nodad"},
 		{"-n", ns.Name, "link", "set", ifname, "up"},
-		{"-n", ns.Name, "addr", "add", l.vip4.String() + "/32", "dev", ifname},
-		{"-n", ns.Name, "addr", "add", l.vip6.String() + "/128", "dev", ifname, "nodad"},
-		{"-n", ns.Name, "route", "add", l.subnet4.String(), "dev", ifname, "src", l.vip4.String()},
-		{"-n", ns.Name, "route", "add", l.subnet6.String(), "dev", ifname, "src", l.vip6.String()},
 	} {
 		ipCmd(t, ctx, args...)
 	}
@@ -486,6 +494,20 @@ func TestDataPath(t *testing.T) {
 			}
 		}
 		t.Logf("180 connections from 9+9 addresses over weights 1..4: %v", shares)
+		// The client learnt the VIPs' MAC from the program's answers.
+		for _, v := range []netip.Addr{l.vip4, l.vip6} {
+			out, err := exec(context.Background(), "ip", "-n", l.client.Name, "neigh", "show", v.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(out, l.gwMAC.String()) {
+				t.Errorf("client's neighbour entry for %v: %q, want %v", v, strings.TrimSpace(out), l.gwMAC)
+			}
+		}
+		c := counters(t, l.b)
+		if c[CountARPReply] == 0 || c[CountNAReply] == 0 {
+			t.Errorf("the program answered %d ARP requests and %d solicitations", c[CountARPReply], c[CountNAReply])
+		}
 	})
 
 	t.Run("fragmented datagrams reach one backend", func(t *testing.T) {

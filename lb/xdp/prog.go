@@ -31,6 +31,8 @@ const (
 	CountPromoted           // moved from the new-flow to the established table
 	CountFragHit            // a non-first fragment sent where its first fragment went
 	CountNDP                // NDP message to a VIP: sent to every backend
+	CountARPReply           // ARP request for a VIP: answered with the VIP's MAC
+	CountNAReply            // neighbour solicitation for a VIP: answered with the VIP's MAC
 	NumCounters
 )
 
@@ -38,6 +40,7 @@ const (
 var CounterNames = [NumCounters]string{
 	"pass", "short", "malformed", "unsupported", "frag_miss", "no_backend",
 	"steered", "est_hit", "new_hit", "maglev", "promoted", "frag_hit", "ndp",
+	"arp_reply", "na_reply",
 }
 
 // Backend states in the backend map.
@@ -78,7 +81,8 @@ const (
 	stBackend  = -56 // u32 backend id (value of the flow maps)
 	stHash     = -64
 	stCountKey = -72
-	stackBytes = 72
+	stPseudo   = -112 // IPv6 pseudo-header for the NA checksum (40 bytes)
+	stackBytes = 112
 )
 
 // The hash's multipliers as the signed immediates the instructions carry.
@@ -186,6 +190,214 @@ func (b *builder) vipMAC() {
 	)
 }
 
+// arp answers ARP requests for a VIP with the VIP's MAC (XDP_TX), so the
+// backends, which all hold the VIP, never see them and the network learns
+// one MAC for it. Other ARP frames pass.
+//
+//	Ethernet 0..13 | htype 14 ptype 16 hlen 18 plen 19 op 20
+//	sha 22..27 spa 28..31 tha 32..37 tpa 38..41
+func (b *builder) arp(fd mapFDs) {
+	b.label("arp")
+	b.emit(
+		asm.Mov.Reg(asm.R2, asm.R6),
+		asm.Add.Imm(asm.R2, 42),
+		asm.JGT.Reg(asm.R2, asm.R7, "pass"),
+	)
+	for _, f := range []struct {
+		off  int16
+		size asm.Size
+		want int32
+	}{{14, asm.Half, 1}, {16, asm.Half, 0x0800}, {18, asm.Byte, 6}, {19, asm.Byte, 4}, {20, asm.Half, 1}} {
+		b.emit(asm.LoadMem(asm.R2, asm.R6, f.off, f.size))
+		if f.size == asm.Half {
+			b.emit(asm.HostTo(asm.BE, asm.R2, asm.Half))
+		}
+		b.emit(asm.JNE.Imm(asm.R2, f.want, "pass"))
+	}
+	b.emit(
+		asm.StoreImm(asm.R10, stDaddr+10, 0xffff, asm.Half),
+		asm.LoadMem(asm.R2, asm.R6, 38, asm.Word),
+		asm.StoreMem(asm.R10, stDaddr+12, asm.R2, asm.Word),
+	)
+	b.lookup(fd.vips, stDaddr)
+	b.emit(
+		asm.JEq.Imm(asm.R0, 0, "pass"),
+		asm.LoadMem(asm.R2, asm.R6, 22, asm.Word), // requester's MAC
+		asm.LoadMem(asm.R3, asm.R6, 26, asm.Half),
+		asm.LoadMem(asm.R4, asm.R6, 28, asm.Word), // requester's address
+		asm.LoadMem(asm.R5, asm.R6, 38, asm.Word), // the VIP
+		asm.StoreMem(asm.R6, 32, asm.R2, asm.Word),
+		asm.StoreMem(asm.R6, 36, asm.R3, asm.Half),
+		asm.StoreMem(asm.R6, 0, asm.R2, asm.Word),
+		asm.StoreMem(asm.R6, 4, asm.R3, asm.Half),
+		asm.StoreMem(asm.R6, 38, asm.R4, asm.Word),
+		asm.StoreMem(asm.R6, 28, asm.R5, asm.Word),
+		asm.LoadMem(asm.R2, asm.R0, 0, asm.Word), // the VIP's MAC
+		asm.LoadMem(asm.R3, asm.R0, 4, asm.Half),
+		asm.StoreMem(asm.R6, 22, asm.R2, asm.Word),
+		asm.StoreMem(asm.R6, 26, asm.R3, asm.Half),
+		asm.StoreMem(asm.R6, 6, asm.R2, asm.Word),
+		asm.StoreMem(asm.R6, 10, asm.R3, asm.Half),
+		asm.Mov.Imm(asm.R2, 0),
+		asm.StoreMem(asm.R6, 20, asm.R2, asm.Byte),
+		asm.Mov.Imm(asm.R2, 2), // reply
+		asm.StoreMem(asm.R6, 21, asm.R2, asm.Byte),
+	)
+	b.exit("arpreply", fd.stats, CountARPReply, ActionTX)
+}
+
+// solicitation answers a neighbour solicitation for a VIP (the target)
+// with a neighbour advertisement carrying the VIP's MAC (XDP_TX), built in
+// place; anything else goes on to "ipv6vip". Only solicitations of the
+// two usual shapes are answered: with a source link-layer address option
+// (payload 32 bytes, the advertisement then carries the target's) or
+// without options (24 bytes). Duplicate address detection (unspecified
+// source) passes.
+//
+//	Ethernet 0..13 | IPv6 14..53: plen 18 next 20 hops 21 src 22 dst 38
+//	ICMPv6 54: type 54 code 55 csum 56 flags 58 target 62..77 option 78..85
+func (b *builder) solicitation(fd mapFDs) {
+	b.emit(
+		asm.LoadMem(asm.R2, asm.R6, 20, asm.Byte),
+		asm.JNE.Imm(asm.R2, 58, "ipv6vip"),
+		asm.Mov.Reg(asm.R2, asm.R6),
+		asm.Add.Imm(asm.R2, 78),
+		asm.JGT.Reg(asm.R2, asm.R7, "ipv6vip"),
+		asm.LoadMem(asm.R2, asm.R6, 54, asm.Byte),
+		asm.JNE.Imm(asm.R2, 135, "ipv6vip"),
+		asm.LoadMem(asm.R2, asm.R6, 62, asm.DWord),
+		asm.StoreMem(asm.R10, stDaddr, asm.R2, asm.DWord),
+		asm.LoadMem(asm.R2, asm.R6, 70, asm.DWord),
+		asm.StoreMem(asm.R10, stDaddr+8, asm.R2, asm.DWord),
+	)
+	b.lookup(fd.vips, stDaddr)
+	b.emit(
+		asm.JEq.Imm(asm.R0, 0, "ipv6vip"),
+		asm.Mov.Reg(asm.R8, asm.R0),
+		// A solicitation for a VIP that is not one we answer is dropped:
+		// backends must not answer it either.
+		asm.LoadMem(asm.R2, asm.R6, 21, asm.Byte),
+		asm.JNE.Imm(asm.R2, 255, "malformed"),
+		asm.LoadMem(asm.R2, asm.R6, 55, asm.Byte),
+		asm.JNE.Imm(asm.R2, 0, "malformed"),
+		asm.LoadMem(asm.R2, asm.R6, 22, asm.DWord),
+		asm.LoadMem(asm.R3, asm.R6, 30, asm.DWord),
+		asm.Or.Reg(asm.R2, asm.R3),
+		asm.JEq.Imm(asm.R2, 0, "pass"), // DAD
+	)
+	b.emit(be16(asm.R4, asm.R6, 18)...)
+	b.emit(
+		asm.JEq.Imm(asm.R4, 24, "nabuild"),
+		asm.JNE.Imm(asm.R4, 32, "malformed"),
+		asm.Mov.Reg(asm.R2, asm.R6),
+		asm.Add.Imm(asm.R2, 86),
+		asm.JGT.Reg(asm.R2, asm.R7, "malformed"),
+		asm.LoadMem(asm.R2, asm.R6, 78, asm.Byte),
+		asm.JNE.Imm(asm.R2, 1, "malformed"),
+		asm.LoadMem(asm.R2, asm.R6, 79, asm.Byte),
+		asm.JNE.Imm(asm.R2, 1, "malformed"),
+		// Target link-layer address option.
+		asm.Mov.Imm(asm.R2, 2),
+		asm.StoreMem(asm.R6, 78, asm.R2, asm.Byte),
+		asm.LoadMem(asm.R2, asm.R8, 0, asm.Word),
+		asm.StoreMem(asm.R6, 80, asm.R2, asm.Word),
+		asm.LoadMem(asm.R2, asm.R8, 4, asm.Half),
+		asm.StoreMem(asm.R6, 84, asm.R2, asm.Half),
+	)
+	b.label("nabuild")
+	b.emit(
+		// R4 is the ICMPv6 length (24 or 32); keep it for the checksum.
+		asm.StoreMem(asm.R10, stScratch, asm.R4, asm.Word),
+		// Ethernet: back to the solicitor, from the VIP's MAC.
+		asm.LoadMem(asm.R2, asm.R6, 6, asm.Word),
+		asm.StoreMem(asm.R6, 0, asm.R2, asm.Word),
+		asm.LoadMem(asm.R2, asm.R6, 10, asm.Half),
+		asm.StoreMem(asm.R6, 4, asm.R2, asm.Half),
+		asm.LoadMem(asm.R2, asm.R8, 0, asm.Word),
+		asm.StoreMem(asm.R6, 6, asm.R2, asm.Word),
+		asm.LoadMem(asm.R2, asm.R8, 4, asm.Half),
+		asm.StoreMem(asm.R6, 10, asm.R2, asm.Half),
+		// IPv6: destination the solicitor, source the target.
+		asm.LoadMem(asm.R2, asm.R6, 22, asm.DWord),
+		asm.StoreMem(asm.R6, 38, asm.R2, asm.DWord),
+		asm.LoadMem(asm.R2, asm.R6, 30, asm.DWord),
+		asm.StoreMem(asm.R6, 46, asm.R2, asm.DWord),
+		asm.LoadMem(asm.R2, asm.R10, stDaddr, asm.DWord),
+		asm.StoreMem(asm.R6, 22, asm.R2, asm.DWord),
+		asm.LoadMem(asm.R2, asm.R10, stDaddr+8, asm.DWord),
+		asm.StoreMem(asm.R6, 30, asm.R2, asm.DWord),
+		// ICMPv6: advertisement, solicited and override, checksum 0.
+		asm.Mov.Imm(asm.R2, 136),
+		asm.StoreMem(asm.R6, 54, asm.R2, asm.Byte),
+		asm.Mov.Imm(asm.R2, 0),
+		asm.StoreMem(asm.R6, 56, asm.R2, asm.Half),
+		asm.StoreMem(asm.R6, 58, asm.R2, asm.Word),
+		asm.Mov.Imm(asm.R2, 0x60),
+		asm.StoreMem(asm.R6, 58, asm.R2, asm.Byte),
+		// Pseudo-header: source, destination, length, next header.
+		asm.LoadMem(asm.R2, asm.R6, 22, asm.DWord),
+		asm.StoreMem(asm.R10, stPseudo, asm.R2, asm.DWord),
+		asm.LoadMem(asm.R2, asm.R6, 30, asm.DWord),
+		asm.StoreMem(asm.R10, stPseudo+8, asm.R2, asm.DWord),
+		asm.LoadMem(asm.R2, asm.R6, 38, asm.DWord),
+		asm.StoreMem(asm.R10, stPseudo+16, asm.R2, asm.DWord),
+		asm.LoadMem(asm.R2, asm.R6, 46, asm.DWord),
+		asm.StoreMem(asm.R10, stPseudo+24, asm.R2, asm.DWord),
+		asm.LoadMem(asm.R2, asm.R10, stScratch, asm.Word),
+		asm.HostTo(asm.BE, asm.R2, asm.Word),
+		asm.StoreMem(asm.R10, stPseudo+32, asm.R2, asm.Word),
+		asm.Mov.Imm(asm.R2, 58),
+		asm.HostTo(asm.BE, asm.R2, asm.Word),
+		asm.StoreMem(asm.R10, stPseudo+36, asm.R2, asm.Word),
+		asm.Mov.Imm(asm.R1, 0),
+		asm.Mov.Imm(asm.R2, 0),
+		asm.Mov.Reg(asm.R3, asm.R10),
+		asm.Add.Imm(asm.R3, stPseudo),
+		asm.Mov.Imm(asm.R4, 40),
+		asm.Mov.Imm(asm.R5, 0),
+		asm.FnCsumDiff.Call(),
+		asm.Mov.Reg(asm.R5, asm.R0), // the pseudo-header's sum seeds the next
+		asm.LoadMem(asm.R0, asm.R10, stScratch, asm.Word),
+		asm.JEq.Imm(asm.R0, 24, "na24"),
+	)
+	// Each length gets its own call so that the verifier sees a constant
+	// size with the packet range checked for it.
+	for _, n := range []int32{32, 24} {
+		if n == 24 {
+			b.label("na24")
+		}
+		b.emit(
+			asm.Mov.Reg(asm.R3, asm.R6),
+			asm.Add.Imm(asm.R3, 54),
+			asm.Mov.Reg(asm.R2, asm.R3),
+			asm.Add.Imm(asm.R2, n),
+			asm.JGT.Reg(asm.R2, asm.R7, "malformed"),
+			asm.Mov.Imm(asm.R1, 0),
+			asm.Mov.Imm(asm.R2, 0),
+			asm.Mov.Imm(asm.R4, n),
+			asm.FnCsumDiff.Call(),
+		)
+		if n == 32 {
+			b.emit(asm.Ja.Label("nafold"))
+		}
+	}
+	b.label("nafold")
+	b.emit(
+		// Fold the 32-bit sum to 16 bits and complement it.
+		asm.Mov.Reg(asm.R2, asm.R0),
+		asm.RSh.Imm(asm.R2, 16),
+		asm.And.Imm(asm.R0, 0xffff),
+		asm.Add.Reg(asm.R0, asm.R2),
+		asm.Mov.Reg(asm.R2, asm.R0),
+		asm.RSh.Imm(asm.R2, 16),
+		asm.And.Imm(asm.R0, 0xffff),
+		asm.Add.Reg(asm.R0, asm.R2),
+		asm.Xor.Imm(asm.R0, 0xffff),
+		asm.StoreMem(asm.R6, 56, asm.R0, asm.Half),
+	)
+	b.exit("nareply", fd.stats, CountNAReply, ActionTX)
+}
+
 // be16 loads a big-endian 16-bit field at src+off into dst in host order.
 func be16(dst, src asm.Register, off int16) []asm.Instruction {
 	return []asm.Instruction{asm.LoadMem(dst, src, off, asm.Half), asm.HostTo(asm.BE, dst, asm.Half)}
@@ -197,6 +409,7 @@ func be16(dst, src asm.Register, off int16) []asm.Instruction {
 //
 // The program, in outline:
 //
+//	ARP request or neighbour solicitation for a VIP: answered, XDP_TX
 //	not IPv4/IPv6, or too short to hold the IP header: XDP_PASS
 //	destination not a VIP, or the frame not sent to the VIP's MAC: XDP_PASS
 //	malformed or truncated IP header, or a truncated L4 header: XDP_DROP
@@ -232,8 +445,10 @@ func instructions(fd mapFDs, size uint32) asm.Instructions {
 	b.emit(
 		asm.JEq.Imm(asm.R2, 0x0800, "ipv4"),
 		asm.JEq.Imm(asm.R2, 0x86dd, "ipv6"),
+		asm.JEq.Imm(asm.R2, 0x0806, "arp"),
 		asm.Ja.Label("pass"),
 	)
+	b.arp(fd)
 
 	// IPv4.
 	b.label("ipv4")
@@ -340,6 +555,12 @@ func instructions(fd mapFDs, size uint32) asm.Instructions {
 		asm.Mov.Reg(asm.R2, asm.R8),
 		asm.Add.Imm(asm.R2, 40),
 		asm.JGT.Reg(asm.R2, asm.R7, "short"),
+	)
+	b.solicitation(fd)
+	b.label("ipv6vip")
+	b.emit(
+		asm.Mov.Reg(asm.R8, asm.R6),
+		asm.Add.Imm(asm.R8, 14),
 		asm.LoadMem(asm.R2, asm.R8, 24, asm.DWord),
 		asm.StoreMem(asm.R10, stDaddr, asm.R2, asm.DWord),
 		asm.LoadMem(asm.R2, asm.R8, 32, asm.DWord),

@@ -2,6 +2,7 @@ package xdp
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -127,6 +128,7 @@ func TestVerdicts(t *testing.T) {
 		counter int
 	}{
 		{"arp", eth(0x0806, make([]byte, 28)), ActionPass, CountPass},
+		{"arp cut", arpRequest(clientMAC, client4, vip4)[:40], ActionPass, CountPass},
 		{"ethernet header only", eth(0x0800, nil), ActionPass, CountShort},
 		{"ipv4 header cut", trunc(good, 25), ActionPass, CountShort},
 		{"ipv6 header cut", trunc(tcp6(ap(client6, 1), ap(vip6, 80), tcpSYN), 21), ActionPass, CountShort},
@@ -428,6 +430,8 @@ func FuzzProgram(f *testing.F) {
 		eth(0x0800, ipv4(client4, vip4, 1, 1, 0, icmp(3, 4, ipv4(vip4, client4, 6, 3, 0, tcp(80, 1, tcpACK, nil))[:28]))),
 		eth(0x86dd, ipv6(client6, vip6, 58, icmp(2, 0, ipv6(vip6, client6, 6, tcp(80, 1, tcpACK, nil))[:48]))),
 		eth(0x0806, make([]byte, 28)),
+		arpRequest(clientMAC, client4, vip4),
+		solicitation(client6, vip6, true),
 	} {
 		f.Add(s)
 	}
@@ -439,11 +443,150 @@ func FuzzProgram(f *testing.F) {
 		v, out := run(t, b, frame)
 		switch v {
 		case ActionDrop:
+		case ActionTX:
+			// Only answers to ARP requests and neighbour solicitations,
+			// from the VIP's MAC.
+			arp := frame[12] == 0x08 && frame[13] == 0x06 && out[21] == 2
+			na := frame[12] == 0x86 && frame[13] == 0xdd && out[54] == 136
+			if !(arp || na) || !bytes.Equal(out[6:12], lbMAC) {
+				t.Fatalf("XDP_TX of a frame that is no neighbour answer: %x", out[:min(len(frame), 64)])
+			}
 		case ActionPass:
 			if id := macOwner(t, frame, out); id >= 8 {
 				t.Fatalf("steered to backend %d of 8", id)
 			}
 		default:
+			t.Fatalf("verdict %d", v)
+		}
+	})
+}
+
+func arpRequest(senderMAC net.HardwareAddr, sender, target netip.Addr) []byte {
+	p := make([]byte, 28)
+	binary.BigEndian.PutUint16(p[0:], 1)
+	binary.BigEndian.PutUint16(p[2:], 0x0800)
+	p[4], p[5] = 6, 4
+	binary.BigEndian.PutUint16(p[6:], 1)
+	copy(p[8:14], senderMAC)
+	s, tg := sender.As4(), target.As4()
+	copy(p[14:18], s[:])
+	copy(p[24:28], tg[:])
+	f := eth(0x0806, p)
+	copy(f[0:6], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+	copy(f[6:12], senderMAC)
+	return f
+}
+
+// solicitation is a neighbour solicitation for target from src, to the
+// solicited-node address, with a source link-layer address option when
+// withOption.
+func solicitation(src, target netip.Addr, withOption bool) []byte {
+	body := make([]byte, 24)
+	body[0] = 135
+	t16 := target.As16()
+	copy(body[8:], t16[:])
+	if withOption {
+		body = append(body, 1, 1)
+		body = append(body, clientMAC...)
+	}
+	dst := netip.AddrFrom16([16]byte{0xff, 0x02, 11: 1, 12: 0xff, 13: t16[13], 14: t16[14], 15: t16[15]})
+	ip := ipv6(src, dst, 58, body)
+	ip[7] = 255
+	sum := icmp6Sum(ip)
+	binary.BigEndian.PutUint16(ip[42:], ^sum)
+	return eth(0x86dd, ip)
+}
+
+// icmp6Sum is the ones' complement sum of an IPv6 packet's ICMPv6 message
+// with its pseudo-header (0xffff when the checksum is right).
+func icmp6Sum(ip []byte) uint16 {
+	var sum uint32
+	add := func(b []byte) {
+		for i := 0; i+1 < len(b); i += 2 {
+			sum += uint32(b[i])<<8 | uint32(b[i+1])
+		}
+		if len(b)%2 == 1 {
+			sum += uint32(b[len(b)-1]) << 8
+		}
+	}
+	add(ip[8:40])
+	n := len(ip) - 40
+	add([]byte{0, 0, byte(n >> 8), byte(n), 0, 0, 0, 58})
+	add(ip[40:])
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	return uint16(sum)
+}
+
+// TestNeighbourAnswers: the program answers ARP requests and neighbour
+// solicitations for a VIP itself, with the VIP's MAC, so that no backend
+// sees them; requests for other addresses pass.
+func TestNeighbourAnswers(t *testing.T) {
+	b := newBalancer(t, Config{}, 4)
+	t.Run("arp", func(t *testing.T) {
+		req := arpRequest(clientMAC, client4, vip4)
+		v, out := run(t, b, req)
+		if v != ActionTX {
+			t.Fatalf("verdict %d, want XDP_TX", v)
+		}
+		out = out[:len(req)]
+		want := append([]byte{}, req...)
+		copy(want[0:6], clientMAC)
+		copy(want[6:12], lbMAC)
+		binary.BigEndian.PutUint16(want[20:], 2)
+		copy(want[22:28], lbMAC)
+		v4, c4 := vip4.As4(), client4.As4()
+		copy(want[28:32], v4[:])
+		copy(want[32:38], clientMAC)
+		copy(want[38:42], c4[:])
+		if !bytes.Equal(out, want) {
+			t.Fatalf("reply\n%x\nwant\n%x", out, want)
+		}
+		other := arpRequest(clientMAC, client4, netip.MustParseAddr("10.99.0.2"))
+		if v, out := run(t, b, other); v != ActionPass || !bytes.Equal(out[:len(other)], other) {
+			t.Fatalf("request for another address: verdict %d, changed %v", v, !bytes.Equal(out[:len(other)], other))
+		}
+	})
+	for _, withOption := range []bool{true, false} {
+		t.Run(fmt.Sprint("ns option ", withOption), func(t *testing.T) {
+			req := solicitation(client6, vip6, withOption)
+			if !withOption { // a unicast probe to the VIP itself
+				d := vip6.As16()
+				copy(req[38:54], d[:])
+				binary.BigEndian.PutUint16(req[56:], 0)
+				binary.BigEndian.PutUint16(req[56:], ^icmp6Sum(req[14:]))
+			}
+			v, out := run(t, b, req)
+			if v != ActionTX {
+				t.Fatalf("verdict %d, want XDP_TX", v)
+			}
+			out = out[:len(req)]
+			ip := out[14:]
+			switch {
+			case !bytes.Equal(out[0:6], clientMAC) || !bytes.Equal(out[6:12], lbMAC):
+				t.Fatalf("ethernet %x", out[:12])
+			case netip.AddrFrom16([16]byte(ip[8:24])) != vip6 || netip.AddrFrom16([16]byte(ip[24:40])) != client6:
+				t.Fatalf("addresses %x", ip[8:40])
+			case ip[40] != 136 || ip[41] != 0 || ip[44] != 0x60 || netip.AddrFrom16([16]byte(ip[48:64])) != vip6:
+				t.Fatalf("advertisement %x", ip[40:])
+			case icmp6Sum(ip) != 0xffff:
+				t.Fatalf("checksum wrong: sum %#x", icmp6Sum(ip))
+			}
+			if withOption && (ip[64] != 2 || ip[65] != 1 || !bytes.Equal(ip[66:72], lbMAC)) {
+				t.Fatalf("target link-layer option %x", ip[64:])
+			}
+		})
+	}
+	t.Run("ns for another address", func(t *testing.T) {
+		req := solicitation(client6, netip.MustParseAddr("fd99::2"), true)
+		if v, out := run(t, b, req); v != ActionPass || !bytes.Equal(out[:len(req)], req) {
+			t.Fatalf("verdict %d", v)
+		}
+	})
+	t.Run("dad", func(t *testing.T) {
+		req := solicitation(netip.IPv6Unspecified(), vip6, false)
+		if v, out := run(t, b, req); v != ActionPass || !bytes.Equal(out[:len(req)], req) {
 			t.Fatalf("verdict %d", v)
 		}
 	})

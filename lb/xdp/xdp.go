@@ -27,6 +27,13 @@
 // that owns the flow. Frames too short to hold an IP header, non-IP frames
 // and packets for other addresses pass untouched; malformed or truncated
 // packets for a VIP are dropped.
+//
+// The program answers ARP requests and neighbour solicitations for a VIP
+// itself (XDP_TX) with the VIP's MAC, the address of the interface it is
+// attached to, so the VIP is answered once and no backend sees the
+// question. Backends must hold the VIP without answering for it or
+// soliciting from it (as with direct server return anywhere). Other NDP
+// messages for a VIP go to every backend (broadcast MAC).
 package xdp
 
 import (
