@@ -4,6 +4,7 @@
 // change or a drain turn into), and their status; the parts are in
 // subpackages:
 //
-//	lb/maglev   the Maglev lookup table (which INS a new flow gets)
-//	lb/xdp      the XDP program and its maps (flow tables, steering)
+//	lb/maglev     the Maglev lookup table (which INS a new flow gets)
+//	lb/xdp        the XDP program and its maps (flow tables, steering)
+//	lb/autoscale  when the pool grows or shrinks (decisions only)
 package lb
