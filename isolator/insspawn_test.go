@@ -2,9 +2,13 @@ package isolator
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/mpshim/mpshim/isolator/api"
+	"github.com/mpshim/mpshim/isolator/ins/sandbox"
 )
 
 // TestRelayINSOutput: what an INS writes reaches the daemon's log line by
@@ -43,5 +47,16 @@ func TestRelayINSOutput(t *testing.T) {
 		if l != want[i] {
 			t.Errorf("line %d = %q, want %q", i, l, want[i])
 		}
+	}
+}
+
+// TestSandboxProbeHidden: without MPSHIM_SANDBOX_PROBE=1 in its
+// environment the daemon does not know the probe request.
+func TestSandboxProbeHidden(t *testing.T) {
+	t.Setenv(sandbox.ProbeEnv, "")
+	d := newTestDaemon(t, t.TempDir())
+	resp := d.handle(context.Background(), api.Request{Op: api.OpSandboxProbe})
+	if resp.OK || !strings.Contains(resp.Error, "unknown operation") || resp.Probes != nil {
+		t.Fatalf("sandbox-probe without %s: %+v", sandbox.ProbeEnv, resp)
 	}
 }
