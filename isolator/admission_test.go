@@ -88,22 +88,33 @@ func TestAdmissionRefusesByPolicyBeforeReading(t *testing.T) {
 // ones are closed when the register deadline passes, and then a
 // registration succeeds again.
 func TestAdmissionPendingCaps(t *testing.T) {
-	const perUID, deadline = 3, 500 * time.Millisecond
-	s, path := startAppServer(t, AppConfig{MaxPendingPerUID: perUID, MaxPending: 100, RegisterTimeout: deadline}, &kernelSet{})
+	for _, c := range []struct {
+		name          string
+		total, perUID int
+	}{{"per uid", 100, 3}, {"in total", 2, 100}} {
+		t.Run(c.name, func(t *testing.T) {
+			testPendingCap(t, AppConfig{MaxPendingPerUID: c.perUID, MaxPending: c.total, RegisterTimeout: 500 * time.Millisecond})
+		})
+	}
+}
+
+func testPendingCap(t *testing.T, cfg AppConfig) {
+	limit, deadline := min(cfg.MaxPending, cfg.MaxPendingPerUID), cfg.RegisterTimeout
+	s, path := startAppServer(t, cfg, &kernelSet{})
 	var held []net.Conn
 	defer func() {
 		for _, c := range held {
 			c.Close()
 		}
 	}()
-	for i := 0; i < perUID; i++ {
+	for i := 0; i < limit; i++ {
 		c, err := net.Dial("unixpacket", path)
 		if err != nil {
 			t.Fatal(err)
 		}
 		held = append(held, c)
 	}
-	waitFor(t, "held connections pending", func() bool { return s.Pending() == perUID })
+	waitFor(t, "held connections pending", func() bool { return s.Pending() == limit })
 	m, err := readFirst(t, path)
 	if err != nil {
 		t.Fatalf("connection over the cap: %v, want Reply{EAGAIN}", err)
