@@ -55,14 +55,13 @@ func Probe(t ProbeTarget) []ProbeResult {
 		}
 		out = append(out, ProbeResult{Act: act, Result: r})
 	}
+	// Opening is the forbidden act: an open that succeeds is reported
+	// "ok" whatever a read would do next, and nothing is read.
 	openRead := func(path string, flags int) error {
 		fd, err := unix.Open(path, flags|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return err
+		if err == nil {
+			unix.Close(fd)
 		}
-		defer unix.Close(fd)
-		var b [1]byte
-		_, err = unix.Read(fd, b[:])
 		return err
 	}
 	add("read /etc/shadow", openRead("/etc/shadow", unix.O_RDONLY))
