@@ -45,9 +45,11 @@ type AppConfig struct {
 	// Default 2 s.
 	RegisterTimeout time.Duration
 	// MaxPending bounds the admitted connections that have not registered
-	// yet, in total; more are answered EAGAIN and closed at once. Default 64.
+	// yet, in total; more are answered EAGAIN and closed at once (the shim
+	// then tries again). Default 1024.
 	MaxPending int
-	// MaxPendingPerUID bounds them per peer uid. Default 8.
+	// MaxPendingPerUID bounds them per peer uid. Default 128: a prefork
+	// server's burst of fork children registers at once.
 	MaxPendingPerUID int
 	// ExecGrace is how long a gone client stays known so that the next
 	// image of its process (RegExeced) can join its socket group. Default
@@ -73,10 +75,10 @@ func (c *AppConfig) fill() {
 		c.RegisterTimeout = 2 * time.Second
 	}
 	if c.MaxPending <= 0 {
-		c.MaxPending = 64
+		c.MaxPending = 1024
 	}
 	if c.MaxPendingPerUID <= 0 {
-		c.MaxPendingPerUID = 8
+		c.MaxPendingPerUID = 128
 	}
 	if c.ExecGrace <= 0 {
 		c.ExecGrace = 10 * time.Second

@@ -212,6 +212,7 @@ static struct {
 	int refused;
 	uint32_t refused_uid, refused_gid;
 	int refused_warned;
+	int busy; /* the isolator answered the last Register with EAGAIN */
 	int lost;                /* a session died: the next one rejoins (RegRejoin) */
 	int relisten;            /* a rejoined session awaits mp_relisten */
 	pid_t watcher;           /* the process whose watcher thread runs */
@@ -429,6 +430,8 @@ static int do_register(void)
 			S.refused_uid = (uint32_t)geteuid();
 			S.refused_gid = (uint32_t)getegid();
 		}
+		if (rc == -EAGAIN)
+			S.busy = 1; /* too many registrations at once: try again */
 		goto fail;
 	}
 	if (type != MP_T_REGISTER_REPLY || n != W_HDR + MP_REGISTER_REPLY_FIXED || memfd < 0 ||
@@ -493,7 +496,17 @@ static int ensure_locked(void)
 	if (S.failerr && !elapsed_1s(&S.failed))
 		return -S.failerr;
 	S.refused = 0;
+	S.busy = 0;
 	rc = do_register();
+	/* The isolator caps registrations in progress (a prefork server's
+	 * children register in a burst): it answered, so try again soon. */
+	for (int i = 0; rc == -EAGAIN && S.busy && i < 50; i++) {
+		struct timespec ts = { 0, 20 * 1000000L };
+
+		nanosleep(&ts, NULL);
+		S.busy = 0;
+		rc = do_register();
+	}
 	if (rc == 0 && S.lost) {
 		S.lost = 0;
 		S.relisten = 1;
