@@ -390,6 +390,11 @@ static int do_register(void)
 		n = REAL(recvmsg)(fd, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
 		if (n > 0 && refused_by_policy(rep, (size_t)n))
 			rc = -MP_REFUSED_ERRNO;
+		else if (n == W_HDR + MP_REPLY_FIXED && hdr_check(rep, (size_t)n) == MP_T_REPLY &&
+			 (int32_t)get32(rep + W_HDR) == EAGAIN) {
+			rc = -EAGAIN; /* too many registrations at once: try again */
+			S.busy = 1;
+		}
 		goto fail;
 	}
 	n = REAL(recvmsg)(fd, &mh, MSG_CMSG_CLOEXEC);
