@@ -23,7 +23,7 @@ endif
 
 TEST_TIMEOUT ?= 25m
 
-.PHONY: all build deps deps-test test vet fmt-check generate-check demo bench clean FORCE
+.PHONY: all build deps deps-test test vet fmt-check generate-check demo bench runsc clean FORCE
 
 all: build
 
@@ -60,14 +60,24 @@ test: deps-test build fmt-check vet
 demo: deps-test build
 	@scripts/demo.sh
 
-# bench runs the performance harness (needs root): native kernel, a Go
-# server through mpnet, and the real servers under the shim, alternated in
-# one run; writes bench/results/DATE.md and .png and, for full runs, the
-# latest table in BENCHMARKS.md. make bench ARGS=--quick is a smoke run.
-bench: build
+# bench runs the performance harness (needs root): the same servers on the
+# kernel and under the shim (and, with ARGS=--peers=runsc,netstack, inside
+# gVisor's runsc and a Go server through mpnet) over one plain veth pair,
+# servers and clients pinned to different CPUs, alternated in one run;
+# writes bench/results/DATE.md and .png and, for full runs, the latest
+# table in BENCHMARKS.md. make bench ARGS=--quick is a smoke run. runsc is
+# built from the gVisor module version go.mod pins.
+bench: build $(BIN)/udpecho $(if $(findstring runsc,$(ARGS)),runsc)
 	@scripts/deps.sh bench
 	$(GO) build -o $(BIN)/mpbench ./bench/cmd/mpbench
-	$(BIN)/mpbench --bin $(BIN) $(ARGS)
+	$(BIN)/mpbench --bin $(BIN) --runsc $(BIN)/runsc $(ARGS)
+
+$(BIN)/udpecho: bench/udpecho/udpecho.c
+	@mkdir -p $(BIN)
+	$(CC) -std=gnu11 -O2 -Wall -Wextra -Werror -o $@ $<
+
+runsc:
+	@scripts/build-runsc.sh $(BIN)/runsc
 
 clean:
 	rm -rf $(BIN)

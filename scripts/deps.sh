@@ -18,8 +18,10 @@ test | demo | bench)
 	# The flow collector the IPFIX export is checked against.
 	want+=(nfdump)
 	if [ "$1" = bench ]; then
-		# The benchmark's plot and its profiles of the processes under load.
-		want+=(gnuplot-nox linux-perf)
+		# The benchmark's plot and its profiles of the processes under load,
+		# and the small-message clients (redis-benchmark; memaslap, which
+		# Debian ships as memcaslap).
+		want+=(gnuplot-nox linux-perf redis-tools libmemcached-tools)
 	fi
 	;;
 *)

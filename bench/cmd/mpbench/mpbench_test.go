@@ -18,7 +18,7 @@ func TestRotated(t *testing.T) {
 	for pos := range n {
 		var seen []string
 		for r := range n {
-			seen = append(seen, rotated(r)[pos])
+			seen = append(seen, rotated(report.Sides, r)[pos])
 		}
 		slices.Sort(seen)
 		want := slices.Clone(report.Sides)
@@ -61,5 +61,15 @@ func TestCumOnly(t *testing.T) {
 func TestSplitList(t *testing.T) {
 	if got := splitList(" a, ,b,"); !slices.Equal(got, []string{"a", "b"}) {
 		t.Fatalf("splitList = %q", got)
+	}
+}
+
+func TestPerUnitCosts(t *testing.T) {
+	in := "      flat  flat%   sum%        cum   cum%\n     0.50s 10.00% 10.00%      2.00s 40.00%  syscall.Syscall6\n     200ms  4.00% 14.00%      200ms  4.00%  runtime.futex\n         0     0% 14.00%      1.50s 30.00%  main.loop\n"
+	got := perUnitCosts(in, 1000)
+	for _, want := range []string{"   500.00   2000.00  syscall.Syscall6", "   200.00    200.00  runtime.futex", "     0.00   1500.00  main.loop"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("perUnitCosts lacks %q:\n%s", want, got)
+		}
 	}
 }
