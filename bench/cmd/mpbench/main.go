@@ -60,7 +60,7 @@ func main() {
 	flag.BoolVar(&o.quick, "quick", false, "smoke run: one round, short runs, small N, 1 INS only (under a minute)")
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds per figure (each round runs every side once, in rotated order)")
 	flag.DurationVar(&o.duration, "duration", 10*time.Second, "length of each wrk and iperf3 run")
-	flag.IntVar(&o.abN, "ab-n", 10000, "requests (connections) per ab run")
+	flag.IntVar(&o.abN, "ab-n", 10000, "requests (connections) per ab run at most (each run also ends after --duration)")
 	flag.IntVar(&o.scaleN, "scale-n", 100000, "idle connections in the scale runs")
 	flag.BoolVar(&o.profile, "profile", false, "profile the mpshim side under wrk load (pprof of INS and isolator, perf of nginx)")
 	flag.StringVar(&o.out, "out", "bench/results", "directory for DATE.md, DATE.png and profiles")

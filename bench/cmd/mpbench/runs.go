@@ -40,11 +40,14 @@ func (e *env) wrk(ctx context.Context, url string, conns int, d time.Duration) (
 	return w, w.Err()
 }
 
-// ab runs ab without keep-alive: one connection per request.
-func (e *env) ab(ctx context.Context, url string, n, c int) (parse.AB, error) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+// ab runs ab without keep-alive, one connection per request: n requests
+// or for d, whichever ends first.
+func (e *env) ab(ctx context.Context, url string, n, c int, d time.Duration) (parse.AB, error) {
+	ctx, cancel := context.WithTimeout(ctx, d+2*time.Minute)
 	defer cancel()
-	args := []string{"-q", "-n", strconv.Itoa(n), "-c", strconv.Itoa(c), "-s", "30", url}
+	secs := max(1, int(d.Round(time.Second)/time.Second))
+	// -t before -n: -t alone would cap the requests at 50,000.
+	args := []string{"-q", "-t", strconv.Itoa(secs), "-n", strconv.Itoa(n), "-c", strconv.Itoa(c), "-s", "30", url}
 	name, args := e.client("ab", args...)
 	out, err := e.tp.WAN.Command(ctx, name, args...).CombinedOutput()
 	if err != nil {
@@ -106,7 +109,7 @@ func newHTTPMetrics() *httpMetrics {
 		h.txFrames = append(h.txFrames, &report.Metric{Key: fmt.Sprintf("nginx-c%d-txframes", c), Name: fmt.Sprintf("… -c%d INS frames sent per request", c), Unit: "frames"})
 		h.rxFrames = append(h.rxFrames, &report.Metric{Key: fmt.Sprintf("nginx-c%d-rxframes", c), Name: fmt.Sprintf("… -c%d INS frames received per request", c), Unit: "frames"})
 	}
-	h.conns = &report.Metric{Key: "nginx-newconn", Name: "nginx, new connection per request (ab -c64)", Unit: "conn/s", Kind: report.Throughput}
+	h.conns = &report.Metric{Key: "nginx-newconn", Name: "nginx, new connection per request (ab -c64, -t as wrk's -d)", Unit: "conn/s", Kind: report.Throughput}
 	h.connSrv = &report.Metric{Key: "nginx-newconn-cpu", Name: "… " + serverSide + " per connection", Unit: "µs", Kind: report.CPU}
 	h.connINS = &report.Metric{Key: "nginx-newconn-inscpu", Name: "… of which INS", Unit: "µs"}
 	return h
@@ -180,7 +183,7 @@ func (e *env) runAB(ctx context.Context, h *httpMetrics) error {
 		for _, side := range rotated(e.sides, r) {
 			t := e.targets()[side]
 			cpu := e.startCPU(side)
-			a, err := e.ab(ctx, t.url(), e.o.abN, 64)
+			a, err := e.ab(ctx, t.url(), e.o.abN, 64, e.o.duration)
 			if err != nil {
 				return fmt.Errorf("%s: %w", side, err)
 			}

@@ -29,19 +29,19 @@ func (e *env) smallSides() []string {
 // redisPipelines are the redis-benchmark -P depths measured.
 var redisPipelines = []int{1, 16}
 
-// redisRequests is how many requests each test of one redis-benchmark run
-// of a side makes at pipeline depth p: about the run length at the shim's
-// rate here (15,000 req/s unpipelined, 150,000 at -P16), a fifth of that
-// inside runsc.
-func (e *env) redisRequests(side string, p int) int {
-	n := int(e.o.duration.Seconds() * 15000)
-	if p > 1 {
-		n *= 10
+// redisRequests returns how many requests each test of one
+// redis-benchmark run of a side makes at pipeline depth p: what the side
+// served in a short calibration run, scaled to the run length, so that
+// every side's run lasts about as long whatever its rate and the load on
+// the machine.
+func (e *env) redisRequests(ctx context.Context, side string, p int) (int, error) {
+	n := 1000 * p
+	res, err := e.redisBench(ctx, e.targets()[side], n, p)
+	if err != nil {
+		return 0, fmt.Errorf("%s: calibration: %w", side, err)
 	}
-	if side == report.Runsc {
-		n /= 5
-	}
-	return max(n, 2000)
+	rate := min(res["GET"].RPS, res["SET"].RPS)
+	return max(n, int(rate*e.o.duration.Seconds())), nil
 }
 
 // redisBench runs redis-benchmark GET and SET with 64 connections.
@@ -141,9 +141,17 @@ func (e *env) runSmall(ctx context.Context) ([]*report.Metric, error) {
 		set := &report.Metric{Key: fmt.Sprintf("redis-set-P%d", p), Name: fmt.Sprintf("redis-benchmark SET -c64 -P%d", p), Unit: "req/s", Kind: report.Throughput}
 		srv, ins := cpuMetrics(fmt.Sprintf("redis-P%d", p), "request", "µs")
 		out = append(out, get, set, srv, ins)
+		reqs := map[string]int{}
+		for _, side := range sides {
+			n, err := e.redisRequests(ctx, side, p)
+			if err != nil {
+				return out, err
+			}
+			reqs[side] = n
+		}
 		for r := range e.o.rounds {
 			for _, side := range rotated(sides, r) {
-				n := e.redisRequests(side, p)
+				n := reqs[side]
 				cpu := e.startCPU(side)
 				res, err := e.redisBench(ctx, e.targets()[side], n, p)
 				if err != nil {
