@@ -104,8 +104,10 @@ func setup(ctx context.Context, o options) (*env, error) {
 	bin := absPath(o.bin)
 	e.isoBin, e.lib = filepath.Join(bin, "isolator"), filepath.Join(bin, "libmpshim.so")
 	e.echoBin = filepath.Join(bin, "udpecho")
-	need := []string{e.isoBin, e.lib, e.echoBin, "/usr/sbin/nginx", "/usr/bin/wrk", "/usr/bin/ab", "/usr/bin/iperf3", "/usr/bin/curl",
-		"/usr/bin/redis-server", "/usr/bin/redis-benchmark", "/usr/bin/memcached", "/usr/bin/memcaslap"}
+	need := []string{e.isoBin, e.lib, "/usr/sbin/nginx", "/usr/bin/wrk", "/usr/bin/ab", "/usr/bin/iperf3", "/usr/bin/curl"}
+	if o.phase("small") {
+		need = append(need, e.echoBin, "/usr/bin/redis-server", "/usr/bin/redis-benchmark", "/usr/bin/memcached", "/usr/bin/memcaslap")
+	}
 	if o.peer(report.Runsc) {
 		e.runscBin = absPath(o.runsc)
 		need = append(need, e.runscBin)
@@ -448,9 +450,13 @@ func rss(pid int) uint64 {
 }
 
 // smallServers are the small-message servers every side runs besides
-// nginx and iperf3: redis, memcached (one worker thread, as the server has
-// one CPU) and the UDP echo. dir holds redis's working directory.
+// nginx and iperf3 when the run measures them: redis, memcached (one
+// worker thread, as the server has one CPU) and the UDP echo. dir holds
+// redis's working directory.
 func (e *env) smallServers(dir string) [][]string {
+	if !e.o.phase("small") {
+		return nil
+	}
 	return [][]string{
 		{"/usr/bin/redis-server", "--port", strconv.Itoa(redisPort), "--bind", "0.0.0.0", "--protected-mode", "no",
 			"--save", "", "--appendonly", "no", "--dir", dir, "--logfile", ""},
@@ -653,7 +659,9 @@ func (t target) hostPort(port int) string { return netip.AddrPortFrom(t.addr, ui
 func (e *env) targets() map[string]target {
 	ins := e.iso.insAddrs()[0]
 	small := func(t target) target {
-		t.redisPort, t.memcachedPort, t.udpEchoPort = redisPort, memcachedPort, udpEchoPort
+		if e.o.phase("small") {
+			t.redisPort, t.memcachedPort, t.udpEchoPort = redisPort, memcachedPort, udpEchoPort
+		}
 		return t
 	}
 	return map[string]target{

@@ -1,8 +1,13 @@
 package main
 
 import (
+	"context"
 	"os"
+	"path/filepath"
+	"regexp"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -71,5 +76,56 @@ func TestPerUnitCosts(t *testing.T) {
 		if !strings.Contains(got, want) {
 			t.Errorf("perUnitCosts lacks %q:\n%s", want, got)
 		}
+	}
+}
+
+// TestQuickSmoke runs the harness for real in smoke mode, keep-alive nginx
+// only, against the built isolator and shim: both sides must serve, the
+// table must hold their figures and the run must say how it pinned them.
+func TestQuickSmoke(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (network namespaces)")
+	}
+	bin := os.Getenv("MPSHIM_BIN")
+	if bin == "" {
+		t.Skip("MPSHIM_BIN is not set (make test sets it to the built bin/)")
+	}
+	for _, p := range []string{bin + "/isolator", bin + "/libmpshim.so", "/usr/sbin/nginx", "/usr/bin/wrk"} {
+		if _, err := os.Stat(p); err != nil {
+			t.Skipf("%s missing: %v", p, err)
+		}
+	}
+	out := t.TempDir()
+	o := options{quick: true, rounds: 1, duration: time.Second, abN: 100, scaleN: 100, only: "http",
+		out: out, bin: bin, serverCPU: "1", clientCPU: "0"}
+	if runtime.NumCPU() < 2 {
+		o.serverCPU, o.clientCPU = "", ""
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := run(ctx, o); err != nil {
+		t.Fatal(err)
+	}
+	files, _ := filepath.Glob(filepath.Join(out, "*-quick.md"))
+	if len(files) != 1 {
+		t.Fatalf("results files: %v", files)
+	}
+	b, err := os.ReadFile(files[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	md := string(b)
+	row := regexp.MustCompile(`(?m)^\| nginx 1 KiB keep-alive, wrk -t1 -c64 \| req/s \| ([0-9.]+)[^|]* \| ([0-9.]+)[^|]* \| ([0-9.]+) \|`)
+	m := row.FindStringSubmatch(md)
+	if m == nil {
+		t.Fatalf("no -c64 row with native and mpshim figures:\n%s", md)
+	}
+	for _, v := range m[1:3] {
+		if f, _ := strconv.ParseFloat(v, 64); f <= 0 {
+			t.Errorf("req/s %q in %q", v, m[0])
+		}
+	}
+	if o.serverCPU != "" && !strings.Contains(md, "servers pinned with `taskset -c 1`") {
+		t.Errorf("the results do not say how the sides were pinned:\n%s", md)
 	}
 }

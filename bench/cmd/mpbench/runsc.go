@@ -82,7 +82,7 @@ type ociNS struct {
 func sh(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
 // startRunsc writes the bundle and boots the sandbox, pinned to the server
-// CPU; the servers inside daemonize and the UDP echo holds the container.
+// CPU.
 func (e *env) startRunsc(ctx context.Context) error {
 	b := e.runsc
 	b.bin = e.runscBin
@@ -101,18 +101,17 @@ func (e *env) startRunsc(ctx context.Context) error {
 	}
 	var cmds []string
 	cmds = append(cmds, strings.Join([]string{"/usr/sbin/nginx", "-c", sh(b.nginx.conf), "-e", sh(filepath.Join(b.nginx.dir, "error.log"))}, " "))
-	cmds = append(cmds, fmt.Sprintf("/usr/bin/iperf3 -s -p %d -D", iperfPort))
-	small := e.smallServers(redisDir)
-	for _, c := range small[:len(small)-1] {
+	cmds = append(cmds, fmt.Sprintf("/usr/bin/iperf3 -s -p %d >/dev/null 2>&1 &", iperfPort))
+	// Each server runs in the background of the container's shell, which
+	// then waits for them: the container lives as long as they do.
+	for _, c := range e.smallServers(redisDir) {
 		var q []string
 		for _, a := range c {
 			q = append(q, sh(a))
 		}
-		// Each server runs in the background of the container's shell.
 		cmds = append(cmds, strings.Join(q, " ")+" >/dev/null 2>&1 &")
 	}
-	last := small[len(small)-1]
-	cmds = append(cmds, "exec "+sh(last[0])+" "+strings.Join(last[1:], " "))
+	cmds = append(cmds, "wait")
 	// One command per line: set -e stops at a server that fails to start.
 	script := "set -e\n" + strings.Join(cmds, "\n")
 	var spec ociSpec
