@@ -75,6 +75,7 @@ bench: build
 	@scripts/deps.sh bench
 	$(GO) build -o $(BIN)/mpbench ./bench/cmd/mpbench
 	$(BIN)/mpbench --bin $(BIN) $(ARGS)
+	$(GO) run ./bench/lb
 
 clean:
 	rm -rf $(BIN)

@@ -97,6 +97,7 @@ type AppServer struct {
 	keys    map[uint64]uint64 // socket group -> secret key its descendants present
 	socks   map[uint64]*sockRec
 	lsns    map[uint64]*listenRec
+	moved   map[uint64]movedSock // socket the app names -> where it was moved
 
 	baseCtx context.Context
 	wg      sync.WaitGroup
@@ -133,6 +134,7 @@ func NewAppServer(cfg AppConfig, backends Backends, log *slog.Logger) *AppServer
 		keys:     map[uint64]uint64{},
 		socks:    map[uint64]*sockRec{},
 		lsns:     map[uint64]*listenRec{},
+		moved:    map[uint64]movedSock{},
 		baseCtx:  context.Background(),
 	}
 }
@@ -537,7 +539,13 @@ func (s *AppServer) releaseGroup(group uint64) {
 		delete(s.groups, group)
 		for id, r := range s.socks {
 			if r.group == group {
+				r.dropFile()
 				delete(s.socks, id)
+			}
+		}
+		for id, m := range s.moved {
+			if m.group == group {
+				delete(s.moved, id)
 			}
 		}
 	}

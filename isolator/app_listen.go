@@ -97,6 +97,7 @@ func (s *AppServer) listen(ctx context.Context, c *client, m *msgproto.Listen, f
 	s.mu.Lock()
 	if r := s.socks[m.Sock]; r != nil && r.group == c.group {
 		l.domain, l.typ, l.proto, l.opts = r.domain, r.typ, r.proto, r.opts
+		r.dropFile()
 		delete(s.socks, m.Sock)
 	}
 	if _, dup := s.lsns[m.Sock]; dup {

@@ -168,6 +168,9 @@ func (s *kernelSet) Get(id int) (Backend, bool) {
 	return nil, false
 }
 
+// Owner: the kernel stand-ins own no address of their own.
+func (s *kernelSet) Owner(netip.Addr) (Backend, bool) { return nil, false }
+
 func (s *kernelSet) All() []Backend {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -230,6 +231,25 @@ func (d *Daemon) Get(id int) (Backend, bool) {
 		return nil, false
 	}
 	return p, true
+}
+
+// Owner returns the live INS that has address a on one of its uplinks.
+func (d *Daemon) Owner(a netip.Addr) (Backend, bool) {
+	a = a.Unmap()
+	d.mu.Lock()
+	procs := make([]*insProc, 0, len(d.ins))
+	for _, p := range d.ins {
+		procs = append(procs, p)
+	}
+	d.mu.Unlock()
+	for _, p := range procs {
+		for _, u := range p.uplinkConfigs() {
+			if (u.Addr4.IsValid() && u.Addr4.Addr() == a) || (u.Addr6.IsValid() && u.Addr6.Addr() == a) {
+				return p, true
+			}
+		}
+	}
+	return nil, false
 }
 
 // All returns every live INS, by id.

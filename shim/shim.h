@@ -318,6 +318,9 @@ void mp_relisten(void);
 void mp_settle(int fd, struct mp_fd *e);
 /* Is the address one that stays on the kernel by policy? */
 int mp_addr_kernel(const struct sockaddr *sa, socklen_t len);
+/* Is the destination one that stays on the kernel (loopback, and the
+ * unspecified address that Linux takes for loopback)? */
+int mp_dst_kernel(const struct sockaddr *sa, socklen_t len);
 /* Converts a pending socket to an INS socket. 0, or -1 with errno set; 1
  * when the policy keeps it on the kernel (fail open). */
 int mp_convert(int fd, struct mp_fd *e);

@@ -62,6 +62,22 @@ int mp_addr_kernel(const struct sockaddr *sa, socklen_t len)
 	return 1;
 }
 
+/* Whether a destination stays on the kernel: a loopback address, or (with
+ * loopback on the kernel) the unspecified address, which Linux takes for
+ * loopback in connect and sendto. */
+int mp_dst_kernel(const struct sockaddr *sa, socklen_t len)
+{
+	if (mp_addr_kernel(sa, len))
+		return 1;
+	if (mp_conf.loopback_ins)
+		return 0;
+	if (sa->sa_family == AF_INET)
+		return ((const struct sockaddr_in *)(const void *)sa)->sin_addr.s_addr == 0;
+	/* mp_addr_kernel has checked the family and length */
+	const struct in6_addr *a = &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr;
+	return IN6_IS_ADDR_UNSPECIFIED(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr32[3] == 0);
+}
+
 /* ---- conversion ----------------------------------------------------------- */
 
 /* Puts nfd in place of fd keeping what belongs to the descriptor and the
@@ -141,14 +157,14 @@ int mp_convert(int fd, struct mp_fd *e)
 	return 0;
 }
 
-/* Decides a pending socket for an operation on sa: returns 1 when it
- * stays on the kernel (the entry is dropped), 0 when it is now INS, -1 on
- * error with errno set. */
-static int decide(int fd, struct mp_fd *e, const struct sockaddr *sa, socklen_t len)
+/* Decides a pending socket for an operation on sa (a destination when dst
+ * is set, else a local address): returns 1 when it stays on the kernel (the
+ * entry is dropped), 0 when it is now INS, -1 on error with errno set. */
+static int decide(int fd, struct mp_fd *e, const struct sockaddr *sa, socklen_t len, int dst)
 {
 	int rc;
 
-	if (sa && mp_addr_kernel(sa, len)) {
+	if (sa && (dst ? mp_dst_kernel(sa, len) : mp_addr_kernel(sa, len))) {
 		memset(e, 0, sizeof *e);
 		return 1;
 	}
@@ -571,7 +587,7 @@ MP_EXPORT int bind(int fd, const struct sockaddr *sa, socklen_t len)
 		return ret_log(rc, "bind", fd, mp_conf.log ? LOGADDR(a, sa, len) : NULL);
 	}
 	if (e->kind == MPK_PENDING) {
-		rc = decide(fd, e, sa, len);
+		rc = decide(fd, e, sa, len, 0);
 		if (rc) {
 			if (rc > 0)
 				rc = REAL(bind)(fd, sa, len);
@@ -598,7 +614,7 @@ MP_EXPORT int listen(int fd, int backlog)
 			rc = REAL(listen)(fd, backlog);
 			break;
 		}
-		rc = decide(fd, e, NULL, 0);
+		rc = decide(fd, e, NULL, 0, 0);
 		if (rc > 0)
 			rc = REAL(listen)(fd, backlog);
 		else if (rc == 0)
@@ -659,6 +675,49 @@ MP_EXPORT int accept(int fd, struct sockaddr *sa, socklen_t *len)
 	return ret_log(rc, "accept", fd, NULL);
 }
 
+/* A UDP socket the INS serves, bound to the wildcard, that connects to a
+ * destination of the kernel (loopback on the kernel): Linux sends from the
+ * loopback then, so the socket moves to a kernel socket bound to the
+ * wildcard with the same port and connected there. Returns 0 when moved,
+ * -1 when the INS keeps it (not wildcard-bound, or the kernel refused). */
+static int dgram_to_kernel(int fd, struct mp_fd *e, const struct sockaddr *sa, socklen_t len)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof ss;
+	int ks;
+	MP_SAVE;
+
+	if (!sa || len < sizeof(sa_family_t) || sa->sa_family == AF_UNSPEC ||
+	    !mp_dst_kernel(sa, len) || mps_getname(e->sock, 0, (struct sockaddr *)&ss, &sl) < 0)
+		goto keep;
+	if (ss.ss_family == AF_INET) {
+		struct sockaddr_in *in = (struct sockaddr_in *)&ss;
+		if (in->sin_addr.s_addr != 0 || in->sin_port == 0)
+			goto keep;
+	} else if (ss.ss_family == AF_INET6) {
+		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+		if (!IN6_IS_ADDR_UNSPECIFIED(&in6->sin6_addr) || in6->sin6_port == 0)
+			goto keep;
+	} else {
+		goto keep;
+	}
+	ks = REAL(socket)(e->domain, SOCK_DGRAM | SOCK_CLOEXEC, e->protocol);
+	if (ks < 0)
+		goto keep;
+	if (REAL(bind)(ks, (struct sockaddr *)&ss, sl) < 0 || REAL(connect)(ks, sa, len) < 0) {
+		REAL(close)(ks);
+		goto keep;
+	}
+	if (replace(fd, ks) < 0)
+		goto keep;
+	memset(e, 0, sizeof *e);
+	MP_RESTORE;
+	return 0;
+keep:
+	MP_RESTORE;
+	return -1;
+}
+
 MP_EXPORT int connect(int fd, const struct sockaddr *sa, socklen_t len)
 {
 	struct mp_fd *e = mp_get(fd);
@@ -674,13 +733,15 @@ MP_EXPORT int connect(int fd, const struct sockaddr *sa, socklen_t len)
 			rc = REAL(connect)(fd, sa, len); /* UDP disconnect: still undecided */
 			return ret_log(rc, "connect", fd, "unspec");
 		}
-		rc = decide(fd, e, sa, len);
+		rc = decide(fd, e, sa, len, 1);
 		if (rc) {
 			if (rc > 0)
 				rc = REAL(connect)(fd, sa, len);
 			return ret_log(rc, "connect", fd, mp_conf.log ? LOGADDR(a, sa, len) : NULL);
 		}
 	}
+	if (e->kind == MPK_DGRAM && dgram_to_kernel(fd, e, sa, len) == 0)
+		return ret_log(0, "connect[kernel]", fd, mp_conf.log ? LOGADDR(a, sa, len) : NULL);
 	if (e->kind == MPK_STREAM) {
 		rc = connect_stream(fd, e, sa, len);
 	} else {
