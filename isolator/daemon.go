@@ -57,6 +57,10 @@ func New(cfg config.Config, log *slog.Logger) (*Daemon, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
+	if _, err := cfg.INSIdentity(1); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	cloexecInherited()
 	self, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find own executable: %w", err)
@@ -287,7 +291,7 @@ func (d *Daemon) List(ctx context.Context) []api.INSInfo {
 		}
 		info.Sockets = st.Engine.Sockets
 		info.Connections = st.Engine.Connected
-		info.RSS = st.RSSBytes
+		info.RSS = p.rss()
 		counters := map[string]netstack.UplinkCounters{}
 		for _, c := range st.Uplinks {
 			counters[c.Name] = c
@@ -335,6 +339,8 @@ func (d *Daemon) handle(ctx context.Context, req api.Request) api.Response {
 		return api.Response{OK: true}
 	case api.OpUplinkAdd, api.OpUplinkDel, api.OpUplinkList:
 		return d.handleUplink(ctx, req)
+	case api.OpSandboxProbe:
+		return d.sandboxProbe(ctx)
 	default:
 		if resp, ok := d.handleMitigation(ctx, req); ok {
 			return resp

@@ -171,7 +171,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		gauge(mUp, 1, id)
 		gauge(mSockets, float64(st.Engine.Sockets), id)
 		gauge(mConns, float64(st.Engine.Connected), id)
-		gauge(mRSS, float64(st.RSSBytes), id)
+		gauge(mRSS, float64(b.(*insProc).rss()), id)
 		for _, u := range st.Uplinks {
 			counter(mPackets, u.RxPackets, id, u.Name, "rx")
 			counter(mPackets, u.TxPackets, id, u.Name, "tx")

@@ -5,7 +5,7 @@
 #   scripts/deps.sh test    – plus the real programs the tests drive
 set -euo pipefail
 
-want=(gcc make iproute2)
+want=(gcc make iproute2 passwd util-linux)
 case "${1:-build}" in
 build) ;;
 test | demo | bench)
@@ -52,6 +52,18 @@ if ((${#missing[@]})); then
 	trap '[ "$own_rcd" = 1 ] && rm -f "$rcd"' EXIT
 	apt-get update -qq >/dev/null
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The unprivileged user every INS runs as once sealed (config ins_user,
+# default mpshim-ins): a system user with no home and no login. setpriv
+# (util-linux) lets the tests run programs as strangers inside namespaces.
+if ! getent passwd mpshim-ins >/dev/null; then
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "deps.sh: the user mpshim-ins is missing (run as root, or: useradd --system --no-create-home --shell /usr/sbin/nologin --user-group mpshim-ins)" >&2
+		exit 1
+	fi
+	echo "deps.sh: creating the system user mpshim-ins" >&2
+	useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin --user-group mpshim-ins
 fi
 
 if ! command -v go >/dev/null 2>&1; then

@@ -8,7 +8,6 @@
 package ins
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -19,8 +18,6 @@ import (
 	"net/netip"
 	"os"
 	"runtime/pprof"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -72,6 +69,11 @@ const (
 	// ManageProfile writes a Go profile (Profile: "cpu" over Seconds, or
 	// "heap") to the one descriptor the request carries, then closes it.
 	ManageProfile = "profile"
+	// ManageSandboxProbe makes the INS attempt every act its sandbox
+	// forbids (sandbox.Probe against Probe) and answers ProbeReply. It is
+	// refused unless sandbox.ProbeEnv was set in the INS's environment,
+	// which only tests do.
+	ManageSandboxProbe = "sandbox-probe"
 )
 
 // MaxProfileSeconds bounds a CPU profile.
@@ -86,13 +88,20 @@ type ManageRequest struct {
 	Uplink  *UplinkOp `json:"uplink,omitempty"`
 	Profile string    `json:"profile,omitempty"`
 	Seconds int       `json:"seconds,omitempty"`
+	// Probe says what ManageSandboxProbe tries to reach.
+	Probe *sandbox.ProbeTarget `json:"probe,omitempty"`
+}
+
+// ProbeReply answers ManageSandboxProbe.
+type ProbeReply struct {
+	Results []sandbox.ProbeResult `json:"results"`
+	Error   string                `json:"error,omitempty"`
 }
 
 // Status is an INS's answer to ManageStats.
 type Status struct {
 	Engine   engine.Stats              `json:"engine"`
 	Uplinks  []netstack.UplinkCounters `json:"uplinks"`
-	RSSBytes uint64                    `json:"rss_bytes"`
 	Error    string                    `json:"error,omitempty"`
 	Mitigate *mitigate.Reply           `json:"mitigate,omitempty"`
 }
@@ -204,12 +213,22 @@ func (s *Server) manage(m ctrl.Msg) {
 				out = Status{Error: err.Error()}
 			}
 		case ManageStats:
-			out = Status{Engine: s.eng.Stats(), Uplinks: s.st.Counters(), RSSBytes: selfRSS()}
+			out = Status{Engine: s.eng.Stats(), Uplinks: s.st.Counters()}
 		case ManageForget:
 			s.forget(req.Group)
 			out = Status{}
 		case ManageMitigate:
 			out = s.mitigate(req.Mitigate)
+		case ManageSandboxProbe:
+			if !sandbox.ProbeEnabled() {
+				out = ProbeReply{Error: "sandbox probe disabled (" + sandbox.ProbeEnv + " is not set)"}
+			} else {
+				var t sandbox.ProbeTarget
+				if req.Probe != nil {
+					t = *req.Probe
+				}
+				out = ProbeReply{Results: sandbox.Probe(t)}
+			}
 		default:
 			out = Status{Error: fmt.Sprintf("unknown management op %q", req.Op)}
 		}
@@ -535,23 +554,6 @@ func (s *Server) socket(group uint64, r *msgproto.Socket, f *os.File) msgproto.M
 	s.placed.Add(1)
 	s.loadChanged()
 	return &msgproto.SocketReply{Sock: s.global(id)}
-}
-
-// selfRSS reads this process's resident set size.
-func selfRSS() uint64 {
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			kb, _ := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
 }
 
 // RunProcess is the body of an INS process: it reads its ProcessConfig,

@@ -142,6 +142,7 @@ func DefaultUplinks(tp *topo.Topology) []UplinkSpec {
 // SIGKILL) at cleanup; its log is printed if the test failed.
 func StartIsolator(t testing.TB, tp *topo.Topology, o Options) *Isolator {
 	t.Helper()
+	EnsureINSUser(t)
 	dir, err := os.MkdirTemp("", "mpshim-iso-")
 	if err != nil {
 		t.Fatal(err)

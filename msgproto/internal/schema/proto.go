@@ -219,6 +219,16 @@ var Proto = Schema{
 			varb("Addrs", "MaxAddrList", maxAddrList, "the addresses, most preferred first: a sequence of address blocks with port 0"),
 		}},
 
+		{Name: "RegisterRefused", Code: 73, Doc: "answers a registration connection whose peer credentials (SO_PEERCRED) the isolator's policy " +
+			"(allow_uids, allow_gids) does not admit. The isolator sends it as soon as it accepts the connection, " +
+			"before it reads anything, and then closes the connection. It is a refusal, not an absence: a refused " +
+			"process must not fall back to the host kernel (MPSHIM_FAIL=open applies only when no isolator answers).", Fields: []Field{
+			u32("UID", "the peer's uid as the kernel reported it"),
+			u32("GID", "the peer's gid as the kernel reported it"),
+			i32("PID", "the peer's pid as the kernel reported it"),
+			{Name: "Errno", C: "err", Kind: I32, HasRange: true, Min: 1, SMax: maxErrno, Doc: "the errno the refused process's socket calls fail with (EACCES)"},
+		}},
+
 		// Notifications: 128..
 		{Name: "AcceptNotify", Code: 128, Doc: "is sent by an INS on a listener's SEQPACKET end, with the new connection's fd (FlagFD).", Fields: []Field{
 			u64("Listener", "id of the listening socket"),
