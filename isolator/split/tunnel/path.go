@@ -1,0 +1,232 @@
+package tunnel
+
+import (
+	"time"
+)
+
+// Path timing constants (see the package documentation).
+const (
+	// ProbeEvery is how often an idle path is probed.
+	ProbeEvery = 100 * time.Millisecond
+	// DownAfter is how long a path may stay silent before it is taken out.
+	DownAfter = 300 * time.Millisecond
+	// initialRTT stands for a path's RTT until the first sample.
+	initialRTT = 100 * time.Millisecond
+	// minRTO bounds the retransmission timeout from below.
+	minRTO = 20 * time.Millisecond
+	// rateWindow is how long a delivery-rate sample counts in the max filter.
+	rateWindow = 2 * time.Second
+	rateSlots  = 10
+)
+
+// sent is one ack-eliciting packet in flight on a path.
+type sent struct {
+	seq  uint64
+	at   time.Time
+	size int
+	f    *sframe // nil for a probe
+	// delivered and deliveredAt are the path's counters when it was sent,
+	// for the delivery-rate sample its ACK yields.
+	delivered   int64
+	deliveredAt time.Time
+}
+
+// path is the state of one subflow. The session's mutex guards it.
+type path struct {
+	id   int
+	link Link
+	kick chan struct{}
+
+	up        bool
+	upChanges int
+
+	// Sending.
+	queue      []*sframe // assigned to this path, not yet sent; retransmissions first
+	queueBytes int
+	nextSeq    uint64
+	inflight   []sent // in path-seq order
+	inBytes    int
+	cwnd       int
+	lastSend   time.Time // last ack-eliciting packet
+
+	// Measurements.
+	srtt, rttvar, minRTT time.Duration
+	hasRTT               bool
+	delivered            int64
+	deliveredAt          time.Time
+	rateMax              [rateSlots]float64 // bytes/s, per slot of rateWindow/rateSlots
+	rateSlot             int64
+	lastRecv             time.Time
+
+	// Receiving: path seqs received, highest range first.
+	rranges    []seqRange
+	rfloor     uint64 // below this, ranges were forgotten: ignore
+	rlargestAt time.Time
+	unacked    int
+
+	// Counters.
+	bytesSent, pktsSent, dataSent, lost, retx uint64
+}
+
+func newPath(id int, l Link, now time.Time) *path {
+	return &path{id: id, link: l, kick: make(chan struct{}, 1), up: true, cwnd: initialCwnd, lastRecv: now, deliveredAt: now}
+}
+
+// initialCwnd lets a fresh path send this many bytes before any ACK.
+const initialCwnd = 32 * maxPacket
+
+func (p *path) rtt() time.Duration {
+	if !p.hasRTT {
+		return initialRTT
+	}
+	return p.srtt
+}
+
+// rto is how long an in-flight packet may go unacknowledged.
+func (p *path) rto() time.Duration {
+	return max(p.rtt()+4*p.rttvar+5*time.Millisecond, minRTO)
+}
+
+func (p *path) rttSample(r time.Duration) {
+	if r <= 0 {
+		r = time.Microsecond
+	}
+	if !p.hasRTT {
+		p.srtt, p.rttvar, p.minRTT, p.hasRTT = r, r/2, r, true
+		return
+	}
+	d := p.srtt - r
+	if d < 0 {
+		d = -d
+	}
+	p.rttvar = (3*p.rttvar + d) / 4
+	p.srtt = (7*p.srtt + r) / 8
+	p.minRTT = min(p.minRTT, r)
+}
+
+// rateSample feeds the windowed max filter of the delivery rate.
+func (p *path) rateSample(now time.Time, bps float64) {
+	slot := now.UnixNano() / int64(rateWindow/rateSlots)
+	if slot != p.rateSlot {
+		if slot-p.rateSlot >= rateSlots {
+			p.rateMax = [rateSlots]float64{}
+		} else {
+			for s := p.rateSlot + 1; s <= slot; s++ {
+				p.rateMax[s%rateSlots] = 0
+			}
+		}
+		p.rateSlot = slot
+	}
+	i := slot % rateSlots
+	p.rateMax[i] = max(p.rateMax[i], bps)
+}
+
+// btlbw is the highest delivery rate seen in the window, bytes/s, 0 if none.
+func (p *path) btlbw() float64 {
+	var m float64
+	for _, r := range p.rateMax {
+		m = max(m, r)
+	}
+	return m
+}
+
+// rate is the path's expected rate in bytes/s for scheduling.
+func (p *path) rate() float64 {
+	r := p.btlbw()
+	if r == 0 {
+		r = float64(p.cwnd) / p.rtt().Seconds()
+	}
+	return r
+}
+
+// updateCwnd sets the window to twice the estimated bandwidth-delay
+// product: enough to keep the bottleneck busy and to let the delivery rate
+// show more capacity when there is some, without filling its queue beyond
+// one BDP. Random loss does not shrink it; the rate does.
+func (p *path) updateCwnd() {
+	bw := p.btlbw()
+	if bw == 0 || !p.hasRTT {
+		return
+	}
+	p.cwnd = max(int(2*bw*p.minRTT.Seconds()), 8*maxPacket)
+}
+
+// arrival estimates when a frame of size bytes queued now on p arrives at
+// the peer: the path's local queue drained at its rate, half its smoothed
+// RTT, and the frame's own serialisation.
+func (p *path) arrival(size int) time.Duration {
+	r := p.rate()
+	q := float64(p.queueBytes+size) / r
+	if over := p.inBytes - p.cwnd; over > 0 {
+		q += float64(over) / r
+	}
+	return time.Duration(q*float64(time.Second)) + p.rtt()/2
+}
+
+// recordReceived notes path seq s as received for the next ACK.
+func (p *path) recordReceived(s uint64, now time.Time) {
+	if s < p.rfloor {
+		return
+	}
+	rs := p.rranges
+	if len(rs) == 0 || s > rs[0].hi {
+		p.rlargestAt = now
+		if len(rs) > 0 && s == rs[0].hi+1 {
+			rs[0].hi = s
+			return
+		}
+		rs = append(rs, seqRange{})
+		copy(rs[1:], rs)
+		rs[0] = seqRange{lo: s, hi: s}
+		rs = p.truncate(rs)
+		p.rranges = rs
+		return
+	}
+	for i := range rs {
+		r := &rs[i]
+		switch {
+		case s >= r.lo && s <= r.hi:
+			return
+		case s == r.lo-1:
+			r.lo = s
+			if i+1 < len(rs) && rs[i+1].hi+1 >= r.lo {
+				r.lo = rs[i+1].lo
+				p.rranges = append(rs[:i+1], rs[i+2:]...)
+			}
+			return
+		case s > r.hi:
+			// s lies in the gap above r (s == above.lo-1 was handled one
+			// step earlier).
+			if s == r.hi+1 {
+				r.hi = s
+				return
+			}
+			rs = append(rs, seqRange{})
+			copy(rs[i+1:], rs[i:])
+			rs[i] = seqRange{lo: s, hi: s}
+			rs = p.truncate(rs)
+			p.rranges = rs
+			return
+		}
+	}
+	// Below every range kept: add if there is room, else forget it and
+	// everything below.
+	last := &rs[len(rs)-1]
+	switch {
+	case s+1 == last.lo:
+		last.lo = s
+	case len(rs) < MaxAckRanges:
+		p.rranges = append(rs, seqRange{lo: s, hi: s})
+	default:
+		p.rfloor = s + 1
+	}
+}
+
+// truncate keeps the MaxAckRanges highest ranges and forgets below them.
+func (p *path) truncate(rs []seqRange) []seqRange {
+	if len(rs) <= MaxAckRanges {
+		return rs
+	}
+	p.rfloor = rs[MaxAckRanges].hi + 1
+	return rs[:MaxAckRanges]
+}
