@@ -104,26 +104,26 @@ type Session struct {
 	finSent   bool
 
 	// Receive side.
-	rcum      uint64             // every frame below has arrived
-	rbuf      map[uint64][]byte  // arrived above rcum
-	rfin      uint64             // DSN of the FIN frame + 1, 0 until known
-	ready     [][]byte           // in order, not yet read
-	consumed  uint64             // frames fully read
-	advLimit  uint64             // last limit advertised
-	peerGone  bool               // CLOSE received
-	readDL    time.Time
-	writeDL   time.Time
-	closed    bool
-	closeErr  error
-	dlTimers  [2]*time.Timer
+	rcum     uint64            // every frame below has arrived
+	rbuf     map[uint64][]byte // arrived above rcum
+	rfin     uint64            // DSN of the FIN frame + 1, 0 until known
+	ready    [][]byte          // in order, not yet read
+	consumed uint64            // frames fully read
+	advLimit uint64            // last limit advertised
+	peerGone bool              // CLOSE received
+	readDL   time.Time
+	writeDL  time.Time
+	closed   bool
+	closeErr error
+	dlTimers [2]*time.Timer
 
 	// Handshake (initiator side until established).
-	hsDone    chan struct{}
-	hsOnce    sync.Once
-	initMsg   []byte // responder: the INIT answered
-	respMsg   []byte // responder: the answer, re-sent for a repeated INIT
+	hsDone         chan struct{}
+	hsOnce         sync.Once
+	initMsg        []byte // responder: the INIT answered
+	respMsg        []byte // responder: the answer, re-sent for a repeated INIT
 	initiatorState *seal.Initiator
-	established atomic.Bool
+	established    atomic.Bool
 
 	done     chan struct{}
 	stopped  chan struct{} // closed when Close has stopped everything
