@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"sync/atomic"
 	"time"
 )
 
@@ -13,7 +14,7 @@ const (
 	// initialRTT stands for a path's RTT until the first sample.
 	initialRTT = 100 * time.Millisecond
 	// minRTO bounds the retransmission timeout from below.
-	minRTO = 20 * time.Millisecond
+	minRTO = 50 * time.Millisecond
 	// rateWindow is how long a delivery-rate sample counts in the max filter.
 	rateWindow = 2 * time.Second
 	rateSlots  = 10
@@ -41,7 +42,8 @@ type path struct {
 	upChanges int
 
 	// Sending.
-	queue      []*sframe // assigned to this path, not yet sent; retransmissions first
+	rq         []*sframe // retransmissions assigned to this path, sent first
+	queue      []*sframe // new frames assigned to this path, not yet sent
 	queueBytes int
 	nextSeq    uint64
 	inflight   []sent // in path-seq order
@@ -65,7 +67,8 @@ type path struct {
 	unacked    int
 
 	// Counters.
-	bytesSent, pktsSent, dataSent, lost, retx uint64
+	dataSent, lost, retx          uint64
+	bytesSent, pktsSent, sendErrs atomic.Uint64
 }
 
 func newPath(id int, l Link, now time.Time) *path {
@@ -82,9 +85,44 @@ func (p *path) rtt() time.Duration {
 	return p.srtt
 }
 
-// rto is how long an in-flight packet may go unacknowledged.
+// rto is how long an in-flight packet may go unacknowledged before it is
+// sent again elsewhere. Losses are found mostly by later packets of the
+// same path being acknowledged; the timeout only covers the tail, so it is
+// generous: a spurious one costs a duplicate on another path.
 func (p *path) rto() time.Duration {
-	return max(p.rtt()+4*p.rttvar+5*time.Millisecond, minRTO)
+	return max(2*p.rtt()+4*p.rttvar+10*time.Millisecond, minRTO)
+}
+
+// front returns the next frame to send on p, dropping frames that were
+// acknowledged or moved meanwhile; s.mu is held.
+func (p *path) front(s *Session) *sframe {
+	for {
+		var f *sframe
+		switch {
+		case len(p.rq) > 0:
+			f = p.rq[0]
+		case len(p.queue) > 0:
+			f = p.queue[0]
+		default:
+			return nil
+		}
+		if !f.acked && f.path == p.id {
+			return f
+		}
+		p.pop(s)
+	}
+}
+
+// pop removes the frame front returned; s.mu is held.
+func (p *path) pop(s *Session) {
+	var f *sframe
+	if len(p.rq) > 0 {
+		f, p.rq[0], p.rq = p.rq[0], nil, p.rq[1:]
+	} else {
+		f, p.queue[0], p.queue = p.queue[0], nil, p.queue[1:]
+	}
+	p.queueBytes -= len(f.data)
+	s.queued--
 }
 
 func (p *path) rttSample(r time.Duration) {

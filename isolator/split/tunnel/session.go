@@ -44,6 +44,9 @@ const (
 	// writers wait beyond it. It must cover the spread of path delays at
 	// full rate so that slow paths get frames at all.
 	maxQueued = 4096
+	// ackEvery is how many ack-eliciting packets a path receives before
+	// it acknowledges at once; fewer wait for the next tick.
+	ackEvery = 4
 	// tick is the period of the timer loop (delayed ACKs, RTOs, probes).
 	tick = 2 * time.Millisecond
 	// closeWait bounds how long Close waits for the peer to acknowledge
@@ -427,7 +430,7 @@ func (s *Session) handle(p *path, fr *frames) {
 		p.recordReceived(fr.hdr.seq, now)
 		if fr.ackEliciting() {
 			p.unacked++
-			ackNow = fr.probe || p.unacked >= 2
+			ackNow = fr.probe || p.unacked >= ackEvery
 		}
 	} else {
 		s.counters.OverWindow++
@@ -564,7 +567,7 @@ func (s *Session) resend(f *sframe, from *path) {
 		to = from
 	}
 	f.path = to.id
-	to.queue = append([]*sframe{f}, to.queue...)
+	to.rq = append(to.rq, f)
 	to.queueBytes += len(f.data)
 	s.queued++
 }
@@ -608,19 +611,22 @@ func (s *Session) buildAck(p *path, now time.Time) []byte {
 
 // seal seals plaintext and sends it on p.
 func (s *Session) seal(p *path, plain []byte) {
-	pkt, err := s.send.Seal(make([]byte, 0, len(plain)+seal.Overhead), s.peerID, plain)
+	bp := packetPool.Get().(*[]byte)
+	defer packetPool.Put(bp)
+	pkt, err := s.send.Seal((*bp)[:0], s.peerID, plain)
 	if err != nil {
 		s.log.Error("split: seal", "err", err)
 		return
 	}
+	*bp = pkt
 	if err := p.link.WritePacket(pkt); err != nil {
-		s.log.Debug("split: send", "link", p.link, "err", err)
+		p.sendErrs.Add(1)
 	}
-	s.mu.Lock()
-	p.bytesSent += uint64(len(pkt))
-	p.pktsSent++
-	s.mu.Unlock()
+	p.bytesSent.Add(uint64(len(pkt)))
+	p.pktsSent.Add(1)
 }
+
+var packetPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
 
 func (s *Session) sendProbe(p *path) {
 	now := time.Now()
@@ -657,24 +663,12 @@ func (s *Session) sender(p *path) {
 		}
 		for {
 			s.mu.Lock()
-			var f *sframe
-			for len(p.queue) > 0 {
-				f = p.queue[0]
-				if !f.acked && f.path == p.id {
-					break
-				}
-				p.queue = p.queue[1:]
-				p.queueBytes -= len(f.data)
-				s.queued--
-				f = nil
-			}
+			f := p.front(s)
 			if f == nil || !p.up || p.inBytes+len(f.data) > p.cwnd && p.inBytes > 0 {
 				s.mu.Unlock()
 				break
 			}
-			p.queue = p.queue[1:]
-			p.queueBytes -= len(f.data)
-			s.queued--
+			p.pop(s)
 			now := time.Now()
 			seq := p.nextSeq
 			p.nextSeq++
@@ -713,11 +707,20 @@ func (s *Session) timer() {
 		var probes []*path
 		s.mu.Lock()
 		now := time.Now()
+		// A path is taken out when it has been silent for DownAfter
+		// while another path was heard from: when all are silent the
+		// cause is more likely this process or the peer stalling than
+		// every link failing at once, and there is nowhere to move
+		// frames to anyway.
+		alive := false
+		for _, p := range s.paths {
+			alive = alive || p.up && now.Sub(p.lastRecv) <= DownAfter
+		}
 		for _, p := range s.paths {
 			if p.unacked > 0 {
 				acks = append(acks, out{p, s.buildAck(p, now)})
 			}
-			if p.up && now.Sub(p.lastRecv) > DownAfter {
+			if p.up && alive && now.Sub(p.lastRecv) > DownAfter {
 				s.pathDown(p, now)
 			}
 			// Retransmission timeout: the oldest packets in flight.
@@ -780,8 +783,8 @@ func (s *Session) pathDown(p *path, now time.Time) {
 	s.log.Info("split: path down", "initiator", s.initiator, "path", p.id, "link", p.link, "silent", now.Sub(p.lastRecv).Round(time.Millisecond))
 	inflight := p.inflight
 	p.inflight, p.inBytes = nil, 0
-	queue := p.queue
-	p.queue, p.queueBytes = nil, 0
+	queue := append(p.rq, p.queue...)
+	p.rq, p.queue, p.queueBytes = nil, nil, 0
 	s.queued -= len(queue)
 	p.cwnd = initialCwnd
 	p.rateMax = [rateSlots]float64{}
@@ -818,11 +821,11 @@ func (s *Session) pathUp(p *path, now time.Time) {
 	s.log.Info("split: path up", "path", p.id, "link", p.link)
 	// Frames parked on paths that are down move to the live ones.
 	for _, q := range s.paths {
-		if q.up || len(q.queue) == 0 {
+		if q.up || len(q.queue)+len(q.rq) == 0 {
 			continue
 		}
-		queue := q.queue
-		q.queue, q.queueBytes = nil, 0
+		queue := append(q.rq, q.queue...)
+		q.rq, q.queue, q.queueBytes = nil, nil, 0
 		for _, f := range queue {
 			if f.acked {
 				s.queued--
@@ -1016,6 +1019,8 @@ type PathStats struct {
 	Packets   uint64
 	Lost      uint64
 	Resent    uint64 // frames lost here and sent on another path
+	// SendErrors counts datagrams the link refused (e.g. no carrier).
+	SendErrors uint64
 	// Share is this path's part of the stream bytes sent, 0..1.
 	Share float64
 	// Loss is Lost over data packets sent, 0..1.
@@ -1034,8 +1039,9 @@ func (s *Session) Stats() ([]PathStats, Counters) {
 	for i, p := range s.paths {
 		st := PathStats{
 			Link: p.link.String(), Up: p.up, SRTT: p.srtt, MinRTT: p.minRTT,
-			RateMbit: p.btlbw() * 8 / 1e6, Cwnd: p.cwnd, BytesSent: p.bytesSent,
-			DataBytes: p.dataSent, Packets: p.pktsSent, Lost: p.lost, Resent: p.retx,
+			RateMbit: p.btlbw() * 8 / 1e6, Cwnd: p.cwnd, BytesSent: p.bytesSent.Load(),
+			DataBytes: p.dataSent, Packets: p.pktsSent.Load(), Lost: p.lost, Resent: p.retx,
+			SendErrors: p.sendErrs.Load(),
 		}
 		if total > 0 {
 			st.Share = float64(p.dataSent) / float64(total)
