@@ -4,7 +4,11 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync"
 	"sync/atomic"
+
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
 )
 
 // Link is one subflow: a datagram channel between one local and one remote
@@ -32,6 +36,10 @@ type Link interface {
 // does its own acknowledgement, retransmission and flow control.
 type UDPLink struct {
 	c      *net.UDPConn
+	batch  batcher
+	wmu    sync.Mutex
+	wms    []ipv4.Message
+	rms    []ipv4.Message
 	local  netip.AddrPort
 	remote atomic.Pointer[netip.AddrPort]
 	// Strangers counts datagrams from other addresses, dropped.
@@ -51,7 +59,91 @@ func ListenUDP(local netip.AddrPort) (*UDPLink, error) {
 	}
 	_ = c.SetReadBuffer(socketBuffer)
 	_ = c.SetWriteBuffer(socketBuffer)
-	return &UDPLink{c: c, local: c.LocalAddr().(*net.UDPAddr).AddrPort()}, nil
+	l := &UDPLink{c: c, local: c.LocalAddr().(*net.UDPAddr).AddrPort()}
+	if l.local.Addr().Is4() {
+		l.batch = ipv4.NewPacketConn(c)
+	} else {
+		l.batch = ipv6.NewPacketConn(c)
+	}
+	return l, nil
+}
+
+// batcher is what x/net's ipv4 and ipv6 PacketConns offer: sendmmsg and
+// recvmmsg on Linux.
+type batcher interface {
+	ReadBatch(ms []ipv4.Message, flags int) (int, error)
+	WriteBatch(ms []ipv4.Message, flags int) (int, error)
+}
+
+// BatchLink is a Link that moves several datagrams per system call.
+type BatchLink interface {
+	Link
+	// WriteBatch sends the datagrams in order.
+	WriteBatch(pkts [][]byte) error
+	// ReadBatch fills bufs[:n] with n ≥ 1 datagrams of sizes[:n].
+	ReadBatch(bufs [][]byte, sizes []int) (int, error)
+}
+
+// WriteBatch implements BatchLink with sendmmsg.
+func (l *UDPLink) WriteBatch(pkts [][]byte) error {
+	r := l.remote.Load()
+	if r == nil {
+		return fmt.Errorf("tunnel: udp %s: no remote", l.local)
+	}
+	addr := net.UDPAddrFromAddrPort(*r)
+	l.wmu.Lock()
+	defer l.wmu.Unlock()
+	for len(l.wms) < len(pkts) {
+		l.wms = append(l.wms, ipv4.Message{Buffers: make([][]byte, 1)})
+	}
+	ms := l.wms[:len(pkts)]
+	for i, p := range pkts {
+		ms[i].Buffers[0] = p
+		ms[i].Addr = addr
+	}
+	for len(ms) > 0 {
+		n, err := l.batch.WriteBatch(ms, 0)
+		if err != nil {
+			return err
+		}
+		ms = ms[n:]
+	}
+	return nil
+}
+
+// ReadBatch implements BatchLink with recvmmsg; datagrams from other
+// addresses are dropped and counted.
+func (l *UDPLink) ReadBatch(bufs [][]byte, sizes []int) (int, error) {
+	for len(l.rms) < len(bufs) {
+		l.rms = append(l.rms, ipv4.Message{Buffers: make([][]byte, 1)})
+	}
+	ms := l.rms[:len(bufs)]
+	for i := range ms {
+		ms[i].Buffers[0] = bufs[i]
+	}
+	for {
+		n, err := l.batch.ReadBatch(ms, 0)
+		if err != nil {
+			return 0, err
+		}
+		r := l.remote.Load()
+		k := 0
+		for i := range n {
+			ua, ok := ms[i].Addr.(*net.UDPAddr)
+			if !ok || r == nil || netip.AddrPortFrom(ua.AddrPort().Addr().Unmap(), ua.AddrPort().Port()) != *r {
+				l.Strangers.Add(1)
+				continue
+			}
+			if k != i {
+				bufs[k], bufs[i] = bufs[i], bufs[k]
+			}
+			sizes[k] = ms[i].N
+			k++
+		}
+		if k > 0 {
+			return k, nil
+		}
+	}
 }
 
 // DialUDP is ListenUDP(local) with remote set.

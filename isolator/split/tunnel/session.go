@@ -68,6 +68,9 @@ type Config struct {
 	Overlap time.Duration
 	// Window is the receive window in frames; 0 means DefaultWindow.
 	Window int
+	// Timeout ends the session when no path was heard from for this
+	// long; 0 means SessionTimeout.
+	Timeout time.Duration
 	// Log receives events; nil means slog.Default().
 	Log *slog.Logger
 }
@@ -93,6 +96,7 @@ type Session struct {
 	send      *seal.Sender
 	recv      *seal.Receiver
 	window    uint64
+	timeout   time.Duration
 
 	mu    sync.Mutex
 	cond  *sync.Cond
@@ -129,7 +133,8 @@ type Session struct {
 	established    atomic.Bool
 
 	done     chan struct{}
-	stopped  chan struct{} // closed when Close has stopped everything
+	stopped  chan struct{} // closed when stop has stopped everything
+	stopOnce sync.Once
 	wg       sync.WaitGroup
 	counters Counters
 }
@@ -151,6 +156,12 @@ type Counters struct {
 }
 
 var errClosed = errors.New("tunnel: session closed")
+
+// ErrTimeout ends a session whose peer went silent on every path.
+var ErrTimeout = errors.New("tunnel: peer silent")
+
+// SessionTimeout is how long a session lives with no path heard from.
+const SessionTimeout = 10 * time.Second
 
 func newSession(cfg Config, initiator bool) (*Session, error) {
 	if len(cfg.Links) == 0 || len(cfg.Links) > 255 {
@@ -175,6 +186,10 @@ func newSession(cfg Config, initiator bool) (*Session, error) {
 	}
 	if s.window == 0 {
 		s.window = DefaultWindow
+	}
+	s.timeout = cfg.Timeout
+	if s.timeout <= 0 {
+		s.timeout = SessionTimeout
 	}
 	var id [4]byte
 	if _, err := rand.Read(id[:]); err != nil {
@@ -356,21 +371,32 @@ func (s *Session) abort() {
 	s.mu.Lock()
 	s.closed = true
 	s.mu.Unlock()
-	close(s.done)
-	for _, p := range s.paths {
-		_ = p.link.Close()
-	}
-	s.wg.Wait()
+	s.stop()
 }
 
 // reader receives the packets of one path.
 func (s *Session) reader(p *path) {
 	defer s.wg.Done()
-	buf := make([]byte, 65536)
+	const batch = 32
+	bufs := make([][]byte, batch)
+	for i := range bufs {
+		bufs[i] = make([]byte, 2048)
+	}
+	sizes := make([]int, batch)
+	bl, isBatch := p.link.(BatchLink)
 	var plain []byte
 	var fr frames
 	for {
-		n, err := p.link.ReadPacket(buf)
+		var (
+			n   int
+			err error
+		)
+		if isBatch {
+			n, err = bl.ReadBatch(bufs, sizes)
+		} else {
+			sizes[0], err = p.link.ReadPacket(bufs[0])
+			n = 1
+		}
 		if err != nil {
 			select {
 			case <-s.done:
@@ -382,26 +408,33 @@ func (s *Session) reader(p *path) {
 			}
 			continue // e.g. ECONNREFUSED from an ICMP error
 		}
-		pkt := buf[:n]
-		if n > 0 && pkt[0] != seal.TypeData {
-			s.handshakePacket(p, pkt)
-			continue
+		for i := range n {
+			plain = s.packet(p, bufs[i][:sizes[i]], plain, &fr)
 		}
-		if !s.established.Load() {
-			continue
-		}
-		plain, _, err = s.recv.Open(plain[:0], pkt)
-		if err != nil {
-			continue // counted by the receiver
-		}
-		if err := parseFrames(plain, &fr); err != nil || int(fr.hdr.path) != p.id {
-			s.mu.Lock()
-			s.counters.Malformed++
-			s.mu.Unlock()
-			continue
-		}
-		s.handle(p, &fr)
 	}
+}
+
+// packet handles one datagram received on p; plain is scratch space.
+func (s *Session) packet(p *path, pkt, plain []byte, fr *frames) []byte {
+	if len(pkt) > 0 && pkt[0] != seal.TypeData {
+		s.handshakePacket(p, pkt)
+		return plain
+	}
+	if !s.established.Load() {
+		return plain
+	}
+	plain, _, err := s.recv.Open(plain[:0], pkt)
+	if err != nil {
+		return plain // counted by the receiver
+	}
+	if err := parseFrames(plain, fr); err != nil || int(fr.hdr.path) != p.id {
+		s.mu.Lock()
+		s.counters.Malformed++
+		s.mu.Unlock()
+		return plain
+	}
+	s.handle(p, fr)
+	return plain
 }
 
 // handle processes an authenticated, parsed packet received on p.
@@ -654,7 +687,14 @@ func (s *Session) kickAll() {
 // sender sends the frames queued on p as its window allows.
 func (s *Session) sender(p *path) {
 	defer s.wg.Done()
-	buf := make([]byte, 0, maxPacket)
+	const batch = 16
+	plains := make([][]byte, batch)
+	outs := make([][]byte, batch)
+	for i := range batch {
+		plains[i] = make([]byte, 0, maxPacket)
+		outs[i] = make([]byte, 0, maxPacket+seal.Overhead)
+	}
+	bl, isBatch := p.link.(BatchLink)
 	for {
 		select {
 		case <-s.done:
@@ -663,26 +703,56 @@ func (s *Session) sender(p *path) {
 		}
 		for {
 			s.mu.Lock()
-			f := p.front(s)
-			if f == nil || !p.up || p.inBytes+len(f.data) > p.cwnd && p.inBytes > 0 {
-				s.mu.Unlock()
+			k := 0
+			now := time.Now()
+			for k < batch {
+				f := p.front(s)
+				if f == nil || !p.up || p.inBytes+len(f.data) > p.cwnd && p.inBytes > 0 {
+					break
+				}
+				p.pop(s)
+				seq := p.nextSeq
+				p.nextSeq++
+				size := len(f.data) + seal.Overhead + pathHeaderLen + dataHeaderLen
+				p.inflight = append(p.inflight, sent{seq: seq, at: now, size: size, f: f, delivered: p.delivered, deliveredAt: p.deliveredAt})
+				p.inBytes += size
+				p.lastSend = now
+				p.dataSent += uint64(len(f.data))
+				f.sends++
+				b := appendPathHeader(plains[k][:0], pathHeader{path: uint8(p.id), seq: seq})
+				plains[k] = appendData(b, dataFrame{dsn: f.dsn, fin: f.fin, data: f.data})
+				k++
+			}
+			if k > 0 {
+				s.cond.Broadcast()
+			}
+			s.mu.Unlock()
+			if k == 0 {
 				break
 			}
-			p.pop(s)
-			now := time.Now()
-			seq := p.nextSeq
-			p.nextSeq++
-			size := len(f.data) + seal.Overhead + pathHeaderLen + dataHeaderLen
-			p.inflight = append(p.inflight, sent{seq: seq, at: now, size: size, f: f, delivered: p.delivered, deliveredAt: p.deliveredAt})
-			p.inBytes += size
-			p.lastSend = now
-			p.dataSent += uint64(len(f.data))
-			f.sends++
-			s.cond.Broadcast()
-			buf = appendPathHeader(buf[:0], pathHeader{path: uint8(p.id), seq: seq})
-			buf = appendData(buf, dataFrame{dsn: f.dsn, fin: f.fin, data: f.data})
-			s.mu.Unlock()
-			s.seal(p, buf)
+			var bytes uint64
+			for i := range k {
+				out, err := s.send.Seal(outs[i][:0], s.peerID, plains[i])
+				if err != nil {
+					s.log.Error("split: seal", "err", err)
+					return
+				}
+				outs[i] = out
+				bytes += uint64(len(out))
+			}
+			if isBatch {
+				if err := bl.WriteBatch(outs[:k]); err != nil {
+					p.sendErrs.Add(1)
+				}
+			} else {
+				for _, o := range outs[:k] {
+					if err := p.link.WritePacket(o); err != nil {
+						p.sendErrs.Add(1)
+					}
+				}
+			}
+			p.bytesSent.Add(bytes)
+			p.pktsSent.Add(uint64(k))
 		}
 	}
 }
@@ -713,8 +783,17 @@ func (s *Session) timer() {
 		// every link failing at once, and there is nowhere to move
 		// frames to anyway.
 		alive := false
+		var heard time.Time
 		for _, p := range s.paths {
 			alive = alive || p.up && now.Sub(p.lastRecv) <= DownAfter
+			if p.lastRecv.After(heard) {
+				heard = p.lastRecv
+			}
+		}
+		if now.Sub(heard) > s.timeout {
+			s.fail(fmt.Errorf("%w: no path heard from for %v", ErrTimeout, now.Sub(heard).Round(time.Millisecond)))
+			s.mu.Unlock()
+			return
 		}
 		for _, p := range s.paths {
 			if p.unacked > 0 {
@@ -853,7 +932,7 @@ func (s *Session) Write(b []byte) (int, error) {
 			s.cond.Wait()
 		}
 		if s.closed || s.finSent {
-			return n, errClosed
+			return n, s.errClosed()
 		}
 		if s.peerGone {
 			return n, io.ErrClosedPipe
@@ -892,7 +971,7 @@ func (s *Session) Read(b []byte) (int, error) {
 			return 0, io.EOF
 		}
 		if s.closed {
-			return 0, errClosed
+			return 0, s.errClosed()
 		}
 		if s.peerGone {
 			return 0, io.ErrUnexpectedEOF
@@ -922,6 +1001,7 @@ func (s *Session) Close() error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
+		s.stop()
 		return nil
 	}
 	if !s.finSent && !s.peerGone {
@@ -933,30 +1013,67 @@ func (s *Session) Close() error {
 			s.cond.Broadcast()
 			s.mu.Unlock()
 		})
-		for len(s.unacked) > 0 && !s.peerGone && time.Now().Before(deadline) {
+		for len(s.unacked) > 0 && !s.peerGone && !s.closed && time.Now().Before(deadline) {
 			s.cond.Wait()
 		}
 		tm.Stop()
 	}
-	already := s.closed
 	s.closed = true
 	s.cond.Broadcast()
 	s.mu.Unlock()
-	if already {
-		<-s.stopped
-		return nil
+	if s.established.Load() {
+		for _, p := range s.paths {
+			b := appendPathHeader(nil, pathHeader{path: uint8(p.id), seq: 0})
+			s.seal(p, append(b, frameClose))
+		}
 	}
-	for _, p := range s.paths {
-		b := appendPathHeader(nil, pathHeader{path: uint8(p.id), seq: 0})
-		s.seal(p, append(b, frameClose))
-	}
-	close(s.done)
-	for _, p := range s.paths {
-		_ = p.link.Close()
-	}
-	s.wg.Wait()
-	close(s.stopped)
+	s.stop()
 	return nil
+}
+
+// errClosed is the error of an operation on a closed session; s.mu held.
+func (s *Session) errClosed() error {
+	if s.closeErr != nil {
+		return s.closeErr
+	}
+	return errClosed
+}
+
+// stop ends the goroutines and closes the links, once; later callers
+// wait for the first.
+func (s *Session) stop() {
+	s.stopOnce.Do(func() {
+		close(s.done)
+		for _, p := range s.paths {
+			_ = p.link.Close()
+		}
+		s.wg.Wait()
+		close(s.stopped)
+	})
+	<-s.stopped
+}
+
+// fail ends the session from inside (s.mu held): readers and writers get
+// err, and the goroutines stop in the background.
+func (s *Session) fail(err error) {
+	if s.closed {
+		return
+	}
+	s.log.Warn("split: session failed", "err", err)
+	s.closed, s.closeErr = true, err
+	s.cond.Broadcast()
+	go s.stop()
+}
+
+// Done is closed when the session has ended (Close, or no path heard from
+// for SessionTimeout).
+func (s *Session) Done() <-chan struct{} { return s.done }
+
+// Err is why the session ended on its own, nil otherwise.
+func (s *Session) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closeErr
 }
 
 // sessionAddr is the net.Addr of a session end.

@@ -74,6 +74,12 @@ type pair struct {
 }
 
 func newPair(t *testing.T, links int, mod func(*Config)) *pair {
+	return newPairRaw(t, links, mod, false)
+}
+
+// newPairRaw with raw set gives the sessions the UDP links themselves
+// (with sendmmsg/recvmmsg batching) instead of the impairment wrappers.
+func newPairRaw(t *testing.T, links int, mod func(*Config), raw bool) *pair {
 	t.Helper()
 	ka, _ := seal.GenerateKeyPair()
 	kb, _ := seal.GenerateKeyPair()
@@ -92,7 +98,11 @@ func newPair(t *testing.T, links int, mod func(*Config)) *pair {
 		y.SetRemote(x.LocalAddr())
 		ix, iy := &impaired{Link: x}, &impaired{Link: y}
 		pr.alinks, pr.blinks = append(pr.alinks, ix), append(pr.blinks, iy)
-		la, lb = append(la, ix), append(lb, iy)
+		if raw {
+			la, lb = append(la, x), append(lb, y)
+		} else {
+			la, lb = append(la, ix), append(lb, iy)
+		}
 	}
 	ca := Config{Local: ka, Peer: kb.Public, Links: la}
 	cb := Config{Local: kb, Peer: ka.Public, Links: lb}
@@ -155,7 +165,7 @@ func transfer(t *testing.T, pr *pair, size int, during func(sent int)) time.Dura
 }
 
 func TestTransferOverThreeLinks(t *testing.T) {
-	pr := newPair(t, 3, nil)
+	pr := newPairRaw(t, 3, nil, true)
 	d := transfer(t, pr, 32<<20, nil)
 	st, c := pr.a.Stats()
 	t.Logf("32 MiB in %v (%.0f Mbit/s); counters %+v", d, 32*8*1.048576/d.Seconds(), c)
@@ -261,7 +271,7 @@ func TestWrongPeerKey(t *testing.T) {
 // every byte each way, and keeps one stream unread meanwhile: the others
 // finish regardless.
 func TestThousandStreams(t *testing.T) {
-	pr := newPair(t, 3, nil)
+	pr := newPairRaw(t, 3, nil, true)
 	ma, err := Mux(pr.a)
 	if err != nil {
 		t.Fatal(err)
@@ -338,5 +348,35 @@ func TestThousandStreams(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("the slow stream did not finish once read")
+	}
+}
+
+// TestSessionTimeout: a session whose every path goes silent ends with
+// ErrTimeout, and its reader and writer return.
+func TestSessionTimeout(t *testing.T) {
+	pr := newPair(t, 2, func(c *Config) { c.Timeout = 700 * time.Millisecond })
+	for _, l := range append(pr.alinks, pr.blinks...) {
+		l.blackhole.Store(true)
+	}
+	readErr := make(chan error, 1)
+	go func() { _, err := pr.a.Read(make([]byte, 10)); readErr <- err }()
+	select {
+	case <-pr.a.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("session did not end")
+	}
+	if !errors.Is(pr.a.Err(), ErrTimeout) {
+		t.Fatalf("Err() = %v", pr.a.Err())
+	}
+	select {
+	case err := <-readErr:
+		if !errors.Is(err, ErrTimeout) {
+			t.Fatalf("Read: %v", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Read did not return")
+	}
+	if _, err := pr.a.Write([]byte("x")); !errors.Is(err, ErrTimeout) {
+		t.Fatalf("Write: %v", err)
 	}
 }
