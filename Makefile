@@ -23,7 +23,7 @@ endif
 
 TEST_TIMEOUT ?= 25m
 
-.PHONY: all build deps deps-test test vet fmt-check generate-check demo bench clean FORCE
+.PHONY: all build deps deps-test test vet fmt-check generate-check demo bench bench-split clean FORCE
 
 all: build
 
@@ -68,6 +68,14 @@ bench: build
 	@scripts/deps.sh bench
 	$(GO) build -o $(BIN)/mpbench ./bench/cmd/mpbench
 	$(BIN)/mpbench --bin $(BIN) $(ARGS)
+
+# bench-split compares the split tunnel with one TCP connection over the
+# best link and with Linux MPTCP over three shaped links (needs root and
+# Debian's mptcpd for the MPTCP row); SIZE is the file in MiB.
+SIZE ?= 200
+bench-split:
+	@scripts/deps.sh bench
+	$(GO) run ./bench/split --size $(SIZE)
 
 clean:
 	rm -rf $(BIN)
