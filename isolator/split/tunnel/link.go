@@ -6,9 +6,11 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
+	"golang.org/x/sys/unix"
 )
 
 // Link is one subflow: a datagram channel between one local and one remote
@@ -36,6 +38,7 @@ type Link interface {
 // does its own acknowledgement, retransmission and flow control.
 type UDPLink struct {
 	c      *net.UDPConn
+	raw    syscall.RawConn
 	batch  batcher
 	wmu    sync.Mutex
 	wms    []ipv4.Message
@@ -59,7 +62,12 @@ func ListenUDP(local netip.AddrPort) (*UDPLink, error) {
 	}
 	_ = c.SetReadBuffer(socketBuffer)
 	_ = c.SetWriteBuffer(socketBuffer)
-	l := &UDPLink{c: c, local: c.LocalAddr().(*net.UDPAddr).AddrPort()}
+	raw, err := c.SyscallConn()
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("tunnel: udp %s: %w", local, err)
+	}
+	l := &UDPLink{c: c, raw: raw, local: c.LocalAddr().(*net.UDPAddr).AddrPort()}
 	if l.local.Addr().Is4() {
 		l.batch = ipv4.NewPacketConn(c)
 	} else {
@@ -165,14 +173,31 @@ func (l *UDPLink) SetRemote(remote netip.AddrPort) {
 // LocalAddr is the bound address (with the port chosen when local had 0).
 func (l *UDPLink) LocalAddr() netip.AddrPort { return l.local }
 
-// WritePacket implements Link.
+// WritePacket implements Link. It never waits: when the socket buffer is
+// full (e.g. packets held for a neighbour that no longer answers after
+// the carrier went) the datagram is dropped with EAGAIN, as a router would,
+// so that ACKs and probes of the other paths, which share the caller, are
+// not held up.
 func (l *UDPLink) WritePacket(b []byte) error {
 	r := l.remote.Load()
 	if r == nil {
 		return fmt.Errorf("tunnel: udp %s: no remote", l.local)
 	}
-	_, err := l.c.WriteToUDPAddrPort(b, *r)
-	return err
+	var sa unix.Sockaddr
+	if r.Addr().Is4() {
+		sa = &unix.SockaddrInet4{Port: int(r.Port()), Addr: r.Addr().As4()}
+	} else {
+		sa = &unix.SockaddrInet6{Port: int(r.Port()), Addr: r.Addr().As16()}
+	}
+	var serr error
+	err := l.raw.Write(func(fd uintptr) bool {
+		serr = unix.Sendto(int(fd), b, unix.MSG_DONTWAIT, sa)
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	return serr
 }
 
 // ReadPacket implements Link.

@@ -14,7 +14,7 @@ const (
 	// initialRTT stands for a path's RTT until the first sample.
 	initialRTT = 100 * time.Millisecond
 	// minRTO bounds the retransmission timeout from below.
-	minRTO = 50 * time.Millisecond
+	minRTO = 150 * time.Millisecond
 	// rateWindow is how long a delivery-rate sample counts in the max filter.
 	rateWindow = 2 * time.Second
 	rateSlots  = 10
@@ -30,6 +30,9 @@ type sent struct {
 	// for the delivery-rate sample its ACK yields.
 	delivered   int64
 	deliveredAt time.Time
+	// firstSentAt is when the packet most recently acknowledged before
+	// this one was sent: the start of the send interval.
+	firstSentAt time.Time
 }
 
 // path is the state of one subflow. The session's mutex guards it.
@@ -39,6 +42,7 @@ type path struct {
 	kick chan struct{}
 
 	up        bool
+	suspect   bool // see PathStats.Suspect
 	upChanges int
 
 	// Sending.
@@ -56,6 +60,7 @@ type path struct {
 	hasRTT               bool
 	delivered            int64
 	deliveredAt          time.Time
+	lastAckedSentAt      time.Time
 	rateMax              [rateSlots]float64 // bytes/s, per slot of rateWindow/rateSlots
 	rateSlot             int64
 	lastRecv             time.Time

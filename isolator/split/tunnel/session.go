@@ -130,6 +130,8 @@ type Session struct {
 	initMsg        []byte // responder: the INIT answered
 	respMsg        []byte // responder: the answer, re-sent for a repeated INIT
 	initiatorState *seal.Initiator
+	initTime       uint64    // responder: the accepted INIT's clock
+	lastInitCheck  time.Time // responder: last time a different INIT was verified
 	established    atomic.Bool
 
 	done     chan struct{}
@@ -288,9 +290,15 @@ func (s *Session) handshakePacket(p *path, pkt []byte) {
 		if s.initMsg != nil {
 			same := string(s.initMsg) == string(msg)
 			resp := s.respMsg
+			check := !same && time.Since(s.lastInitCheck) >= initCheckEvery
+			if check {
+				s.lastInitCheck = time.Now()
+			}
 			s.mu.Unlock()
 			if same {
 				_ = p.link.WritePacket(resp)
+			} else if check {
+				s.newerInit(msg)
 			}
 			return
 		}
@@ -317,6 +325,7 @@ func (s *Session) handshakePacket(p *path, pkt []byte) {
 			return
 		}
 		s.initMsg, s.respMsg = append([]byte(nil), msg...), resp
+		s.initTime = binary.BigEndian.Uint64(acc.Payload[4:])
 		s.peerID = binary.BigEndian.Uint32(acc.Payload)
 		s.keys(keys)
 		s.mu.Unlock()
@@ -337,6 +346,28 @@ func (s *Session) handshakePacket(p *path, pkt []byte) {
 		s.peerID = binary.BigEndian.Uint32(payload)
 		s.keys(keys)
 		s.hsOnce.Do(func() { close(s.hsDone) })
+	}
+}
+
+// initCheckEvery bounds how often a responder verifies a different INIT
+// (a Diffie-Hellman each) on an established session.
+const initCheckEvery = 100 * time.Millisecond
+
+// ErrPeerRestarted ends a responder's session when the peer starts a new
+// handshake: it lost the session (restart), so this one is dead.
+var ErrPeerRestarted = errors.New("tunnel: peer started a new session")
+
+// newerInit ends the session if msg is an authentic INIT from the peer
+// made after the one this session was accepted with.
+func (s *Session) newerInit(msg []byte) {
+	acc, err := seal.ReadHandshake(s.cfg.Local, msg)
+	if err != nil || acc.Peer != s.cfg.Peer || len(acc.Payload) != 12 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if binary.BigEndian.Uint64(acc.Payload[4:]) > s.initTime {
+		s.fail(ErrPeerRestarted)
 	}
 }
 
@@ -552,11 +583,19 @@ func (s *Session) receiveAck(a *ackFrame, now time.Time) {
 	for _, x := range p.inflight {
 		switch {
 		case in(x.seq):
+			p.suspect = false
 			p.inBytes -= x.size
 			p.delivered += int64(x.size)
 			p.deliveredAt = now
-			if el := now.Sub(x.deliveredAt); el > 0 {
+			// The sample's interval is the longer of the ACK and the
+			// send intervals, so that ACKs arriving in a burst do not
+			// inflate it.
+			el := max(now.Sub(x.deliveredAt), x.at.Sub(x.firstSentAt))
+			if el > 0 {
 				p.rateSample(now, float64(p.delivered-x.delivered)/el.Seconds())
+			}
+			if x.at.After(p.lastAckedSentAt) {
+				p.lastAckedSentAt = x.at
 			}
 			if x.seq == a.largest {
 				p.rttSample(now.Sub(x.at) - time.Duration(a.delayUS)*time.Microsecond)
@@ -609,10 +648,19 @@ func (s *Session) resend(f *sframe, from *path) {
 // avoiding avoid unless it is the only one; nil when no path is up.
 // s.mu is held.
 func (s *Session) choose(f *sframe, avoid *path) *path {
+	if p := s.choose1(f, avoid, false); p != nil {
+		return p
+	}
+	return s.choose1(f, avoid, true)
+}
+
+// choose1 is choose over the paths that are up and, unless suspects is
+// set, not suspect.
+func (s *Session) choose1(f *sframe, avoid *path, suspects bool) *path {
 	var best *path
 	var bestT time.Duration
 	for _, p := range s.paths {
-		if !p.up || p == avoid {
+		if !p.up || p == avoid || p.suspect && !suspects {
 			continue
 		}
 		t := p.arrival(len(f.data) + seal.Overhead + pathHeaderLen + dataHeaderLen)
@@ -667,7 +715,7 @@ func (s *Session) sendProbe(p *path) {
 	seq := p.nextSeq
 	p.nextSeq++
 	if p.up {
-		p.inflight = append(p.inflight, sent{seq: seq, at: now, delivered: p.delivered, deliveredAt: p.deliveredAt})
+		p.inflight = append(p.inflight, sent{seq: seq, at: now, delivered: p.delivered, deliveredAt: p.deliveredAt, firstSentAt: p.lastAckedSentAt})
 	}
 	p.lastSend = now
 	s.mu.Unlock()
@@ -707,6 +755,9 @@ func (s *Session) sender(p *path) {
 			now := time.Now()
 			for k < batch {
 				f := p.front(s)
+				if f == nil {
+					f = s.steal(p)
+				}
 				if f == nil || !p.up || p.inBytes+len(f.data) > p.cwnd && p.inBytes > 0 {
 					break
 				}
@@ -714,7 +765,7 @@ func (s *Session) sender(p *path) {
 				seq := p.nextSeq
 				p.nextSeq++
 				size := len(f.data) + seal.Overhead + pathHeaderLen + dataHeaderLen
-				p.inflight = append(p.inflight, sent{seq: seq, at: now, size: size, f: f, delivered: p.delivered, deliveredAt: p.deliveredAt})
+				p.inflight = append(p.inflight, sent{seq: seq, at: now, size: size, f: f, delivered: p.delivered, deliveredAt: p.deliveredAt, firstSentAt: p.lastAckedSentAt})
 				p.inBytes += size
 				p.lastSend = now
 				p.dataSent += uint64(len(f.data))
@@ -755,6 +806,50 @@ func (s *Session) sender(p *path) {
 			p.pktsSent.Add(uint64(k))
 		}
 	}
+}
+
+// steal moves to p, which has nothing queued, the frame with the lowest
+// data sequence number among the heads of the other paths' queues that
+// p is expected to deliver sooner than the path it waits on, and returns
+// it at the head of p.rq; nil when there is none or p has no room. A path
+// whose estimates were off (or that was briefly suspect) therefore never
+// holds frames that an idle path could deliver first. s.mu is held.
+func (s *Session) steal(p *path) *sframe {
+	if !p.up || p.suspect || p.inBytes+MaxFrame > p.cwnd && p.inBytes > 0 {
+		return nil
+	}
+	var best *sframe
+	var from *path
+	for _, q := range s.paths {
+		if q == p {
+			continue
+		}
+		f := q.front(s)
+		if f == nil {
+			continue
+		}
+		size := len(f.data) + seal.Overhead + pathHeaderLen + dataHeaderLen
+		viaP := p.rtt()/2 + time.Duration(float64(size)/p.rate()*float64(time.Second))
+		viaQ := q.rtt() / 2
+		if over := q.inBytes + size - q.cwnd; over > 0 {
+			viaQ += time.Duration(float64(over) / q.rate() * float64(time.Second))
+		}
+		if !q.up || q.suspect {
+			viaQ += time.Hour
+		}
+		if viaP < viaQ && (best == nil || f.dsn < best.dsn) {
+			best, from = f, q
+		}
+	}
+	if best == nil {
+		return nil
+	}
+	from.pop(s)
+	best.path = p.id
+	p.rq = append(p.rq, best)
+	p.queueBytes += len(best.data)
+	s.queued++
+	return best
 }
 
 // timer runs delayed ACKs, retransmission timeouts, probes and path
@@ -812,12 +907,22 @@ func (s *Session) timer() {
 				if n > 0 {
 					lost := append([]sent(nil), p.inflight[:n]...)
 					p.inflight = append(p.inflight[:0], p.inflight[n:]...)
+					data := false
 					for _, x := range lost {
 						p.inBytes -= x.size
 						if x.f != nil {
+							data = true
 							p.lost++
 							s.resend(x.f, p)
 						}
+					}
+					// A timeout makes the path suspect: no new frames
+					// until it acknowledges something again, and a
+					// probe at once.
+					if data && !p.suspect {
+						p.suspect = true
+						p.lastSend = time.Time{}
+						s.rehome(p)
 					}
 					s.kickAll()
 				}
@@ -860,11 +965,9 @@ func (s *Session) pathDown(p *path, now time.Time) {
 	p.upChanges++
 	s.counters.PathDown++
 	s.log.Info("split: path down", "initiator", s.initiator, "path", p.id, "link", p.link, "silent", now.Sub(p.lastRecv).Round(time.Millisecond))
+	p.suspect = false
 	inflight := p.inflight
 	p.inflight, p.inBytes = nil, 0
-	queue := append(p.rq, p.queue...)
-	p.rq, p.queue, p.queueBytes = nil, nil, 0
-	s.queued -= len(queue)
 	p.cwnd = initialCwnd
 	p.rateMax = [rateSlots]float64{}
 	p.hasRTT = false
@@ -873,6 +976,16 @@ func (s *Session) pathDown(p *path, now time.Time) {
 			s.resend(x.f, p)
 		}
 	}
+	s.rehome(p)
+	s.kickAll()
+}
+
+// rehome moves the frames queued on p to the other paths, or leaves them
+// if there is none; s.mu is held.
+func (s *Session) rehome(p *path) {
+	queue := append(p.rq, p.queue...)
+	p.rq, p.queue, p.queueBytes = nil, nil, 0
+	s.queued -= len(queue)
 	for _, f := range queue {
 		if f.acked || f.path != p.id {
 			continue
@@ -885,8 +998,9 @@ func (s *Session) pathDown(p *path, now time.Time) {
 			s.queued++
 			continue
 		}
+		// Older than what the other path has queued: sent first.
 		f.path = to.id
-		to.queue = append(to.queue, f)
+		to.rq = append(to.rq, f)
 		to.queueBytes += len(f.data)
 		s.queued++
 	}
@@ -896,6 +1010,7 @@ func (s *Session) pathDown(p *path, now time.Time) {
 // pathUp puts p back in service; s.mu is held.
 func (s *Session) pathUp(p *path, now time.Time) {
 	p.up = true
+	p.suspect = false
 	p.upChanges++
 	s.log.Info("split: path up", "path", p.id, "link", p.link)
 	// Frames parked on paths that are down move to the live ones.
@@ -1065,9 +1180,9 @@ func (s *Session) fail(err error) {
 	go s.stop()
 }
 
-// Done is closed when the session has ended (Close, or no path heard from
-// for SessionTimeout).
-func (s *Session) Done() <-chan struct{} { return s.done }
+// Done is closed when the session has ended (Close, no path heard from
+// for the timeout, or the peer starting anew) and its links are closed.
+func (s *Session) Done() <-chan struct{} { return s.stopped }
 
 // Err is why the session ended on its own, nil otherwise.
 func (s *Session) Err() error {
@@ -1125,8 +1240,11 @@ func (s *Session) setDeadline(i int, t time.Time) error {
 
 // PathStats describes one path for `isolator peer ls`.
 type PathStats struct {
-	Link      string
-	Up        bool
+	Link string
+	Up   bool
+	// Suspect: a retransmission timeout fired; no new frames until the
+	// path acknowledges again.
+	Suspect   bool
 	SRTT      time.Duration
 	MinRTT    time.Duration
 	RateMbit  float64 // delivery rate estimate
@@ -1155,7 +1273,7 @@ func (s *Session) Stats() ([]PathStats, Counters) {
 	out := make([]PathStats, len(s.paths))
 	for i, p := range s.paths {
 		st := PathStats{
-			Link: p.link.String(), Up: p.up, SRTT: p.srtt, MinRTT: p.minRTT,
+			Link: p.link.String(), Up: p.up, Suspect: p.suspect, SRTT: p.srtt, MinRTT: p.minRTT,
 			RateMbit: p.btlbw() * 8 / 1e6, Cwnd: p.cwnd, BytesSent: p.bytesSent.Load(),
 			DataBytes: p.dataSent, Packets: p.pktsSent.Load(), Lost: p.lost, Resent: p.retx,
 			SendErrors: p.sendErrs.Load(),

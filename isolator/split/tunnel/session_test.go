@@ -380,3 +380,74 @@ func TestSessionTimeout(t *testing.T) {
 		t.Fatalf("Write: %v", err)
 	}
 }
+
+// TestPeerRestart: when the initiator starts over (new session, same
+// keys), the responder's old session ends at once and a new Accept on
+// the same addresses gets the new session.
+func TestPeerRestart(t *testing.T) {
+	ka, _ := seal.GenerateKeyPair()
+	kb, _ := seal.GenerateKeyPair()
+	mk := func() (*UDPLink, *UDPLink) {
+		x, _ := ListenUDP(netip.MustParseAddrPort("127.0.0.1:0"))
+		y, _ := ListenUDP(netip.MustParseAddrPort("127.0.0.1:0"))
+		x.SetRemote(y.LocalAddr())
+		y.SetRemote(x.LocalAddr())
+		return x, y
+	}
+	x, y := mk()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var b *Session
+	var errB error
+	var wg sync.WaitGroup
+	wg.Go(func() { b, errB = Accept(ctx, Config{Local: kb, Peer: ka.Public, Links: []Link{y}}) })
+	a, err := Dial(ctx, Config{Local: ka, Peer: kb.Public, Links: []Link{x}})
+	wg.Wait()
+	if err != nil || errB != nil {
+		t.Fatal(err, errB)
+	}
+	defer b.Close()
+	// A dies without a word: its links close, its sockets are gone.
+	a.stop()
+	// A new A on a new socket, to B's same address.
+	x2, _ := ListenUDP(netip.MustParseAddrPort("127.0.0.1:0"))
+	x2.SetRemote(y.LocalAddr())
+	y.SetRemote(x2.LocalAddr())
+	dialErr := make(chan error, 1)
+	var a2 *Session
+	go func() {
+		var err error
+		a2, err = Dial(ctx, Config{Local: ka, Peer: kb.Public, Links: []Link{x2}})
+		dialErr <- err
+	}()
+	select {
+	case <-b.Done():
+	case <-time.After(3 * time.Second):
+		t.Fatal("the old session did not end on the new handshake")
+	}
+	if !errors.Is(b.Err(), ErrPeerRestarted) {
+		t.Fatalf("Err() = %v", b.Err())
+	}
+	// B accepts again on a fresh socket bound to the same address.
+	y2, err := ListenUDP(y.LocalAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	y2.SetRemote(x2.LocalAddr())
+	b2, err := Accept(ctx, Config{Local: kb, Peer: ka.Public, Links: []Link{y2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b2.Close()
+	if err := <-dialErr; err != nil {
+		t.Fatal(err)
+	}
+	defer a2.Close()
+	if _, err := a2.Write([]byte("again")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(b2, buf); err != nil || string(buf) != "again" {
+		t.Fatal(err, buf)
+	}
+}
