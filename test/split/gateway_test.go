@@ -13,6 +13,7 @@ import (
 	"github.com/mpshim/mpshim/isolator/split/gateway"
 	"github.com/mpshim/mpshim/test/harness"
 	"github.com/mpshim/mpshim/test/topo"
+	"golang.org/x/sys/unix"
 )
 
 // TestGateway runs `isolator split run` as two real processes, site A in
@@ -82,20 +83,12 @@ peers:
 	harness.StartNginx(t, harness.NginxOptions{NS: tp.GW, Files: map[string][]byte{"f": body}, Config: func(dir, root string) string {
 		return fmt.Sprintf("worker_processes 1;\nevents { worker_connections 64; }\nhttp {\n access_log off;\n server {\n  listen 127.0.0.1:8080;\n  listen 10.77.0.2:8080;\n  root %s;\n }\n}\n", root)
 	}})
+	procs := map[string]*topo.Proc{}
 	for _, s := range []struct {
 		ns   *topo.NS
 		file string
 	}{{tp.WAN, "a.yaml"}, {tp.GW, "b.yaml"}} {
-		p, err := s.ns.Start(ctx, bin, "split", "run", "--config", filepath.Join(dir, s.file))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			p.Stop()
-			if t.Failed() {
-				t.Logf("%s:\n%s", s.file, p.Output())
-			}
-		})
+		procs[s.file] = startGateway(t, ctx, s.ns, bin, filepath.Join(dir, s.file))
 	}
 	// Wait for the session.
 	var st []gateway.PeerStatus
@@ -144,6 +137,53 @@ peers:
 	if err != nil {
 		t.Fatal(err)
 	}
+	checkShares(t, stB)
+
+	// B dies without a word (SIGKILL) and starts again: A's side notices
+	// (at once if B starts the handshake, after the session timeout if A
+	// does) and connections flow again.
+	unix.Kill(procs["b.yaml"].PID(), unix.SIGKILL)
+	<-procs["b.yaml"].Done()
+	killed := time.Now()
+	procs["b.yaml"] = startGateway(t, ctx, tp.GW, bin, filepath.Join(dir, "b.yaml"))
+	for {
+		res, err := tp.WAN.Run(ctx, "curl", "-sS", "--fail", "--max-time", "5", "-o", out, "http://127.0.0.1:9000/f")
+		if err == nil {
+			got, _ := os.ReadFile(out)
+			if sum(got) != sum(body) {
+				t.Fatal("body differs after the restart")
+			}
+			break
+		}
+		if time.Since(killed) > 30*time.Second {
+			t.Fatalf("no connection 30 s after B restarted: %v: %s", err, res)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	initiator := "A"
+	if pubB < pubA {
+		initiator = "B"
+	}
+	t.Logf("after B was killed and restarted, curl through the tunnel worked again in %v (%s starts handshakes)", time.Since(killed).Round(100*time.Millisecond), initiator)
+}
+
+func startGateway(t *testing.T, ctx context.Context, ns *topo.NS, bin, conf string) *topo.Proc {
+	t.Helper()
+	p, err := ns.Start(ctx, bin, "split", "run", "--config", conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		p.Stop()
+		if t.Failed() {
+			t.Logf("%s:\n%s", conf, p.Output())
+		}
+	})
+	return p
+}
+
+func checkShares(t *testing.T, stB []gateway.PeerStatus) {
+	t.Helper()
 	var share float64
 	for _, p := range stB[0].Paths {
 		share += p.Share
