@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"sort"
 	"sync/atomic"
 	"time"
 )
@@ -33,6 +34,8 @@ type sent struct {
 	// firstSentAt is when the packet most recently acknowledged before
 	// this one was sent: the start of the send interval.
 	firstSentAt time.Time
+	// appLimited: sent with nothing else queued and room in the window.
+	appLimited bool
 }
 
 // path is the state of one subflow. The session's mutex guards it.
@@ -118,6 +121,16 @@ func (p *path) front(s *Session) *sframe {
 	}
 }
 
+// pushRQ inserts f into the retransmission queue, kept in data sequence
+// order: the receiver waits for the lowest missing frame first, so a frame
+// lost late must not queue behind a path's worth of rehomed ones.
+func (p *path) pushRQ(f *sframe) {
+	i := sort.Search(len(p.rq), func(i int) bool { return p.rq[i].dsn > f.dsn })
+	p.rq = append(p.rq, nil)
+	copy(p.rq[i+1:], p.rq[i:])
+	p.rq[i] = f
+}
+
 // pop removes the frame front returned; s.mu is held.
 func (p *path) pop(s *Session) {
 	var f *sframe
@@ -173,13 +186,12 @@ func (p *path) btlbw() float64 {
 	return m
 }
 
-// rate is the path's expected rate in bytes/s for scheduling.
+// rate is the path's expected rate in bytes/s for scheduling: the
+// delivery-rate estimate, but never less than the window over the RTT, so
+// that a path that was given little to send (and so measured little) is
+// still given enough to show what it can do.
 func (p *path) rate() float64 {
-	r := p.btlbw()
-	if r == 0 {
-		r = float64(p.cwnd) / p.rtt().Seconds()
-	}
-	return r
+	return max(p.btlbw(), float64(p.cwnd)/p.rtt().Seconds())
 }
 
 // updateCwnd sets the window to twice the estimated bandwidth-delay
@@ -191,16 +203,22 @@ func (p *path) updateCwnd() {
 	if bw == 0 || !p.hasRTT {
 		return
 	}
-	p.cwnd = max(int(2*bw*p.minRTT.Seconds()), 8*maxPacket)
+	p.cwnd = max(int(2*bw*p.minRTT.Seconds()), initialCwnd)
 }
 
 // arrival estimates when a frame of size bytes queued now on p arrives at
 // the peer: the path's local queue drained at its rate, half its smoothed
-// RTT, and the frame's own serialisation.
-func (p *path) arrival(size int) time.Duration {
+// RTT, and the frame's own serialisation. With head set the frame goes
+// before the queue (a retransmission: the retransmission queue is in data
+// sequence order and it is older than what waits there), so only the wait
+// for room in the window counts.
+func (p *path) arrival(size int, head bool) time.Duration {
 	r := p.rate()
-	q := float64(p.queueBytes+size) / r
-	if over := p.inBytes - p.cwnd; over > 0 {
+	q := float64(size) / r
+	if !head {
+		q += float64(p.queueBytes) / r
+	}
+	if over := p.inBytes + size - p.cwnd; over > 0 {
 		q += float64(over) / r
 	}
 	return time.Duration(q*float64(time.Second)) + p.rtt()/2

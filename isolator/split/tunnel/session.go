@@ -592,7 +592,11 @@ func (s *Session) receiveAck(a *ackFrame, now time.Time) {
 			// inflate it.
 			el := max(now.Sub(x.deliveredAt), x.at.Sub(x.firstSentAt))
 			if el > 0 {
-				p.rateSample(now, float64(p.delivered-x.delivered)/el.Seconds())
+				// An app-limited sample only counts when it shows more
+				// than is known: it says nothing of the path's limit.
+				if r := float64(p.delivered-x.delivered) / el.Seconds(); !x.appLimited || r > p.btlbw() {
+					p.rateSample(now, r)
+				}
 			}
 			if x.at.After(p.lastAckedSentAt) {
 				p.lastAckedSentAt = x.at
@@ -634,36 +638,37 @@ func (s *Session) resend(f *sframe, from *path) {
 	}
 	s.counters.Retransmits++
 	from.retx++
-	to := s.choose(f, from)
+	to := s.choose(f, from, true)
 	if to == nil {
 		to = from
 	}
 	f.path = to.id
-	to.rq = append(to.rq, f)
+	to.pushRQ(f)
 	to.queueBytes += len(f.data)
 	s.queued++
 }
 
 // choose returns the up path where a frame is expected to arrive first,
-// avoiding avoid unless it is the only one; nil when no path is up.
-// s.mu is held.
-func (s *Session) choose(f *sframe, avoid *path) *path {
-	if p := s.choose1(f, avoid, false); p != nil {
+// avoiding avoid unless it is the only one, suspect paths unless only
+// they are left; nil when no path is up. head says the frame goes before
+// the path's queue (see path.arrival). s.mu is held.
+func (s *Session) choose(f *sframe, avoid *path, head bool) *path {
+	if p := s.choose1(f, avoid, head, false); p != nil {
 		return p
 	}
-	return s.choose1(f, avoid, true)
+	return s.choose1(f, avoid, head, true)
 }
 
 // choose1 is choose over the paths that are up and, unless suspects is
 // set, not suspect.
-func (s *Session) choose1(f *sframe, avoid *path, suspects bool) *path {
+func (s *Session) choose1(f *sframe, avoid *path, head, suspects bool) *path {
 	var best *path
 	var bestT time.Duration
 	for _, p := range s.paths {
 		if !p.up || p == avoid || p.suspect && !suspects {
 			continue
 		}
-		t := p.arrival(len(f.data) + seal.Overhead + pathHeaderLen + dataHeaderLen)
+		t := p.arrival(len(f.data)+seal.Overhead+pathHeaderLen+dataHeaderLen, head)
 		if best == nil || t < bestT {
 			best, bestT = p, t
 		}
@@ -715,7 +720,7 @@ func (s *Session) sendProbe(p *path) {
 	seq := p.nextSeq
 	p.nextSeq++
 	if p.up {
-		p.inflight = append(p.inflight, sent{seq: seq, at: now, delivered: p.delivered, deliveredAt: p.deliveredAt, firstSentAt: p.lastAckedSentAt})
+		p.inflight = append(p.inflight, sent{seq: seq, at: now, delivered: p.delivered, deliveredAt: p.deliveredAt, firstSentAt: p.lastAckedSentAt, appLimited: true})
 	}
 	p.lastSend = now
 	s.mu.Unlock()
@@ -765,7 +770,10 @@ func (s *Session) sender(p *path) {
 				seq := p.nextSeq
 				p.nextSeq++
 				size := len(f.data) + seal.Overhead + pathHeaderLen + dataHeaderLen
-				p.inflight = append(p.inflight, sent{seq: seq, at: now, size: size, f: f, delivered: p.delivered, deliveredAt: p.deliveredAt, firstSentAt: p.lastAckedSentAt})
+				// Nothing more to send and room left: the rate this
+				// packet measures is the sender's, not the path's.
+				appLimited := len(p.rq)+len(p.queue) == 0 && p.inBytes+2*size < p.cwnd
+				p.inflight = append(p.inflight, sent{seq: seq, at: now, size: size, f: f, delivered: p.delivered, deliveredAt: p.deliveredAt, firstSentAt: p.lastAckedSentAt, appLimited: appLimited})
 				p.inBytes += size
 				p.lastSend = now
 				p.dataSent += uint64(len(f.data))
@@ -846,7 +854,7 @@ func (s *Session) steal(p *path) *sframe {
 	}
 	from.pop(s)
 	best.path = p.id
-	p.rq = append(p.rq, best)
+	p.pushRQ(best)
 	p.queueBytes += len(best.data)
 	s.queued++
 	return best
@@ -990,7 +998,7 @@ func (s *Session) rehome(p *path) {
 		if f.acked || f.path != p.id {
 			continue
 		}
-		to := s.choose(f, p)
+		to := s.choose(f, p, false)
 		if to == nil || to == p {
 			// No path left: keep it here until one comes back.
 			p.queue = append(p.queue, f)
@@ -1000,7 +1008,7 @@ func (s *Session) rehome(p *path) {
 		}
 		// Older than what the other path has queued: sent first.
 		f.path = to.id
-		to.rq = append(to.rq, f)
+		to.pushRQ(f)
 		to.queueBytes += len(f.data)
 		s.queued++
 	}
@@ -1063,7 +1071,7 @@ func (s *Session) Write(b []byte) (int, error) {
 func (s *Session) enqueue(f *sframe) {
 	s.nextDSN++
 	s.unacked[f.dsn] = f
-	p := s.choose(f, nil)
+	p := s.choose(f, nil, false)
 	if p == nil {
 		p = s.paths[0] // parked until a path comes up
 	}
