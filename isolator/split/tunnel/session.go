@@ -549,6 +549,11 @@ func (s *Session) receiveData(d dataFrame) {
 // receiveAck processes an ACK for the packets this side sent on path
 // a.path; s.mu is held.
 func (s *Session) receiveAck(a *ackFrame, now time.Time) {
+	if a.cum > s.nextDSN {
+		// Acknowledges frames never sent: a broken or hostile peer.
+		s.counters.Malformed++
+		return
+	}
 	if a.limit > s.peerLimit {
 		s.peerLimit = a.limit
 		s.cond.Broadcast()

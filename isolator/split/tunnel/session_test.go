@@ -451,3 +451,30 @@ func TestPeerRestart(t *testing.T) {
 		t.Fatal(err, buf)
 	}
 }
+
+// TestHostileAck: an authentic ACK for frames never sent is counted and
+// ignored (it must not make the sender walk 2^62 sequence numbers), and
+// the stream goes on.
+func TestHostileAck(t *testing.T) {
+	pr := newPair(t, 1, nil)
+	plain := appendPathHeader(nil, pathHeader{path: 0, seq: 1 << 40})
+	plain = appendAck(plain, ackFrame{path: 0, cum: 1 << 62, limit: 1 << 62})
+	pkt, err := pr.b.send.Seal(nil, pr.b.peerID, plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pr.blinks[0].Link.WritePacket(pkt); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		if _, c := pr.a.Stats(); c.Malformed == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("hostile ACK not counted")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	transfer(t, pr, 1<<20, nil)
+}
