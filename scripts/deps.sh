@@ -17,6 +17,9 @@ test | demo | bench)
 	want+=(nginx apache2 apache2-utils redis-server memcached haproxy wrk iperf3)
 	# The flow collector the IPFIX export is checked against.
 	want+=(nfdump)
+	# Runtime libraries of gVisor's prebuilt socket tests
+	# (../shared/conformance/gvisor-socket, the conformance target).
+	want+=(libabsl20220623 libbenchmark1debian)
 	if [ "$1" = bench ]; then
 		# The benchmark's plot and its profiles of the processes under load.
 		want+=(gnuplot-nox linux-perf)
