@@ -49,6 +49,11 @@ const (
 	ackEvery = 4
 	// tick is the period of the timer loop (delayed ACKs, RTOs, probes).
 	tick = 2 * time.Millisecond
+	// lateTick: a timer round this much after the previous one means the
+	// process was not scheduled; settleAfterLate is how long silence and
+	// timeouts are then not judged.
+	lateTick        = 25 * time.Millisecond
+	settleAfterLate = 50 * time.Millisecond
 	// closeWait bounds how long Close waits for the peer to acknowledge
 	// everything.
 	closeWait = 3 * time.Second
@@ -134,6 +139,8 @@ type Session struct {
 	lastInitCheck  time.Time // responder: last time a different INIT was verified
 	established    atomic.Bool
 
+	lastTick time.Time // timer loop: previous round
+	lastLate time.Time // timer loop: last round that ran late
 	done     chan struct{}
 	stopped  chan struct{} // closed when stop has stopped everything
 	stopOnce sync.Once
@@ -885,6 +892,15 @@ func (s *Session) timer() {
 		var probes []*path
 		s.mu.Lock()
 		now := time.Now()
+		// When this loop itself ran late, the process was not running
+		// (a loaded machine): the readers may not have caught up with
+		// what arrived meanwhile, so silence and timeouts are not judged
+		// until things have settled.
+		if now.Sub(s.lastTick) > lateTick {
+			s.lastLate = now
+		}
+		s.lastTick = now
+		judge := now.Sub(s.lastLate) > settleAfterLate
 		// A path is taken out when it has been silent for DownAfter
 		// while another path was heard from: when all are silent the
 		// cause is more likely this process or the peer stalling than
@@ -898,7 +914,7 @@ func (s *Session) timer() {
 				heard = p.lastRecv
 			}
 		}
-		if now.Sub(heard) > s.timeout {
+		if judge && now.Sub(heard) > s.timeout {
 			s.fail(fmt.Errorf("%w: no path heard from for %v", ErrTimeout, now.Sub(heard).Round(time.Millisecond)))
 			s.mu.Unlock()
 			return
@@ -907,11 +923,11 @@ func (s *Session) timer() {
 			if p.unacked > 0 {
 				acks = append(acks, out{p, s.buildAck(p, now)})
 			}
-			if p.up && alive && now.Sub(p.lastRecv) > DownAfter {
+			if judge && p.up && alive && now.Sub(p.lastRecv) > DownAfter {
 				s.pathDown(p, now)
 			}
 			// Retransmission timeout: the oldest packets in flight.
-			if p.up {
+			if judge && p.up {
 				rto := p.rto()
 				n := 0
 				for n < len(p.inflight) && now.Sub(p.inflight[n].at) > rto {
@@ -981,9 +997,9 @@ func (s *Session) pathDown(p *path, now time.Time) {
 	p.suspect = false
 	inflight := p.inflight
 	p.inflight, p.inBytes = nil, 0
-	p.cwnd = initialCwnd
-	p.rateMax = [rateSlots]float64{}
-	p.hasRTT = false
+	// The estimates stay: a path back after a short outage (or after a
+	// stall that only looked like one) resumes where it was; one that
+	// changed corrects them within a few round trips.
 	for _, x := range inflight {
 		if x.f != nil {
 			s.resend(x.f, p)
