@@ -195,16 +195,22 @@ func (p *path) rate() float64 {
 }
 
 // updateCwnd sets the window to twice the estimated bandwidth-delay
-// product: enough to keep the bottleneck busy and to let the delivery rate
-// show more capacity when there is some, without filling its queue beyond
-// one BDP. Random loss does not shrink it; the rate does.
+// product plus cwndSlack at the estimated rate: enough to keep the
+// bottleneck busy and to let the delivery rate show more capacity when
+// there is some, even when ACKs come late (delayed ACKs, a busy machine,
+// a sender that is not scheduled), without filling the bottleneck's queue
+// much beyond one BDP. Random loss does not shrink it; the rate does.
 func (p *path) updateCwnd() {
 	bw := p.btlbw()
 	if bw == 0 || !p.hasRTT {
 		return
 	}
-	p.cwnd = max(int(2*bw*p.minRTT.Seconds()), initialCwnd)
+	p.cwnd = max(int(bw*(2*p.minRTT+cwndSlack).Seconds()), initialCwnd)
 }
+
+// cwndSlack is the window's allowance, in time at the path's rate, for
+// ACKs that arrive late or in bursts.
+const cwndSlack = 25 * time.Millisecond
 
 // arrival estimates when a frame of size bytes queued now on p arrives at
 // the peer: the path's local queue drained at its rate, half its smoothed

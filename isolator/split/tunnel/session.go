@@ -38,12 +38,14 @@ const (
 	maxPacket = 1452
 	// MaxFrame is the most stream bytes one DATA frame carries.
 	MaxFrame = maxPacket - seal.Overhead - pathHeaderLen - dataHeaderLen
-	// DefaultWindow is the receive window in frames (about 11 MiB).
-	DefaultWindow = 8192
+	// DefaultWindow is the receive window in frames (about 22 MiB): it
+	// must cover what the fast paths deliver while the frame the reader
+	// waits for crosses the slowest path or is sent again.
+	DefaultWindow = 16384
 	// maxQueued bounds the frames assigned to paths but not yet sent;
 	// writers wait beyond it. It must cover the spread of path delays at
 	// full rate so that slow paths get frames at all.
-	maxQueued = 4096
+	maxQueued = 2048
 	// ackEvery is how many ack-eliciting packets a path receives before
 	// it acknowledges at once; fewer wait for the next tick.
 	ackEvery = 4
