@@ -22,8 +22,9 @@ TARGETS     += $(BIN)/libmpshim.so
 endif
 
 TEST_TIMEOUT ?= 25m
+SIZE         ?= 200
 
-.PHONY: all build deps deps-test test soak vet fmt-check generate-check demo bench clean FORCE
+.PHONY: all build deps deps-test test soak vet fmt-check generate-check demo bench bench-split clean FORCE
 
 all: build
 
@@ -76,6 +77,15 @@ bench: build
 	$(GO) build -o $(BIN)/mpbench ./bench/cmd/mpbench
 	$(BIN)/mpbench --bin $(BIN) $(ARGS)
 	$(GO) run ./bench/lb
+	$(GO) run ./bench/split --size $(SIZE)
+
+# bench-split (also the last part of bench) compares the split tunnel with
+# one TCP connection over the best link and with Linux MPTCP over three
+# shaped links (needs root and Debian's mptcpd for the MPTCP row); SIZE is
+# the file in MiB.
+bench-split:
+	@scripts/deps.sh bench
+	$(GO) run ./bench/split --size $(SIZE)
 
 clean:
 	rm -rf $(BIN)

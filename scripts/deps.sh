@@ -23,6 +23,8 @@ test | demo | bench)
 	if [ "$1" = bench ]; then
 		# The benchmark's plot and its profiles of the processes under load.
 		want+=(gnuplot-nox linux-perf)
+		# Linux MPTCP, the split tunnel's comparison (mptcpize).
+		want+=(mptcpd)
 	fi
 	;;
 *)
