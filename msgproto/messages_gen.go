@@ -38,6 +38,8 @@ const (
 	RegForked = 1
 	// RegExeced is Register flag: a new image of an already registered process; Parent is the previous image's client id.
 	RegExeced = 2
+	// RegProbe is Register flag: only ask whether this process may register; the isolator checks uid/gid, version, pid and start time, answers Reply (Errno 0 or the refusal) and admits nothing.
+	RegProbe = 4
 	// ConnectNonblock is Connect flag: the app's fd is nonblocking; the reply is EINPROGRESS at once.
 	ConnectNonblock = 1
 	// FamilyUnspec is address family: none (e.g. connected SendTo).
