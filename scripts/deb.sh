@@ -32,5 +32,5 @@ sed -e "s/@VERSION@/$version/" -e "s/@ARCH@/$arch/" -e "s/@SIZE@/$size/" \
 	>"$stage/DEBIAN/md5sums"
 mkdir -p "$out"
 deb="$out/mpshim_${version}_${arch}.deb"
-dpkg-deb --root-owner-group -Zxz --build "$stage" "$deb" >&2
+dpkg-deb --root-owner-group -Zgzip --build "$stage" "$deb" >&2
 echo "$deb"
