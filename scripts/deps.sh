@@ -15,8 +15,9 @@ test | demo | bench)
 	# Real servers whose libc imports the shim must cover and which the
 	# end-to-end suites run under the shim.
 	want+=(nginx apache2 apache2-utils redis-server memcached haproxy wrk iperf3)
-	# The flow collector the IPFIX export is checked against.
-	want+=(nfdump)
+	# The flow collector the IPFIX export is checked against, and the
+	# Prometheus that scrapes /metrics for the Grafana dashboard's queries.
+	want+=(nfdump prometheus)
 	if [ "$1" = bench ]; then
 		# The benchmark's plot and its profiles of the processes under load.
 		want+=(gnuplot-nox linux-perf)
