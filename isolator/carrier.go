@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mpshim/mpshim/isolator/ins"
+	"github.com/mpshim/mpshim/isolator/ins/netns"
 )
 
 // linkEvent is the state of one interface as an rtnetlink message gives it.
@@ -159,7 +160,7 @@ func openLinkWatch(ns string) (*linkWatch, error) {
 	} else {
 		res := make(chan error, 1)
 		go func() {
-			res <- ins.DoInNetNS(nsPath(ns), func() (err error) { fd, err = open(); return err })
+			res <- netns.Do(nsPath(ns), func() (err error) { fd, err = open(); return err })
 		}()
 		err = <-res
 		if err != nil && fd >= 0 {

@@ -21,6 +21,9 @@ import (
 	"github.com/mpshim/mpshim/isolator/api"
 	"github.com/mpshim/mpshim/isolator/config"
 	"github.com/mpshim/mpshim/isolator/ins"
+	"github.com/mpshim/mpshim/isolator/ins/netns"
+	"github.com/mpshim/mpshim/isolator/ins/netstack"
+	"github.com/mpshim/mpshim/isolator/ins/sandbox"
 )
 
 // Daemon is one isolator: its INS processes, uplinks and sockets.
@@ -86,7 +89,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	defer os.Remove(d.cfg.API)
 	defer d.stopAll()
 	// Namespaces left by daemons killed before they could clean up.
-	if _, err := ins.ReapNetNS(ctx, d.log); err != nil {
+	if _, err := netns.Reap(ctx, d.log); err != nil {
 		d.log.Warn("namespaces of gone daemons", "err", err)
 	}
 	go d.watchCarrier(ctx)
@@ -118,9 +121,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.log.Warn("readiness notification", "err", err)
 	}
 	defer context.AfterFunc(ctx, func() { sdnotify.Notify(sdnotify.Stopping) })()
-	if n := noFileLimit(); n < ins.DefaultNoFile {
+	if n := noFileLimit(); n < sandbox.DefaultNoFile {
 		d.log.Warn("INS descriptor limit lowered to the isolator's hard RLIMIT_NOFILE: each INS holds at most about that many sockets; raise the hard limit (ulimit -Hn, LimitNOFILE=) to lift it",
-			"limit", n, "default", ins.DefaultNoFile)
+			"limit", n, "default", sandbox.DefaultNoFile)
 	}
 	var first error
 	for range 2 {
@@ -262,7 +265,7 @@ func (d *Daemon) List(ctx context.Context) []api.INSInfo {
 		info.Sockets = st.Engine.Sockets
 		info.Connections = st.Engine.Connected
 		info.RSS = st.RSSBytes
-		counters := map[string]ins.UplinkCounters{}
+		counters := map[string]netstack.UplinkCounters{}
 		for _, c := range st.Uplinks {
 			counters[c.Name] = c
 			info.RxBytes += c.RxBytes

@@ -11,6 +11,8 @@ import (
 
 	"github.com/mpshim/mpshim/isolator/ctrl"
 	"github.com/mpshim/mpshim/isolator/ins"
+	"github.com/mpshim/mpshim/isolator/ins/netstack"
+	"github.com/mpshim/mpshim/isolator/ins/resolve"
 	"github.com/mpshim/mpshim/msgproto"
 )
 
@@ -18,7 +20,7 @@ import (
 // process and returns the daemon's handle on it.
 func inProcINS(t *testing.T, id int) *insProc {
 	t.Helper()
-	st, err := ins.NewStack(ins.Config{ID: id, ProbeInterval: -1})
+	st, err := netstack.New(netstack.Config{ID: id, ProbeInterval: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,7 +30,7 @@ func inProcINS(t *testing.T, id int) *insProc {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	srv := ins.NewServer(id, st, ctrl.New(theirs), slog.Default())
+	srv := ins.NewServer(id, st, resolve.Config{}, ctrl.New(theirs), slog.Default())
 	served := make(chan struct{})
 	go func() { defer close(served); _ = srv.Serve(ctx) }()
 	p := &insProc{id: id, ch: ctrl.New(mine), done: make(chan struct{}), log: slog.Default().With("ins", id)}

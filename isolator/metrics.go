@@ -15,6 +15,7 @@ import (
 
 	"github.com/mpshim/mpshim/isolator/api"
 	"github.com/mpshim/mpshim/isolator/ins"
+	"github.com/mpshim/mpshim/isolator/ins/mitigate"
 )
 
 // startMonitoring starts the flow collector and export, the Prometheus
@@ -223,7 +224,7 @@ func (m *metrics) collectMitigation(gauge func(*prometheus.Desc, float64, ...str
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	for _, r := range m.d.push(ctx, m.d.procs(), ins.MitigateRequest{}) {
+	for _, r := range m.d.push(ctx, m.d.procs(), mitigate.Request{}) {
 		if r.Error != "" {
 			continue
 		}

@@ -5,7 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/mpshim/mpshim/isolator/ins"
+	"github.com/mpshim/mpshim/isolator/ins/netns"
 )
 
 // nsPath turns a namespace name (as `ip netns` knows it) or a path into a
@@ -29,6 +29,6 @@ func startInNetNS(ns string, cmd *exec.Cmd) error {
 	// A goroutine of its own, so that a thread that cannot be switched back
 	// exits with it instead of returning to the scheduler.
 	res := make(chan error, 1)
-	go func() { res <- ins.DoInNetNS(nsPath(ns), cmd.Start) }()
+	go func() { res <- netns.Do(nsPath(ns), cmd.Start) }()
 	return <-res
 }

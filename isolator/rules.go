@@ -17,6 +17,8 @@ import (
 
 	"github.com/mpshim/mpshim/isolator/api"
 	"github.com/mpshim/mpshim/isolator/ins"
+	"github.com/mpshim/mpshim/isolator/ins/mitigate"
+	"github.com/mpshim/mpshim/isolator/ins/tune"
 	"github.com/mpshim/mpshim/netflow"
 	"github.com/mpshim/mpshim/netflow/rules"
 )
@@ -31,9 +33,9 @@ const insTimeout = 2 * time.Second
 // mitigationState is what survives a daemon restart: the rule set and the
 // tunings of all INS.
 type mitigationState struct {
-	Rules       rules.Set  `json:"rules"`
-	Tune        ins.Tuning `json:"tune,omitempty"`
-	TuneVersion uint64     `json:"tune_version"`
+	Rules       rules.Set   `json:"rules"`
+	Tune        tune.Tuning `json:"tune,omitempty"`
+	TuneVersion uint64      `json:"tune_version"`
 }
 
 // mitigator is the daemon's half of mitigation: the rule set with ids, the
@@ -46,14 +48,14 @@ type mitigator struct {
 	// every INS before the next, so INS see them in order.
 	mu     sync.Mutex
 	st     mitigationState
-	perINS map[int]ins.Tuning // overrides of single INS (not persisted: INS ids restart with the daemon)
+	perINS map[int]tune.Tuning // overrides of single INS (not persisted: INS ids restart with the daemon)
 }
 
 // newMitigator loads the state in dir, if there is one. A state file that
 // cannot be read or is invalid stops the daemon: starting without the
 // rules an operator set would silently lift them.
 func newMitigator(dir string, log *slog.Logger) (*mitigator, error) {
-	m := &mitigator{path: filepath.Join(dir, stateFile), log: log, perINS: map[int]ins.Tuning{}}
+	m := &mitigator{path: filepath.Join(dir, stateFile), log: log, perINS: map[int]tune.Tuning{}}
 	b, err := os.ReadFile(m.path)
 	if errors.Is(err, os.ErrNotExist) {
 		return m, nil
@@ -113,16 +115,16 @@ func (m *mitigator) save(st mitigationState) error {
 }
 
 // tuneFor returns the overrides INS id runs with. Callers hold m.mu.
-func (m *mitigator) tuneFor(id int) ins.Tuning {
-	return ins.Merge(m.st.Tune, m.perINS[id])
+func (m *mitigator) tuneFor(id int) tune.Tuning {
+	return tune.Merge(m.st.Tune, m.perINS[id])
 }
 
 // config is the mitigation an INS about to start gets in its
 // ProcessConfig, so it filters from its first packet.
-func (m *mitigator) config(id int) ins.Mitigation {
+func (m *mitigator) config(id int) mitigate.Mitigation {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return ins.Mitigation{Rules: m.st.Rules.Clone(), Tune: m.tuneFor(id), TuneVersion: m.st.TuneVersion}
+	return mitigate.Mitigation{Rules: m.st.Rules.Clone(), Tune: m.tuneFor(id), TuneVersion: m.st.TuneVersion}
 }
 
 // catchUp brings an INS that has just joined up to date with changes made
@@ -138,7 +140,7 @@ func (d *Daemon) catchUp(ctx context.Context, p *insProc) {
 		return
 	}
 	set := m.st.Rules.Clone()
-	res := d.push(ctx, []*insProc{p}, ins.MitigateRequest{Rules: &set, Tune: &tune, TuneVersion: m.st.TuneVersion})
+	res := d.push(ctx, []*insProc{p}, mitigate.Request{Rules: &set, Tune: &tune, TuneVersion: m.st.TuneVersion})
 	if !res[0].Applied {
 		p.log.Warn("mitigation catch-up failed", "err", res[0].Error)
 	}
@@ -146,7 +148,7 @@ func (d *Daemon) catchUp(ctx context.Context, p *insProc) {
 
 // push sends req to every INS in procs at once and waits for all answers
 // (each at most insTimeout).
-func (d *Daemon) push(ctx context.Context, procs []*insProc, req ins.MitigateRequest) []api.INSMitigation {
+func (d *Daemon) push(ctx context.Context, procs []*insProc, req mitigate.Request) []api.INSMitigation {
 	out := make([]api.INSMitigation, len(procs))
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -258,7 +260,7 @@ func (d *Daemon) changeRules(ctx context.Context, start time.Time, a *api.Mitiga
 		return refused("%v", err)
 	}
 	m.st = next
-	req := ins.MitigateRequest{Rules: &next.Rules}
+	req := mitigate.Request{Rules: &next.Rules}
 	added := slices.ContainsFunc(next.Rules.Rules, func(x rules.Rule) bool { return x.ID == r.ID })
 	if a.Reset && added && r.Action == rules.Block {
 		req.ResetPeers = &r.Prefix
@@ -304,7 +306,7 @@ func (d *Daemon) listRules(ctx context.Context) api.Response {
 	m.mu.Lock()
 	set := m.st.Rules.Clone()
 	m.mu.Unlock()
-	res := d.push(ctx, d.procs(), ins.MitigateRequest{})
+	res := d.push(ctx, d.procs(), mitigate.Request{})
 	sum := map[uint64]*rules.Stats{}
 	reply := &api.MitigationReply{Applied: true, Version: set.Version, INS: res}
 	for _, r := range set.Rules {
@@ -341,7 +343,7 @@ func (d *Daemon) resetFlow(ctx context.Context, start time.Time, flow string) ap
 	if !ok {
 		return refused("flow %s: no INS %d (see `isolator ls`)", flow, id)
 	}
-	res := d.push(ctx, []*insProc{b.(*insProc)}, ins.MitigateRequest{ResetFlow: flow})
+	res := d.push(ctx, []*insProc{b.(*insProc)}, mitigate.Request{ResetFlow: flow})
 	reply := &api.MitigationReply{INS: res, Reset: res[0].Reset, Version: res[0].Version}
 	reply.ElapsedMicros = time.Since(start).Microseconds()
 	switch {
@@ -379,16 +381,16 @@ func (d *Daemon) tune(ctx context.Context, start time.Time, target string, setti
 		}
 		id, procs = n, []*insProc{b.(*insProc)}
 	}
-	over, err := ins.ParseTuning(settings)
+	over, err := tune.Parse(settings)
 	if err != nil {
 		return refused("%v", err)
 	}
 	next := m.st
 	perINS := m.perINS[id]
 	if all {
-		next.Tune = ins.Merge(m.st.Tune, over)
+		next.Tune = tune.Merge(m.st.Tune, over)
 	} else {
-		perINS = ins.Merge(perINS, over)
+		perINS = tune.Merge(perINS, over)
 	}
 	// The result must be consistent for all INS to come and every INS
 	// concerned, or nothing changes.
@@ -396,9 +398,9 @@ func (d *Daemon) tune(ctx context.Context, start time.Time, target string, setti
 		return refused("%v", err)
 	}
 	for _, p := range procs {
-		t := ins.Merge(next.Tune, m.perINS[p.id])
+		t := tune.Merge(next.Tune, m.perINS[p.id])
 		if !all {
-			t = ins.Merge(next.Tune, perINS)
+			t = tune.Merge(next.Tune, perINS)
 		}
 		if _, err := t.Values(); err != nil {
 			return refused("INS %d: %v", p.id, err)
@@ -409,7 +411,7 @@ func (d *Daemon) tune(ctx context.Context, start time.Time, target string, setti
 		stored = perINS
 	}
 	if len(settings) == 0 {
-		res := d.push(ctx, procs, ins.MitigateRequest{})
+		res := d.push(ctx, procs, mitigate.Request{})
 		reply := &api.MitigationReply{Applied: true, INS: res, Tune: stored, Version: m.st.Rules.Version}
 		reply.Summary = fmt.Sprintf("tunings of %s", target)
 		return api.Response{OK: true, Mitigation: reply}
@@ -431,7 +433,7 @@ func (d *Daemon) tune(ctx context.Context, start time.Time, target string, setti
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r := d.push(ctx, []*insProc{p}, ins.MitigateRequest{Tune: &t, TuneVersion: next.TuneVersion})
+			r := d.push(ctx, []*insProc{p}, mitigate.Request{Tune: &t, TuneVersion: next.TuneVersion})
 			r[0].ElapsedMicros = time.Since(start).Microseconds()
 			mu.Lock()
 			res = append(res, r[0])

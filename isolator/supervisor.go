@@ -17,6 +17,11 @@ import (
 
 	"github.com/mpshim/mpshim/isolator/ctrl"
 	"github.com/mpshim/mpshim/isolator/ins"
+	"github.com/mpshim/mpshim/isolator/ins/link"
+	"github.com/mpshim/mpshim/isolator/ins/netns"
+	"github.com/mpshim/mpshim/isolator/ins/netstack"
+	"github.com/mpshim/mpshim/isolator/ins/resolve"
+	"github.com/mpshim/mpshim/isolator/ins/sandbox"
 	"github.com/mpshim/mpshim/msgproto"
 )
 
@@ -25,7 +30,7 @@ type insProc struct {
 	id      int
 	cmd     *exec.Cmd
 	ch      *ctrl.Conn
-	ns      *ins.NetNS
+	ns      *netns.NS
 	cfg     ins.ProcessConfig // as started; uplinks change (ups)
 	started time.Time
 	done    chan struct{} // closed when the process has exited
@@ -121,9 +126,9 @@ func (d *Daemon) startINS(ctx context.Context, id int, total int) (_ *insProc, e
 	if len(uplinks) == 0 {
 		return nil, errors.New("no uplinks configured: add one with --uplink or in the config file")
 	}
-	host := make([]ins.HostUplink, len(uplinks))
+	host := make([]netns.HostUplink, len(uplinks))
 	for i, u := range uplinks {
-		host[i] = ins.HostUplink{Parent: u.cfg.Interface, Name: u.ifname}
+		host[i] = netns.HostUplink{Parent: u.cfg.Interface, Name: u.ifname}
 	}
 	var release []func()
 	defer func() {
@@ -133,7 +138,7 @@ func (d *Daemon) startINS(ctx context.Context, id int, total int) (_ *insProc, e
 			}
 		}
 	}()
-	ns, err := ins.PrepareNetNS(ctx, id, d.cfg.NetNS, host)
+	ns, err := netns.Prepare(ctx, id, d.cfg.NetNS, host)
 	if err != nil {
 		return nil, fmt.Errorf("INS %d: %w", id, err)
 	}
@@ -145,9 +150,9 @@ func (d *Daemon) startINS(ctx context.Context, id int, total int) (_ *insProc, e
 		return nil, fmt.Errorf("INS %d: %w", id, err)
 	}
 	pc := ins.ProcessConfig{
-		Stack: ins.Config{ID: id, Policy: d.cfg.Policy, GOMAXPROCS: ins.GOMAXPROCSFor(total),
-			DNS: ins.DNSConfig{Servers: nameservers, Timeout: d.cfg.DNSTimeout}},
-		Sandbox: ins.SandboxOptions{NoFile: noFileLimit()},
+		Stack:   netstack.Config{ID: id, Policy: d.cfg.Policy, GOMAXPROCS: netstack.GOMAXPROCSFor(total)},
+		DNS:     resolve.Config{Servers: nameservers, Timeout: d.cfg.DNSTimeout},
+		Sandbox: sandbox.Options{NoFile: noFileLimit()},
 		// Rules and tunings in force from the first packet.
 		Mitigation: d.mit.config(id),
 		Flows:      d.flowTableConfig(),
@@ -165,14 +170,14 @@ func (d *Daemon) startINS(ctx context.Context, id int, total int) (_ *insProc, e
 		}
 		pool4, pool6 := u.pool4, u.pool6
 		release = append(release, func() { pool4.put(a4); pool6.put(a6) })
-		uc := ins.UplinkConfig{
+		uc := netstack.UplinkConfig{
 			Name: u.cfg.Name, Interface: ns.Links[i].Name,
 			Addr4: a4, Gateway4: u.gw4, Addr6: a6, Gateway6: u.gw6,
 			Weight: u.cfg.Weight,
 			// Virtual parents (veth) hand partial checksums to AF_PACKET;
 			// the netstack must not verify those.
 			RXChecksumOffload: ns.Links[i].VirtualParent,
-			Backend:           ins.Backend(u.cfg.Backend),
+			Backend:           link.Backend(u.cfg.Backend),
 			GSO:               u.cfg.GSOEnabled(),
 		}
 		pc.Stack.Uplinks = append(pc.Stack.Uplinks, uc)
@@ -260,13 +265,13 @@ func (p *insProc) stop(grace time.Duration) {
 // the daemon could not either).
 func noFileLimit() uint64 {
 	var rl unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err == nil && rl.Max < ins.DefaultNoFile {
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err == nil && rl.Max < sandbox.DefaultNoFile {
 		return rl.Max
 	}
-	return ins.DefaultNoFile
+	return sandbox.DefaultNoFile
 }
 
-func addrList(ups []ins.UplinkConfig) []string {
+func addrList(ups []netstack.UplinkConfig) []string {
 	var out []string
 	for _, u := range ups {
 		s := u.Name + "=" + u.Addr4.String()

@@ -24,6 +24,9 @@ import (
 	"github.com/mpshim/mpshim/isolator/config"
 	"github.com/mpshim/mpshim/isolator/ctrl"
 	"github.com/mpshim/mpshim/isolator/ins"
+	"github.com/mpshim/mpshim/isolator/ins/link"
+	"github.com/mpshim/mpshim/isolator/ins/netns"
+	"github.com/mpshim/mpshim/isolator/ins/netstack"
 	"github.com/mpshim/mpshim/isolator/uplink"
 )
 
@@ -79,14 +82,14 @@ func (d *Daemon) nextIfNameLocked() string {
 // insUplink is one uplink as one INS has it.
 type insUplink struct {
 	u   *uplinkState
-	cfg ins.UplinkConfig
+	cfg netstack.UplinkConfig
 }
 
 // uplinkConfigs returns the uplinks of the INS, in the order it got them.
-func (p *insProc) uplinkConfigs() []ins.UplinkConfig {
+func (p *insProc) uplinkConfigs() []netstack.UplinkConfig {
 	p.upMu.Lock()
 	defer p.upMu.Unlock()
-	out := make([]ins.UplinkConfig, len(p.ups))
+	out := make([]netstack.UplinkConfig, len(p.ups))
 	for i, u := range p.ups {
 		out[i] = u.cfg
 	}
@@ -101,12 +104,12 @@ func (p *insProc) has(u *uplinkState) bool {
 }
 
 // dropUplink forgets uplink u and returns its addresses to the pool.
-func (p *insProc) dropUplink(u *uplinkState) (ins.UplinkConfig, bool) {
+func (p *insProc) dropUplink(u *uplinkState) (netstack.UplinkConfig, bool) {
 	p.upMu.Lock()
 	defer p.upMu.Unlock()
 	i := slices.IndexFunc(p.ups, func(x insUplink) bool { return x.u == u })
 	if i < 0 {
-		return ins.UplinkConfig{}, false
+		return netstack.UplinkConfig{}, false
 	}
 	c := p.ups[i].cfg
 	p.ups = slices.Delete(p.ups, i, i+1)
@@ -202,7 +205,7 @@ func (d *Daemon) AddUplink(ctx context.Context, u config.Uplink) (*api.UplinkCha
 		return nil, err
 	}
 	d.mu.Unlock()
-	if err := ins.CheckHostLink(ctx, d.cfg.NetNS, u.Interface); err != nil {
+	if err := netns.CheckHostLink(ctx, d.cfg.NetNS, u.Interface); err != nil {
 		return nil, fmt.Errorf("uplink %q: %w", u.Name, err)
 	}
 	d.mu.Lock()
@@ -273,7 +276,7 @@ func (d *Daemon) addUplinkTo(ctx context.Context, p *insProc, us *uplinkState) (
 		}
 	}()
 	fail := func(err error) api.UplinkResult { return api.UplinkResult{Error: err.Error()} }
-	link, err := p.ns.AddLink(ctx, d.cfg.NetNS, us.cfg.Interface, us.ifname)
+	macvlan, err := p.ns.AddLink(ctx, d.cfg.NetNS, us.cfg.Interface, us.ifname)
 	if err != nil {
 		return fail(err)
 	}
@@ -292,14 +295,14 @@ func (d *Daemon) addUplinkTo(ctx context.Context, p *insProc, us *uplinkState) (
 		return fail(err)
 	}
 	undo = append(undo, func() { us.pool6.put(a6) })
-	f, err := ins.OpenLinkFile(p.ns.Path, us.ifname)
+	f, err := link.OpenFile(p.ns.Path, us.ifname)
 	if err != nil {
 		return fail(err)
 	}
-	cfg := ins.UplinkConfig{
+	cfg := netstack.UplinkConfig{
 		Name: us.cfg.Name, Interface: us.ifname,
 		Addr4: a4, Gateway4: us.gw4, Addr6: a6, Gateway6: us.gw6,
-		Weight: us.cfg.Weight, RXChecksumOffload: link.VirtualParent,
+		Weight: us.cfg.Weight, RXChecksumOffload: macvlan.VirtualParent,
 	}
 	if _, err := p.manageUplink(ctx, ins.ManageUplinkAdd, ins.UplinkOp{Config: &cfg}, f); err != nil {
 		return fail(err)

@@ -13,7 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mpshim/mpshim/isolator/api"
-	"github.com/mpshim/mpshim/isolator/ins"
+	"github.com/mpshim/mpshim/isolator/ins/tune"
 )
 
 func tuneCmd(d dialer) *cobra.Command {
@@ -72,10 +72,10 @@ refused with the reason; value "default" removes a setting. Keys:
 			}
 			fmt.Println(reply.Summary)
 			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "INS\t"+strings.ToUpper(strings.Join(ins.TuneKeys, "\t"))+"\tCONN-REFUSED")
+			fmt.Fprintln(w, "INS\t"+strings.ToUpper(strings.Join(tune.Keys, "\t"))+"\tCONN-REFUSED")
 			for _, r := range reply.INS {
 				var vals []string
-				for _, k := range ins.TuneKeys {
+				for _, k := range tune.Keys {
 					vals = append(vals, r.Tuning[k])
 				}
 				fmt.Fprintf(w, "%d\t%s\t%d\n", r.ID, strings.Join(vals, "\t"), r.ConnRefused)

@@ -7,6 +7,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 
 	"github.com/mpshim/mpshim/isolator/ctrl"
+	"github.com/mpshim/mpshim/isolator/ins/engine"
 	"github.com/mpshim/mpshim/msgproto"
 	"github.com/mpshim/mpshim/netflow"
 	"github.com/mpshim/mpshim/netflow/flowtable"
@@ -73,27 +74,18 @@ func fromTCPIP(a tcpip.Address) netip.Addr {
 // group). It runs once per collection with flows of unknown owner, outside
 // the table's locks, and costs one pass over the sockets.
 func (s *Server) flowOwners(recs []*flowtable.Record) {
-	s.eng.mu.Lock()
-	socks := make([]*sock, 0, len(s.eng.socks))
-	for _, k := range s.eng.socks {
-		socks = append(socks, k)
-	}
-	s.eng.mu.Unlock()
-	conns := make(map[netflow.Key]SockID, len(socks))
-	locals := map[localEnd]SockID{}
+	socks := s.eng.Ends()
+	conns := make(map[netflow.Key]engine.SockID, len(socks))
+	locals := map[localEnd]engine.SockID{}
 	for _, k := range socks {
-		la, err := k.ep.GetLocalAddress()
-		if err != nil {
+		local := fromTCPIP(k.Local.Addr)
+		if k.Connected && local.IsValid() {
+			key := netflow.Key{Src: local, Dst: fromTCPIP(k.Remote.Addr), SrcPort: k.Local.Port, DstPort: k.Remote.Port, Proto: uint8(k.Proto)}
+			conns[key.Canonical()] = k.ID
 			continue
 		}
-		local := fromTCPIP(la.Addr)
-		if ra, err := k.ep.GetRemoteAddress(); err == nil && ra.Port != 0 && local.IsValid() {
-			key := netflow.Key{Src: local, Dst: fromTCPIP(ra.Addr), SrcPort: la.Port, DstPort: ra.Port, Proto: uint8(k.proto)}
-			conns[key.Canonical()] = k.id
-			continue
-		}
-		if la.Port != 0 {
-			locals[localEnd{uint8(k.proto), local, la.Port}] = k.id
+		if k.Local.Port != 0 {
+			locals[localEnd{uint8(k.Proto), local, k.Local.Port}] = k.ID
 		}
 	}
 	s.mu.Lock()

@@ -9,13 +9,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mpshim/mpshim/isolator/ins/resolve"
+
+	"github.com/mpshim/mpshim/isolator/ins/engine"
+	"github.com/mpshim/mpshim/isolator/ins/internal/instest"
+
 	"golang.org/x/sys/unix"
-	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
-	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
-	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
 	"github.com/mpshim/mpshim/msgproto"
 	"github.com/mpshim/mpshim/netflow"
@@ -27,24 +29,24 @@ import (
 // both directions' payload, the initiator, the uplink, the end and the
 // owner.
 func TestFlowAccounting(t *testing.T) {
-	m := newMemNet(t, "wrr", 1, 1, -1)
-	srv := NewServer(1, m.ins, nil, slog.Default())
+	m := instest.NewMemNet(t, "wrr", 1, 1, -1)
+	srv := NewServer(1, m.INS, resolve.Config{}, nil, slog.Default())
 	t.Cleanup(srv.eng.Stop)
 	srv.EnableFlows(flowtable.Config{EndGrace: 100 * time.Millisecond})
 	const group = 77
 	rep := srv.socket(group, &msgproto.Socket{Domain: unix.AF_INET, SockType: unix.SOCK_STREAM}, nil)
-	id := SockID(rep.(*msgproto.SocketReply).Sock & localMask)
+	id := engine.SockID(rep.(*msgproto.SocketReply).Sock & localMask)
 	local := netip.AddrPortFrom(netip.MustParseAddr("10.1.0.2"), 80)
 	if e := srv.eng.Bind(id, netip.AddrPortFrom(netip.IPv4Unspecified(), 80)); e != 0 {
 		t.Fatalf("bind: %v", e)
 	}
-	lfd, ins := socketpair(t, unix.SOCK_SEQPACKET)
+	lfd, ins := instest.Socketpair(t, unix.SOCK_SEQPACKET)
 	if e := srv.eng.Listen(id, 8, ins); e != 0 {
 		t.Fatalf("listen: %v", e)
 	}
 
 	const request, response = 3000, 200_000
-	c, err := gonet.DialTCP(m.wan, tcpip.FullAddress{Addr: tcpAddr(local.Addr()), Port: 80}, ipv4.ProtocolNumber)
+	c, err := gonet.DialTCP(m.WAN, tcpip.FullAddress{Addr: instest.TCPAddr(local.Addr()), Port: 80}, ipv4.ProtocolNumber)
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
@@ -74,7 +76,7 @@ func TestFlowAccounting(t *testing.T) {
 			}
 			got += n
 		}
-		writeAll(appFD, make([]byte, response))
+		instest.WriteAll(appFD, make([]byte, response))
 	}()
 	if _, err := c.Write(make([]byte, request)); err != nil {
 		t.Fatal(err)
@@ -86,7 +88,7 @@ func TestFlowAccounting(t *testing.T) {
 	}
 
 	var flow *flowtable.Record
-	waitFor(t, 5*time.Second, func() bool {
+	instest.WaitFor(t, 5*time.Second, func() bool {
 		bt, err := flowtable.DecodeBatch(srv.flows.Collect(time.Now(), maxFlowBatch, srv.flowOwners))
 		if err != nil {
 			t.Fatal(err)
@@ -117,49 +119,12 @@ func TestFlowAccounting(t *testing.T) {
 }
 
 func TestFlowsDisabled(t *testing.T) {
-	m := newMemNet(t, "wrr", 1, 1, -1)
-	srv := NewServer(1, m.ins, nil, slog.Default())
+	m := instest.NewMemNet(t, "wrr", 1, 1, -1)
+	srv := NewServer(1, m.INS, resolve.Config{}, nil, slog.Default())
 	t.Cleanup(srv.eng.Stop)
 	srv.EnableFlows(flowtable.Config{Disable: true})
-	if srv.Flows() != nil || m.ins.taps.chain.Load() != nil {
+	if srv.Flows() != nil || m.INS.Tapped() {
 		t.Fatal("accounting disabled, yet a table or tap is installed")
-	}
-}
-
-type passTap struct{}
-
-func (passTap) Packet(string, netflow.Direction, *netflow.Packet) bool { return true }
-
-// BenchmarkTapPath measures one data packet's way through an uplink's tap
-// (gathering its headers, Parse, the taps): with a tap that does nothing,
-// which is the floor any tap pays, and with the flow table.
-func BenchmarkTapPath(b *testing.B) {
-	pkts := make([]*stack.PacketBuffer, 64)
-	for i := range pkts {
-		raw := make([]byte, 20+32+1448)
-		ip := header.IPv4(raw)
-		ip.Encode(&header.IPv4Fields{TotalLength: uint16(len(raw)), TTL: 64, Protocol: uint8(header.TCPProtocolNumber),
-			SrcAddr: tcpip.AddrFrom4([4]byte{10, 77, 0, 1}), DstAddr: tcpip.AddrFrom4([4]byte{10, 77, 0, 10})})
-		header.TCP(raw[20:]).Encode(&header.TCPFields{SrcPort: uint16(40000 + i), DstPort: 80, DataOffset: 32, Flags: header.TCPFlagAck})
-		pkts[i] = stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(raw)})
-		pkts[i].NetworkProtocolNumber = header.IPv4ProtocolNumber
-		b.Cleanup(pkts[i].DecRef)
-	}
-	for _, tc := range []struct {
-		name string
-		tap  Tap
-	}{{"parse only", passTap{}}, {"flow table", flowtable.New(flowtable.Config{})}} {
-		b.Run(tc.name, func(b *testing.B) {
-			t := &tapEndpoint{uplink: "up0", taps: &taps{}}
-			t.taps.chain.Store(&[]Tap{tc.tap})
-			var buf [netflow.HeaderBytes]byte
-			b.ReportAllocs()
-			for i := 0; b.Loop(); i++ {
-				if !t.pass(pkts[i&63], buf[:]) {
-					b.Fatal("dropped")
-				}
-			}
-		})
 	}
 }
 
@@ -182,11 +147,11 @@ func BenchmarkStreamThroughAccounting(b *testing.B) {
 }
 
 func streamBench(b *testing.B, out, acct bool) {
-	m := newMemNet(b, "wrr", 1, 1, -1)
+	m := instest.NewMemNet(b, "wrr", 1, 1, -1)
 	if acct {
-		m.ins.AddTap(flowtable.New(flowtable.Config{}))
+		m.INS.AddTap(flowtable.New(flowtable.Config{}))
 	}
-	ln, err := gonet.ListenTCP(m.wan, tcpip.FullAddress{Addr: tcpAddr(serverAddr), Port: 80}, ipv4.ProtocolNumber)
+	ln, err := gonet.ListenTCP(m.WAN, tcpip.FullAddress{Addr: instest.TCPAddr(instest.ServerAddr), Port: 80}, ipv4.ProtocolNumber)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -216,12 +181,12 @@ func streamBench(b *testing.B, out, acct bool) {
 			}()
 		}
 	}()
-	nic, local, err := m.ins.ChooseUplink(netip.AddrPortFrom(serverAddr, 80), 6)
+	nic, local, err := m.INS.ChooseUplink(netip.AddrPortFrom(instest.ServerAddr, 80), 6)
 	if err != nil {
 		b.Fatal(err)
 	}
-	c, err := gonet.DialTCPWithBind(context.Background(), m.ins.Stack(), tcpip.FullAddress{NIC: nic, Addr: local},
-		tcpip.FullAddress{Addr: tcpAddr(serverAddr), Port: 80}, ipv4.ProtocolNumber)
+	c, err := gonet.DialTCPWithBind(context.Background(), m.INS.Stack(), tcpip.FullAddress{NIC: nic, Addr: local},
+		tcpip.FullAddress{Addr: instest.TCPAddr(instest.ServerAddr), Port: 80}, ipv4.ProtocolNumber)
 	if err != nil {
 		b.Fatal(err)
 	}

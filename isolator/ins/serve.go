@@ -1,3 +1,10 @@
+// Package ins is one isolated network stack (INS) process: its entry point
+// (RunProcess), the control channel it serves the daemon on (Server), and
+// the management requests it answers — stats, uplinks, flows, mitigation,
+// profiles. It wires the layers below it together and owns none of them:
+// the engine serves sockets, the netstack owns NICs and uplinks, link owns
+// the kernel side of each NIC, and sandbox confines the process. Nothing
+// below this package imports it.
 package ins
 
 import (
@@ -19,6 +26,11 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mpshim/mpshim/isolator/ctrl"
+	"github.com/mpshim/mpshim/isolator/ins/engine"
+	"github.com/mpshim/mpshim/isolator/ins/mitigate"
+	"github.com/mpshim/mpshim/isolator/ins/netstack"
+	"github.com/mpshim/mpshim/isolator/ins/resolve"
+	"github.com/mpshim/mpshim/isolator/ins/sandbox"
 	"github.com/mpshim/mpshim/msgproto"
 	"github.com/mpshim/mpshim/netflow/flowtable"
 )
@@ -27,13 +39,16 @@ import (
 // passes it as JSON in the environment variable ConfigEnv.
 type ProcessConfig struct {
 	// Stack configures the netstack and its uplinks.
-	Stack Config
+	Stack netstack.Config
+	// DNS configures the resolver that answers the apps' Resolve
+	// requests.
+	DNS resolve.Config
 	// Sandbox confines the process once the link sockets are open.
-	Sandbox SandboxOptions
+	Sandbox sandbox.Options
 	// NoSandbox skips the sandbox (diagnostics only).
 	NoSandbox bool
 	// Mitigation are the rules and tunings in force from the start.
-	Mitigation Mitigation
+	Mitigation mitigate.Mitigation
 	// Flows sizes the flow table (see EnableFlows).
 	Flows flowtable.Config
 }
@@ -62,9 +77,9 @@ const MaxProfileSeconds = 300
 
 // ManageRequest is a management request from the daemon.
 type ManageRequest struct {
-	Op       string           `json:"op"`
-	Group    uint64           `json:"group,omitempty"`
-	Mitigate *MitigateRequest `json:"mitigate,omitempty"`
+	Op       string            `json:"op"`
+	Group    uint64            `json:"group,omitempty"`
+	Mitigate *mitigate.Request `json:"mitigate,omitempty"`
 	// Uplink carries the arguments of the uplink operations (ManageUplink*).
 	Uplink  *UplinkOp `json:"uplink,omitempty"`
 	Profile string    `json:"profile,omitempty"`
@@ -73,51 +88,52 @@ type ManageRequest struct {
 
 // Status is an INS's answer to ManageStats.
 type Status struct {
-	Engine   EngineStats      `json:"engine"`
-	Uplinks  []UplinkCounters `json:"uplinks"`
-	RSSBytes uint64           `json:"rss_bytes"`
-	Error    string           `json:"error,omitempty"`
-	Mitigate *MitigateReply   `json:"mitigate,omitempty"`
+	Engine   engine.Stats              `json:"engine"`
+	Uplinks  []netstack.UplinkCounters `json:"uplinks"`
+	RSSBytes uint64                    `json:"rss_bytes"`
+	Error    string                    `json:"error,omitempty"`
+	Mitigate *mitigate.Reply           `json:"mitigate,omitempty"`
 }
 
 // Server answers the daemon's requests for one INS: socket calls go to the
 // Engine, after the caller's socket group is checked against the socket's.
 type Server struct {
 	id  int
-	st  *Stack
-	eng *Engine
+	st  *netstack.Stack
+	eng *engine.Engine
 	ch  *ctrl.Conn
 	log *slog.Logger
-	mit *mitigation // rules, resets and tunings (rules.go)
-	res *resolver
+	mit *mitigate.Mitigator // rules, resets and tunings
+	res *resolve.Resolver
 	// flows counts every uplink packet; nil when accounting is off.
 	flows *flowtable.Table
 
 	mu      sync.Mutex
-	owner   map[SockID]uint64   // socket group of each socket
-	pending map[SockID]*os.File // stream ends waiting for Connect
+	owner   map[engine.SockID]uint64   // socket group of each socket
+	pending map[engine.SockID]*os.File // stream ends waiting for Connect
 
 	placed   atomic.Uint64 // sockets created by Socket requests (Load)
 	loadKick chan struct{} // a load notice is due (reportLoad)
 }
 
-// NewServer builds the engine on st and serves the daemon on ch.
-func NewServer(id int, st *Stack, ch *ctrl.Conn, log *slog.Logger) *Server {
-	s := &Server{id: id, st: st, ch: ch, log: log, owner: map[SockID]uint64{}, pending: map[SockID]*os.File{},
+// NewServer builds the engine on st and serves the daemon on ch; dns
+// configures the resolver.
+func NewServer(id int, st *netstack.Stack, dns resolve.Config, ch *ctrl.Conn, log *slog.Logger) *Server {
+	s := &Server{id: id, st: st, ch: ch, log: log, owner: map[engine.SockID]uint64{}, pending: map[engine.SockID]*os.File{},
 		loadKick: make(chan struct{}, 1)}
-	s.eng = NewEngine(st.Stack(), st, EngineOptions{EncodeAccept: s.encodeAccept, Logger: log, OnRelease: s.loadChanged, Released: s.released})
-	s.res = newResolver(st, log)
+	s.eng = engine.New(st.Stack(), st, engine.Options{EncodeAccept: s.encodeAccept, Logger: log, OnRelease: s.loadChanged, Released: s.released})
+	s.res = resolve.New(st, dns, log)
 	return s
 }
 
 // Engine returns the socket engine.
-func (s *Server) Engine() *Engine { return s.eng }
+func (s *Server) Engine() *engine.Engine { return s.eng }
 
-func (s *Server) global(id SockID) uint64 { return uint64(s.id)<<48 | uint64(id)&localMask }
+func (s *Server) global(id engine.SockID) uint64 { return uint64(s.id)<<48 | uint64(id)&localMask }
 
 // encodeAccept announces an accepted connection: it belongs to its
 // listener's socket group, and the app learns its global id.
-func (s *Server) encodeAccept(listener, sock SockID, local, peer netip.AddrPort) []byte {
+func (s *Server) encodeAccept(listener, sock engine.SockID, local, peer netip.AddrPort) []byte {
 	s.mu.Lock()
 	s.owner[sock] = s.owner[listener]
 	s.mu.Unlock()
@@ -224,7 +240,7 @@ func startProfile(req ManageRequest, f *os.File) error {
 // forget closes every socket of a group that has gone.
 func (s *Server) forget(group uint64) {
 	s.mu.Lock()
-	var ids []SockID
+	var ids []engine.SockID
 	for id, g := range s.owner {
 		if g == group {
 			ids = append(ids, id)
@@ -239,7 +255,7 @@ func (s *Server) forget(group uint64) {
 // released drops the group of a socket the engine has freed: the engine
 // frees an accepted connection when the app's last descriptor of it is
 // gone, with no call from the daemon.
-func (s *Server) released(id SockID) {
+func (s *Server) released(id engine.SockID) {
 	s.mu.Lock()
 	delete(s.owner, id)
 	s.mu.Unlock()
@@ -248,7 +264,7 @@ func (s *Server) released(id SockID) {
 // release ends the daemon's interest in a socket: it is no longer anyone's,
 // its unused stream end is closed, and the engine frees it once the app's
 // descriptors are gone too.
-func (s *Server) release(id SockID) {
+func (s *Server) release(id engine.SockID) {
 	s.mu.Lock()
 	delete(s.owner, id)
 	s.mu.Unlock()
@@ -260,7 +276,7 @@ func (s *Server) release(id SockID) {
 
 // takePending removes and returns the stream end a socket got at creation
 // and has not yet handed to a connection (nil if none).
-func (s *Server) takePending(id SockID) *os.File {
+func (s *Server) takePending(id engine.SockID) *os.File {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	f := s.pending[id]
@@ -283,11 +299,11 @@ func (s *Server) socketCall(ctx context.Context, m ctrl.Msg) {
 func errReply(e unix.Errno) msgproto.Message { return &msgproto.Reply{Errno: int32(e)} }
 
 // sock resolves a global id of this INS owned by group.
-func (s *Server) sock(group, global uint64) (SockID, unix.Errno) {
+func (s *Server) sock(group, global uint64) (engine.SockID, unix.Errno) {
 	if int(global>>48) != s.id {
 		return 0, unix.EBADF
 	}
-	id := SockID(global & localMask)
+	id := engine.SockID(global & localMask)
 	s.mu.Lock()
 	g, ok := s.owner[id]
 	s.mu.Unlock()
@@ -340,9 +356,9 @@ func (s *Server) handle(ctx context.Context, m ctrl.Msg) msgproto.Message {
 		return s.socket(group, r, f)
 	case *msgproto.Resolve:
 		closeF()
-		return s.res.resolve(ctx, r)
+		return s.res.Resolve(ctx, r)
 	}
-	sockOf := func(global uint64) (SockID, unix.Errno) { return s.sock(group, global) }
+	sockOf := func(global uint64) (engine.SockID, unix.Errno) { return s.sock(group, global) }
 	switch r := req.(type) {
 	case *msgproto.Bind:
 		closeF()
@@ -532,24 +548,24 @@ func RunProcess(ctx context.Context, ctrlFile *os.File, log *slog.Logger) error 
 	os.Unsetenv(ConfigEnv)
 	log = log.With("ins", cfg.Stack.ID)
 	cfg.Stack.Logger = log
-	mit, err := newMitigation(cfg.Stack.ID, cfg.Mitigation, log)
+	mit, err := mitigate.New(cfg.Stack.ID, cfg.Mitigation, log)
 	if err != nil {
 		return fmt.Errorf("ins %d: %w", cfg.Stack.ID, err)
 	}
 	cfg.Stack.Taps = append(cfg.Stack.Taps, mit.Tap())
-	st, err := NewStack(cfg.Stack)
+	st, err := netstack.New(cfg.Stack)
 	if err != nil {
 		return fmt.Errorf("ins %d: %w", cfg.Stack.ID, err)
 	}
 	defer st.Close()
 	ch := ctrl.New(ctrlFile)
-	srv := NewServer(cfg.Stack.ID, st, ch, log)
+	srv := NewServer(cfg.Stack.ID, st, cfg.DNS, ch, log)
 	if err := srv.setMitigation(mit); err != nil {
 		return fmt.Errorf("ins %d: %w", cfg.Stack.ID, err)
 	}
 	srv.EnableFlows(cfg.Flows)
 	if !cfg.NoSandbox {
-		if err := Sandbox(cfg.Sandbox); err != nil {
+		if err := sandbox.Enter(cfg.Sandbox); err != nil {
 			return fmt.Errorf("ins %d: %w", cfg.Stack.ID, err)
 		}
 	}

@@ -1,10 +1,12 @@
 package ins
 
 import (
+	"errors"
 	"fmt"
 	"os"
 
 	"github.com/mpshim/mpshim/isolator/ctrl"
+	"github.com/mpshim/mpshim/isolator/ins/netstack"
 )
 
 // Management operations on uplinks (KindManage frames with
@@ -30,7 +32,7 @@ const (
 // UplinkOp carries the arguments of an uplink management request.
 type UplinkOp struct {
 	// Config is the uplink to add (ManageUplinkAdd).
-	Config *UplinkConfig `json:"config,omitempty"`
+	Config *netstack.UplinkConfig `json:"config,omitempty"`
 	// Name names the uplink of the other operations.
 	Name string `json:"name,omitempty"`
 	// Drain is ManageUplinkDrain's argument.
@@ -41,7 +43,7 @@ type UplinkOp struct {
 
 // UplinkStatus is one uplink of an INS as ManageUplinkStats reports it.
 type UplinkStatus struct {
-	UplinkCounters
+	netstack.UplinkCounters
 	// Conns counts the live TCP connections on the uplink (see
 	// Stack.UplinkConns).
 	Conns int
@@ -110,3 +112,7 @@ func (s *Server) uplinkStatus() []UplinkStatus {
 	}
 	return out
 }
+
+// errNoUplinkOp is returned for an uplink management request without its
+// arguments.
+var errNoUplinkOp = errors.New("uplink request without arguments")
