@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -150,6 +151,46 @@ func TestAbsentIsolator(t *testing.T) {
 	}
 	if _, err := os.Stat(marker); err != nil {
 		t.Fatalf("mpshim run --fail open did not run the command: %v", err)
+	}
+	// The environment and the descriptor limit reach the command as they
+	// are, LD_PRELOAD and the variables of the flags given aside.
+	env := append(os.Environ(), "MPSHIM_TEST_VAR=a b=c", "LD_PRELOAD=/lib/none.so")
+	show := []string{"sh", "-c", `ulimit -Sn; env | LC_ALL=C sort`}
+	direct, err := exec.Command(show[0], show[1:]...).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(harness.Binary(t, "mpshim"), append([]string{"run", "--fail", "open", "--socket", stale, "--"}, show...)...)
+	cmd.Env = env
+	under, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	lib := harness.Binary(t, "libmpshim.so")
+	wantLines := strings.Split(strings.TrimSpace(string(direct)), "\n")
+	var filtered []string
+	for _, l := range wantLines {
+		if !strings.HasPrefix(l, "LD_PRELOAD=") && !strings.HasPrefix(l, "MPSHIM_FAIL=") && !strings.HasPrefix(l, "MPSHIM_SOCKET=") {
+			filtered = append(filtered, l)
+		}
+	}
+	filtered = append(filtered, "LD_PRELOAD=/lib/none.so:"+lib, "MPSHIM_FAIL=open", "MPSHIM_SOCKET="+stale, "MPSHIM_TEST_VAR=a b=c")
+	var got []string
+	for _, l := range strings.Split(strings.TrimSpace(string(under)), "\n") {
+		if !strings.HasPrefix(l, "_=") && !strings.HasPrefix(l, "SHLVL=") && !strings.HasPrefix(l, "PWD=") {
+			got = append(got, l)
+		}
+	}
+	filteredNoNoise := filtered[:0:0]
+	for _, l := range filtered {
+		if !strings.HasPrefix(l, "_=") && !strings.HasPrefix(l, "SHLVL=") && !strings.HasPrefix(l, "PWD=") {
+			filteredNoNoise = append(filteredNoNoise, l)
+		}
+	}
+	slices.Sort(got)
+	slices.Sort(filteredNoNoise)
+	if !slices.Equal(got, filteredNoNoise) {
+		t.Errorf("environment under mpshim run:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(filteredNoNoise, "\n"))
 	}
 	if out, code := mpshim(t, nil, nil, "run", "--fail", "open", "--socket", stale, "--", "no-such-command-mpshim"); code != 127 {
 		t.Fatalf("missing command: status %d (%q), want 127", code, out)
