@@ -95,7 +95,7 @@ func TestDashboardQueries(t *testing.T) {
 	iso := harness.StartIsolator(t, tp, harness.Options{INS: 2, Args: []string{
 		"--metrics-listen", "127.0.0.1:9108", "--ipfix", "127.0.0.1:4739"}})
 	// A mitigation rule, so that the rule counters have series.
-	if b, err := runIn(t, nil, harness.Binary(t, "netflow"), "--api", iso.API, "block", "198.51.100.0/24"); err != nil {
+	if b, err := exec.Command(harness.Binary(t, "netflow"), "--api", iso.API, "block", "198.51.100.0/24").CombinedOutput(); err != nil {
 		t.Fatalf("netflow block: %v\n%s", err, b)
 	}
 	// Traffic to every INS address from wan: connections refused by the
@@ -199,22 +199,4 @@ scrape_configs:
 	}
 	slices.Sort(checked)
 	t.Logf("%d dashboard expressions run; %d metrics looked up: %s", len(exprs), len(checked), strings.Join(checked, " "))
-}
-
-// runIn runs a command (in ns, or here when ns is nil) and returns its
-// combined output.
-func runIn(t *testing.T, ns *topo.NS, name string, args ...string) (string, error) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if ns != nil {
-		return ns.Run(ctx, name, args...)
-	}
-	out, err := execCommand(ctx, name, args...)
-	return out, err
-}
-
-func execCommand(ctx context.Context, name string, args ...string) (string, error) {
-	b, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
-	return string(b), err
 }
