@@ -114,8 +114,17 @@ func TestDeb(t *testing.T) {
 		t.Skipf("/var/lib/mpshim exists outside the package; purging the package would remove it")
 	}
 	dir := t.TempDir()
+	start := time.Now()
+	phase := func(what string) {
+		t.Logf("%s: %v", what, time.Since(start).Round(10*time.Millisecond))
+		start = time.Now()
+	}
 	deb1 := buildDeb(t, "0.0.1~test", dir)
 	deb2 := buildDeb(t, "0.0.2~test", dir)
+	if fi, err := os.Stat(deb1); err == nil {
+		t.Logf("%s: %d bytes", filepath.Base(deb1), fi.Size())
+	}
+	phase("two packages built")
 	t.Cleanup(func() {
 		if installedVersion() != "" {
 			if out, err := exec.Command("dpkg", "--purge", "mpshim").CombinedOutput(); err != nil {
@@ -168,7 +177,9 @@ func TestDeb(t *testing.T) {
 	}
 	loadConfig(t, "/etc/mpshim/isolator.yaml")
 
+	phase("installed and checked")
 	t.Run("serve", func(t *testing.T) { serveInstalled(t) })
+	phase("served nginx")
 
 	// Upgrade over a changed conffile: dpkg keeps the admin's file.
 	f, err := os.OpenFile("/etc/mpshim/isolator.yaml", os.O_APPEND|os.O_WRONLY, 0)
@@ -192,6 +203,7 @@ func TestDeb(t *testing.T) {
 		t.Errorf("upgraded mpshim doctor (%v):\n%s", err, out)
 	}
 
+	phase("upgraded")
 	out = run(t, "dpkg", "--purge", "mpshim")
 	t.Logf("dpkg --purge mpshim:\n%s", out)
 	if v := installedVersion(); v != "" {
@@ -204,6 +216,7 @@ func TestDeb(t *testing.T) {
 			t.Errorf("%s left after purge", p)
 		}
 	}
+	phase("purged")
 	if _, err := user.Lookup("mpshim-ins"); err == nil {
 		pw, _ := exec.Command("getent", "passwd", "mpshim-ins").CombinedOutput()
 		t.Errorf("user mpshim-ins left after purge: %s", pw)
