@@ -39,7 +39,7 @@ INSTALLED_CMDS := isolator mpshim netflow
 # VERSION of the Debian package: 0.0~gitDATE.COMMIT unless given.
 VERSION     ?= 0.0~git$(shell git log -1 --format=%cd.%h --date=format:%Y%m%d%H%M%S 2>/dev/null || echo 0)
 
-.PHONY: all build deps deps-test test vet fmt-check generate-check demo bench clean FORCE
+.PHONY: all build deps deps-test test soak vet fmt-check generate-check demo bench clean FORCE
 .PHONY: install install-files uninstall deb
 
 all: build
@@ -74,6 +74,13 @@ vet:
 test: deps-test build fmt-check vet
 	MPSHIM_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
+# soak is the 11-minute survival run (not part of test): nginx under the
+# shim, 10,000 wrk connections over 4 INS, an INS killed every minute, the
+# daemon killed and restarted twice; descriptors and memory checked after
+# every phase.
+soak: deps-test build
+	MPSHIM_BIN=$(CURDIR)/$(BIN) MPSHIM_SOAK=1 $(GO) test -count=1 -timeout 30m -v -run TestSoak ./test/soak
+
 demo: deps-test build
 	@scripts/demo.sh
 
@@ -85,6 +92,7 @@ bench: build
 	@scripts/deps.sh bench
 	$(GO) build -o $(BIN)/mpbench ./bench/cmd/mpbench
 	$(BIN)/mpbench --bin $(BIN) $(ARGS)
+	$(GO) run ./bench/lb
 
 # install puts the binaries, libmpshim.so (LIBDIR/mpshim, where mpshim
 # finds it), the systemd unit, shell completions and the README in place,

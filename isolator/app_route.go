@@ -23,6 +23,18 @@ type sockRec struct {
 	proto  int32
 	bound  msgproto.Addr
 	opts   []*msgproto.Setsockopt
+	// file is the daemon's duplicate of the app's end of the socket until
+	// the socket is placed for good (see place): with it, a bind to an
+	// address of another INS moves the socket there.
+	file *os.File
+}
+
+// dropFile closes r's duplicate of the app's end.
+func (r *sockRec) dropFile() {
+	if r.file != nil {
+		r.file.Close()
+		r.file = nil
+	}
 }
 
 // recordable reports whether an option of level is replayed into replicas.
@@ -69,9 +81,26 @@ func sockOf(m msgproto.Message) (uint64, bool) {
 	return 0, false
 }
 
-// setSock rewrites the socket a request names (to a listener replica).
+// setSock rewrites the socket a request names (to a listener replica, or
+// to the socket a moved one became).
 func setSock(m msgproto.Message, sock uint64) {
 	switch m := m.(type) {
+	case *msgproto.Bind:
+		m.Sock = sock
+	case *msgproto.Connect:
+		m.Sock = sock
+	case *msgproto.Close:
+		m.Sock = sock
+	case *msgproto.Getpeername:
+		m.Sock = sock
+	case *msgproto.SendTo:
+		m.Sock = sock
+	case *msgproto.RecvFrom:
+		m.Sock = sock
+	case *msgproto.SendMsg:
+		m.Sock = sock
+	case *msgproto.RecvMsg:
+		m.Sock = sock
 	case *msgproto.Getsockname:
 		m.Sock = sock
 	case *msgproto.Getsockopt:
@@ -125,10 +154,6 @@ func (s *AppServer) dispatch(ctx context.Context, c *client, m msgproto.Message,
 	switch m := m.(type) {
 	case *msgproto.Socket:
 		return s.socket(ctx, c, m, files)
-	case *msgproto.Listen:
-		if len(files) > 0 {
-			return s.listen(ctx, c, m, files)
-		}
 	case *msgproto.Resolve:
 		closeFiles(files)
 		return s.resolve(ctx, c, m)
@@ -137,6 +162,25 @@ func (s *AppServer) dispatch(ctx context.Context, c *client, m msgproto.Message,
 	if !ok {
 		closeFiles(files)
 		return nil, unix.EPROTO // not a request
+	}
+	if moved, ok := s.movedTo(c.group, sock, m); ok {
+		sock = moved
+		setSock(m, sock)
+	}
+	switch m := m.(type) {
+	case *msgproto.Listen:
+		s.placed(c.group, sock)
+		if len(files) > 0 {
+			return s.listen(ctx, c, m, files)
+		}
+	case *msgproto.Bind:
+		if reply, errno, done := s.bindElsewhere(ctx, c, m); done {
+			return reply, errno
+		}
+	case *msgproto.Connect, *msgproto.SendTo, *msgproto.SendMsg:
+		s.placed(c.group, sock)
+	case *msgproto.Close:
+		s.forgetMoved(c.group, sock)
 	}
 	reply, errno := s.forward(ctx, c.group, sock, m, files)
 	if errno != 0 || !succeeded(reply) {
@@ -156,6 +200,7 @@ func (s *AppServer) dispatch(ctx context.Context, c *client, m msgproto.Message,
 	case *msgproto.Connect:
 		s.mu.Lock()
 		if r := s.socks[sock]; r != nil && r.group == c.group {
+			r.dropFile()
 			delete(s.socks, sock) // a connected socket never listens
 		}
 		s.mu.Unlock()
@@ -197,38 +242,49 @@ func (s *AppServer) forward(ctx context.Context, group, sock uint64, m msgproto.
 	return reply, 0
 }
 
-// socket places a new socket on the INS Backends.Pick chooses.
+// socket places a new socket on the INS Backends.Pick chooses. The daemon
+// keeps a duplicate of the app's end until the socket's first bind,
+// connect, listen or send, so that a bind to an address of another INS can
+// move it there.
 func (s *AppServer) socket(ctx context.Context, c *client, m *msgproto.Socket, files []*os.File) (msgproto.Message, unix.Errno) {
+	var dup *os.File
+	if len(files) == 1 {
+		dup, _ = dupFile(files[0]) // without it the socket just stays where it is
+	}
+	fail := func(reply msgproto.Message, errno unix.Errno) (msgproto.Message, unix.Errno) {
+		if dup != nil {
+			dup.Close()
+		}
+		return reply, errno
+	}
 	b, err := s.backends.Pick()
 	if err != nil {
 		closeFiles(files)
 		c.log.Warn("app: no INS for a new socket", "err", err)
 		var e unix.Errno
 		if errors.As(err, &e) && e > 0 && e <= msgproto.MaxErrno {
-			return nil, e
+			return fail(nil, e)
 		}
-		return nil, unix.ENOBUFS
+		return fail(nil, unix.ENOBUFS)
 	}
 	reply, err := b.Call(ctx, c.group, m, files...)
 	if err != nil {
-		return nil, errnoOf(err)
+		return fail(nil, errnoOf(err))
 	}
 	sr, ok := reply.(*msgproto.SocketReply)
 	if !ok {
 		if reply == nil {
-			return nil, unix.EIO
+			return fail(nil, unix.EIO)
 		}
-		return reply, 0
+		return fail(reply, 0)
 	}
 	if SockINS(sr.Sock) != b.ID() {
 		c.log.Warn("app: INS answered a socket id of another INS", "ins", b.ID(), "sock", sr.Sock)
-		return nil, unix.EIO
+		return fail(nil, unix.EIO)
 	}
-	if m.SockType&0xf == unix.SOCK_STREAM {
-		s.mu.Lock()
-		s.socks[sr.Sock] = &sockRec{group: c.group, domain: m.Domain, typ: m.SockType, proto: m.Protocol}
-		s.mu.Unlock()
-	}
+	s.mu.Lock()
+	s.socks[sr.Sock] = &sockRec{group: c.group, domain: m.Domain, typ: m.SockType, proto: m.Protocol, file: dup}
+	s.mu.Unlock()
 	return sr, 0
 }
 

@@ -2,6 +2,7 @@ package isolator
 
 import (
 	"context"
+	"net/netip"
 	"os"
 
 	"github.com/mpshim/mpshim/msgproto"
@@ -40,4 +41,7 @@ type Backends interface {
 	Get(id int) (Backend, bool)
 	// All returns every live INS.
 	All() []Backend
+	// Owner returns the live INS that has address a on one of its
+	// uplinks, if one has.
+	Owner(a netip.Addr) (Backend, bool)
 }

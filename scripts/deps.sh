@@ -18,6 +18,9 @@ test | demo | bench)
 	# The flow collector the IPFIX export is checked against, and the
 	# Prometheus that scrapes /metrics for the Grafana dashboard's queries.
 	want+=(nfdump prometheus)
+	# Runtime libraries of gVisor's prebuilt socket tests
+	# (../shared/conformance/gvisor-socket, the conformance target).
+	want+=(libabsl20220623 libbenchmark1debian)
 	if [ "$1" = bench ]; then
 		# The benchmark's plot and its profiles of the processes under load.
 		want+=(gnuplot-nox linux-perf)

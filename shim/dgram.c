@@ -203,7 +203,7 @@ static struct mp_fd *send_decide(int fd, struct mp_fd *e, const struct sockaddr 
 		return e;
 	if (e->type != SOCK_DGRAM || !sa)
 		return NULL;
-	if (mp_addr_kernel(sa, len)) {
+	if (mp_dst_kernel(sa, len)) {
 		memset(e, 0, sizeof *e);
 		return NULL;
 	}

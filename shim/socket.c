@@ -62,6 +62,22 @@ int mp_addr_kernel(const struct sockaddr *sa, socklen_t len)
 	return 1;
 }
 
+/* Whether a destination stays on the kernel: a loopback address, or (with
+ * loopback on the kernel) the unspecified address, which Linux takes for
+ * loopback in connect and sendto. */
+int mp_dst_kernel(const struct sockaddr *sa, socklen_t len)
+{
+	if (mp_addr_kernel(sa, len))
+		return 1;
+	if (mp_conf.loopback_ins)
+		return 0;
+	if (sa->sa_family == AF_INET)
+		return ((const struct sockaddr_in *)(const void *)sa)->sin_addr.s_addr == 0;
+	/* mp_addr_kernel has checked the family and length */
+	const struct in6_addr *a = &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr;
+	return IN6_IS_ADDR_UNSPECIFIED(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr32[3] == 0);
+}
+
 /* ---- conversion ----------------------------------------------------------- */
 
 /* Puts nfd in place of fd keeping what belongs to the descriptor and the
@@ -141,14 +157,14 @@ int mp_convert(int fd, struct mp_fd *e)
 	return 0;
 }
 
-/* Decides a pending socket for an operation on sa: returns 1 when it
- * stays on the kernel (the entry is dropped), 0 when it is now INS, -1 on
- * error with errno set. */
-static int decide(int fd, struct mp_fd *e, const struct sockaddr *sa, socklen_t len)
+/* Decides a pending socket for an operation on sa (a destination when dst
+ * is set, else a local address): returns 1 when it stays on the kernel (the
+ * entry is dropped), 0 when it is now INS, -1 on error with errno set. */
+static int decide(int fd, struct mp_fd *e, const struct sockaddr *sa, socklen_t len, int dst)
 {
 	int rc;
 
-	if (sa && mp_addr_kernel(sa, len)) {
+	if (sa && (dst ? mp_dst_kernel(sa, len) : mp_addr_kernel(sa, len))) {
 		memset(e, 0, sizeof *e);
 		return 1;
 	}
@@ -242,23 +258,228 @@ static int connect_stream(int fd, struct mp_fd *e, const struct sockaddr *sa, so
 	return rc < 0 ? mp_fail(-rc) : 0;
 }
 
+/* ---- listener keepers (shim.h) ---------------------------------------- */
+
+/* The keeper of listener entry e, if it still is one (a range close may
+ * have taken it). */
+static struct mp_fd *keeper_of(const struct mp_fd *e)
+{
+	struct mp_fd *k;
+
+	if (e->kind != MPK_LISTEN || e->keep <= 0)
+		return NULL;
+	k = mp_get(e->keep);
+	if (!k || k->kind != MPK_INTERNAL || k->type != MP_INTERNAL_KEEP || k->sock != e->sock)
+		return NULL;
+	return k;
+}
+
+void mp_keep_release(int fd, struct mp_fd *e)
+{
+	int keep = e->keep;
+	MP_SAVE;
+
+	if (!keeper_of(e)) {
+		MP_RESTORE;
+		return;
+	}
+	for (unsigned int i = 0; i < mp_table_hiwat && i < mp_table_size; i++)
+		if ((int)i != fd && mp_table[i].kind == MPK_LISTEN && mp_table[i].keep == keep) {
+			MP_RESTORE;
+			return;
+		}
+	mp_clear(keep);
+	REAL(close)(keep);
+	MP_RESTORE;
+}
+
+void mp_keep_evict(int fd)
+{
+	struct mp_fd *k = mp_get(fd), *nk;
+	int nfd;
+	MP_SAVE;
+
+	if (!k || k->kind != MPK_INTERNAL || k->type != MP_INTERNAL_KEEP) {
+		MP_RESTORE;
+		return;
+	}
+	nfd = REAL(fcntl)(fd, F_DUPFD_CLOEXEC, fd + 1);
+	if (nfd >= 0 && (nk = mp_slot(nfd))) {
+		*nk = *k;
+		for (unsigned int i = 0; i < mp_table_hiwat && i < mp_table_size; i++)
+			if (mp_table[i].kind == MPK_LISTEN && mp_table[i].keep == fd)
+				mp_table[i].keep = nfd;
+	} else if (nfd >= 0) {
+		REAL(close)(nfd);
+	}
+	memset(k, 0, sizeof *k);
+	REAL(close)(fd);
+	MP_RESTORE;
+}
+
+void mp_keep_forget_range(unsigned int first, unsigned int last)
+{
+	for (unsigned int i = first; i <= last && i < mp_table_hiwat && i < mp_table_size; i++)
+		if (mp_table[i].kind == MPK_INTERNAL && mp_table[i].type == MP_INTERNAL_KEEP)
+			memset(&mp_table[i], 0, sizeof mp_table[i]);
+}
+
 /* ---- listen and accept ---------------------------------------------------- */
+
+/* Records what mp_relisten needs to make listener e again: its address
+ * and the options that decide whether the bind succeeds. */
+static void note_listener(struct mp_fd *e)
+{
+	union {
+		struct sockaddr sa;
+		struct sockaddr_in in;
+		struct sockaddr_in6 in6;
+	} a;
+	socklen_t len = sizeof a;
+	int v = 0;
+	socklen_t vl = sizeof v;
+	MP_SAVE;
+
+	if (mps_getname(e->sock, 0, &a.sa, &len) == 0) {
+		if (a.sa.sa_family == AF_INET) {
+			memcpy(e->laddr, &a.in.sin_addr, 4);
+			e->lport = ntohs(a.in.sin_port);
+			e->lflags |= MPL_BOUND;
+		} else if (a.sa.sa_family == AF_INET6) {
+			memcpy(e->laddr, &a.in6.sin6_addr, 16);
+			e->lport = ntohs(a.in6.sin6_port);
+			e->lflags |= MPL_BOUND;
+		}
+	}
+	if (e->domain == AF_INET6 && mps_getsockopt(e->sock, IPPROTO_IPV6, IPV6_V6ONLY, &v, &vl) == 0 && v)
+		e->lflags |= MPL_V6ONLY;
+	v = 0;
+	vl = sizeof v;
+	if (mps_getsockopt(e->sock, SOL_SOCKET, SO_REUSEPORT, &v, &vl) == 0 && v)
+		e->lflags |= MPL_REUSEPORT;
+	MP_RESTORE;
+}
+
+/* Makes listener e (keeper k) again under the current session; 0 or
+ * -errno. */
+static int relisten_one(struct mp_fd *e, int k)
+{
+	union {
+		struct sockaddr sa;
+		struct sockaddr_in in;
+		struct sockaddr_in6 in6;
+	} a;
+	socklen_t len;
+	uint64_t sock;
+	int sv[2], one = 1, rc, kd;
+
+	memset(&a, 0, sizeof a);
+	if (e->domain == AF_INET) {
+		a.in.sin_family = AF_INET;
+		a.in.sin_port = htons(e->lport);
+		memcpy(&a.in.sin_addr, e->laddr, 4);
+		len = sizeof a.in;
+	} else {
+		a.in6.sin6_family = AF_INET6;
+		a.in6.sin6_port = htons(e->lport);
+		memcpy(&a.in6.sin6_addr, e->laddr, 16);
+		len = sizeof a.in6;
+	}
+	if (REAL(socketpair)(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+		return -errno;
+	rc = mps_socket(e->domain, SOCK_STREAM | SOCK_NONBLOCK, e->protocol, sv[1], &sock);
+	REAL(close)(sv[1]);
+	REAL(close)(sv[0]);
+	if (rc < 0)
+		return rc;
+	mps_setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	if (e->lflags & MPL_REUSEPORT)
+		mps_setsockopt(sock, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+	if (e->lflags & MPL_V6ONLY)
+		mps_setsockopt(sock, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+	if ((rc = mps_bind(sock, &a.sa, len)) < 0)
+		goto fail;
+	kd = REAL(fcntl)(k, F_DUPFD_CLOEXEC, 0);
+	if (kd < 0) {
+		rc = -errno;
+		goto fail;
+	}
+	rc = mps_listen(sock, e->optmask ? (int)e->optmask : 511, kd);
+	REAL(close)(kd);
+	if (rc < 0)
+		goto fail;
+	e->sock = sock;
+	return 0;
+fail:
+	mps_close(sock);
+	return rc;
+}
+
+void mp_relisten(void)
+{
+	MP_SAVE;
+
+	for (unsigned int fd = 0; fd < mp_table_hiwat && fd < mp_table_size; fd++) {
+		struct mp_fd *e = &mp_table[fd], *k = keeper_of(e);
+		uint64_t old;
+		int rc;
+
+		if (!k || !(e->lflags & MPL_BOUND))
+			continue;
+		old = e->sock;
+		rc = relisten_one(e, e->keep);
+		if (rc < 0) {
+			/* Another process of the group made it first (they share
+			 * the listener and its keeper's file): the listener is
+			 * served all the same. */
+			MPLOG("relisten(%u): %s", fd, mp_errname(-rc));
+			continue;
+		}
+		k->sock = e->sock;
+		/* The other descriptors of the same listener. */
+		for (unsigned int i = fd + 1; i < mp_table_hiwat && i < mp_table_size; i++)
+			if (mp_table[i].kind == MPK_LISTEN && mp_table[i].sock == old)
+				mp_table[i].sock = e->sock;
+		MPLOG("relisten(%u): socket %llu", fd, (unsigned long long)e->sock);
+	}
+	MP_RESTORE;
+}
 
 static int listen_ins(int fd, struct mp_fd *e, int backlog)
 {
-	int sv[2], rc;
+	int sv[2], rc, keep;
+	struct mp_fd *k;
 
 	if (REAL(socketpair)(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
 		return -1;
 	rc = mps_listen(e->sock, backlog, sv[1]);
-	REAL(close)(sv[1]);
 	if (rc < 0) {
+		REAL(close)(sv[1]);
 		REAL(close)(sv[0]);
 		return mp_fail(-rc);
 	}
-	if (replace(fd, sv[0]) < 0)
+	if (replace(fd, sv[0]) < 0) {
+		REAL(close)(sv[1]);
 		return -1;
+	}
 	e->kind = MPK_LISTEN;
+	e->keep = 0;
+	e->lflags = 0;
+	e->optmask = (uint32_t)backlog;
+	note_listener(e);
+	/* The keeper: the far end stays open here as long as the listener,
+	 * so the listener never reads end-of-file when the isolator and its
+	 * INS are gone; accept then just waits (or says EAGAIN). */
+	keep = mps_high_fd(sv[1]);
+	if ((k = mp_slot(keep))) {
+		memset(k, 0, sizeof *k);
+		k->kind = MPK_INTERNAL;
+		k->type = MP_INTERNAL_KEEP;
+		k->sock = e->sock;
+		e->keep = keep;
+	} else {
+		REAL(close)(keep);
+	}
 	return 0;
 }
 
@@ -366,7 +587,7 @@ MP_EXPORT int bind(int fd, const struct sockaddr *sa, socklen_t len)
 		return ret_log(rc, "bind", fd, mp_conf.log ? LOGADDR(a, sa, len) : NULL);
 	}
 	if (e->kind == MPK_PENDING) {
-		rc = decide(fd, e, sa, len);
+		rc = decide(fd, e, sa, len, 0);
 		if (rc) {
 			if (rc > 0)
 				rc = REAL(bind)(fd, sa, len);
@@ -393,7 +614,7 @@ MP_EXPORT int listen(int fd, int backlog)
 			rc = REAL(listen)(fd, backlog);
 			break;
 		}
-		rc = decide(fd, e, NULL, 0);
+		rc = decide(fd, e, NULL, 0, 0);
 		if (rc > 0)
 			rc = REAL(listen)(fd, backlog);
 		else if (rc == 0)
@@ -404,6 +625,8 @@ MP_EXPORT int listen(int fd, int backlog)
 		break;
 	case MPK_LISTEN:
 		rc = mps_listen(e->sock, backlog, -1);
+		if (rc == 0)
+			e->optmask = (uint32_t)backlog;
 		rc = rc < 0 ? mp_fail(-rc) : 0;
 		break;
 	default:
@@ -452,6 +675,49 @@ MP_EXPORT int accept(int fd, struct sockaddr *sa, socklen_t *len)
 	return ret_log(rc, "accept", fd, NULL);
 }
 
+/* A UDP socket the INS serves, bound to the wildcard, that connects to a
+ * destination of the kernel (loopback on the kernel): Linux sends from the
+ * loopback then, so the socket moves to a kernel socket bound to the
+ * wildcard with the same port and connected there. Returns 0 when moved,
+ * -1 when the INS keeps it (not wildcard-bound, or the kernel refused). */
+static int dgram_to_kernel(int fd, struct mp_fd *e, const struct sockaddr *sa, socklen_t len)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof ss;
+	int ks;
+	MP_SAVE;
+
+	if (!sa || len < sizeof(sa_family_t) || sa->sa_family == AF_UNSPEC ||
+	    !mp_dst_kernel(sa, len) || mps_getname(e->sock, 0, (struct sockaddr *)&ss, &sl) < 0)
+		goto keep;
+	if (ss.ss_family == AF_INET) {
+		struct sockaddr_in *in = (struct sockaddr_in *)&ss;
+		if (in->sin_addr.s_addr != 0 || in->sin_port == 0)
+			goto keep;
+	} else if (ss.ss_family == AF_INET6) {
+		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+		if (!IN6_IS_ADDR_UNSPECIFIED(&in6->sin6_addr) || in6->sin6_port == 0)
+			goto keep;
+	} else {
+		goto keep;
+	}
+	ks = REAL(socket)(e->domain, SOCK_DGRAM | SOCK_CLOEXEC, e->protocol);
+	if (ks < 0)
+		goto keep;
+	if (REAL(bind)(ks, (struct sockaddr *)&ss, sl) < 0 || REAL(connect)(ks, sa, len) < 0) {
+		REAL(close)(ks);
+		goto keep;
+	}
+	if (replace(fd, ks) < 0)
+		goto keep;
+	memset(e, 0, sizeof *e);
+	MP_RESTORE;
+	return 0;
+keep:
+	MP_RESTORE;
+	return -1;
+}
+
 MP_EXPORT int connect(int fd, const struct sockaddr *sa, socklen_t len)
 {
 	struct mp_fd *e = mp_get(fd);
@@ -467,13 +733,15 @@ MP_EXPORT int connect(int fd, const struct sockaddr *sa, socklen_t len)
 			rc = REAL(connect)(fd, sa, len); /* UDP disconnect: still undecided */
 			return ret_log(rc, "connect", fd, "unspec");
 		}
-		rc = decide(fd, e, sa, len);
+		rc = decide(fd, e, sa, len, 1);
 		if (rc) {
 			if (rc > 0)
 				rc = REAL(connect)(fd, sa, len);
 			return ret_log(rc, "connect", fd, mp_conf.log ? LOGADDR(a, sa, len) : NULL);
 		}
 	}
+	if (e->kind == MPK_DGRAM && dgram_to_kernel(fd, e, sa, len) == 0)
+		return ret_log(0, "connect[kernel]", fd, mp_conf.log ? LOGADDR(a, sa, len) : NULL);
 	if (e->kind == MPK_STREAM) {
 		rc = connect_stream(fd, e, sa, len);
 	} else {
@@ -611,6 +879,8 @@ MP_EXPORT int close(int fd)
 		if (e->kind == MPK_INTERNAL)
 			return ret_log(mp_fail(EBADF), "close", fd, NULL);
 		sock = closing_stream(fd);
+		if (e->kind == MPK_LISTEN)
+			mp_keep_release(fd, e);
 		/* Before the real close: the number may be reused at once. */
 		memset(e, 0, sizeof *e);
 	}
@@ -648,10 +918,16 @@ static int dup23(int oldfd, int newfd, int flags, int three)
 		return mp_fail(EBADF);
 	if (mps_is_internal_fd(newfd))
 		mps_evict(newfd);
+	mp_keep_evict(newfd);
 	/* Duplicating onto newfd closes what it was (not when it is oldfd:
 	 * dup2 then changes nothing, dup3 fails). */
-	if (oldfd != newfd)
+	if (oldfd != newfd) {
+		struct mp_fd *ne = mp_get(newfd);
+
 		sock = closing_stream(newfd);
+		if (ne && ne->kind == MPK_LISTEN && e != ne)
+			mp_keep_release(newfd, ne);
+	}
 	MP_RESTORE;
 	rc = three ? REAL(dup3)(oldfd, newfd, flags) : REAL(dup2)(oldfd, newfd);
 	if (rc >= 0) {
@@ -719,6 +995,7 @@ MP_EXPORT int close_range(unsigned int first, unsigned int last, int flags)
 	if (!(flags & CLOSE_RANGE_CLOEXEC)) {
 		MP_SAVE;
 		close_streams(first, last);
+		mp_keep_forget_range(first, last);
 		mp_clear_range(first, last);
 		MP_RESTORE;
 	}
@@ -731,6 +1008,7 @@ MP_EXPORT void closefrom(int lowfd)
 	MP_SAVE;
 	if (lowfd >= 0) {
 		close_streams((unsigned int)lowfd, ~0u);
+		mp_keep_forget_range((unsigned int)lowfd, ~0u);
 		mp_clear_range((unsigned int)lowfd, ~0u);
 		close_span((unsigned int)lowfd, ~0u, 0);
 	}

@@ -373,11 +373,13 @@ func (s *Server) handle(ctx context.Context, m ctrl.Msg) msgproto.Message {
 		return errReply(s.eng.Bind(id, ap))
 	case *msgproto.Listen:
 		id, e := sockOf(r.Sock)
-		if e != 0 || f == nil {
+		if e == 0 && f == nil {
+			// listen(2) again on a listener updates its backlog; the
+			// engine refuses it on a socket that does not listen.
+			return errReply(s.eng.Relisten(id, int(r.Backlog)))
+		}
+		if e != 0 {
 			closeF()
-			if e == 0 {
-				e = unix.EINVAL
-			}
 			return errReply(e)
 		}
 		// A listener's stream end is replaced by the SEQPACKET end f.

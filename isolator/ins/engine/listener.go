@@ -54,6 +54,23 @@ type pendingAccept struct {
 // listening socket updates the backlog and closes the new seqpacket. The
 // caller replicates a listener into several INS by calling Listen on each
 // engine with its own seqpacket.
+// Relisten is listen(2) again on listener id: it sets the backlog. On a
+// socket that does not listen it fails with EINVAL, as a first listen
+// without the SEQPACKET end would.
+func (e *Engine) Relisten(id SockID, backlog int) unix.Errno {
+	s, errno := e.lookup(id)
+	if errno != 0 {
+		return errno
+	}
+	s.mu.Lock()
+	listening := s.state == stListening
+	s.mu.Unlock()
+	if !listening {
+		return unix.EINVAL
+	}
+	return e.Listen(id, backlog, nil)
+}
+
 func (e *Engine) Listen(id SockID, backlog int, seqpacket *os.File) unix.Errno {
 	s, errno := e.lookup(id)
 	if errno != 0 {

@@ -1,0 +1,364 @@
+package conformance
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mpshim/mpshim/test/harness"
+	"github.com/mpshim/mpshim/test/topo"
+)
+
+// gVisor's socket syscall tests (test/syscalls/linux of gVisor, prebuilt
+// in ../shared/conformance/gvisor-socket beside the repository) are the
+// conformance target: every case that passes on the kernel must pass under
+// the shim, or be listed with its reason in testdata/gvisor-expected.txt.
+
+var (
+	gvisorAll   = flag.Bool("gvisor.all", false, "run all of gVisor's socket test binaries, not only the make-test subset")
+	gvisorModes = flag.String("gvisor.modes", "kernel,ins", "loopback modes to run the gVisor socket tests in (kernel, ins)")
+	gvisorTests = flag.String("gvisor.tests", "", "space-separated binaries to run instead of the subset (overrides -gvisor.all)")
+	gvisorLogs  = flag.String("gvisor.logs", "", "keep the binaries' logs in this directory (one subdirectory per loopback mode)")
+)
+
+// gvisorSubset is what make test runs: about three minutes per mode.
+var gvisorSubset = []string{"tcp_socket_test", "udp_socket_test", "socket_ip_tcp_generic_loopback_test", "socket_ip_udp_loopback_test"}
+
+// gvisorExpectFile lists the cases that fail under the shim, with reasons.
+const gvisorExpectFile = "testdata/gvisor-expected.txt"
+
+// gvisorSuiteDir finds the prebuilt suite: $MPSHIM_GVISOR_SOCKET, or
+// shared/conformance/gvisor-socket beside the repository's top level or
+// beside the main checkout of a worktree.
+func gvisorSuiteDir() (string, []string) {
+	if d := os.Getenv("MPSHIM_GVISOR_SOCKET"); d != "" {
+		return d, []string{d}
+	}
+	const rel = "shared/conformance/gvisor-socket"
+	var tried []string
+	if out, err := exec.Command("git", "rev-parse", "--show-toplevel").Output(); err == nil {
+		tried = append(tried, filepath.Join(strings.TrimSpace(string(out)), "..", rel))
+	}
+	if out, err := exec.Command("git", "rev-parse", "--path-format=absolute", "--git-common-dir").Output(); err == nil {
+		tried = append(tried, filepath.Join(strings.TrimSpace(string(out)), "..", "..", rel))
+	}
+	tried = append(tried, filepath.Join("..", "..", "..", rel))
+	for _, d := range tried {
+		if _, err := os.Stat(filepath.Join(d, "run.sh")); err == nil {
+			return d, tried
+		}
+	}
+	return "", tried
+}
+
+// expectation is one line of the expectations file.
+type expectation struct {
+	mode, binary string
+	pattern      *regexp.Regexp
+	reason       string
+	line         int
+}
+
+// parseExpectations reads "MODE BINARY PATTERN # reason" lines; MODE is
+// kernel, ins or *, PATTERN a gtest name where * matches any run of
+// characters. Every line must carry a reason.
+func parseExpectations(text string) ([]expectation, error) {
+	var out []expectation
+	sc := bufio.NewScanner(strings.NewReader(text))
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		body, reason, ok := strings.Cut(line, "#")
+		reason = strings.TrimSpace(reason)
+		if !ok || reason == "" {
+			return nil, fmt.Errorf("line %d: no reason (want MODE BINARY PATTERN # reason)", n)
+		}
+		f := strings.Fields(body)
+		if len(f) != 3 {
+			return nil, fmt.Errorf("line %d: want MODE BINARY PATTERN, got %q", n, body)
+		}
+		if f[0] != "kernel" && f[0] != "ins" && f[0] != "*" {
+			return nil, fmt.Errorf("line %d: mode %q is not kernel, ins or *", n, f[0])
+		}
+		re, err := regexp.Compile("^" + strings.ReplaceAll(regexp.QuoteMeta(f[2]), `\*`, ".*") + "$")
+		if err != nil {
+			return nil, fmt.Errorf("line %d: %w", n, err)
+		}
+		out = append(out, expectation{mode: f[0], binary: f[1], pattern: re, reason: reason, line: n})
+	}
+	return out, sc.Err()
+}
+
+// expected returns the expectation covering a failing case, or nil.
+func expected(exps []expectation, mode, binary, name string) *expectation {
+	for i := range exps {
+		e := &exps[i]
+		if (e.mode == "*" || e.mode == mode) && (e.binary == "*" || e.binary == binary) && e.pattern.MatchString(name) {
+			return e
+		}
+	}
+	return nil
+}
+
+// gtestResult is one binary's outcome, from its log.
+type gtestResult struct {
+	passed, skipped []string
+	failed          []string
+	// aborted names the case running when the binary crashed or timed
+	// out ("" if it finished).
+	aborted string
+}
+
+// abortedEarly names the failure of a binary that ran no case.
+const abortedEarly = "(before the first case)"
+
+var gtestLine = regexp.MustCompile(`^\[ *(OK|FAILED|SKIPPED|RUN) *\] (\S+?)(,| \(| *$)`)
+
+// parseGtestLog reads a gtest log.
+func parseGtestLog(text string) gtestResult {
+	var r gtestResult
+	var running string
+	finished := false
+	for _, line := range strings.Split(text, "\n") {
+		if strings.HasPrefix(line, "[==========] ") && strings.Contains(line, " ran.") {
+			finished = true
+		}
+		m := gtestLine.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		switch m[1] {
+		case "RUN":
+			running = m[2]
+		case "OK":
+			r.passed = append(r.passed, m[2])
+			running = ""
+		case "SKIPPED":
+			if m[3] == " (" {
+				r.skipped = append(r.skipped, m[2])
+			}
+			running = ""
+		case "FAILED":
+			// The summary repeats every failure without a duration.
+			if !finished && (m[3] == " (" || m[3] == ",") {
+				r.failed = append(r.failed, m[2])
+				running = ""
+			}
+		}
+	}
+	if !finished {
+		r.aborted = running
+		if running == "" {
+			r.aborted = abortedEarly
+		}
+	}
+	return r
+}
+
+func TestParseGtestLog(t *testing.T) {
+	log := `[==========] Running 4 tests from 2 test suites.
+[ RUN      ] A/T.One/0
+[       OK ] A/T.One/0 (1 ms)
+[ RUN      ] A/T.Two/1
+x.cc:12: Failure
+[  FAILED  ] A/T.Two/1, where GetParam() = 1 (3 ms)
+[ RUN      ] B.Skip
+[  SKIPPED ] B.Skip (0 ms)
+[ RUN      ] B.Hang
+`
+	r := parseGtestLog(log)
+	if strings.Join(r.passed, ",") != "A/T.One/0" || strings.Join(r.failed, ",") != "A/T.Two/1" ||
+		strings.Join(r.skipped, ",") != "B.Skip" || r.aborted != "B.Hang" {
+		t.Errorf("parse: %+v", r)
+	}
+	done := log + "[       OK ] B.Hang (2 ms)\n[==========] 4 tests from 2 test suites ran. (9 ms total)\n" +
+		"[  FAILED  ] 1 test, listed below:\n[  FAILED  ] A/T.Two/1, where GetParam() = 1\n"
+	r = parseGtestLog(done)
+	if len(r.failed) != 1 || r.aborted != "" || len(r.passed) != 2 {
+		t.Errorf("parse finished log: %+v", r)
+	}
+}
+
+func TestParseExpectations(t *testing.T) {
+	for _, tc := range []struct {
+		text string
+		ok   bool
+	}{
+		{"ins tcp_socket_test A/T.X/* # why", true},
+		{"# comment\n\n* proc_net_tcp_test * # reads the kernel's table", true},
+		{"ins tcp_socket_test A/T.X/*", false},
+		{"ins tcp_socket_test A/T.X/* #", false},
+		{"both tcp_socket_test A # why", false},
+		{"ins tcp_socket_test # why", false},
+	} {
+		_, err := parseExpectations(tc.text)
+		if (err == nil) != tc.ok {
+			t.Errorf("%q: err=%v, want ok=%v", tc.text, err, tc.ok)
+		}
+	}
+	exps, _ := parseExpectations("kernel b A/T.X/* # r\n* c * # r2")
+	if expected(exps, "kernel", "b", "A/T.X/3") == nil || expected(exps, "ins", "b", "A/T.X/3") != nil ||
+		expected(exps, "ins", "c", "Any.Thing/1") == nil || expected(exps, "kernel", "b", "A/T.Y/3") != nil {
+		t.Error("matching is wrong")
+	}
+	// The committed file parses.
+	text, err := os.ReadFile(gvisorExpectFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := parseExpectations(string(text)); err != nil {
+		t.Fatalf("%s: %v", gvisorExpectFile, err)
+	}
+}
+
+// TestGVisorSocketSuite runs gVisor's socket tests under the shim against
+// an isolator, in each loopback mode, and fails on every case that fails
+// under the shim, passes on the kernel and is not in the expectations
+// file. By default it runs the make-test subset; make conformance runs all
+// binaries (-gvisor.all).
+func TestGVisorSocketSuite(t *testing.T) {
+	topo.RequireRoot(t)
+	dir, tried := gvisorSuiteDir()
+	if dir == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("gVisor socket tests not found (tried %s); CI copies shared/ beside the clone", strings.Join(tried, ", "))
+		}
+		t.Skipf("gVisor socket tests not found (tried %s; set MPSHIM_GVISOR_SOCKET)", strings.Join(tried, ", "))
+	}
+	lib := harness.Binary(t, "libmpshim.so")
+	harness.Binary(t, "isolator")
+	text, err := os.ReadFile(gvisorExpectFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exps, err := parseExpectations(string(text))
+	if err != nil {
+		t.Fatalf("%s: %v", gvisorExpectFile, err)
+	}
+	bins := gvisorSubset
+	switch {
+	case *gvisorTests != "":
+		bins = strings.Fields(*gvisorTests)
+	case *gvisorAll:
+		bins = nil
+		targets, err := os.ReadFile(filepath.Join(dir, "targets.txt"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range strings.Split(string(targets), "\n") {
+			if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") {
+				bins = append(bins, l)
+			}
+		}
+	}
+	tp := topo.New(t, topo.Config{Uplinks: 1})
+	iso := harness.StartIsolator(t, tp, harness.Options{INS: 1})
+	for _, mode := range strings.Split(*gvisorModes, ",") {
+		t.Run("loopback="+mode, func(t *testing.T) {
+			env := []string{"env", "LD_PRELOAD=" + lib, "MPSHIM_SOCKET=" + iso.Socket}
+			if mode == "ins" {
+				env = append(env, "MPSHIM_LOOPBACK=ins")
+			}
+			runGVisorMode(t, dir, mode, bins, env, exps)
+		})
+	}
+}
+
+// runGVisorMode runs the binaries in one loopback mode and checks the
+// failures against the expectations and the kernel.
+func runGVisorMode(t *testing.T, dir, mode string, bins, prefix []string, exps []expectation) {
+	logs := t.TempDir()
+	if *gvisorLogs != "" {
+		logs = filepath.Join(*gvisorLogs, mode)
+		if err := os.MkdirAll(logs, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmd := exec.Command(filepath.Join(dir, "run.sh"), append([]string{filepath.Join(dir, "bin")}, prefix...)...)
+	cmd.Env = append(os.Environ(), "TESTS="+strings.Join(bins, " "), "LOG_DIR="+logs)
+	if os.Getenv("TIMEOUT") == "" {
+		cmd.Env = append(cmd.Env, "TIMEOUT=900")
+	}
+	out, _ := cmd.CombinedOutput() // exit 1 whenever anything failed
+	t.Logf("run.sh:\n%s", out)
+	var totalPass, totalFail, totalSkip int
+	for _, b := range bins {
+		data, err := os.ReadFile(filepath.Join(logs, b+".log"))
+		if err != nil {
+			t.Errorf("%s: no log: %v", b, err)
+			continue
+		}
+		r := parseGtestLog(string(data))
+		failed := r.failed
+		if r.aborted != "" {
+			failed = append(failed, r.aborted)
+		}
+		var unexpected []string
+		for _, name := range failed {
+			if expected(exps, mode, b, name) == nil {
+				unexpected = append(unexpected, name)
+			}
+		}
+		// A case that fails on the kernel too is the environment's; a
+		// binary that did not start is never expected.
+		unexpected = failOnKernel(t, dir, b, unexpected)
+		if r.aborted == abortedEarly {
+			unexpected = append(unexpected, abortedEarly)
+		}
+		totalPass += len(r.passed)
+		totalFail += len(failed)
+		totalSkip += len(r.skipped)
+		line := fmt.Sprintf("%s: %d passed, %d failed (%d expected), %d skipped", b, len(r.passed), len(failed), len(failed)-len(unexpected), len(r.skipped))
+		if r.aborted != "" {
+			line += ", aborted in " + r.aborted
+		}
+		t.Log(line)
+		fmt.Printf("gvisor loopback=%s %s\n", mode, line)
+		for _, name := range unexpected {
+			t.Errorf("%s %s: passes on the kernel, fails under the shim (loopback=%s), not in %s", b, name, mode, gvisorExpectFile)
+		}
+	}
+	fmt.Printf("gvisor loopback=%s TOTAL: %d passed, %d failed, %d skipped\n", mode, totalPass, totalFail, totalSkip)
+}
+
+// failOnKernel returns the cases of names that pass when binary runs them
+// on the kernel in a fresh network namespace.
+func failOnKernel(t *testing.T, dir, binary string, names []string) []string {
+	names = slices.DeleteFunc(slices.Clone(names), func(n string) bool { return n == abortedEarly })
+	if len(names) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "unshare", "-n", "sh", "-c", `ip link set lo up && cd "$1" && exec "$2" "--gtest_filter=$3"`, "sh",
+		t.TempDir(), filepath.Join(dir, "bin", binary), strings.Join(names, ":"))
+	cmd.Env = append(os.Environ(), "TEST_TMPDIR="+os.TempDir())
+	out, _ := cmd.CombinedOutput()
+	r := parseGtestLog(string(out))
+	pass := map[string]bool{}
+	for _, p := range r.passed {
+		pass[p] = true
+	}
+	var keep []string
+	for _, n := range names {
+		if pass[n] {
+			keep = append(keep, n)
+		} else {
+			t.Logf("%s %s fails on the kernel too: not counted", binary, n)
+		}
+	}
+	sort.Strings(keep)
+	return keep
+}
