@@ -87,7 +87,8 @@ process it forks and execs, are served by the isolator's network stacks.
   mpshim doctor [CMD]           (what works and what does not, and why)
 
 Exit status: CMD's own once it runs; otherwise 69 when the isolator does not
-answer on its registration socket, 77 when it does not allow this uid/gid,
+answer on its registration socket, 77 when it does not allow this uid/gid (or
+the socket's permissions keep this user out),
 125 for other launcher failures (e.g. libmpshim.so not found), 126 when CMD
 cannot be executed, 127 when it is not found, 2 for bad usage.`,
 		SilenceUsage:  true,
