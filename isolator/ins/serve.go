@@ -9,6 +9,8 @@ package ins
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -107,13 +109,20 @@ type Status struct {
 // Server answers the daemon's requests for one INS: socket calls go to the
 // Engine, after the caller's socket group is checked against the socket's.
 type Server struct {
-	id  int
-	st  *netstack.Stack
-	eng *engine.Engine
-	ch  *ctrl.Conn
-	log *slog.Logger
-	mit *mitigate.Mitigator // rules, resets and tunings
-	res *resolve.Resolver
+	id int
+	// base offsets the local part of every global socket id, drawn at
+	// random per process: an INS that replaces a dead one (same INS id)
+	// must not hand out the ids its predecessor's sockets had, which apps
+	// may still name (a close reported late, a call on a dead
+	// connection); those then fail with EBADF instead of reaching a live
+	// socket of the new INS.
+	base uint64
+	st   *netstack.Stack
+	eng  *engine.Engine
+	ch   *ctrl.Conn
+	log  *slog.Logger
+	mit  *mitigate.Mitigator // rules, resets and tunings
+	res  *resolve.Resolver
 	// flows counts every uplink packet; nil when accounting is off.
 	flows *flowtable.Table
 
@@ -130,6 +139,10 @@ type Server struct {
 func NewServer(id int, st *netstack.Stack, dns resolve.Config, ch *ctrl.Conn, log *slog.Logger) *Server {
 	s := &Server{id: id, st: st, ch: ch, log: log, owner: map[engine.SockID]uint64{}, pending: map[engine.SockID]*os.File{},
 		loadKick: make(chan struct{}, 1)}
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err == nil {
+		s.base = binary.LittleEndian.Uint64(b[:]) & localMask
+	}
 	s.eng = engine.New(st.Stack(), st, engine.Options{EncodeAccept: s.encodeAccept, Logger: log, OnRelease: s.loadChanged, Released: s.released})
 	s.res = resolve.New(st, dns, log)
 	return s
@@ -138,7 +151,9 @@ func NewServer(id int, st *netstack.Stack, dns resolve.Config, ch *ctrl.Conn, lo
 // Engine returns the socket engine.
 func (s *Server) Engine() *engine.Engine { return s.eng }
 
-func (s *Server) global(id engine.SockID) uint64 { return uint64(s.id)<<48 | uint64(id)&localMask }
+func (s *Server) global(id engine.SockID) uint64 {
+	return uint64(s.id)<<48 | (uint64(id)+s.base)&localMask
+}
 
 // encodeAccept announces an accepted connection: it belongs to its
 // listener's socket group, and the app learns its global id.
@@ -322,7 +337,7 @@ func (s *Server) sock(group, global uint64) (engine.SockID, unix.Errno) {
 	if int(global>>48) != s.id {
 		return 0, unix.EBADF
 	}
-	id := engine.SockID(global & localMask)
+	id := engine.SockID((global - s.base) & localMask)
 	s.mu.Lock()
 	g, ok := s.owner[id]
 	s.mu.Unlock()
