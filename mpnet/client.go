@@ -81,12 +81,9 @@ func register(ctx context.Context, conn *net.UnixConn) (*Client, error) {
 		conn.SetDeadline(time.Now().Add(10 * time.Second))
 	}
 	defer conn.SetDeadline(time.Time{})
-	if _, err := conn.Write(b); err != nil {
-		return nil, err
-	}
 	buf := make([]byte, msgproto.HeaderSize+64)
 	oob := make([]byte, unix.CmsgSpace(4*4))
-	n, oobn, _, _, err := conn.ReadMsgUnix(buf, oob)
+	n, oobn, err := exchange(conn, b, buf, oob)
 	if err != nil {
 		return nil, err
 	}
@@ -103,6 +100,8 @@ func register(ctx context.Context, conn *net.UnixConn) (*Client, error) {
 	switch m := m.(type) {
 	case *msgproto.Reply:
 		return nil, unix.Errno(m.Errno)
+	case *msgproto.RegisterRefused:
+		return nil, &RefusedError{Errno: unix.Errno(m.Errno), UID: m.UID, GID: m.GID, Policy: true}
 	case *msgproto.RegisterReply:
 		if h.Flags&msgproto.FlagFD == 0 || len(files) == 0 {
 			return nil, errors.New("registration reply without ring")
@@ -147,12 +146,9 @@ func Probe(ctx context.Context, path string) error {
 	} else {
 		conn.SetDeadline(time.Now().Add(5 * time.Second))
 	}
-	if _, err := conn.Write(b); err != nil {
-		return fmt.Errorf("mpnet: probe %s: %w", path, err)
-	}
 	buf := make([]byte, msgproto.HeaderSize+64)
 	oob := make([]byte, unix.CmsgSpace(4*4))
-	n, oobn, _, _, err := conn.ReadMsgUnix(buf, oob)
+	n, oobn, err := exchange(conn, b, buf, oob)
 	if files, _ := unixfd.Rights(oob[:oobn], "mpnet"); len(files) > 0 {
 		for _, f := range files {
 			f.Close()
@@ -167,6 +163,9 @@ func Probe(ctx context.Context, path string) error {
 	h, m, err := msgproto.Decode(buf[:n])
 	if err != nil {
 		return fmt.Errorf("mpnet: probe %s: answer: %w", path, err)
+	}
+	if rr, ok := m.(*msgproto.RegisterRefused); ok {
+		return &RefusedError{Path: path, Errno: unix.Errno(rr.Errno), UID: rr.UID, GID: rr.GID, Policy: true}
 	}
 	r, ok := m.(*msgproto.Reply)
 	if !ok {
@@ -185,9 +184,36 @@ type RefusedError struct {
 	// Errno is the isolator's answer: EACCES for a uid/gid it does not
 	// allow, EPROTO for a protocol version it does not speak.
 	Errno unix.Errno
+	// Policy is set when the isolator refused by policy before reading
+	// anything (RegisterRefused); UID and GID are the credentials it saw.
+	Policy   bool
+	UID, GID uint32
+}
+
+// exchange sends the first message b on a registration connection and
+// reads the answer into buf and oob. An isolator that refuses by policy
+// answers before it reads and closes at once: the write may then fail
+// with EPIPE, or the read report ECONNRESET first, while its answer is
+// still queued; exchange reads that answer in both cases.
+func exchange(conn *net.UnixConn, b, buf, oob []byte) (n, oobn int, err error) {
+	_, werr := conn.Write(b)
+	n, oobn, _, _, err = conn.ReadMsgUnix(buf, oob)
+	if err != nil && errors.Is(err, unix.ECONNRESET) {
+		n, oobn, _, _, err = conn.ReadMsgUnix(buf, oob)
+	}
+	if err == nil && n == 0 && werr != nil {
+		err = werr
+	}
+	if err != nil && werr != nil {
+		err = werr
+	}
+	return n, oobn, err
 }
 
 func (e *RefusedError) Error() string {
+	if e.Policy {
+		return fmt.Sprintf("mpnet: refused by policy: the isolator at %s refuses uid %d (gid %d): %v", e.Path, e.UID, e.GID, e.Errno)
+	}
 	return fmt.Sprintf("mpnet: the isolator at %s refused: %v", e.Path, e.Errno)
 }
 
