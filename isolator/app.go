@@ -388,6 +388,19 @@ func (s *AppServer) register(ctx context.Context, conn *net.UnixConn, cred *unix
 		refuse(unix.EACCES, fmt.Sprintf("start time %d, /proc says %d", reg.StartTime, st.StartTime))
 		return
 	}
+	if reg.Flags == msgproto.RegProbe {
+		// A launcher asking whether this process may register: everything
+		// above is checked as for a real registration, nothing is admitted.
+		if reg.Parent != 0 || reg.Key != 0 {
+			refuse(unix.EINVAL, "Parent or Key with RegProbe")
+			return
+		}
+		b, _ := msgproto.Append(nil, 0, 0, &msgproto.Reply{})
+		conn.SetWriteDeadline(time.Now().Add(time.Second))
+		conn.Write(b)
+		log.Debug("app: probe answered")
+		return
+	}
 	group, key, errno, why := s.admit(cred.Pid, &reg)
 	if errno != 0 {
 		refuse(errno, why)

@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mpshim/mpshim/internal/sdnotify"
 	"github.com/mpshim/mpshim/isolator/api"
 	"github.com/mpshim/mpshim/isolator/config"
 	"github.com/mpshim/mpshim/isolator/ins"
@@ -124,6 +125,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	go func() { errc <- api.Serve(ctx, apiLn, d.handle, d.log) }()
 	go func() { errc <- serveApp() }()
 	d.log.Info("isolator running", "api", d.cfg.API, "socket", d.cfg.Socket, "ins", d.cfg.INS)
+	// Both sockets accept now: tell a Type=notify service manager, and
+	// tell it again when stopping begins.
+	if _, err := sdnotify.Notify(sdnotify.Ready); err != nil {
+		d.log.Warn("readiness notification", "err", err)
+	}
+	defer context.AfterFunc(ctx, func() { sdnotify.Notify(sdnotify.Stopping) })()
 	if n := noFileLimit(); n < sandbox.DefaultNoFile {
 		d.log.Warn("INS descriptor limit lowered to the isolator's hard RLIMIT_NOFILE: each INS holds at most about that many sockets; raise the hard limit (ulimit -Hn, LimitNOFILE=) to lift it",
 			"limit", n, "default", sandbox.DefaultNoFile)

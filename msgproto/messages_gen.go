@@ -40,6 +40,8 @@ const (
 	RegExeced = 2
 	// RegRejoin is Register flag: a process whose isolator daemon died registers with its successor; Key is the key of its socket group under the dead daemon, which the successor keeps as the group's key (the first process to present it makes the group, the others join it); Parent is 0.
 	RegRejoin = 3
+	// RegProbe is Register flag: only ask whether this process may register; the isolator checks uid/gid, version, pid and start time, answers Reply (Errno 0 or the refusal) and admits nothing.
+	RegProbe = 4
 	// ConnectNonblock is Connect flag: the app's fd is nonblocking; the reply is EINPROGRESS at once.
 	ConnectNonblock = 1
 	// FamilyUnspec is address family: none (e.g. connected SendTo).

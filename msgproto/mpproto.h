@@ -30,6 +30,7 @@
 #define MP_REG_FORKED 1u /* Register flag: first registration of a fork child; Parent is the parent's client id */
 #define MP_REG_EXECED 2u /* Register flag: a new image of an already registered process; Parent is the previous image's client id */
 #define MP_REG_REJOIN 3u /* Register flag: a process whose isolator daemon died registers with its successor; Key is the key of its socket group under the dead daemon, which the successor keeps as the group's key (the first process to present it makes the group, the others join it); Parent is 0 */
+#define MP_REG_PROBE 4u /* Register flag: only ask whether this process may register; the isolator checks uid/gid, version, pid and start time, answers Reply (Errno 0 or the refusal) and admits nothing */
 #define MP_CONNECT_NONBLOCK 1u /* Connect flag: the app's fd is nonblocking; the reply is EINPROGRESS at once */
 #define MP_AF_UNSPEC 0u /* address family: none (e.g. connected SendTo) */
 #define MP_AF_INET 2u /* address family: IPv4 (Linux AF_INET) */

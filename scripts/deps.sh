@@ -15,14 +15,20 @@ test | demo | bench)
 	# Real servers whose libc imports the shim must cover and which the
 	# end-to-end suites run under the shim.
 	want+=(nginx apache2 apache2-utils redis-server memcached haproxy wrk iperf3)
-	# The flow collector the IPFIX export is checked against.
-	want+=(nfdump)
+	# The flow collector the IPFIX export is checked against, and the
+	# Prometheus that scrapes /metrics for the Grafana dashboard's queries.
+	want+=(nfdump prometheus)
+	# The Debian package's test: systemd-analyze checks the unit, and the
+	# package's maintainer scripts need adduser and deb-systemd-helper.
+	want+=(systemd adduser init-system-helpers)
 	# Runtime libraries of gVisor's prebuilt socket tests
 	# (../shared/conformance/gvisor-socket, the conformance target).
 	want+=(libabsl20220623 libbenchmark1debian)
 	if [ "$1" = bench ]; then
-		# The benchmark's plot and its profiles of the processes under load.
-		want+=(gnuplot-nox linux-perf)
+		# The benchmark's plot and its profiles of the processes under load,
+		# and the small-message clients (redis-benchmark; memaslap, which
+		# Debian ships as memcaslap).
+		want+=(gnuplot-nox linux-perf redis-tools libmemcached-tools)
 		# Linux MPTCP, the split tunnel's comparison (mptcpize).
 		want+=(mptcpd)
 	fi
