@@ -191,7 +191,7 @@ func (l *lab) addBackend(t *testing.T, id uint32, weight uint32) *labBackend {
 			// An IPv6 address can take a moment to become usable.
 			var ln net.Listener
 			var err error
-			for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 				ln, err = net.Listen("tcp", netip.AddrPortFrom(v, 80).String())
 				if err == nil || !errors.Is(err, unix.EADDRNOTAVAIL) || time.Now().After(deadline) {
 					break
