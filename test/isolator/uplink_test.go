@@ -478,6 +478,47 @@ func TestNamespacesReaped(t *testing.T) {
 		t.Fatalf("ls: %v, %v", liveINS, err)
 	}
 
+	// Every daemon that starts reaps the namespaces of dead daemons, and
+	// other test packages start daemons in parallel: one of them may reap
+	// the victim's namespaces before this test's next daemon does. Such a
+	// round proves nothing about the next daemon, so it is run again.
+	nsPath := func(name string) string { return filepath.Join("/run/netns", name) }
+	var next *harness.Isolator
+	for round := 1; ; round++ {
+		var raced bool
+		next, raced = reapRound(t, tp, nsPath)
+		if !raced {
+			break
+		}
+		if round == 3 {
+			t.Skip("in 3 rounds another daemon on this machine reaped the killed daemon's namespaces before this test's next daemon could")
+		}
+		t.Logf("round %d: another daemon reaped the killed daemon's namespaces first; again", round)
+	}
+	if _, err := os.Stat(nsPath(liveINS[0].NetNS)); err != nil {
+		t.Errorf("namespace %s of the running daemon was removed: %v", liveINS[0].NetNS, err)
+	}
+	// Both daemons still serve.
+	for _, dm := range []*harness.Isolator{next, live} {
+		c := register(t, dm)
+		port := wanServer(t, tp, echo)
+		conn, err := c.Dial(context.Background(), "tcp4", net.JoinHostPort(tp.Uplinks[0].WANAddr4.String(), fmt.Sprint(port)))
+		if err != nil {
+			t.Fatalf("dial through daemon %d: %v", dm.PID(), err)
+		}
+		if err := roundTrip(conn, "after the reap"); err != nil {
+			t.Fatalf("daemon %d: %v", dm.PID(), err)
+		}
+		conn.Close()
+	}
+}
+
+// reapRound starts a daemon with 2 INS, kills it with SIGKILL, starts the
+// next daemon and checks that the next one removed the namespaces the
+// killed one left. raced reports that another daemon removed them first
+// (the round then checks nothing).
+func reapRound(t *testing.T, tp *topo.Topology, nsPath func(string) string) (next *harness.Isolator, raced bool) {
+	t.Helper()
 	victim := harness.StartIsolator(t, tp, harness.Options{INS: 2})
 	infos, err := victim.List()
 	if err != nil || len(infos) != 2 {
@@ -496,39 +537,31 @@ func TestNamespacesReaped(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
-	nsPath := func(name string) string { return filepath.Join("/run/netns", name) }
 	for _, in := range infos {
-		if _, err := os.Stat(nsPath(in.NetNS)); err != nil {
-			t.Fatalf("namespace %s of the killed daemon is already gone (%v): nothing to reap", in.NetNS, err)
-		}
 		t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", in.NetNS).Run() })
+		if _, err := os.Stat(nsPath(in.NetNS)); err != nil {
+			return nil, true
+		}
 	}
-
-	next := harness.StartIsolator(t, tp, harness.Options{INS: 1})
+	start := time.Now()
+	next = harness.StartIsolator(t, tp, harness.Options{INS: 1})
+	var missing []string
 	for _, in := range infos {
 		if _, err := os.Stat(nsPath(in.NetNS)); err == nil {
 			t.Errorf("namespace %s of the killed daemon survived the next start", in.NetNS)
 		}
 		if _, _, ok := next.WaitLog(time.Time{}, time.Second, "removed namespace of a daemon that is gone", "netns="+in.NetNS); !ok {
-			t.Errorf("the next daemon did not log the removal of %s", in.NetNS)
+			missing = append(missing, in.NetNS)
 		}
 	}
-	if _, err := os.Stat(nsPath(liveINS[0].NetNS)); err != nil {
-		t.Errorf("namespace %s of the running daemon was removed: %v", liveINS[0].NetNS, err)
+	if len(missing) > 0 {
+		// Gone, but not by next: another daemon that started at the
+		// same time took them.
+		t.Logf("namespaces %v gone without a removal by the next daemon (started %v ago)", missing, time.Since(start).Round(time.Millisecond))
+		next.Stop(t)
+		return nil, true
 	}
-	// Both daemons still serve.
-	for _, dm := range []*harness.Isolator{next, live} {
-		c := register(t, dm)
-		port := wanServer(t, tp, echo)
-		conn, err := c.Dial(context.Background(), "tcp4", net.JoinHostPort(tp.Uplinks[0].WANAddr4.String(), fmt.Sprint(port)))
-		if err != nil {
-			t.Fatalf("dial through daemon %d: %v", dm.PID(), err)
-		}
-		if err := roundTrip(conn, "after the reap"); err != nil {
-			t.Fatalf("daemon %d: %v", dm.PID(), err)
-		}
-		conn.Close()
-	}
+	return next, false
 }
 
 func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
