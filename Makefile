@@ -23,7 +23,7 @@ endif
 
 TEST_TIMEOUT ?= 25m
 
-.PHONY: all build deps deps-test test vet fmt-check generate-check demo bench clean FORCE
+.PHONY: all build deps deps-test test vet fmt-check generate-check demo bench conformance clean FORCE
 
 all: build
 
@@ -59,6 +59,16 @@ test: deps-test build fmt-check vet
 
 demo: deps-test build
 	@scripts/demo.sh
+
+# conformance runs all of gVisor's socket test binaries (prebuilt in
+# ../shared/conformance/gvisor-socket, or $$MPSHIM_GVISOR_SOCKET) under the
+# shim against an isolator, with loopback through the INS and on the kernel,
+# and checks every failure against test/conformance/testdata/gvisor-expected.txt;
+# it prints the counts per binary (about an hour, needs root). make test runs
+# a three-minute subset of the same.
+conformance: deps-test build
+	MPSHIM_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 180m -run '^TestGVisorSocketSuite$$' \
+		./test/conformance -args -gvisor.all $(if $(GVISOR_LOGS),-gvisor.logs=$(GVISOR_LOGS))
 
 # bench runs the performance harness (needs root): native kernel, a Go
 # server through mpnet, and the real servers under the shim, alternated in

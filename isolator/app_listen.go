@@ -34,6 +34,7 @@ type listenRec struct {
 
 	mu       sync.Mutex
 	replicas map[int]uint64 // INS id -> replica socket id
+	kern     []net.Listener // kernel loopback listeners (kernelLoopback)
 	closed   bool
 }
 
@@ -46,6 +47,9 @@ func (l *listenRec) close() {
 	l.closed = true
 	if l.watch != nil {
 		l.watch.Close()
+	}
+	for _, k := range l.kern {
+		k.Close()
 	}
 	l.seq.Close()
 }
@@ -118,6 +122,7 @@ func (s *AppServer) listen(ctx context.Context, c *client, m *msgproto.Listen, f
 		}()
 	}
 	wg.Wait()
+	s.kernelLoopback(c, l)
 	s.startWatch(base, l)
 	l.mu.Lock()
 	n := len(l.replicas)

@@ -65,13 +65,15 @@ func gvisorSuiteDir() (string, []string) {
 type expectation struct {
 	mode, binary string
 	pattern      *regexp.Regexp
+	rawPattern   string
 	reason       string
 	line         int
 }
 
 // parseExpectations reads "MODE BINARY PATTERN # reason" lines; MODE is
 // kernel, ins or *, PATTERN a gtest name where * matches any run of
-// characters. Every line must carry a reason.
+// characters. Every line must carry a reason; a case whose reason starts
+// with "hangs" is not run at all in its mode.
 func parseExpectations(text string) ([]expectation, error) {
 	var out []expectation
 	sc := bufio.NewScanner(strings.NewReader(text))
@@ -96,7 +98,7 @@ func parseExpectations(text string) ([]expectation, error) {
 		if err != nil {
 			return nil, fmt.Errorf("line %d: %w", n, err)
 		}
-		out = append(out, expectation{mode: f[0], binary: f[1], pattern: re, reason: reason, line: n})
+		out = append(out, expectation{mode: f[0], binary: f[1], pattern: re, rawPattern: f[2], reason: reason, line: n})
 	}
 	return out, sc.Err()
 }
@@ -288,6 +290,17 @@ func runGVisorMode(t *testing.T, dir, mode string, bins, prefix []string, exps [
 	}
 	cmd := exec.Command(filepath.Join(dir, "run.sh"), append([]string{filepath.Join(dir, "bin")}, prefix...)...)
 	cmd.Env = append(os.Environ(), "TESTS="+strings.Join(bins, " "), "LOG_DIR="+logs)
+	// A case that hangs under the shim would stop its whole binary: the
+	// expectations whose reason starts with "hangs" are not run.
+	var hang []string
+	for _, e := range exps {
+		if (e.mode == "*" || e.mode == mode) && strings.HasPrefix(e.reason, "hangs") {
+			hang = append(hang, e.rawPattern)
+		}
+	}
+	if len(hang) > 0 {
+		cmd.Env = append(cmd.Env, "EXTRA_EXCLUDE="+strings.Join(hang, ":"))
+	}
 	if os.Getenv("TIMEOUT") == "" {
 		cmd.Env = append(cmd.Env, "TIMEOUT=900")
 	}

@@ -301,3 +301,35 @@ func TestRedisReplicaFollowsPrimary(t *testing.T) {
 		t.Errorf("replica link not up:\n%s", info)
 	}
 }
+
+// TestWildcardListenerOnKernelLoopback: nginx under the shim with `listen
+// 8080` and `listen [::]:8080` (loopback on the kernel, the default) answers
+// curl, not under the shim, on 127.0.0.1 and ::1 in its own namespace, as a
+// wildcard listener does on Linux, and still on the INS addresses from wan.
+func TestWildcardListenerOnKernelLoopback(t *testing.T) {
+	tp, iso, addrs := setup2(t)
+	files := harness.RandomFiles(map[string]int{"d.bin": 128 << 10})
+	harness.StartNginx(t, harness.NginxOptions{
+		NS: tp.App, Shim: iso, Files: files,
+		Config: func(dir, root string) string {
+			return fmt.Sprintf(`worker_processes 2;
+events { worker_connections 256; }
+http {
+    access_log off;
+    server {
+        listen 8080;
+        listen [::]:8080;
+        root %s;
+    }
+}
+`, root)
+		},
+	})
+	for i := 0; i < 4; i++ {
+		harness.Fetch(t, tp.App, nil, "http://127.0.0.1:8080/d.bin", files["d.bin"])
+		harness.Fetch(t, tp.App, nil, "http://[::1]:8080/d.bin", files["d.bin"])
+	}
+	for _, a := range addrs {
+		harness.Fetch(t, tp.WAN, nil, fmt.Sprintf("http://%s:8080/d.bin", a), files["d.bin"])
+	}
+}
