@@ -184,3 +184,36 @@ func sockAddrPort(sa unix.Sockaddr, err error) (netip.AddrPort, error) {
 	}
 	return netip.AddrPort{}, fmt.Errorf("address family of %T", sa)
 }
+
+// kernelFollow applies a listener's shutdown or second listen to its
+// kernel loopback listeners: shutdown(2) stops a Linux listener (new
+// connections are refused) and listen(2) again restarts it.
+func (s *AppServer) kernelFollow(c *client, sock uint64, m msgproto.Message) {
+	s.mu.Lock()
+	l := s.lsns[sock]
+	s.mu.Unlock()
+	if l == nil || l.group != c.group {
+		return
+	}
+	switch m := m.(type) {
+	case *msgproto.Shutdown:
+		if m.How == unix.SHUT_WR {
+			return
+		}
+		l.mu.Lock()
+		kern := l.kern
+		l.kern = nil
+		l.mu.Unlock()
+		for _, k := range kern {
+			k.Close()
+		}
+	case *msgproto.Listen:
+		l.mu.Lock()
+		l.backlog = m.Backlog
+		none := len(l.kern) == 0
+		l.mu.Unlock()
+		if none {
+			s.kernelLoopback(c, l)
+		}
+	}
+}

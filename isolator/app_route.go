@@ -222,6 +222,7 @@ func (s *AppServer) dispatch(ctx context.Context, c *client, m msgproto.Message,
 		s.mu.Unlock()
 	case *msgproto.Shutdown, *msgproto.Listen:
 		s.toReplicas(ctx, c.group, sock, m)
+		s.kernelFollow(c, sock, m)
 	}
 	return reply, 0
 }

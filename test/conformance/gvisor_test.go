@@ -12,6 +12,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -288,8 +289,6 @@ func runGVisorMode(t *testing.T, dir, mode string, bins, prefix []string, exps [
 			t.Fatal(err)
 		}
 	}
-	cmd := exec.Command(filepath.Join(dir, "run.sh"), append([]string{filepath.Join(dir, "bin")}, prefix...)...)
-	cmd.Env = append(os.Environ(), "TESTS="+strings.Join(bins, " "), "LOG_DIR="+logs)
 	// A case that hangs under the shim would stop its whole binary: the
 	// expectations whose reason starts with "hangs" are not run.
 	var hang []string
@@ -298,24 +297,11 @@ func runGVisorMode(t *testing.T, dir, mode string, bins, prefix []string, exps [
 			hang = append(hang, e.rawPattern)
 		}
 	}
-	if len(hang) > 0 {
-		cmd.Env = append(cmd.Env, "EXTRA_EXCLUDE="+strings.Join(hang, ":"))
-	}
-	if os.Getenv("TIMEOUT") == "" {
-		cmd.Env = append(cmd.Env, "TIMEOUT=900")
-	}
-	out, _ := cmd.CombinedOutput() // exit 1 whenever anything failed
-	t.Logf("run.sh:\n%s", out)
 	var totalPass, totalFail, totalSkip int
 	for _, b := range bins {
-		data, err := os.ReadFile(filepath.Join(logs, b+".log"))
-		if err != nil {
-			t.Errorf("%s: no log: %v", b, err)
-			continue
-		}
-		r := parseGtestLog(string(data))
+		r := runGVisorBinary(t, dir, b, prefix, hang, logs)
 		failed := r.failed
-		if r.aborted != "" {
+		if r.aborted != "" && r.aborted != abortedEarly {
 			failed = append(failed, r.aborted)
 		}
 		var unexpected []string
@@ -344,6 +330,82 @@ func runGVisorMode(t *testing.T, dir, mode string, bins, prefix []string, exps [
 		}
 	}
 	fmt.Printf("gvisor loopback=%s TOTAL: %d passed, %d failed, %d skipped\n", mode, totalPass, totalFail, totalSkip)
+}
+
+// stallLimit is how long a binary may print nothing before its running
+// case counts as hung: it is killed and started again without the cases
+// already run and the hung one.
+const stallLimit = 90 * time.Second
+
+// runGVisorBinary runs one binary with run.sh (in a fresh namespace, with
+// the suite's native exclusions and the patterns in skip left out),
+// restarting it past every case that hangs, and returns the results of
+// all attempts; a hung case counts as failed and as aborted if it was the
+// last. The logs of the attempts are in logs/BINARY.log.
+func runGVisorBinary(t *testing.T, dir, binary string, prefix, skip []string, logs string) gtestResult {
+	var all gtestResult
+	var done []string
+	var text strings.Builder
+	for attempt := 0; attempt < 30; attempt++ {
+		attemptDir := t.TempDir()
+		cmd := exec.Command(filepath.Join(dir, "run.sh"), append([]string{filepath.Join(dir, "bin")}, prefix...)...)
+		cmd.Env = append(os.Environ(), "TESTS="+binary, "LOG_DIR="+attemptDir, "TIMEOUT=3600")
+		if ex := append(slices.Clone(skip), done...); len(ex) > 0 {
+			cmd.Env = append(cmd.Env, "EXTRA_EXCLUDE="+strings.Join(ex, ":"))
+		}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := cmd.Start(); err != nil {
+			t.Fatalf("run.sh: %v", err)
+		}
+		exited := make(chan struct{})
+		go func() { cmd.Wait(); close(exited) }()
+		logPath := filepath.Join(attemptDir, binary+".log")
+		var last int64 = -1
+		lastChange := time.Now()
+	watch:
+		for {
+			select {
+			case <-exited:
+				break watch
+			case <-time.After(2 * time.Second):
+			}
+			if fi, err := os.Stat(logPath); err == nil && fi.Size() != last {
+				last, lastChange = fi.Size(), time.Now()
+			} else if time.Since(lastChange) > stallLimit {
+				syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+				select {
+				case <-exited:
+				case <-time.After(15 * time.Second):
+					syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+					<-exited
+				}
+				break watch
+			}
+		}
+		data, _ := os.ReadFile(logPath)
+		text.Write(data)
+		r := parseGtestLog(string(data))
+		all.passed = append(all.passed, r.passed...)
+		all.failed = append(all.failed, r.failed...)
+		all.skipped = append(all.skipped, r.skipped...)
+		if r.aborted == "" {
+			break
+		}
+		if r.aborted == abortedEarly {
+			all.aborted = abortedEarly
+			break
+		}
+		// Hung (or crashed) in r.aborted: the rest of the binary runs
+		// without it and without what already ran.
+		t.Logf("%s: %s hung or crashed (attempt %d); continuing past it", binary, r.aborted, attempt+1)
+		done = append(append(append(done, r.passed...), r.failed...), r.skipped...)
+		done = append(done, r.aborted)
+		all.failed = append(all.failed, r.aborted)
+	}
+	if err := os.WriteFile(filepath.Join(logs, binary+".log"), []byte(text.String()), 0o644); err != nil {
+		t.Log(err)
+	}
+	return all
 }
 
 // failOnKernel returns the cases of names that pass when binary runs them
