@@ -32,8 +32,15 @@ var (
 	gvisorLogs  = flag.String("gvisor.logs", "", "keep the binaries' logs in this directory (one subdirectory per loopback mode)")
 )
 
-// gvisorSubset is what make test runs: about three minutes per mode.
-var gvisorSubset = []string{"tcp_socket_test", "udp_socket_test", "socket_ip_tcp_generic_loopback_test", "socket_ip_udp_loopback_test"}
+// gvisorSubset is what make test runs in each loopback mode: about two
+// minutes with loopback on the kernel, one with MPSHIM_LOOPBACK=ins. The
+// two larger binaries do not run in ins mode in make test yet: cases of
+// theirs hang under the INS (RST and shutdown paths) and cost 90 s each
+// before the run moves past them; make conformance runs them.
+var gvisorSubset = map[string][]string{
+	"kernel": {"tcp_socket_test", "udp_socket_test", "socket_ip_tcp_generic_loopback_test", "socket_ip_udp_loopback_test"},
+	"ins":    {"tcp_socket_test", "udp_socket_test"},
+}
 
 // gvisorExpectFile lists the cases that fail under the shim, with reasons.
 const gvisorExpectFile = "testdata/gvisor-expected.txt"
@@ -250,7 +257,7 @@ func TestGVisorSocketSuite(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%s: %v", gvisorExpectFile, err)
 	}
-	bins := gvisorSubset
+	var bins []string // nil: the subset of each mode
 	switch {
 	case *gvisorTests != "":
 		bins = strings.Fields(*gvisorTests)
@@ -269,7 +276,14 @@ func TestGVisorSocketSuite(t *testing.T) {
 	tp := topo.New(t, topo.Config{Uplinks: 1})
 	iso := harness.StartIsolator(t, tp, harness.Options{INS: 1})
 	for _, mode := range strings.Split(*gvisorModes, ",") {
+		if _, ok := gvisorSubset[mode]; !ok {
+			t.Fatalf("loopback mode %q: want kernel or ins", mode)
+		}
 		t.Run("loopback="+mode, func(t *testing.T) {
+			bins := bins
+			if bins == nil {
+				bins = gvisorSubset[mode]
+			}
 			env := []string{"env", "LD_PRELOAD=" + lib, "MPSHIM_SOCKET=" + iso.Socket}
 			if mode == "ins" {
 				env = append(env, "MPSHIM_LOOPBACK=ins")
