@@ -477,6 +477,25 @@ func (s *AppServer) admit(pid int32, reg *msgproto.Register) (uint64, uint64, un
 		if reg.Flags == msgproto.RegExeced {
 			delete(s.gone, reg.Parent)
 		}
+	case msgproto.RegRejoin:
+		// The process belonged to a group of a daemon that died: the
+		// group lives on under the same key, so the processes of one
+		// server (a master and its workers) stay one group and share
+		// the listeners they re-create (docs/protocol.md, "Daemon
+		// restart"). Knowing the key is the proof, as for RegForked.
+		if reg.Parent != 0 || reg.Key == 0 {
+			return 0, 0, unix.EINVAL, "RegRejoin needs Key and no Parent"
+		}
+		for g, k := range s.keys {
+			if subtle.ConstantTimeCompare(le64(k), le64(reg.Key)) == 1 {
+				group = g
+				break
+			}
+		}
+		if group == 0 {
+			group = s.nextID.Add(1) | 1<<63
+			s.keys[group] = reg.Key
+		}
 	default:
 		return 0, 0, unix.EINVAL, fmt.Sprintf("registration flags %#x", reg.Flags)
 	}
@@ -485,8 +504,11 @@ func (s *AppServer) admit(pid int32, reg *msgproto.Register) (uint64, uint64, un
 }
 
 func flagName(f uint16) string {
-	if f == msgproto.RegForked {
+	switch f {
+	case msgproto.RegForked:
 		return "RegForked"
+	case msgproto.RegRejoin:
+		return "RegRejoin"
 	}
 	return "RegExeced"
 }

@@ -36,6 +36,9 @@ type listenRec struct {
 	replicas map[int]uint64 // INS id -> replica socket id
 	kern     []net.Listener // kernel loopback listeners (kernelLoopback)
 	closed   bool
+	// ownLost: the INS that made sock died; its replacement (same id)
+	// gets a replica like any other INS.
+	ownLost bool
 }
 
 func (l *listenRec) close() {
@@ -155,18 +158,38 @@ func (s *AppServer) OnSpawn(b Backend) {
 	}
 }
 
+// OnINSGone forgets what INS id held for the listeners: a replacement INS
+// of the same id then gets every listener again (OnSpawn), the app's own
+// socket of a listener made on it included. The app's descriptors stay as
+// they are: the replacement delivers its connections on the same SEQPACKET
+// pair.
+func (s *AppServer) OnINSGone(id int) {
+	s.mu.Lock()
+	ls := make([]*listenRec, 0, len(s.lsns))
+	for _, l := range s.lsns {
+		ls = append(ls, l)
+	}
+	s.mu.Unlock()
+	for _, l := range ls {
+		l.mu.Lock()
+		delete(l.replicas, id)
+		if SockINS(l.sock) == id {
+			l.ownLost = true
+		}
+		l.mu.Unlock()
+	}
+}
+
 // replicate makes listener l listen on INS b too. Failures are logged: the
 // listener keeps working on the INS that have it.
 func (s *AppServer) replicate(ctx context.Context, l *listenRec, b Backend) {
 	id := b.ID()
-	if id == SockINS(l.sock) {
-		return
-	}
 	l.mu.Lock()
 	_, have := l.replicas[id]
 	closed := l.closed
+	own := id == SockINS(l.sock) && !l.ownLost
 	l.mu.Unlock()
-	if have || closed {
+	if have || closed || own {
 		return
 	}
 	log := s.log.With("listener", l.sock, "ins", id)

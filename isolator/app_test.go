@@ -285,6 +285,8 @@ func TestRegistrationRefusals(t *testing.T) {
 		{"forked, unknown parent", regMsg(t, func(r *msgproto.Register) { r.Flags = msgproto.RegForked; r.Parent = 77 }), unix.EACCES},
 		{"execed, unknown image", regMsg(t, func(r *msgproto.Register) { r.Flags = msgproto.RegExeced; r.Parent = 77 }), unix.EACCES},
 		{"unknown flags", regMsg(t, func(r *msgproto.Register) { r.Flags = 8 }), unix.EINVAL},
+		{"rejoin without key", regMsg(t, func(r *msgproto.Register) { r.Flags = msgproto.RegRejoin }), unix.EINVAL},
+		{"rejoin with parent", regMsg(t, func(r *msgproto.Register) { r.Flags = msgproto.RegRejoin; r.Key = 5; r.Parent = 3 }), unix.EINVAL},
 		{"garbage", []byte("GET / HTTP/1.0\r\n\r\n--------------------------------"), unix.EPROTO},
 	}
 	for _, tc := range cases {
@@ -358,6 +360,34 @@ func TestExecJoinsGroup(t *testing.T) {
 	// A second RegExeced naming the same, now consumed, image is refused.
 	_, m, _ = rawRegister(t, path, regMsg(t, func(r *msgproto.Register) { r.Flags = msgproto.RegExeced; r.Parent = rr.ClientID }))
 	wantErrno(t, m, unix.EACCES)
+}
+
+// TestRejoinKeepsGroup registers processes as a daemon's successor sees
+// them after the daemon died (RegRejoin with the key of their group under
+// the dead daemon): those presenting one key share one group under that
+// key, another key makes another group.
+func TestRejoinKeepsGroup(t *testing.T) {
+	s, path := startAppServer(t, AppConfig{}, &kernelSet{})
+	const key = 0x5eed0001
+	rejoin := func(k uint64) *msgproto.RegisterReply {
+		t.Helper()
+		conn, m, f := rawRegister(t, path, regMsg(t, func(r *msgproto.Register) { r.Flags = msgproto.RegRejoin; r.Key = k }))
+		t.Cleanup(func() { conn.Close() })
+		rr, ok := m.(*msgproto.RegisterReply)
+		if !ok || f == nil {
+			t.Fatalf("RegRejoin refused: %#v", m)
+		}
+		return rr
+	}
+	a, b := rejoin(key), rejoin(key)
+	if a.Key != key || b.Key != key {
+		t.Fatalf("rejoined with key %#x: replies carry %#x and %#x", key, a.Key, b.Key)
+	}
+	waitFor(t, "two clients in one group", func() bool { st := s.Stats(); return st.Clients == 2 && st.Groups == 1 })
+	if c := rejoin(key + 2); c.Key != key+2 {
+		t.Fatalf("another key: reply carries %#x", c.Key)
+	}
+	waitFor(t, "three clients in two groups", func() bool { st := s.Stats(); return st.Clients == 3 && st.Groups == 2 })
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {

@@ -39,7 +39,9 @@ type Daemon struct {
 	ins      map[int]*insProc
 	nextID   int
 	stopping bool
-	spawnMu  sync.Mutex // one spawn batch, or one uplink change, at a time
+	hist     map[int]*insHistory // restarts and exits per INS id (restart.go)
+	runCtx   context.Context     // Run's context: the lifetime of replacements
+	spawnMu  sync.Mutex          // one spawn batch, or one uplink change, at a time
 
 	// onSpawn is called for every INS that comes up (listener replication).
 	onSpawn func(Backend)
@@ -88,6 +90,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	defer os.Remove(d.cfg.API)
 	defer d.stopAll()
+	d.mu.Lock()
+	d.runCtx = ctx
+	d.mu.Unlock()
 	// Namespaces left by daemons killed before they could clean up.
 	if _, err := netns.Reap(ctx, d.log); err != nil {
 		d.log.Warn("namespaces of gone daemons", "err", err)
@@ -147,7 +152,7 @@ func (d *Daemon) Spawn(ctx context.Context, n int) ([]int, error) {
 		d.nextID++
 		total := len(d.ins) + 1
 		d.mu.Unlock()
-		p, err := d.startINS(ctx, id, max(total, have+n))
+		p, err := d.startINS(ctx, id, max(total, have+n), nil)
 		if err != nil {
 			return ids, err
 		}
@@ -269,6 +274,11 @@ func (d *Daemon) List(ctx context.Context) []api.INSInfo {
 	for _, b := range d.All() {
 		p := b.(*insProc)
 		info := api.INSInfo{ID: p.id, PID: p.pid(), State: "running", NetNS: p.ns.Name, Started: p.started}
+		d.mu.Lock()
+		if h := d.hist[p.id]; h != nil {
+			info.Restarts, info.LastExit, info.LastExitAt = h.restarts, h.lastExit, h.lastAt
+		}
+		d.mu.Unlock()
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		st, err := p.manage(ctx, ins.ManageRequest{Op: ins.ManageStats})
 		cancel()

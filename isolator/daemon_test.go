@@ -16,7 +16,8 @@ func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
 
 // TestSpawnListKill: spawn -n 20 leaves 20 INS processes that ls shows,
 // each with its own address on both uplinks; kill -9 of one is reported
-// within a second and the others keep answering; SIGTERM of the daemon
+// within a second and the INS replaced, the others keep answering; an INS
+// stopped with isolator kill stays stopped; SIGTERM of the daemon
 // leaves no INS and no socket behind.
 func TestSpawnListKill(t *testing.T) {
 	topo.RequireRoot(t)
@@ -60,16 +61,36 @@ func TestSpawnListKill(t *testing.T) {
 		t.Fatalf("kill -9 of INS %d not reported within 1 s (found %v after %v)", victim.ID, ok, at.Sub(t0))
 	}
 	t.Logf("kill -9 reported after %v", at.Sub(t0).Round(time.Millisecond))
+	// A dead INS is replaced: same id, same addresses, a new process.
+	if _, at, ok := d.WaitLog(t0, 10*time.Second, "INS replaced", fmt.Sprintf("ins=%d ", victim.ID)); !ok {
+		t.Fatalf("INS %d not replaced within 10 s of kill -9", victim.ID)
+	} else {
+		t.Logf("replaced after %v", at.Sub(t0).Round(time.Millisecond))
+	}
 	after, err := d.List()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(after) != 19 {
-		t.Fatalf("after kill -9: ls shows %d INS, want 19", len(after))
+	if len(after) != 20 {
+		t.Fatalf("after kill -9: ls shows %d INS, want 20 (the dead one replaced)", len(after))
 	}
 	for _, i := range after {
-		if i.ID == victim.ID || i.State != "running" {
+		if i.State != "running" {
 			t.Errorf("after kill -9: INS %d state %q", i.ID, i.State)
+		}
+		if i.ID != victim.ID {
+			continue
+		}
+		var addrs, was []string
+		for k := range i.Uplinks {
+			addrs = append(addrs, i.Uplinks[k].Addr4, i.Uplinks[k].Addr6)
+		}
+		for k := range victim.Uplinks {
+			was = append(was, victim.Uplinks[k].Addr4, victim.Uplinks[k].Addr6)
+		}
+		if i.PID == victim.PID || i.Restarts != 1 || fmt.Sprint(addrs) != fmt.Sprint(was) {
+			t.Errorf("replacement of INS %d: pid %d (was %d), restarts %d, addresses %v (were %v)",
+				i.ID, i.PID, victim.PID, i.Restarts, addrs, was)
 		}
 	}
 
@@ -83,8 +104,8 @@ func TestSpawnListKill(t *testing.T) {
 		t.Errorf("spawn beyond max_ins: err %v, output %q; want a refusal naming max_ins", err, out)
 	}
 	last, _ := d.List()
-	if len(last) != 18 {
-		t.Errorf("after kill: %d INS, want 18", len(last))
+	if len(last) != 19 {
+		t.Errorf("after kill: %d INS, want 19 (an INS stopped by isolator kill is not replaced)", len(last))
 	}
 	d.Stop(t)
 	for _, i := range last {

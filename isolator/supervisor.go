@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -45,6 +47,8 @@ type insProc struct {
 	ups  []insUplink // the uplinks it has, with its addresses
 
 	carrierKick chan struct{} // see syncCarrier
+
+	restarts int // this id's replacements so far, this one included (restart.go)
 }
 
 func (p *insProc) ID() int { return p.id }
@@ -112,8 +116,10 @@ func (p *insProc) manage(ctx context.Context, req ins.ManageRequest) (ins.Status
 }
 
 // startINS prepares the INS's network namespace, starts the process in it
-// and waits until it answers.
-func (d *Daemon) startINS(ctx context.Context, id int, total int) (_ *insProc, err error) {
+// and waits until it answers. keep are the uplinks of the INS this one
+// replaces: their addresses (still marked used in the pools) are taken
+// again, and not returned to the pools if the start fails.
+func (d *Daemon) startINS(ctx context.Context, id int, total int, keep []netstack.UplinkConfig) (_ *insProc, err error) {
 	log := d.log.With("ins", id)
 	d.mu.Lock()
 	var uplinks []*uplinkState
@@ -158,18 +164,37 @@ func (d *Daemon) startINS(ctx context.Context, id int, total int) (_ *insProc, e
 		Flows:      d.flowTableConfig(),
 	}
 	var ups []insUplink
+	claims := make([]*claim, len(uplinks))
 	for i, u := range uplinks {
-		a4, err := u.pool4.get()
-		if err != nil {
+		c := &claim{u: u, link: ns.Links[i].Name}
+		claims[i] = c
+		if k := slices.IndexFunc(keep, func(x netstack.UplinkConfig) bool { return x.Name == u.cfg.Name }); k >= 0 {
+			c.a4, c.a6, c.kept = keep[k].Addr4, keep[k].Addr6, true
+			continue
+		}
+		if c.a4, err = u.pool4.get(); err != nil {
 			return nil, fmt.Errorf("INS %d: uplink %s: %w", id, u.cfg.Name, err)
 		}
-		a6, err := u.pool6.get()
-		if err != nil {
-			u.pool4.put(a4)
+		if c.a6, err = u.pool6.get(); err != nil {
+			u.pool4.put(c.a4)
+			c.a4 = netip.Prefix{}
 			return nil, fmt.Errorf("INS %d: uplink %s: %w", id, u.cfg.Name, err)
 		}
-		pool4, pool6 := u.pool4, u.pool6
-		release = append(release, func() { pool4.put(a4); pool6.put(a6) })
+	}
+	release = append(release, func() {
+		for _, c := range claims {
+			if c != nil && !c.kept {
+				c.u.pool4.put(c.a4)
+				c.u.pool6.put(c.a6)
+			}
+		}
+	})
+	if err := d.claimAddrs(ctx, ns, claims); err != nil {
+		return nil, fmt.Errorf("INS %d: %w", id, err)
+	}
+	for i, u := range uplinks {
+		a4, a6 := claims[i].a4, claims[i].a6
+		ns.Links[i].MAC = claims[i].mac()
 		uc := netstack.UplinkConfig{
 			Name: u.cfg.Name, Interface: ns.Links[i].Name,
 			Addr4: a4, Gateway4: u.gw4, Addr6: a6, Gateway6: u.gw6,
@@ -197,8 +222,10 @@ func (d *Daemon) startINS(ctx context.Context, id int, total int) (_ *insProc, e
 	cmd.Env = append(os.Environ(), ins.ConfigEnv+"="+string(cfgJSON))
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	// Pdeathsig: the INS dies with the daemon (the INS also exits when its
-	// control channel hangs up). Setpgid keeps a terminal's ^C to the
-	// daemon, which then stops its INS in order.
+	// control channel hangs up): a restarted daemon cannot adopt running
+	// INS yet, so none may be left behind (docs/design.md, "Survival").
+	// Setpgid keeps a terminal's ^C to the daemon, which then stops its
+	// INS in order.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	if err := startInNetNS(ns.Path, cmd); err != nil {
 		mine.Close()
@@ -209,7 +236,7 @@ func (d *Daemon) startINS(ctx context.Context, id int, total int) (_ *insProc, e
 	// From here the process owns the addresses (reap returns them).
 	release = nil
 	go p.readCtrl()
-	go d.reap(p, []func(){closeNS, p.releaseUplinks})
+	go d.reap(p, closeNS)
 	go d.syncCarrier(p)
 
 	// Ready once it answers a status request.
@@ -225,28 +252,43 @@ func (d *Daemon) startINS(ctx context.Context, id int, total int) (_ *insProc, e
 }
 
 // reap waits for an INS process to exit, reports it and releases what it
-// held. A process that dies is noticed at once (wait returns).
-func (d *Daemon) reap(p *insProc, release []func()) {
+// held. A process that dies is noticed at once (wait returns). An INS that
+// died while the daemon still counted on it (not stopped by `isolator kill`
+// or at shutdown) is replaced (restart.go): its addresses stay reserved for
+// the replacement.
+func (d *Daemon) reap(p *insProc, closeNS func()) {
 	err := p.cmd.Wait()
 	p.ch.Close()
 	d.mu.Lock()
-	_, known := d.ins[p.id]
-	delete(d.ins, p.id)
+	cur, known := d.ins[p.id]
+	known = known && cur == p
+	if known {
+		delete(d.ins, p.id)
+	}
 	stopping := d.stopping
 	d.mu.Unlock()
-	status := "exited"
-	if err != nil {
-		status = err.Error()
-	}
-	if known && !stopping {
-		p.log.Warn("INS died", "pid", p.pid(), "status", status, "after", time.Since(p.started).Round(time.Millisecond))
+	status := exitReason(p.cmd.ProcessState, err)
+	uptime := time.Since(p.started)
+	died := known && !stopping
+	if died {
+		p.log.Warn("INS died", "pid", p.pid(), "status", status, "after", uptime.Round(time.Millisecond))
 	} else {
 		p.log.Info("INS stopped", "pid", p.pid(), "status", status)
 	}
-	for _, r := range release {
-		r()
+	// The namespace goes first: its macvlans carry the MACs the
+	// replacement takes again.
+	closeNS()
+	var keep []netstack.UplinkConfig
+	if died {
+		keep = p.uplinkConfigs()
+	} else {
+		p.releaseUplinks()
 	}
 	close(p.done)
+	if died {
+		d.onINSGone(p.id)
+		go d.replace(p.id, keep, status, uptime)
+	}
 }
 
 // stop ends an INS: SIGTERM, then SIGKILL after grace.

@@ -285,16 +285,20 @@ func (d *Daemon) addUplinkTo(ctx context.Context, p *insProc, us *uplinkState) (
 			p.log.Warn("uplink add: remove macvlan", "err", err)
 		}
 	})
-	a4, err := us.pool4.get()
-	if err != nil {
+	// Its stable MAC and probed addresses, as at an INS's start.
+	c := &claim{u: us, link: us.ifname}
+	if c.a4, err = us.pool4.get(); err != nil {
 		return fail(err)
 	}
-	undo = append(undo, func() { us.pool4.put(a4) })
-	a6, err := us.pool6.get()
-	if err != nil {
+	if c.a6, err = us.pool6.get(); err != nil {
+		us.pool4.put(c.a4)
 		return fail(err)
 	}
-	undo = append(undo, func() { us.pool6.put(a6) })
+	undo = append(undo, func() { us.pool4.put(c.a4); us.pool6.put(c.a6) })
+	if err := d.claimAddrs(ctx, p.ns, []*claim{c}); err != nil {
+		return fail(err)
+	}
+	a4, a6 := c.a4, c.a6
 	f, err := link.OpenFile(p.ns.Path, us.ifname)
 	if err != nil {
 		return fail(err)

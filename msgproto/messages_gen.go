@@ -38,6 +38,8 @@ const (
 	RegForked = 1
 	// RegExeced is Register flag: a new image of an already registered process; Parent is the previous image's client id.
 	RegExeced = 2
+	// RegRejoin is Register flag: a process whose isolator daemon died registers with its successor; Key is the key of its socket group under the dead daemon, which the successor keeps as the group's key (the first process to present it makes the group, the others join it); Parent is 0.
+	RegRejoin = 3
 	// ConnectNonblock is Connect flag: the app's fd is nonblocking; the reply is EINPROGRESS at once.
 	ConnectNonblock = 1
 	// FamilyUnspec is address family: none (e.g. connected SendTo).
@@ -283,7 +285,7 @@ type Register struct {
 	StartTime    uint64   // process start time in clock ticks (/proc/PID/stat field 22)
 	Comm         [16]byte // process name, NUL padded
 	Parent       uint64   // client id of the parent (RegForked) or of the previous image (RegExeced); 0 otherwise
-	Key          uint64   // the socket group's key from the parent's RegisterReply (RegForked, RegExeced): proof that the process descends from a member; 0 otherwise
+	Key          uint64   // the socket group's key from the parent's RegisterReply (RegForked, RegExeced, RegRejoin): proof that the process descends from a member; 0 otherwise
 }
 
 // Type returns TypeRegister.

@@ -29,6 +29,7 @@
 #define MP_MAX_ERRNO 4095u /* largest errno a Reply may carry */
 #define MP_REG_FORKED 1u /* Register flag: first registration of a fork child; Parent is the parent's client id */
 #define MP_REG_EXECED 2u /* Register flag: a new image of an already registered process; Parent is the previous image's client id */
+#define MP_REG_REJOIN 3u /* Register flag: a process whose isolator daemon died registers with its successor; Key is the key of its socket group under the dead daemon, which the successor keeps as the group's key (the first process to present it makes the group, the others join it); Parent is 0 */
 #define MP_CONNECT_NONBLOCK 1u /* Connect flag: the app's fd is nonblocking; the reply is EINPROGRESS at once */
 #define MP_AF_UNSPEC 0u /* address family: none (e.g. connected SendTo) */
 #define MP_AF_INET 2u /* address family: IPv4 (Linux AF_INET) */
@@ -308,7 +309,7 @@ struct mp_register {
 	uint64_t start_time; /* process start time in clock ticks (/proc/PID/stat field 22) */
 	uint8_t comm[16]; /* process name, NUL padded */
 	uint64_t parent; /* client id of the parent (RegForked) or of the previous image (RegExeced); 0 otherwise */
-	uint64_t key; /* the socket group's key from the parent's RegisterReply (RegForked, RegExeced): proof that the process descends from a member; 0 otherwise */
+	uint64_t key; /* the socket group's key from the parent's RegisterReply (RegForked, RegExeced, RegRejoin): proof that the process descends from a member; 0 otherwise */
 };
 #define MP_REGISTER_FIXED 48u
 _Static_assert(sizeof(struct mp_register) == MP_REGISTER_FIXED, "mp_register size");

@@ -14,6 +14,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <poll.h>
 #include <linux/futex.h>
 #include <sched.h>
 #include <string.h>
@@ -25,7 +26,8 @@
 
 #define MPRING_DEFAULT_SPIN 100u
 #define MPRING_DEFAULT_YIELDS 16u
-#define MPRING_WAIT_NS 50000000L /* 50 ms: re-check the dead word this often */
+/* Re-check the dead word and the peer descriptor this often. */
+#define MPRING_WAIT_NS (MPRING_PEER_POLL_MS * 1000000L)
 
 #define U32(p) ((uint32_t *)(void *)(p))
 #define U64(p) ((uint64_t *)(void *)(p))
@@ -121,6 +123,7 @@ int mpring_attach(struct mpring *r, int memfd)
 	r->max_req = max_req;
 	r->spin = MPRING_DEFAULT_SPIN;
 	r->yields = MPRING_DEFAULT_YIELDS;
+	r->peer_fd = -1;
 	/* Bits past slot_count stay set so they are never handed out. */
 	for (uint32_t i = count; i < MPRING_MAX_SLOT_COUNT; i++)
 		r->slot_map[i / 64] |= 1ULL << (i % 64);
@@ -141,8 +144,32 @@ void mpring_detach(struct mpring *r)
 
 int mpring_is_dead(const struct mpring *r)
 {
-	return r->base == NULL ||
+	return r->base == NULL || __atomic_load_n(&r->gone, __ATOMIC_ACQUIRE) != 0 ||
 	       __atomic_load_n(HDR32(r, MPRING_OFF_DEAD), __ATOMIC_ACQUIRE) != 0;
+}
+
+void mpring_set_peer(struct mpring *r, int fd)
+{
+	__atomic_store_n(&r->peer_fd, fd, __ATOMIC_RELEASE);
+}
+
+/* Polls the peer descriptor: nonzero (and the ring dead for this process)
+ * once it hung up. A consumer killed outright never sets the dead word;
+ * the kernel closes its end of the registration connection. */
+int mpring_peer_gone(struct mpring *r)
+{
+	int saved = errno, fd = __atomic_load_n(&r->peer_fd, __ATOMIC_ACQUIRE);
+	struct pollfd p = { .fd = fd, .events = POLLRDHUP };
+
+	if (fd < 0)
+		return 0;
+	if (poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLRDHUP | POLLERR | POLLNVAL))) {
+		__atomic_store_n(&r->gone, 1, __ATOMIC_RELEASE);
+		errno = saved;
+		return 1;
+	}
+	errno = saved;
+	return 0;
 }
 
 void mpring_mark_dead(struct mpring *r)
@@ -231,7 +258,7 @@ static uint64_t reserve(struct mpring *r, uint64_t need)
 			continue;
 		}
 		if (pos + total - head > size) {
-			if (mpring_is_dead(r))
+			if (mpring_is_dead(r) || mpring_peer_gone(r))
 				return UINT64_MAX;
 			wait_space(r);
 			pos = __atomic_load_n(resv, __ATOMIC_RELAXED);
@@ -265,7 +292,8 @@ static void kick_consumer(struct mpring *r)
 }
 
 /* Waits for the reply on a slot state word. Returns 0 when done, -EPIPE
- * when the ring died, -EPROTO on an impossible state. */
+ * when the ring died or its peer descriptor hung up (checked every
+ * MPRING_PEER_POLL_MS), -EPROTO on an impossible state. */
 static int wait_reply(struct mpring *r, uint32_t *st)
 {
 	for (uint32_t i = 0; i < r->spin; i++) {
@@ -293,7 +321,7 @@ static int wait_reply(struct mpring *r, uint32_t *st)
 		futex_wait(st, MPRING_SLOT_SLEEPING, MPRING_WAIT_NS);
 		if (__atomic_load_n(st, __ATOMIC_ACQUIRE) == MPRING_SLOT_DONE)
 			return 0;
-		if (mpring_is_dead(r))
+		if (mpring_is_dead(r) || mpring_peer_gone(r))
 			return -EPIPE;
 	}
 }

@@ -27,6 +27,8 @@ struct mpring {
 	uint32_t spin;        /* polls of the reply word before yielding */
 	uint32_t yields;      /* sched_yield rounds before futex-waiting */
 	uint32_t hint;        /* rotating start word of slot allocation */
+	int peer_fd;          /* liveness descriptor (mpring_set_peer), -1 when none */
+	uint32_t gone;        /* the peer descriptor hung up: dead for this process */
 	/* Free/used bitmap of response slots; private to this process. */
 	uint64_t slot_map[MPRING_MAX_SLOT_COUNT / 64];
 };
@@ -66,6 +68,17 @@ int mpring_callv_prepared(struct mpring *r, const struct iovec *iov, int iovcnt,
 			  void *resp, size_t respcap, size_t *resplen,
 			  int (*prepare)(void *), void *arg);
 
+/* Names a descriptor whose hang-up means the consumer is gone (the shim's
+ * registration connection): a consumer that dies without marking the ring
+ * dead (SIGKILL) is noticed by polling it while a call waits, so no call
+ * waits longer than MPRING_PEER_POLL_MS (plus scheduling) after the death.
+ * -1 turns the check off. The descriptor must stay open while calls run. */
+void mpring_set_peer(struct mpring *r, int fd);
+/* Polls the peer descriptor now: nonzero (and the ring dead for this
+ * process) once it hung up. */
+int mpring_peer_gone(struct mpring *r);
+/* How often a waiting call polls the peer descriptor, in milliseconds. */
+#define MPRING_PEER_POLL_MS 20
 /* Marks the ring dead: waiting and later calls return -EPIPE. */
 void mpring_mark_dead(struct mpring *r);
 

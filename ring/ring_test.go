@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"os"
+	"os/exec"
 	"regexp"
 	"strconv"
 	"sync"
@@ -367,4 +368,56 @@ func TestCrossProcessErrors(t *testing.T) {
 		cmd.Process.Kill()
 		t.Fatalf("producer hung after the ring closed\n%s", out)
 	}
+}
+
+// peerPollMS is MPRING_PEER_POLL_MS of mpring.h.
+const peerPollMS = 20
+
+// TestCrossProcessPeerHangUp: a consumer killed outright never marks the
+// ring dead; its end of the peer descriptor (the shim's registration
+// connection) closes. A call waiting for its reply must then fail with
+// EPIPE promptly instead of waiting forever.
+func TestCrossProcessPeerHangUp(t *testing.T) {
+	buildProducer(t)
+	r, f, err := Create(Config{ReqSize: 4096, Slots: 4, SlotSize: 256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mine, theirs := os.NewFile(uintptr(fds[0]), "peer"), os.NewFile(uintptr(fds[1]), "peer")
+	defer mine.Close()
+	cmd := exec.Command(buildProducer(t), "peer")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.ExtraFiles = []*os.File{f, theirs}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	theirs.Close()
+	ctx := shortCtx(t, 20*time.Second)
+	req, err := r.Next(ctx)
+	if err != nil || string(req.Data) != "block" {
+		t.Fatalf("request %q, %v", req.Data, err)
+	}
+	time.Sleep(100 * time.Millisecond) // let the caller reach its futex wait
+	start := time.Now()
+	mine.Close() // the consumer "dies": the ring stays alive
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil || !bytes.Contains(out.Bytes(), []byte("ok peer")) {
+			t.Fatalf("producer: %v\n%s", err, out.String())
+		}
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		t.Fatalf("producer still waiting 10 s after its peer hung up\n%s", out.String())
+	}
+	t.Logf("the waiting call failed %v after the hang-up (poll period %d ms); %s",
+		time.Since(start).Round(time.Millisecond), peerPollMS, bytes.TrimSpace(out.Bytes()))
 }

@@ -24,7 +24,9 @@
 
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
@@ -202,6 +204,9 @@ static struct {
 	struct timespec failed;  /* time of the last failed registration */
 	int failerr;
 	int warned;
+	int lost;                /* a session died: the next one rejoins (RegRejoin) */
+	int relisten;            /* a rejoined session awaits mp_relisten */
+	pid_t watcher;           /* the process whose watcher thread runs */
 } S = { .mu = PTHREAD_MUTEX_INITIALIZER, .fd = -1 };
 
 uint64_t mps_client_id(void)
@@ -240,7 +245,26 @@ void mps_evict(int fd)
 	if ((e = mp_slot(nfd)))
 		e->kind = MPK_INTERNAL;
 	__atomic_store_n(&S.fd, nfd, __ATOMIC_RELAXED);
+	for (int i = 0; i < 2; i++)
+		if (S.rings[i].peer_fd == fd)
+			mpring_set_peer(&S.rings[i], nfd);
 	REAL(close)(fd);
+}
+
+int mps_high_fd(int fd)
+{
+	struct rlimit rl;
+	int nfd;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur > 64) {
+		rlim_t lo = (rl.rlim_cur > 1024 ? 1024 : rl.rlim_cur) - 32;
+		nfd = REAL(fcntl)(fd, F_DUPFD_CLOEXEC, (int)lo);
+		if (nfd >= 0) {
+			REAL(close)(fd);
+			return nfd;
+		}
+	}
+	return fd;
 }
 
 static uint64_t start_time(void)
@@ -274,11 +298,15 @@ static void drop_fd(void)
 
 	if (S.fd < 0)
 		return;
+	for (int i = 0; i < 2; i++)
+		mpring_set_peer(&S.rings[i], -1);
 	if ((e = mp_slot(S.fd)))
 		memset(e, 0, sizeof *e);
 	REAL(close)(S.fd);
 	__atomic_store_n(&S.fd, -1, __ATOMIC_RELAXED);
 }
+
+static void start_watcher(void);
 
 /* Registers; called with S.mu held. Returns 0 or -errno. */
 static int do_register(void)
@@ -293,9 +321,8 @@ static int do_register(void)
 	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
 			     .msg_control = cm.buf, .msg_controllen = sizeof cm.buf };
 	struct timeval tv = { 5, 0 };
-	struct rlimit rl;
 	struct cmsghdr *c;
-	int fd, nfd, memfd = -1, rc, type;
+	int fd, memfd = -1, rc, type;
 	ssize_t n;
 	struct mp_fd *e;
 	struct mpring *r;
@@ -304,14 +331,7 @@ static int do_register(void)
 	if (fd < 0)
 		return -errno;
 	/* Keep the connection out of the app's way: high, close-on-exec. */
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur > 64) {
-		rlim_t lo = (rl.rlim_cur > 1024 ? 1024 : rl.rlim_cur) - 32;
-		nfd = REAL(fcntl)(fd, F_DUPFD_CLOEXEC, (int)lo);
-		if (nfd >= 0) {
-			REAL(close)(fd);
-			fd = nfd;
-		}
-	}
+	fd = mps_high_fd(fd);
 	if ((e = mp_slot(fd))) {
 		memset(e, 0, sizeof *e);
 		e->kind = MPK_INTERNAL;
@@ -374,12 +394,16 @@ static int do_register(void)
 	memfd = -1;
 	if (rc < 0)
 		goto fail;
+	/* A daemon killed outright never marks the ring dead; its end of
+	 * this connection closes, which waiting calls poll for. */
+	mpring_set_peer(r, fd);
 	S.next ^= 1;
 	S.client = get64(rep + W_HDR);
 	S.key = get64(rep + W_HDR + offsetof(struct mp_register_reply, key));
 	S.regflags = 0;
 	__atomic_store_n(&S.ring, r, __ATOMIC_RELEASE);
 	MPLOG("registered with %s: client %llu", mp_conf.path, (unsigned long long)S.client);
+	start_watcher();
 	return 0;
 fail:
 	if (memfd >= 0)
@@ -404,14 +428,25 @@ static int ensure_locked(void)
 	if (S.ring && !mpring_is_dead(S.ring))
 		return 0;
 	if (S.ring) {
-		/* The isolator went away: forget the session, keep the mapping. */
+		/* The isolator went away: forget the session, keep the mapping.
+		 * The next session rejoins the group under its key, and the
+		 * listeners are made again there (docs/protocol.md). */
 		__atomic_store_n(&S.ring, NULL, __ATOMIC_RELEASE);
-		S.regflags = 0;
 		drop_fd();
+		S.regflags = MP_REG_REJOIN;
+		S.parent = 0;
+		S.parent_key = S.key;
+		S.lost = 1;
+		S.failerr = 0;
+		MPLOG("isolator session lost; registering again");
 	}
 	if (S.failerr && !elapsed_1s(&S.failed))
 		return -S.failerr;
 	rc = do_register();
+	if (rc == 0 && S.lost) {
+		S.lost = 0;
+		S.relisten = 1;
+	}
 	if (rc < 0) {
 		clock_gettime(CLOCK_MONOTONIC, &S.failed);
 		S.failerr = -rc;
@@ -431,6 +466,88 @@ static int ensure_locked(void)
 	return 0;
 }
 
+/* Runs mp_relisten once after a rejoin, outside S.mu (it makes calls). */
+static void relisten_pending(void)
+{
+	if (__atomic_load_n(&S.relisten, __ATOMIC_ACQUIRE) &&
+	    __atomic_exchange_n(&S.relisten, 0, __ATOMIC_ACQ_REL)) {
+		mp_relisten();
+		MPLOG("listeners made again under client %llu", (unsigned long long)S.client);
+	}
+}
+
+/* ---- the session watcher ---------------------------------------------------
+ * One thread per registered process (started with its first session; a
+ * fork child starts its own) waits for the registration connection to hang
+ * up, which is how the death of the daemon shows (a daemon killed outright
+ * never marks the ring dead), and then registers again every
+ * MPS_RETRY_MS until a daemon answers, so that an idle server, which makes
+ * no call that would notice, gets its listeners back as soon as the
+ * daemon is back. It blocks every signal and touches nothing of the app's. */
+
+#define MPS_RETRY_MS 100
+
+static void *watcher_main(void *arg)
+{
+	sigset_t all;
+
+	(void)arg;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, NULL);
+	for (;;) {
+		int fd = __atomic_load_n(&S.fd, __ATOMIC_RELAXED), rc;
+		struct mpring *r;
+
+		if (fd >= 0) {
+			struct pollfd p = { .fd = fd, .events = POLLRDHUP };
+
+			/* A timeout: S.fd may move (mps_evict) while polled. */
+			if (poll(&p, 1, 1000) <= 0)
+				continue;
+			if (!(p.revents & (POLLHUP | POLLRDHUP | POLLERR | POLLNVAL))) {
+				/* Unread data (the daemon sends none after
+				 * the RegisterReply): do not spin on it. */
+				struct timespec ts = { 0, MPS_RETRY_MS * 1000000L };
+				nanosleep(&ts, NULL);
+				continue;
+			}
+		} else {
+			struct timespec ts = { 0, MPS_RETRY_MS * 1000000L };
+			nanosleep(&ts, NULL);
+		}
+		pthread_mutex_lock(&S.mu);
+		r = S.ring;
+		if (r && !mpring_is_dead(r) && !mpring_peer_gone(r)) {
+			pthread_mutex_unlock(&S.mu);
+			continue;
+		}
+		S.failerr = 0; /* no back-off here: retry every MPS_RETRY_MS */
+		rc = ensure_locked();
+		pthread_mutex_unlock(&S.mu);
+		if (rc == 0)
+			relisten_pending();
+	}
+	return NULL;
+}
+
+/* Starts the watcher of this process once; called with S.mu held. */
+static void start_watcher(void)
+{
+	pthread_attr_t a;
+	pthread_t t;
+	pid_t me = getpid();
+
+	if (S.watcher == me)
+		return;
+	if (pthread_attr_init(&a) != 0)
+		return;
+	pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+	pthread_attr_setstacksize(&a, 64 * 1024);
+	if (pthread_create(&t, &a, watcher_main, NULL) == 0)
+		S.watcher = me;
+	pthread_attr_destroy(&a);
+}
+
 int mps_available(void)
 {
 	struct mpring *r = __atomic_load_n(&S.ring, __ATOMIC_ACQUIRE);
@@ -442,6 +559,8 @@ int mps_available(void)
 	pthread_mutex_lock(&S.mu);
 	rc = ensure_locked();
 	pthread_mutex_unlock(&S.mu);
+	if (rc == 0)
+		relisten_pending();
 	MP_RESTORE;
 	return rc;
 }

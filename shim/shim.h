@@ -106,8 +106,19 @@ enum mp_kind {
 	MPK_STREAM,    /* INS TCP socket: AF_UNIX SOCK_STREAM end */
 	MPK_LISTEN,    /* INS listening socket: AF_UNIX SOCK_SEQPACKET end */
 	MPK_DGRAM,     /* INS UDP socket: AF_UNIX SOCK_SEQPACKET end, framed */
-	MPK_INTERNAL,  /* the shim's own registration connection */
+	MPK_INTERNAL,  /* the shim's own descriptors: the registration connection
+			* (type 0) and listener keepers (type MP_INTERNAL_KEEP) */
 };
+
+/* lflags of a listener: what mp_relisten sets again. optmask holds the
+ * listener's backlog. */
+#define MPL_BOUND 0x01u     /* laddr/lport are known */
+#define MPL_V6ONLY 0x02u    /* IPV6_V6ONLY was on */
+#define MPL_REUSEPORT 0x04u /* SO_REUSEPORT was on */
+
+/* type of an MPK_INTERNAL entry that keeps a listener's far end open; its
+ * sock is the listener's socket id. */
+#define MP_INTERNAL_KEEP 1
 
 /* Entry flags. */
 #define MPF_FILLER 0x01u   /* non-blocking connect in flight: SO_SNDBUF lowered */
@@ -147,6 +158,13 @@ struct mp_fd {
 			uint32_t pad;
 		};
 		struct mp_dgdest dest; /* MPK_DGRAM: MPF_DEST4, MPF_DEST6, MPF_DGPEER */
+		struct {                   /* MPK_LISTEN (see mp_relisten) */
+			int32_t keep;      /* its keeper (mp_keep_*), 0 when none */
+			uint16_t lport;    /* the bound port, host order */
+			uint8_t lflags;    /* MPL_* */
+			uint8_t lpad;
+			uint8_t laddr[16]; /* the bound address (IPv4: first 4 bytes) */
+		};
 	};
 };
 
@@ -270,10 +288,31 @@ int mps_is_internal_fd(int fd);
 int mps_internal_fd(void); /* the registration fd, -1 when none */
 /* Moves the registration fd away from fd if it sits there. */
 void mps_evict(int fd);
+/* Moves fd (close-on-exec) to a high number out of the app's way; returns
+ * the new number (fd is closed) or fd itself when it cannot move. */
+int mps_high_fd(int fd);
 uint64_t mps_client_id(void);
 uint64_t mps_client_key(void);
 
 /* ---- socket.c helpers used by other files ------------------------------ */
+
+/* Listener keepers: every INS listener's SEQPACKET end has its far end
+ * held by the app itself as well, high and close-on-exec, so the listener
+ * never reads end-of-file (and is never readable without a connection to
+ * accept) when the isolator or every INS is gone. mp_keep_release drops
+ * listener fd's keeper unless another listener entry shares it;
+ * mp_keep_evict moves a keeper sitting on fd away (the app dup2s onto it);
+ * mp_keep_forget_range forgets the keepers among [first, last] (about to be
+ * closed natively). */
+void mp_keep_release(int fd, struct mp_fd *e);
+void mp_keep_evict(int fd);
+void mp_keep_forget_range(unsigned int first, unsigned int last);
+
+/* After the session was re-established with a new isolator daemon (the
+ * old one died): makes every listener of the process listen again, on the
+ * same descriptor, with a new socket bound to the address it had (the
+ * keeper's end is handed over as the INS end). */
+void mp_relisten(void);
 
 /* Settles a finished non-blocking connect (restores SO_SNDBUF). */
 void mp_settle(int fd, struct mp_fd *e);

@@ -258,23 +258,228 @@ static int connect_stream(int fd, struct mp_fd *e, const struct sockaddr *sa, so
 	return rc < 0 ? mp_fail(-rc) : 0;
 }
 
+/* ---- listener keepers (shim.h) ---------------------------------------- */
+
+/* The keeper of listener entry e, if it still is one (a range close may
+ * have taken it). */
+static struct mp_fd *keeper_of(const struct mp_fd *e)
+{
+	struct mp_fd *k;
+
+	if (e->kind != MPK_LISTEN || e->keep <= 0)
+		return NULL;
+	k = mp_get(e->keep);
+	if (!k || k->kind != MPK_INTERNAL || k->type != MP_INTERNAL_KEEP || k->sock != e->sock)
+		return NULL;
+	return k;
+}
+
+void mp_keep_release(int fd, struct mp_fd *e)
+{
+	int keep = e->keep;
+	MP_SAVE;
+
+	if (!keeper_of(e)) {
+		MP_RESTORE;
+		return;
+	}
+	for (unsigned int i = 0; i < mp_table_hiwat && i < mp_table_size; i++)
+		if ((int)i != fd && mp_table[i].kind == MPK_LISTEN && mp_table[i].keep == keep) {
+			MP_RESTORE;
+			return;
+		}
+	mp_clear(keep);
+	REAL(close)(keep);
+	MP_RESTORE;
+}
+
+void mp_keep_evict(int fd)
+{
+	struct mp_fd *k = mp_get(fd), *nk;
+	int nfd;
+	MP_SAVE;
+
+	if (!k || k->kind != MPK_INTERNAL || k->type != MP_INTERNAL_KEEP) {
+		MP_RESTORE;
+		return;
+	}
+	nfd = REAL(fcntl)(fd, F_DUPFD_CLOEXEC, fd + 1);
+	if (nfd >= 0 && (nk = mp_slot(nfd))) {
+		*nk = *k;
+		for (unsigned int i = 0; i < mp_table_hiwat && i < mp_table_size; i++)
+			if (mp_table[i].kind == MPK_LISTEN && mp_table[i].keep == fd)
+				mp_table[i].keep = nfd;
+	} else if (nfd >= 0) {
+		REAL(close)(nfd);
+	}
+	memset(k, 0, sizeof *k);
+	REAL(close)(fd);
+	MP_RESTORE;
+}
+
+void mp_keep_forget_range(unsigned int first, unsigned int last)
+{
+	for (unsigned int i = first; i <= last && i < mp_table_hiwat && i < mp_table_size; i++)
+		if (mp_table[i].kind == MPK_INTERNAL && mp_table[i].type == MP_INTERNAL_KEEP)
+			memset(&mp_table[i], 0, sizeof mp_table[i]);
+}
+
 /* ---- listen and accept ---------------------------------------------------- */
+
+/* Records what mp_relisten needs to make listener e again: its address
+ * and the options that decide whether the bind succeeds. */
+static void note_listener(struct mp_fd *e)
+{
+	union {
+		struct sockaddr sa;
+		struct sockaddr_in in;
+		struct sockaddr_in6 in6;
+	} a;
+	socklen_t len = sizeof a;
+	int v = 0;
+	socklen_t vl = sizeof v;
+	MP_SAVE;
+
+	if (mps_getname(e->sock, 0, &a.sa, &len) == 0) {
+		if (a.sa.sa_family == AF_INET) {
+			memcpy(e->laddr, &a.in.sin_addr, 4);
+			e->lport = ntohs(a.in.sin_port);
+			e->lflags |= MPL_BOUND;
+		} else if (a.sa.sa_family == AF_INET6) {
+			memcpy(e->laddr, &a.in6.sin6_addr, 16);
+			e->lport = ntohs(a.in6.sin6_port);
+			e->lflags |= MPL_BOUND;
+		}
+	}
+	if (e->domain == AF_INET6 && mps_getsockopt(e->sock, IPPROTO_IPV6, IPV6_V6ONLY, &v, &vl) == 0 && v)
+		e->lflags |= MPL_V6ONLY;
+	v = 0;
+	vl = sizeof v;
+	if (mps_getsockopt(e->sock, SOL_SOCKET, SO_REUSEPORT, &v, &vl) == 0 && v)
+		e->lflags |= MPL_REUSEPORT;
+	MP_RESTORE;
+}
+
+/* Makes listener e (keeper k) again under the current session; 0 or
+ * -errno. */
+static int relisten_one(struct mp_fd *e, int k)
+{
+	union {
+		struct sockaddr sa;
+		struct sockaddr_in in;
+		struct sockaddr_in6 in6;
+	} a;
+	socklen_t len;
+	uint64_t sock;
+	int sv[2], one = 1, rc, kd;
+
+	memset(&a, 0, sizeof a);
+	if (e->domain == AF_INET) {
+		a.in.sin_family = AF_INET;
+		a.in.sin_port = htons(e->lport);
+		memcpy(&a.in.sin_addr, e->laddr, 4);
+		len = sizeof a.in;
+	} else {
+		a.in6.sin6_family = AF_INET6;
+		a.in6.sin6_port = htons(e->lport);
+		memcpy(&a.in6.sin6_addr, e->laddr, 16);
+		len = sizeof a.in6;
+	}
+	if (REAL(socketpair)(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+		return -errno;
+	rc = mps_socket(e->domain, SOCK_STREAM | SOCK_NONBLOCK, e->protocol, sv[1], &sock);
+	REAL(close)(sv[1]);
+	REAL(close)(sv[0]);
+	if (rc < 0)
+		return rc;
+	mps_setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	if (e->lflags & MPL_REUSEPORT)
+		mps_setsockopt(sock, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+	if (e->lflags & MPL_V6ONLY)
+		mps_setsockopt(sock, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+	if ((rc = mps_bind(sock, &a.sa, len)) < 0)
+		goto fail;
+	kd = REAL(fcntl)(k, F_DUPFD_CLOEXEC, 0);
+	if (kd < 0) {
+		rc = -errno;
+		goto fail;
+	}
+	rc = mps_listen(sock, e->optmask ? (int)e->optmask : 511, kd);
+	REAL(close)(kd);
+	if (rc < 0)
+		goto fail;
+	e->sock = sock;
+	return 0;
+fail:
+	mps_close(sock);
+	return rc;
+}
+
+void mp_relisten(void)
+{
+	MP_SAVE;
+
+	for (unsigned int fd = 0; fd < mp_table_hiwat && fd < mp_table_size; fd++) {
+		struct mp_fd *e = &mp_table[fd], *k = keeper_of(e);
+		uint64_t old;
+		int rc;
+
+		if (!k || !(e->lflags & MPL_BOUND))
+			continue;
+		old = e->sock;
+		rc = relisten_one(e, e->keep);
+		if (rc < 0) {
+			/* Another process of the group made it first (they share
+			 * the listener and its keeper's file): the listener is
+			 * served all the same. */
+			MPLOG("relisten(%u): %s", fd, mp_errname(-rc));
+			continue;
+		}
+		k->sock = e->sock;
+		/* The other descriptors of the same listener. */
+		for (unsigned int i = fd + 1; i < mp_table_hiwat && i < mp_table_size; i++)
+			if (mp_table[i].kind == MPK_LISTEN && mp_table[i].sock == old)
+				mp_table[i].sock = e->sock;
+		MPLOG("relisten(%u): socket %llu", fd, (unsigned long long)e->sock);
+	}
+	MP_RESTORE;
+}
 
 static int listen_ins(int fd, struct mp_fd *e, int backlog)
 {
-	int sv[2], rc;
+	int sv[2], rc, keep;
+	struct mp_fd *k;
 
 	if (REAL(socketpair)(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
 		return -1;
 	rc = mps_listen(e->sock, backlog, sv[1]);
-	REAL(close)(sv[1]);
 	if (rc < 0) {
+		REAL(close)(sv[1]);
 		REAL(close)(sv[0]);
 		return mp_fail(-rc);
 	}
-	if (replace(fd, sv[0]) < 0)
+	if (replace(fd, sv[0]) < 0) {
+		REAL(close)(sv[1]);
 		return -1;
+	}
 	e->kind = MPK_LISTEN;
+	e->keep = 0;
+	e->lflags = 0;
+	e->optmask = (uint32_t)backlog;
+	note_listener(e);
+	/* The keeper: the far end stays open here as long as the listener,
+	 * so the listener never reads end-of-file when the isolator and its
+	 * INS are gone; accept then just waits (or says EAGAIN). */
+	keep = mps_high_fd(sv[1]);
+	if ((k = mp_slot(keep))) {
+		memset(k, 0, sizeof *k);
+		k->kind = MPK_INTERNAL;
+		k->type = MP_INTERNAL_KEEP;
+		k->sock = e->sock;
+		e->keep = keep;
+	} else {
+		REAL(close)(keep);
+	}
 	return 0;
 }
 
@@ -424,6 +629,8 @@ MP_EXPORT int listen(int fd, int backlog)
 		break;
 	case MPK_LISTEN:
 		rc = mps_listen(e->sock, backlog, -1);
+		if (rc == 0)
+			e->optmask = (uint32_t)backlog;
 		rc = rc < 0 ? mp_fail(-rc) : 0;
 		break;
 	default:
@@ -676,6 +883,8 @@ MP_EXPORT int close(int fd)
 		if (e->kind == MPK_INTERNAL)
 			return ret_log(mp_fail(EBADF), "close", fd, NULL);
 		sock = closing_stream(fd);
+		if (e->kind == MPK_LISTEN)
+			mp_keep_release(fd, e);
 		/* Before the real close: the number may be reused at once. */
 		memset(e, 0, sizeof *e);
 	}
@@ -713,10 +922,16 @@ static int dup23(int oldfd, int newfd, int flags, int three)
 		return mp_fail(EBADF);
 	if (mps_is_internal_fd(newfd))
 		mps_evict(newfd);
+	mp_keep_evict(newfd);
 	/* Duplicating onto newfd closes what it was (not when it is oldfd:
 	 * dup2 then changes nothing, dup3 fails). */
-	if (oldfd != newfd)
+	if (oldfd != newfd) {
+		struct mp_fd *ne = mp_get(newfd);
+
 		sock = closing_stream(newfd);
+		if (ne && ne->kind == MPK_LISTEN && e != ne)
+			mp_keep_release(newfd, ne);
+	}
 	MP_RESTORE;
 	rc = three ? REAL(dup3)(oldfd, newfd, flags) : REAL(dup2)(oldfd, newfd);
 	if (rc >= 0) {
@@ -784,6 +999,7 @@ MP_EXPORT int close_range(unsigned int first, unsigned int last, int flags)
 	if (!(flags & CLOSE_RANGE_CLOEXEC)) {
 		MP_SAVE;
 		close_streams(first, last);
+		mp_keep_forget_range(first, last);
 		mp_clear_range(first, last);
 		MP_RESTORE;
 	}
@@ -796,6 +1012,7 @@ MP_EXPORT void closefrom(int lowfd)
 	MP_SAVE;
 	if (lowfd >= 0) {
 		close_streams((unsigned int)lowfd, ~0u);
+		mp_keep_forget_range((unsigned int)lowfd, ~0u);
 		mp_clear_range((unsigned int)lowfd, ~0u);
 		close_span((unsigned int)lowfd, ~0u, 0);
 	}

@@ -238,14 +238,18 @@ func lsCmd(d dialer) *cobra.Command {
 				return enc.Encode(resp.INS)
 			}
 			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "ID\tPID\tSTATE\tUPLINKS\tSOCKETS\tCONNS\tRSS\tRX\tTX")
+			fmt.Fprintln(w, "ID\tPID\tSTATE\tUPLINKS\tSOCKETS\tCONNS\tRSS\tRX\tTX\tRESTARTS\tLAST EXIT")
 			for _, i := range resp.INS {
 				var ups []string
 				for _, u := range i.Uplinks {
 					ups = append(ups, u.Name+"="+u.Addr4)
 				}
-				fmt.Fprintf(w, "%d\t%d\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", i.ID, i.PID, i.State, strings.Join(ups, ","),
-					i.Sockets, i.Connections, size(i.RSS), size(i.RxBytes), size(i.TxBytes))
+				last := "-"
+				if i.LastExit != "" {
+					last = fmt.Sprintf("%s (%s ago)", i.LastExit, time.Since(i.LastExitAt).Round(time.Second))
+				}
+				fmt.Fprintf(w, "%d\t%d\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%d\t%s\n", i.ID, i.PID, i.State, strings.Join(ups, ","),
+					i.Sockets, i.Connections, size(i.RSS), size(i.RxBytes), size(i.TxBytes), i.Restarts, last)
 			}
 			return w.Flush()
 		},

@@ -73,6 +73,12 @@ type INSInfo struct {
 	RxBytes     uint64      `json:"rx_bytes"`
 	TxBytes     uint64      `json:"tx_bytes"`
 	Started     time.Time   `json:"started"`
+	// Restarts counts the times the daemon replaced a dead INS of this id;
+	// LastExit says how the last one ended ("killed by signal 9
+	// (killed)", "exit status 2") and LastExitAt when.
+	Restarts   int       `json:"restarts"`
+	LastExit   string    `json:"last_exit,omitempty"`
+	LastExitAt time.Time `json:"last_exit_at,omitzero"`
 }
 
 // INSUplink is one NIC of an INS.

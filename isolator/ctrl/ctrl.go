@@ -235,7 +235,10 @@ func (c *Conn) shutdown() {
 }
 
 // Close closes the channel; pending and later calls fail with ErrClosed.
+// A ReadLoop blocked in its receive returns (the socket is shut down first:
+// closing a descriptor does not wake a system call blocked on it).
 func (c *Conn) Close() error {
 	c.shutdown()
+	_ = unix.Shutdown(c.fd, unix.SHUT_RDWR)
 	return c.f.Close()
 }

@@ -11,6 +11,12 @@
  *   producer errors               (ring memfd on fd 3)
  *     checks -EMSGSIZE for an oversized request, errno preservation, then
  *     sends "block" and expects -EPIPE once the consumer closes the ring.
+ *
+ *   producer peer                 (ring memfd on fd 3, peer socket on fd 4)
+ *     sends "block" and expects -EPIPE once fd 4's peer hangs up, though
+ *     the ring itself is never marked dead (a consumer killed outright);
+ *     prints "ok peer waited_ms=N" (N: from the hang-up seen by poll to
+ *     the call's return is what the bound covers; N is the whole wait).
  */
 #define _GNU_SOURCE
 #include "../mpring.h"
@@ -20,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define REPLY_XOR 0x5eed5eed5eed5eedULL
 #define MAXPAY 256
@@ -151,12 +158,38 @@ static int run_errors(void)
 	return 0;
 }
 
+static int run_peer(void)
+{
+	unsigned char resp[64];
+	size_t rlen = 0;
+	struct timespec a, b;
+	int rc;
+
+	mpring_set_peer(&ring, 4);
+	errno = 4242;
+	clock_gettime(CLOCK_MONOTONIC, &a);
+	rc = mpring_call(&ring, "block", 5, resp, sizeof resp, &rlen);
+	clock_gettime(CLOCK_MONOTONIC, &b);
+	if (rc != -EPIPE || errno != 4242) {
+		fprintf(stderr, "producer: call with a hung-up peer: rc %d errno %d\n", rc, errno);
+		return 1;
+	}
+	rc = mpring_call(&ring, "after", 5, resp, sizeof resp, &rlen);
+	if (rc != -EPIPE) {
+		fprintf(stderr, "producer: call after the hang-up: rc %d\n", rc);
+		return 1;
+	}
+	printf("ok peer waited_ms=%ld\n",
+	       (long)((b.tv_sec - a.tv_sec) * 1000 + (b.tv_nsec - a.tv_nsec) / 1000000));
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	int rc;
 
 	if (argc < 2) {
-		fprintf(stderr, "usage: producer load THREADS COUNT | producer errors\n");
+		fprintf(stderr, "usage: producer load THREADS COUNT | producer errors | producer peer\n");
 		return 2;
 	}
 	rc = mpring_attach(&ring, 3);
@@ -173,6 +206,8 @@ int main(int argc, char **argv)
 		rc = run_load(atoi(argv[2]));
 	} else if (strcmp(argv[1], "errors") == 0) {
 		rc = run_errors();
+	} else if (strcmp(argv[1], "peer") == 0) {
+		rc = run_peer();
 	} else {
 		rc = 2;
 	}

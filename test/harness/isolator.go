@@ -115,6 +115,8 @@ type Isolator struct {
 	Bin, API, Socket string
 	cmd              *exec.Cmd
 	exited           chan struct{}
+	ns               *topo.NS // where it runs
+	args             []string // of `isolator run`, for Restart
 
 	mu     sync.Mutex
 	lines  []string
@@ -160,7 +162,22 @@ func StartIsolator(t testing.TB, tp *topo.Topology, o Options) *Isolator {
 		args = append(args, "--uplink", u.Arg(fmt.Sprintf("up%d", i)))
 	}
 	args = append(args, o.Args...)
-	cmd := tp.GW.Command(context.Background(), d.Bin, args...)
+	d.ns, d.args = tp.GW, args
+	d.launch(t)
+	t.Cleanup(func() {
+		d.Stop(t)
+		if t.Failed() {
+			t.Logf("isolator log:\n%s", d.Log())
+		}
+	})
+	d.waitUp(t, 90*time.Second)
+	return d
+}
+
+// launch starts the daemon process; its log lines are collected.
+func (d *Isolator) launch(t testing.TB) {
+	t.Helper()
+	cmd := d.ns.Command(context.Background(), d.Bin, d.args...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -169,9 +186,12 @@ func StartIsolator(t testing.TB, tp *topo.Topology, o Options) *Isolator {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start isolator: %v", err)
 	}
-	d.cmd, d.exited = cmd, make(chan struct{})
+	exited := make(chan struct{})
+	d.mu.Lock()
+	d.cmd, d.exited = cmd, exited
+	d.mu.Unlock()
 	go func() {
-		defer close(d.exited)
+		defer close(exited)
 		sc := bufio.NewScanner(stderr)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
@@ -182,50 +202,84 @@ func StartIsolator(t testing.TB, tp *topo.Topology, o Options) *Isolator {
 		}
 		cmd.Wait()
 	}()
-	t.Cleanup(func() {
-		d.Stop(t)
-		if t.Failed() {
-			t.Logf("isolator log:\n%s", d.Log())
-		}
-	})
-	deadline := time.Now().Add(90 * time.Second)
+}
+
+// waitUp waits until the daemon's API answers.
+func (d *Isolator) waitUp(t testing.TB, limit time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
 	for {
 		if _, err := d.List(); err == nil {
-			return d
+			return
 		}
 		select {
-		case <-d.exited:
+		case <-d.Exited():
 			t.Fatalf("isolator exited at start:\n%s", d.Log())
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("isolator did not answer within 90 s:\n%s", d.Log())
+			t.Fatalf("isolator did not answer within %v:\n%s", limit, d.Log())
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
+// Kill sends SIGKILL to the daemon process alone (its INS are in process
+// groups of their own) and waits until it is gone.
+func (d *Isolator) Kill(t testing.TB) {
+	t.Helper()
+	_ = d.cmd.Process.Signal(syscall.SIGKILL)
+	select {
+	case <-d.Exited():
+	case <-time.After(10 * time.Second):
+		t.Fatalf("isolator pid %d still there 10 s after SIGKILL", d.PID())
+	}
+}
+
+// Restart starts the daemon again with the arguments it had (the same
+// sockets) after it was killed or stopped, and waits until its API
+// answers.
+func (d *Isolator) Restart(t testing.TB) {
+	t.Helper()
+	select {
+	case <-d.Exited():
+	default:
+		t.Fatal("Restart: the isolator is still running")
+	}
+	d.launch(t)
+	d.waitUp(t, 90*time.Second)
+}
+
 // PID is the daemon's process id.
-func (d *Isolator) PID() int { return d.cmd.Process.Pid }
+func (d *Isolator) PID() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.cmd.Process.Pid
+}
 
 // Exited is closed once the daemon has exited.
-func (d *Isolator) Exited() <-chan struct{} { return d.exited }
+func (d *Isolator) Exited() <-chan struct{} {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.exited
+}
 
 // Stop sends SIGTERM and waits up to 10 s, then kills the process group.
 // It reports a daemon that needed SIGKILL.
 func (d *Isolator) Stop(t testing.TB) {
+	exited, pid := d.Exited(), d.PID()
 	select {
-	case <-d.exited:
+	case <-exited:
 		return
 	default:
 	}
-	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	_ = syscall.Kill(pid, syscall.SIGTERM)
 	select {
-	case <-d.exited:
+	case <-exited:
 	case <-time.After(10 * time.Second):
 		t.Errorf("isolator did not stop within 10 s of SIGTERM")
-		_ = syscall.Kill(-d.cmd.Process.Pid, syscall.SIGKILL)
-		<-d.exited
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+		<-exited
 	}
 }
 

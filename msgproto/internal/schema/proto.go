@@ -48,6 +48,7 @@ var Proto = Schema{
 		{Name: "MaxErrno", CName: "MP_MAX_ERRNO", Value: maxErrno, Doc: "largest errno a Reply may carry"},
 		{Name: "RegForked", CName: "MP_REG_FORKED", Value: 1, Doc: "Register flag: first registration of a fork child; Parent is the parent's client id"},
 		{Name: "RegExeced", CName: "MP_REG_EXECED", Value: 2, Doc: "Register flag: a new image of an already registered process; Parent is the previous image's client id"},
+		{Name: "RegRejoin", CName: "MP_REG_REJOIN", Value: 3, Doc: "Register flag: a process whose isolator daemon died registers with its successor; Key is the key of its socket group under the dead daemon, which the successor keeps as the group's key (the first process to present it makes the group, the others join it); Parent is 0"},
 		{Name: "ConnectNonblock", CName: "MP_CONNECT_NONBLOCK", Value: 1, Doc: "Connect flag: the app's fd is nonblocking; the reply is EINPROGRESS at once"},
 		{Name: "FamilyUnspec", CName: "MP_AF_UNSPEC", Value: 0, Doc: "address family: none (e.g. connected SendTo)"},
 		{Name: "FamilyInet", CName: "MP_AF_INET", Value: 2, Doc: "address family: IPv4 (Linux AF_INET)"},
@@ -73,7 +74,7 @@ var Proto = Schema{
 			u64("StartTime", "process start time in clock ticks (/proc/PID/stat field 22)"),
 			{Name: "Comm", Kind: Bytes, Len: 16, Doc: "process name, NUL padded"},
 			u64("Parent", "client id of the parent (RegForked) or of the previous image (RegExeced); 0 otherwise"),
-			u64("Key", "the socket group's key from the parent's RegisterReply (RegForked, RegExeced): proof that the process descends from a member; 0 otherwise"),
+			u64("Key", "the socket group's key from the parent's RegisterReply (RegForked, RegExeced, RegRejoin): proof that the process descends from a member; 0 otherwise"),
 		}},
 		{Name: "Socket", Code: 2, Doc: "asks for a new socket (socket(2)).", Fields: []Field{
 			i32("Domain", "address family"),

@@ -1,0 +1,305 @@
+// Command lb measures the XDP load balancer (lb/xdp) on a real interface:
+// the gw end of a veth pair from a client namespace into a test topology's
+// gw namespace, with the program attached, and up to four backends, each a namespace with a macvlan child of that interface
+// holding the VIP and Debian's nginx (one worker, a 1 KiB file), as INS
+// hold it. wrk in the client namespace drives HTTP through the VIP.
+//
+// Figures, medians over the rounds:
+//
+//	rps-N        wrk -t2 -c64 through the VIP with N = 1, 2, 4 backends (req/s)
+//	cpu-N        machine CPU time per request in those runs (µs; includes
+//	             wrk, nginx and the kernel's TCP on both sides)
+//	ns/pkt       the program's mean run time per packet from the kernel's
+//	             BPF statistics (run_time_ns / run_cnt, BPF_ENABLE_STATS
+//	             for the run, which is what kernel.bpf_stats_enabled=1 turns
+//	             on globally)
+//	p50-vip      wrk -t1 -c1 --latency to the VIP, one backend (µs)
+//	p50-direct   the same to that backend's own address, bypassing the
+//	             program (µs); their difference is the latency the VIP adds
+//	switch       SetBackends: rebuild the 65,537-entry table and switch (ms)
+//
+//	go run ./bench/lb [-rounds 3] [-t 5s]
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/mpshim/mpshim/bench/internal/parse"
+	"github.com/mpshim/mpshim/bench/internal/report"
+	lbxdp "github.com/mpshim/mpshim/lb/xdp"
+	"github.com/mpshim/mpshim/test/topo"
+)
+
+func main() {
+	rounds := flag.Int("rounds", 3, "rounds of every figure")
+	dur := flag.Duration("t", 5*time.Second, "duration of each wrk run")
+	flag.Parse()
+	if err := run(*rounds, *dur); err != nil {
+		fmt.Fprintln(os.Stderr, "bench/lb:", err)
+		os.Exit(1)
+	}
+}
+
+type backend struct {
+	ns   *topo.NS
+	be   lbxdp.Backend
+	own  netip.Addr
+	conf string
+}
+
+func run(rounds int, dur time.Duration) (err error) {
+	for _, p := range []string{"/usr/sbin/nginx", "/usr/bin/wrk"} {
+		if _, err := os.Stat(p); err != nil {
+			return fmt.Errorf("%s missing (scripts/deps.sh bench installs it): %w", p, err)
+		}
+	}
+	ctx := context.Background()
+	tp, err := topo.Build(ctx, topo.Config{Uplinks: 1, NoIPv6: true})
+	if err != nil {
+		return err
+	}
+	defer tp.Close()
+	dir, err := os.MkdirTemp("", "mpshim-lb-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	if err := os.WriteFile(filepath.Join(dir, "f"), make([]byte, 1024), 0o644); err != nil {
+		return err
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return err
+	}
+	// A client namespace wired straight to gw by a veth pair (the
+	// topology's uplinks pass through a user-space relay that would be
+	// measured too); the gw end carries the program and is the lower
+	// device of the backends' macvlans.
+	cl, err := tp.NewNS("cl")
+	if err != nil {
+		return err
+	}
+	ipc := func(args ...string) error {
+		out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, out)
+		}
+		return nil
+	}
+	const lbIf = "lbup"
+	for _, args := range [][]string{
+		{"-n", cl.Name, "link", "add", "name", "c0", "type", "veth", "peer", "name", lbIf, "netns", tp.GW.Name},
+		{"-n", cl.Name, "addr", "add", "10.78.0.1/24", "dev", "c0"},
+		{"-n", cl.Name, "link", "set", "c0", "up"},
+		{"-n", tp.GW.Name, "link", "set", lbIf, "up"},
+	} {
+		if err := ipc(args...); err != nil {
+			return err
+		}
+	}
+	vip := netip.MustParseAddr("10.78.0.100")
+	var gwMAC net.HardwareAddr
+	var gwIndex int
+	if err := tp.GW.Do(func() error {
+		ifc, err := net.InterfaceByName(lbIf)
+		if err == nil {
+			gwMAC, gwIndex = ifc.HardwareAddr, ifc.Index
+		}
+		return err
+	}); err != nil {
+		return err
+	}
+	lb, err := lbxdp.New(lbxdp.Config{})
+	if err != nil {
+		return err
+	}
+	defer lb.Close()
+	if err := lb.AddVIP(vip, gwMAC); err != nil {
+		return err
+	}
+	if err := tp.GW.Do(func() error { return lb.Attach(gwIndex, true) }); err != nil {
+		return err
+	}
+	var bes []*backend
+	for id := 1; id <= 4; id++ {
+		ns, err := tp.NewNS(fmt.Sprintf("be%d", id))
+		if err != nil {
+			return err
+		}
+		ifname := fmt.Sprintf("lb%d", id)
+		mac := net.HardwareAddr{0x02, 0xbb, 0, 0, 0, byte(id)}
+		own := netip.AddrFrom4([4]byte{10, 78, 0, byte(150 + id)})
+		// The VIP on loopback, as direct server return wants it; the
+		// program answers ARP for it.
+		for _, kv := range [][2]string{{"net.ipv4.conf.all.arp_ignore", "1"}, {"net.ipv4.conf.all.arp_announce", "2"}} {
+			if err := ns.SetSysctl(kv[0], kv[1]); err != nil {
+				return err
+			}
+		}
+		for _, args := range [][]string{
+			{"-n", tp.GW.Name, "link", "add", "link", lbIf, "name", ifname, "address", mac.String(), "type", "macvlan", "mode", "bridge"},
+			{"-n", tp.GW.Name, "link", "set", ifname, "netns", ns.Name},
+			{"-n", ns.Name, "addr", "add", vip.String() + "/32", "dev", "lo"},
+			{"-n", ns.Name, "addr", "add", own.String() + "/24", "dev", ifname},
+			{"-n", ns.Name, "link", "set", ifname, "up"},
+		} {
+			if err := ipc(args...); err != nil {
+				return err
+			}
+		}
+		b := &backend{ns: ns, own: own, be: lbxdp.Backend{ID: uint32(id), Name: fmt.Sprintf("ins-%d", id), MAC: mac, Weight: 1, State: lbxdp.Up}}
+		b.conf = filepath.Join(dir, fmt.Sprintf("nginx%d.conf", id))
+		conf := fmt.Sprintf(`daemon on;
+worker_processes 1;
+pid %[1]s/nginx%[2]d.pid;
+error_log %[1]s/error%[2]d.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 10000000;
+    server { listen 80 backlog=4096; root %[1]s; }
+}
+`, dir, id)
+		if err := os.WriteFile(b.conf, []byte(conf), 0o644); err != nil {
+			return err
+		}
+		if out, err := ns.Command(ctx, "/usr/sbin/nginx", "-c", b.conf).CombinedOutput(); err != nil {
+			return fmt.Errorf("nginx in %s: %w: %s", ns.Name, err, out)
+		}
+		defer func() {
+			_ = ns.Command(context.Background(), "/usr/sbin/nginx", "-c", b.conf, "-s", "stop").Run()
+		}()
+		bes = append(bes, b)
+	}
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		return fmt.Errorf("enable BPF statistics: %w", err)
+	}
+	defer stats.Close()
+
+	m := map[string]*report.Metric{}
+	add := func(name string, v float64) {
+		if m[name] == nil {
+			m[name] = &report.Metric{}
+		}
+		m[name].Add("lb", v)
+	}
+	wrk := func(args ...string) (parse.Wrk, error) {
+		out, err := cl.Run(ctx, "wrk", append([]string{"-d", fmt.Sprint(int(dur.Seconds())) + "s", "--latency"}, args...)...)
+		if err != nil {
+			return parse.Wrk{}, err
+		}
+		w, err := parse.ParseWrk(out)
+		if err != nil {
+			return w, err
+		}
+		return w, w.Err()
+	}
+	slog.Info("bench/lb: start", "load", report.LoadAvg())
+	for r := range rounds {
+		for _, n := range []int{1, 2, 4} {
+			var set []lbxdp.Backend
+			for _, b := range bes[:n] {
+				set = append(set, b.be)
+			}
+			start := time.Now()
+			if err := lb.SetBackends(set); err != nil {
+				return err
+			}
+			add("switch", float64(time.Since(start).Microseconds())/1000)
+			ps0, err := lb.Program().Stats()
+			if err != nil {
+				return fmt.Errorf("program statistics: %w", err)
+			}
+			cpu0, err := busyTime()
+			if err != nil {
+				return err
+			}
+			w, err := wrk("-t2", "-c64", "http://"+vip.String()+"/f")
+			if err != nil {
+				return fmt.Errorf("round %d, %d backends: %w", r, n, err)
+			}
+			cpu1, err := busyTime()
+			if err != nil {
+				return err
+			}
+			ps1, err := lb.Program().Stats()
+			if err != nil {
+				return err
+			}
+			add(fmt.Sprintf("rps-%d", n), w.RPS)
+			add(fmt.Sprintf("cpu-%d", n), float64((cpu1-cpu0).Microseconds())/float64(w.Requests))
+			if runs := ps1.RunCount - ps0.RunCount; runs > 0 {
+				add("ns/pkt", float64(ps1.Runtime-ps0.Runtime)/float64(runs))
+			}
+		}
+		if err := lb.SetBackends([]lbxdp.Backend{bes[0].be}); err != nil {
+			return err
+		}
+		for _, t := range []struct{ name, addr string }{{"p50-vip", vip.String()}, {"p50-direct", bes[0].own.String()}} {
+			w, err := wrk("-t1", "-c1", "http://"+t.addr+"/f")
+			if err != nil {
+				return fmt.Errorf("round %d, %s: %w", r, t.name, err)
+			}
+			add(t.name, float64(w.P50.Nanoseconds())/1000)
+		}
+		slog.Info("bench/lb: round done", "round", r+1)
+	}
+	fmt.Printf("| figure | median | spread |\n|---|---|---|\n")
+	for _, name := range []string{"rps-1", "rps-2", "rps-4", "cpu-1", "cpu-2", "cpu-4", "ns/pkt", "p50-vip", "p50-direct", "switch"} {
+		med, _ := m[name].Median("lb")
+		spread, _ := m[name].Spread("lb")
+		fmt.Printf("| %s | %s | %s |\n", name, report.FormatValue(med), report.FormatValue(spread))
+	}
+	vipMed, _ := m["p50-vip"].Median("lb")
+	dirMed, _ := m["p50-direct"].Median("lb")
+	fmt.Printf("\nlatency the VIP adds at wrk -c1 (p50): %.1f µs; load %s; %d CPUs\n", vipMed-dirMed, report.LoadAvg(), runtimeCPUs())
+	return nil
+}
+
+// busyTime is the machine's non-idle CPU time so far (/proc/stat).
+func busyTime() (time.Duration, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, err
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 8 || f[0] != "cpu" {
+		return 0, fmt.Errorf("/proc/stat: unexpected first line %q", line)
+	}
+	var busy int64
+	for i, v := range f[1:] {
+		if i == 3 || i == 4 { // idle, iowait
+			continue
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/stat: %w", err)
+		}
+		busy += n
+	}
+	// USER_HZ is 100 on Linux.
+	return time.Duration(busy) * 10 * time.Millisecond, nil
+}
+
+func runtimeCPUs() int {
+	var s unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &s); err != nil {
+		return 0
+	}
+	return s.Count()
+}

@@ -1,0 +1,875 @@
+package xdp
+
+import (
+	"fmt"
+
+	"github.com/cilium/ebpf/asm"
+
+	"github.com/mpshim/mpshim/lb/maglev"
+)
+
+// XDP actions (enum xdp_action).
+const (
+	ActionAborted = 0
+	ActionDrop    = 1
+	ActionPass    = 2
+	ActionTX      = 3
+)
+
+// Counter indexes of the program's statistics (the per-CPU array "stats").
+const (
+	CountPass        = iota // not IPv4/IPv6, or not to a VIP: passed untouched
+	CountShort              // too short to tell the destination: passed untouched
+	CountMalformed          // to a VIP but malformed or truncated: dropped
+	CountUnsupported        // to a VIP but not steerable (IPv6 extension headers, foreign ICMP errors): dropped
+	CountFragMiss           // a non-first fragment whose first fragment was not seen: dropped
+	CountNoBackend          // no backend in the table: dropped
+	CountSteered            // sent to a backend
+	CountEstHit             // found in the established table
+	CountNewHit             // found in the new-flow table
+	CountMaglev             // decided by the Maglev table
+	CountPromoted           // moved from the new-flow to the established table
+	CountFragHit            // a non-first fragment sent where its first fragment went
+	CountNDP                // NDP message to a VIP: sent to every backend
+	CountARPReply           // ARP request for a VIP: answered with the VIP's MAC
+	CountNAReply            // neighbour solicitation for a VIP: answered with the VIP's MAC
+	NumCounters
+)
+
+// CounterNames names the counters, indexed by Count*.
+var CounterNames = [NumCounters]string{
+	"pass", "short", "malformed", "unsupported", "frag_miss", "no_backend",
+	"steered", "est_hit", "new_hit", "maglev", "promoted", "frag_hit", "ndp",
+	"arp_reply", "na_reply",
+}
+
+// Backend states in the backend map.
+const (
+	stateDown     = 0
+	stateUp       = 1
+	stateDraining = 2
+)
+
+// noBackend is the table entry of an empty table.
+const noBackend = 0xffffffff
+
+// Flags kept in R9 while a packet is looked at.
+const (
+	flagSyn       = 1 // TCP SYN: never promoted
+	flagNoInsert  = 2 // ICMP errors and 3-tuple flows: looked up, never inserted
+	flagFirstFrag = 4 // first fragment: its decision goes into the fragment map
+	flagNewFlow   = 8 // decided by Maglev
+)
+
+// Stack layout (offsets from R10). The flow key is 40 bytes:
+//
+//	saddr[16] daddr[16] sport[2] dport[2] proto[1] pad[3]
+//
+// with IPv4 addresses v4-mapped (::ffff:a.b.c.d) and ports in network
+// order. The fragment key is the same with the fragment ID (network order,
+// zero-extended to 32 bits) in place of the ports.
+const (
+	stKey      = -40
+	stSaddr    = -40
+	stDaddr    = -24
+	stPorts    = -8
+	stSport    = -8
+	stDport    = -6
+	stProto    = -4
+	stFragID   = -44
+	stScratch  = -48 // u32 map key
+	stBackend  = -56 // u32 backend id (value of the flow maps)
+	stHash     = -64
+	stCountKey = -72
+	stPseudo   = -112 // IPv6 pseudo-header for the NA checksum (40 bytes)
+	stackBytes = 112
+)
+
+// The hash's multipliers as the signed immediates the instructions carry.
+var flowMul, flowFinal uint64 = maglev.FlowMul, maglev.FlowFinal
+
+// KeySize is the size of the flow key.
+const KeySize = 40
+
+// mapFDs are the file descriptors the program's instructions refer to.
+type mapFDs struct {
+	vips, est, new, frags, ctl, table, backends, bstats, stats int
+}
+
+// builder assembles the program with generated labels.
+type builder struct {
+	insns   asm.Instructions
+	pending string
+	n       int
+}
+
+func (b *builder) emit(ins ...asm.Instruction) {
+	for _, in := range ins {
+		if b.pending != "" {
+			in = in.WithSymbol(b.pending)
+			b.pending = ""
+		}
+		b.insns = append(b.insns, in)
+	}
+}
+
+// label names the next instruction.
+func (b *builder) label(name string) {
+	if b.pending != "" {
+		// Two labels at one place: a no-op carries the first.
+		b.emit(asm.Mov.Reg(asm.R6, asm.R6))
+	}
+	b.pending = name
+}
+
+func (b *builder) fresh(prefix string) string {
+	b.n++
+	return fmt.Sprintf("%s_%d", prefix, b.n)
+}
+
+// count adds one to counter idx (clobbers R0–R5).
+func (b *builder) count(fd, idx int) {
+	skip := b.fresh("count")
+	b.emit(
+		asm.StoreImm(asm.R10, stCountKey, int64(idx), asm.Word),
+		asm.LoadMapPtr(asm.R1, fd),
+		asm.Mov.Reg(asm.R2, asm.R10),
+		asm.Add.Imm(asm.R2, stCountKey),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, skip),
+		asm.LoadMem(asm.R1, asm.R0, 0, asm.DWord),
+		asm.Add.Imm(asm.R1, 1),
+		asm.StoreMem(asm.R0, 0, asm.R1, asm.DWord),
+	)
+	b.label(skip)
+}
+
+// exit counts idx and returns action.
+func (b *builder) exit(name string, fd, idx, action int) {
+	b.label(name)
+	b.count(fd, idx)
+	b.emit(asm.Mov.Imm(asm.R0, int32(action)), asm.Return())
+}
+
+// lookup calls bpf_map_lookup_elem(fd, R10+keyOff); the result is in R0.
+func (b *builder) lookup(fd int, keyOff int16) {
+	b.emit(
+		asm.LoadMapPtr(asm.R1, fd),
+		asm.Mov.Reg(asm.R2, asm.R10),
+		asm.Add.Imm(asm.R2, int32(keyOff)),
+		asm.FnMapLookupElem.Call(),
+	)
+}
+
+// update calls bpf_map_update_elem(fd, R10+stKey, R10+stBackend, BPF_ANY).
+func (b *builder) update(fd int) {
+	b.emit(
+		asm.LoadMapPtr(asm.R1, fd),
+		asm.Mov.Reg(asm.R2, asm.R10),
+		asm.Add.Imm(asm.R2, stKey),
+		asm.Mov.Reg(asm.R3, asm.R10),
+		asm.Add.Imm(asm.R3, stBackend),
+		asm.Mov.Imm(asm.R4, 0),
+		asm.FnMapUpdateElem.Call(),
+	)
+}
+
+// vipMAC passes the frame unless R0 (the VIP map's answer) is an entry
+// whose MAC address is the frame's destination: frames to a VIP's address
+// but sent to a backend's own MAC (a neighbour advertisement answering the
+// backend's solicitation, say) are not the balancer's to steer.
+func (b *builder) vipMAC() {
+	b.emit(
+		asm.JEq.Imm(asm.R0, 0, "pass"),
+		asm.LoadMem(asm.R2, asm.R0, 0, asm.Word),
+		asm.LoadMem(asm.R3, asm.R6, 0, asm.Word),
+		asm.JNE.Reg(asm.R2, asm.R3, "pass"),
+		asm.LoadMem(asm.R2, asm.R0, 4, asm.Half),
+		asm.LoadMem(asm.R3, asm.R6, 4, asm.Half),
+		asm.JNE.Reg(asm.R2, asm.R3, "pass"),
+	)
+}
+
+// arp answers ARP requests for a VIP with the VIP's MAC (XDP_TX), so the
+// backends, which all hold the VIP, never see them and the network learns
+// one MAC for it. Other ARP frames pass.
+//
+//	Ethernet 0..13 | htype 14 ptype 16 hlen 18 plen 19 op 20
+//	sha 22..27 spa 28..31 tha 32..37 tpa 38..41
+func (b *builder) arp(fd mapFDs) {
+	b.label("arp")
+	b.emit(
+		asm.Mov.Reg(asm.R2, asm.R6),
+		asm.Add.Imm(asm.R2, 42),
+		asm.JGT.Reg(asm.R2, asm.R7, "pass"),
+	)
+	for _, f := range []struct {
+		off  int16
+		size asm.Size
+		want int32
+	}{{14, asm.Half, 1}, {16, asm.Half, 0x0800}, {18, asm.Byte, 6}, {19, asm.Byte, 4}, {20, asm.Half, 1}} {
+		b.emit(asm.LoadMem(asm.R2, asm.R6, f.off, f.size))
+		if f.size == asm.Half {
+			b.emit(asm.HostTo(asm.BE, asm.R2, asm.Half))
+		}
+		b.emit(asm.JNE.Imm(asm.R2, f.want, "pass"))
+	}
+	b.emit(
+		asm.StoreImm(asm.R10, stDaddr+10, 0xffff, asm.Half),
+		asm.LoadMem(asm.R2, asm.R6, 38, asm.Word),
+		asm.StoreMem(asm.R10, stDaddr+12, asm.R2, asm.Word),
+	)
+	b.lookup(fd.vips, stDaddr)
+	b.emit(
+		asm.JEq.Imm(asm.R0, 0, "pass"),
+		asm.LoadMem(asm.R2, asm.R6, 22, asm.Word), // requester's MAC
+		asm.LoadMem(asm.R3, asm.R6, 26, asm.Half),
+		asm.LoadMem(asm.R4, asm.R6, 28, asm.Word), // requester's address
+		asm.LoadMem(asm.R5, asm.R6, 38, asm.Word), // the VIP
+		asm.StoreMem(asm.R6, 32, asm.R2, asm.Word),
+		asm.StoreMem(asm.R6, 36, asm.R3, asm.Half),
+		asm.StoreMem(asm.R6, 0, asm.R2, asm.Word),
+		asm.StoreMem(asm.R6, 4, asm.R3, asm.Half),
+		asm.StoreMem(asm.R6, 38, asm.R4, asm.Word),
+		asm.StoreMem(asm.R6, 28, asm.R5, asm.Word),
+		asm.LoadMem(asm.R2, asm.R0, 0, asm.Word), // the VIP's MAC
+		asm.LoadMem(asm.R3, asm.R0, 4, asm.Half),
+		asm.StoreMem(asm.R6, 22, asm.R2, asm.Word),
+		asm.StoreMem(asm.R6, 26, asm.R3, asm.Half),
+		asm.StoreMem(asm.R6, 6, asm.R2, asm.Word),
+		asm.StoreMem(asm.R6, 10, asm.R3, asm.Half),
+		asm.Mov.Imm(asm.R2, 0),
+		asm.StoreMem(asm.R6, 20, asm.R2, asm.Byte),
+		asm.Mov.Imm(asm.R2, 2), // reply
+		asm.StoreMem(asm.R6, 21, asm.R2, asm.Byte),
+	)
+	b.exit("arpreply", fd.stats, CountARPReply, ActionTX)
+}
+
+// solicitation answers a neighbour solicitation for a VIP (the target)
+// with a neighbour advertisement carrying the VIP's MAC (XDP_TX), built in
+// place; anything else goes on to "ipv6vip". Only solicitations of the
+// two usual shapes are answered: with a source link-layer address option
+// (payload 32 bytes, the advertisement then carries the target's) or
+// without options (24 bytes). Duplicate address detection (unspecified
+// source) passes.
+//
+//	Ethernet 0..13 | IPv6 14..53: plen 18 next 20 hops 21 src 22 dst 38
+//	ICMPv6 54: type 54 code 55 csum 56 flags 58 target 62..77 option 78..85
+func (b *builder) solicitation(fd mapFDs) {
+	b.emit(
+		asm.LoadMem(asm.R2, asm.R6, 20, asm.Byte),
+		asm.JNE.Imm(asm.R2, 58, "ipv6vip"),
+		asm.Mov.Reg(asm.R2, asm.R6),
+		asm.Add.Imm(asm.R2, 78),
+		asm.JGT.Reg(asm.R2, asm.R7, "ipv6vip"),
+		asm.LoadMem(asm.R2, asm.R6, 54, asm.Byte),
+		asm.JNE.Imm(asm.R2, 135, "ipv6vip"),
+		asm.LoadMem(asm.R2, asm.R6, 62, asm.DWord),
+		asm.StoreMem(asm.R10, stDaddr, asm.R2, asm.DWord),
+		asm.LoadMem(asm.R2, asm.R6, 70, asm.DWord),
+		asm.StoreMem(asm.R10, stDaddr+8, asm.R2, asm.DWord),
+	)
+	b.lookup(fd.vips, stDaddr)
+	b.emit(
+		asm.JEq.Imm(asm.R0, 0, "ipv6vip"),
+		asm.Mov.Reg(asm.R8, asm.R0),
+		// A solicitation for a VIP that is not one we answer is dropped:
+		// backends must not answer it either.
+		asm.LoadMem(asm.R2, asm.R6, 21, asm.Byte),
+		asm.JNE.Imm(asm.R2, 255, "malformed"),
+		asm.LoadMem(asm.R2, asm.R6, 55, asm.Byte),
+		asm.JNE.Imm(asm.R2, 0, "malformed"),
+		asm.LoadMem(asm.R2, asm.R6, 22, asm.DWord),
+		asm.LoadMem(asm.R3, asm.R6, 30, asm.DWord),
+		asm.Or.Reg(asm.R2, asm.R3),
+		asm.JEq.Imm(asm.R2, 0, "pass"), // DAD
+	)
+	b.emit(be16(asm.R4, asm.R6, 18)...)
+	b.emit(
+		asm.JEq.Imm(asm.R4, 24, "nabuild"),
+		asm.JNE.Imm(asm.R4, 32, "malformed"),
+		asm.Mov.Reg(asm.R2, asm.R6),
+		asm.Add.Imm(asm.R2, 86),
+		asm.JGT.Reg(asm.R2, asm.R7, "malformed"),
+		asm.LoadMem(asm.R2, asm.R6, 78, asm.Byte),
+		asm.JNE.Imm(asm.R2, 1, "malformed"),
+		asm.LoadMem(asm.R2, asm.R6, 79, asm.Byte),
+		asm.JNE.Imm(asm.R2, 1, "malformed"),
+		// Target link-layer address option.
+		asm.Mov.Imm(asm.R2, 2),
+		asm.StoreMem(asm.R6, 78, asm.R2, asm.Byte),
+		asm.LoadMem(asm.R2, asm.R8, 0, asm.Word),
+		asm.StoreMem(asm.R6, 80, asm.R2, asm.Word),
+		asm.LoadMem(asm.R2, asm.R8, 4, asm.Half),
+		asm.StoreMem(asm.R6, 84, asm.R2, asm.Half),
+	)
+	b.label("nabuild")
+	b.emit(
+		// R4 is the ICMPv6 length (24 or 32); keep it for the checksum.
+		asm.StoreMem(asm.R10, stScratch, asm.R4, asm.Word),
+		// Ethernet: back to the solicitor, from the VIP's MAC.
+		asm.LoadMem(asm.R2, asm.R6, 6, asm.Word),
+		asm.StoreMem(asm.R6, 0, asm.R2, asm.Word),
+		asm.LoadMem(asm.R2, asm.R6, 10, asm.Half),
+		asm.StoreMem(asm.R6, 4, asm.R2, asm.Half),
+		asm.LoadMem(asm.R2, asm.R8, 0, asm.Word),
+		asm.StoreMem(asm.R6, 6, asm.R2, asm.Word),
+		asm.LoadMem(asm.R2, asm.R8, 4, asm.Half),
+		asm.StoreMem(asm.R6, 10, asm.R2, asm.Half),
+		// IPv6: destination the solicitor, source the target.
+		asm.LoadMem(asm.R2, asm.R6, 22, asm.DWord),
+		asm.StoreMem(asm.R6, 38, asm.R2, asm.DWord),
+		asm.LoadMem(asm.R2, asm.R6, 30, asm.DWord),
+		asm.StoreMem(asm.R6, 46, asm.R2, asm.DWord),
+		asm.LoadMem(asm.R2, asm.R10, stDaddr, asm.DWord),
+		asm.StoreMem(asm.R6, 22, asm.R2, asm.DWord),
+		asm.LoadMem(asm.R2, asm.R10, stDaddr+8, asm.DWord),
+		asm.StoreMem(asm.R6, 30, asm.R2, asm.DWord),
+		// ICMPv6: advertisement, solicited and override, checksum 0.
+		asm.Mov.Imm(asm.R2, 136),
+		asm.StoreMem(asm.R6, 54, asm.R2, asm.Byte),
+		asm.Mov.Imm(asm.R2, 0),
+		asm.StoreMem(asm.R6, 56, asm.R2, asm.Half),
+		asm.StoreMem(asm.R6, 58, asm.R2, asm.Word),
+		asm.Mov.Imm(asm.R2, 0x60),
+		asm.StoreMem(asm.R6, 58, asm.R2, asm.Byte),
+		// Pseudo-header: source, destination, length, next header.
+		asm.LoadMem(asm.R2, asm.R6, 22, asm.DWord),
+		asm.StoreMem(asm.R10, stPseudo, asm.R2, asm.DWord),
+		asm.LoadMem(asm.R2, asm.R6, 30, asm.DWord),
+		asm.StoreMem(asm.R10, stPseudo+8, asm.R2, asm.DWord),
+		asm.LoadMem(asm.R2, asm.R6, 38, asm.DWord),
+		asm.StoreMem(asm.R10, stPseudo+16, asm.R2, asm.DWord),
+		asm.LoadMem(asm.R2, asm.R6, 46, asm.DWord),
+		asm.StoreMem(asm.R10, stPseudo+24, asm.R2, asm.DWord),
+		asm.LoadMem(asm.R2, asm.R10, stScratch, asm.Word),
+		asm.HostTo(asm.BE, asm.R2, asm.Word),
+		asm.StoreMem(asm.R10, stPseudo+32, asm.R2, asm.Word),
+		asm.Mov.Imm(asm.R2, 58),
+		asm.HostTo(asm.BE, asm.R2, asm.Word),
+		asm.StoreMem(asm.R10, stPseudo+36, asm.R2, asm.Word),
+		asm.Mov.Imm(asm.R1, 0),
+		asm.Mov.Imm(asm.R2, 0),
+		asm.Mov.Reg(asm.R3, asm.R10),
+		asm.Add.Imm(asm.R3, stPseudo),
+		asm.Mov.Imm(asm.R4, 40),
+		asm.Mov.Imm(asm.R5, 0),
+		asm.FnCsumDiff.Call(),
+		asm.Mov.Reg(asm.R5, asm.R0), // the pseudo-header's sum seeds the next
+		asm.LoadMem(asm.R0, asm.R10, stScratch, asm.Word),
+		asm.JEq.Imm(asm.R0, 24, "na24"),
+	)
+	// Each length gets its own call so that the verifier sees a constant
+	// size with the packet range checked for it.
+	for _, n := range []int32{32, 24} {
+		if n == 24 {
+			b.label("na24")
+		}
+		b.emit(
+			asm.Mov.Reg(asm.R3, asm.R6),
+			asm.Add.Imm(asm.R3, 54),
+			asm.Mov.Reg(asm.R2, asm.R3),
+			asm.Add.Imm(asm.R2, n),
+			asm.JGT.Reg(asm.R2, asm.R7, "malformed"),
+			asm.Mov.Imm(asm.R1, 0),
+			asm.Mov.Imm(asm.R2, 0),
+			asm.Mov.Imm(asm.R4, n),
+			asm.FnCsumDiff.Call(),
+		)
+		if n == 32 {
+			b.emit(asm.Ja.Label("nafold"))
+		}
+	}
+	b.label("nafold")
+	b.emit(
+		// Fold the 32-bit sum to 16 bits and complement it.
+		asm.Mov.Reg(asm.R2, asm.R0),
+		asm.RSh.Imm(asm.R2, 16),
+		asm.And.Imm(asm.R0, 0xffff),
+		asm.Add.Reg(asm.R0, asm.R2),
+		asm.Mov.Reg(asm.R2, asm.R0),
+		asm.RSh.Imm(asm.R2, 16),
+		asm.And.Imm(asm.R0, 0xffff),
+		asm.Add.Reg(asm.R0, asm.R2),
+		asm.Xor.Imm(asm.R0, 0xffff),
+		asm.StoreMem(asm.R6, 56, asm.R0, asm.Half),
+	)
+	b.exit("nareply", fd.stats, CountNAReply, ActionTX)
+}
+
+// be16 loads a big-endian 16-bit field at src+off into dst in host order.
+func be16(dst, src asm.Register, off int16) []asm.Instruction {
+	return []asm.Instruction{asm.LoadMem(dst, src, off, asm.Half), asm.HostTo(asm.BE, dst, asm.Half)}
+}
+
+// instructions returns the steering program for a Maglev table of size
+// entries per half. Registers: R6 packet start, R7 packet end, R8 the
+// header being parsed (later the backend's map value), R9 flags.
+//
+// The program, in outline:
+//
+//	ARP request or neighbour solicitation for a VIP: answered, XDP_TX
+//	not IPv4/IPv6, or too short to hold the IP header: XDP_PASS
+//	destination not a VIP, or the frame not sent to the VIP's MAC: XDP_PASS
+//	malformed or truncated IP header, or a truncated L4 header: XDP_DROP
+//	non-first fragment: the backend of its first fragment, else XDP_DROP
+//	ICMP error (unreachable, too big, time exceeded, parameter problem)
+//	    quoting a packet from the VIP: the flow key of the quoted packet,
+//	    reversed, looked up but never inserted
+//	established table hit (backend up or draining): that backend
+//	new-flow table hit: that backend; unless a SYN, promote the flow to
+//	    the established table
+//	else the Maglev table on the key's hash; record in the new-flow table
+//	NDP for a VIP: to the broadcast MAC (every backend), XDP_PASS
+//	first fragment: remember its backend in the fragment map
+//	rewrite the destination MAC to the backend's, XDP_PASS
+func instructions(fd mapFDs, size uint32) asm.Instructions {
+	b := &builder{}
+	st := fd.stats
+	b.emit(
+		asm.LoadMem(asm.R6, asm.R1, 0, asm.Word), // data
+		asm.LoadMem(asm.R7, asm.R1, 4, asm.Word), // data_end
+		asm.Mov.Imm(asm.R9, 0),
+		asm.Mov.Imm(asm.R0, 0),
+	)
+	for off := -stackBytes; off < 0; off += 8 {
+		b.emit(asm.StoreMem(asm.R10, int16(off), asm.R0, asm.DWord))
+	}
+	b.emit(
+		asm.Mov.Reg(asm.R2, asm.R6),
+		asm.Add.Imm(asm.R2, 14),
+		asm.JGT.Reg(asm.R2, asm.R7, "short"),
+	)
+	b.emit(be16(asm.R2, asm.R6, 12)...)
+	b.emit(
+		asm.JEq.Imm(asm.R2, 0x0800, "ipv4"),
+		asm.JEq.Imm(asm.R2, 0x86dd, "ipv6"),
+		asm.JEq.Imm(asm.R2, 0x0806, "arp"),
+		asm.Ja.Label("pass"),
+	)
+	b.arp(fd)
+
+	// IPv4.
+	b.label("ipv4")
+	b.emit(
+		asm.Mov.Reg(asm.R8, asm.R6),
+		asm.Add.Imm(asm.R8, 14),
+		asm.Mov.Reg(asm.R2, asm.R8),
+		asm.Add.Imm(asm.R2, 20),
+		asm.JGT.Reg(asm.R2, asm.R7, "short"),
+		asm.StoreImm(asm.R10, stDaddr+10, 0xffff, asm.Half),
+		asm.LoadMem(asm.R2, asm.R8, 16, asm.Word),
+		asm.StoreMem(asm.R10, stDaddr+12, asm.R2, asm.Word),
+	)
+	b.lookup(fd.vips, stDaddr)
+	b.vipMAC()
+	b.emit(
+		asm.StoreImm(asm.R10, stSaddr+10, 0xffff, asm.Half),
+		asm.LoadMem(asm.R2, asm.R8, 12, asm.Word),
+		asm.StoreMem(asm.R10, stSaddr+12, asm.R2, asm.Word),
+		asm.LoadMem(asm.R2, asm.R8, 0, asm.Byte),
+		asm.Mov.Reg(asm.R3, asm.R2),
+		asm.RSh.Imm(asm.R3, 4),
+		asm.JNE.Imm(asm.R3, 4, "malformed"),
+		asm.And.Imm(asm.R2, 0xf),
+		asm.JLT.Imm(asm.R2, 5, "malformed"),
+		asm.LSh.Imm(asm.R2, 2), // header length 20..60
+	)
+	b.emit(be16(asm.R3, asm.R8, 2)...) // total length
+	b.emit(
+		asm.JLT.Reg(asm.R3, asm.R2, "malformed"),
+		asm.Mov.Reg(asm.R4, asm.R8),
+		asm.Add.Reg(asm.R4, asm.R3),
+		asm.JGT.Reg(asm.R4, asm.R7, "malformed"),
+		asm.LoadMem(asm.R3, asm.R8, 9, asm.Byte),
+		asm.StoreMem(asm.R10, stProto, asm.R3, asm.Byte),
+		asm.LoadMem(asm.R4, asm.R8, 4, asm.Half), // ID, network order
+		asm.StoreMem(asm.R10, stFragID, asm.R4, asm.Half),
+	)
+	b.emit(be16(asm.R4, asm.R8, 6)...)
+	b.emit(
+		asm.Mov.Reg(asm.R5, asm.R4),
+		asm.And.Imm(asm.R5, 0x1fff),
+		asm.JNE.Imm(asm.R5, 0, "nonfirst"),
+		asm.JSet.Imm(asm.R4, 0x2000, "v4first"),
+		asm.Ja.Label("v4l4"),
+	)
+	b.label("v4first")
+	b.emit(asm.Or.Imm(asm.R9, flagFirstFrag))
+	b.label("v4l4")
+	b.emit(
+		asm.Add.Reg(asm.R8, asm.R2),
+		asm.JEq.Imm(asm.R3, 1, "icmp4"),
+		asm.Ja.Label("l4"),
+	)
+
+	// ICMPv4: errors go by the quoted packet, the rest by 3-tuple.
+	b.label("icmp4")
+	b.emit(
+		asm.Or.Imm(asm.R9, flagNoInsert),
+		asm.Mov.Reg(asm.R2, asm.R8),
+		asm.Add.Imm(asm.R2, 8),
+		asm.JGT.Reg(asm.R2, asm.R7, "malformed"),
+		asm.LoadMem(asm.R2, asm.R8, 0, asm.Byte),
+		asm.JEq.Imm(asm.R2, 3, "icmp4err"),
+		asm.JEq.Imm(asm.R2, 11, "icmp4err"),
+		asm.JEq.Imm(asm.R2, 12, "icmp4err"),
+		asm.Ja.Label("decide"),
+	)
+	b.label("icmp4err")
+	b.emit(
+		asm.Add.Imm(asm.R8, 8), // quoted IPv4 header
+		asm.Mov.Reg(asm.R2, asm.R8),
+		asm.Add.Imm(asm.R2, 20),
+		asm.JGT.Reg(asm.R2, asm.R7, "malformed"),
+		asm.LoadMem(asm.R2, asm.R8, 0, asm.Byte),
+		asm.Mov.Reg(asm.R3, asm.R2),
+		asm.RSh.Imm(asm.R3, 4),
+		asm.JNE.Imm(asm.R3, 4, "malformed"),
+		asm.And.Imm(asm.R2, 0xf),
+		asm.JLT.Imm(asm.R2, 5, "malformed"),
+		asm.LSh.Imm(asm.R2, 2),
+		// The quoted packet must come from the VIP the error is for.
+		asm.LoadMem(asm.R3, asm.R8, 12, asm.Word),
+		asm.LoadMem(asm.R4, asm.R10, stDaddr+12, asm.Word),
+		asm.JNE.Reg(asm.R3, asm.R4, "unsupported"),
+		asm.LoadMem(asm.R3, asm.R8, 16, asm.Word),
+		asm.StoreMem(asm.R10, stSaddr+12, asm.R3, asm.Word),
+		asm.LoadMem(asm.R3, asm.R8, 9, asm.Byte),
+		asm.StoreMem(asm.R10, stProto, asm.R3, asm.Byte),
+	)
+	b.emit(be16(asm.R4, asm.R8, 6)...)
+	b.emit(
+		asm.And.Imm(asm.R4, 0x1fff),
+		asm.JNE.Imm(asm.R4, 0, "unsupported"),
+		asm.Add.Reg(asm.R8, asm.R2),
+		asm.Ja.Label("quoted"),
+	)
+
+	// IPv6.
+	b.label("ipv6")
+	b.emit(
+		asm.Mov.Reg(asm.R8, asm.R6),
+		asm.Add.Imm(asm.R8, 14),
+		asm.Mov.Reg(asm.R2, asm.R8),
+		asm.Add.Imm(asm.R2, 40),
+		asm.JGT.Reg(asm.R2, asm.R7, "short"),
+	)
+	b.solicitation(fd)
+	b.label("ipv6vip")
+	b.emit(
+		asm.Mov.Reg(asm.R8, asm.R6),
+		asm.Add.Imm(asm.R8, 14),
+		asm.LoadMem(asm.R2, asm.R8, 24, asm.DWord),
+		asm.StoreMem(asm.R10, stDaddr, asm.R2, asm.DWord),
+		asm.LoadMem(asm.R2, asm.R8, 32, asm.DWord),
+		asm.StoreMem(asm.R10, stDaddr+8, asm.R2, asm.DWord),
+	)
+	b.lookup(fd.vips, stDaddr)
+	b.vipMAC()
+	b.emit(
+		asm.LoadMem(asm.R2, asm.R8, 8, asm.DWord),
+		asm.StoreMem(asm.R10, stSaddr, asm.R2, asm.DWord),
+		asm.LoadMem(asm.R2, asm.R8, 16, asm.DWord),
+		asm.StoreMem(asm.R10, stSaddr+8, asm.R2, asm.DWord),
+		asm.LoadMem(asm.R2, asm.R8, 0, asm.Byte),
+		asm.RSh.Imm(asm.R2, 4),
+		asm.JNE.Imm(asm.R2, 6, "malformed"),
+	)
+	b.emit(be16(asm.R3, asm.R8, 4)...) // payload length
+	b.emit(
+		asm.Mov.Reg(asm.R4, asm.R8),
+		asm.Add.Imm(asm.R4, 40),
+		asm.Add.Reg(asm.R4, asm.R3),
+		asm.JGT.Reg(asm.R4, asm.R7, "malformed"),
+		asm.LoadMem(asm.R3, asm.R8, 6, asm.Byte),
+		asm.Add.Imm(asm.R8, 40),
+		asm.JNE.Imm(asm.R3, 44, "v6l4"),
+		// Fragment header.
+		asm.Mov.Reg(asm.R2, asm.R8),
+		asm.Add.Imm(asm.R2, 8),
+		asm.JGT.Reg(asm.R2, asm.R7, "malformed"),
+		asm.LoadMem(asm.R3, asm.R8, 0, asm.Byte),
+		asm.StoreMem(asm.R10, stProto, asm.R3, asm.Byte),
+		asm.LoadMem(asm.R4, asm.R8, 4, asm.Word),
+		asm.StoreMem(asm.R10, stFragID, asm.R4, asm.Word),
+	)
+	b.emit(be16(asm.R4, asm.R8, 2)...)
+	b.emit(
+		asm.Mov.Reg(asm.R5, asm.R4),
+		asm.And.Imm(asm.R5, 0xfff8),
+		asm.JNE.Imm(asm.R5, 0, "nonfirst"),
+		asm.Add.Imm(asm.R8, 8),
+		asm.JSet.Imm(asm.R4, 1, "v6first"),
+		asm.Ja.Label("v6l4"),
+	)
+	b.label("v6first")
+	b.emit(asm.Or.Imm(asm.R9, flagFirstFrag))
+	b.label("v6l4")
+	b.emit(asm.StoreMem(asm.R10, stProto, asm.R3, asm.Byte))
+	// Extension headers that may hide a TCP or UDP header are not walked.
+	for _, nh := range []int32{0, 43, 44, 51, 60, 135, 139, 140} {
+		b.emit(asm.JEq.Imm(asm.R3, nh, "unsupported"))
+	}
+	b.emit(
+		asm.JEq.Imm(asm.R3, 58, "icmp6"),
+		asm.Ja.Label("l4"),
+	)
+
+	// ICMPv6: errors (types 1–4) go by the quoted packet.
+	b.label("icmp6")
+	b.emit(
+		asm.Or.Imm(asm.R9, flagNoInsert),
+		asm.Mov.Reg(asm.R2, asm.R8),
+		asm.Add.Imm(asm.R2, 8),
+		asm.JGT.Reg(asm.R2, asm.R7, "malformed"),
+		asm.LoadMem(asm.R2, asm.R8, 0, asm.Byte),
+		asm.JEq.Imm(asm.R2, 0, "decide"),
+		asm.JGE.Imm(asm.R2, 133, "ndpmaybe"),
+		asm.JGT.Imm(asm.R2, 4, "decide"),
+		asm.Add.Imm(asm.R8, 8), // quoted IPv6 header
+		asm.Mov.Reg(asm.R2, asm.R8),
+		asm.Add.Imm(asm.R2, 40),
+		asm.JGT.Reg(asm.R2, asm.R7, "malformed"),
+		asm.LoadMem(asm.R2, asm.R8, 8, asm.DWord),
+		asm.LoadMem(asm.R3, asm.R10, stDaddr, asm.DWord),
+		asm.JNE.Reg(asm.R2, asm.R3, "unsupported"),
+		asm.LoadMem(asm.R2, asm.R8, 16, asm.DWord),
+		asm.LoadMem(asm.R3, asm.R10, stDaddr+8, asm.DWord),
+		asm.JNE.Reg(asm.R2, asm.R3, "unsupported"),
+		asm.LoadMem(asm.R2, asm.R8, 24, asm.DWord),
+		asm.StoreMem(asm.R10, stSaddr, asm.R2, asm.DWord),
+		asm.LoadMem(asm.R2, asm.R8, 32, asm.DWord),
+		asm.StoreMem(asm.R10, stSaddr+8, asm.R2, asm.DWord),
+		asm.LoadMem(asm.R3, asm.R8, 6, asm.Byte),
+		asm.StoreMem(asm.R10, stProto, asm.R3, asm.Byte),
+		asm.Add.Imm(asm.R8, 40),
+	)
+	for _, nh := range []int32{0, 43, 44, 51, 60, 135, 139, 140} {
+		b.emit(asm.JEq.Imm(asm.R3, nh, "unsupported"))
+	}
+
+	// The quoted packet's ports, swapped: it went from the VIP to the
+	// client. R3 is its protocol, R8 its L4 header.
+	b.label("quoted")
+	b.emit(
+		asm.JEq.Imm(asm.R3, 6, "quotedports"),
+		asm.JEq.Imm(asm.R3, 17, "quotedports"),
+		asm.Ja.Label("decide"),
+	)
+	b.label("quotedports")
+	b.emit(
+		asm.Mov.Reg(asm.R2, asm.R8),
+		asm.Add.Imm(asm.R2, 4),
+		asm.JGT.Reg(asm.R2, asm.R7, "malformed"),
+		asm.LoadMem(asm.R2, asm.R8, 0, asm.Half),
+		asm.StoreMem(asm.R10, stDport, asm.R2, asm.Half),
+		asm.LoadMem(asm.R2, asm.R8, 2, asm.Half),
+		asm.StoreMem(asm.R10, stSport, asm.R2, asm.Half),
+		asm.Ja.Label("decide"),
+	)
+
+	// TCP and UDP; any other protocol goes by its 3-tuple (ports zero)
+	// and is never inserted. R3 is the protocol, R8 the L4 header.
+	b.label("l4")
+	b.emit(
+		asm.JEq.Imm(asm.R3, 6, "tcp"),
+		asm.JEq.Imm(asm.R3, 17, "udp"),
+		asm.Or.Imm(asm.R9, flagNoInsert),
+		asm.Ja.Label("decide"),
+	)
+	b.label("tcp")
+	b.emit(
+		asm.Mov.Reg(asm.R2, asm.R8),
+		asm.Add.Imm(asm.R2, 20),
+		asm.JGT.Reg(asm.R2, asm.R7, "malformed"),
+		asm.LoadMem(asm.R2, asm.R8, 13, asm.Byte),
+		asm.JSet.Imm(asm.R2, 0x02, "tcpsyn"),
+		asm.Ja.Label("ports"),
+	)
+	b.label("tcpsyn")
+	b.emit(asm.Or.Imm(asm.R9, flagSyn), asm.Ja.Label("ports"))
+	b.label("udp")
+	b.emit(
+		asm.Mov.Reg(asm.R2, asm.R8),
+		asm.Add.Imm(asm.R2, 8),
+		asm.JGT.Reg(asm.R2, asm.R7, "malformed"),
+	)
+	b.label("ports")
+	b.emit(
+		asm.LoadMem(asm.R2, asm.R8, 0, asm.Word),
+		asm.StoreMem(asm.R10, stPorts, asm.R2, asm.Word),
+	)
+
+	// The decision.
+	b.label("decide")
+	b.emit(asm.Mov.Imm(asm.R2, 0), asm.LoadImm(asm.R4, int64(flowMul), asm.DWord))
+	for off := int16(stKey); off < stKey+KeySize; off += 8 {
+		b.emit(
+			asm.LoadMem(asm.R3, asm.R10, off, asm.DWord),
+			asm.Xor.Reg(asm.R2, asm.R3),
+			asm.Mul.Reg(asm.R2, asm.R4),
+			asm.Mov.Reg(asm.R3, asm.R2),
+			asm.RSh.Imm(asm.R3, 32),
+			asm.Xor.Reg(asm.R2, asm.R3),
+		)
+	}
+	b.emit(
+		asm.Mov.Reg(asm.R3, asm.R2),
+		asm.RSh.Imm(asm.R3, 29),
+		asm.Xor.Reg(asm.R2, asm.R3),
+		asm.LoadImm(asm.R4, int64(flowFinal), asm.DWord),
+		asm.Mul.Reg(asm.R2, asm.R4),
+		asm.Mov.Reg(asm.R3, asm.R2),
+		asm.RSh.Imm(asm.R3, 32),
+		asm.Xor.Reg(asm.R2, asm.R3),
+		asm.StoreMem(asm.R10, stHash, asm.R2, asm.DWord),
+	)
+	// Established table.
+	b.lookup(fd.est, stKey)
+	b.emit(
+		asm.JEq.Imm(asm.R0, 0, "trynew"),
+		asm.LoadMem(asm.R2, asm.R0, 0, asm.Word),
+		asm.StoreMem(asm.R10, stBackend, asm.R2, asm.Word),
+	)
+	b.lookup(fd.backends, stBackend)
+	b.emit(
+		asm.JEq.Imm(asm.R0, 0, "trynew"),
+		asm.LoadMem(asm.R2, asm.R0, 6, asm.Byte),
+		asm.JEq.Imm(asm.R2, stateDown, "trynew"),
+		asm.Mov.Reg(asm.R8, asm.R0),
+	)
+	b.count(st, CountEstHit)
+	b.emit(asm.Ja.Label("forward"))
+	// New-flow table.
+	b.label("trynew")
+	b.lookup(fd.new, stKey)
+	b.emit(
+		asm.JEq.Imm(asm.R0, 0, "maglev"),
+		asm.LoadMem(asm.R2, asm.R0, 0, asm.Word),
+		asm.StoreMem(asm.R10, stBackend, asm.R2, asm.Word),
+	)
+	b.lookup(fd.backends, stBackend)
+	b.emit(
+		asm.JEq.Imm(asm.R0, 0, "maglev"),
+		asm.LoadMem(asm.R2, asm.R0, 6, asm.Byte),
+		asm.JEq.Imm(asm.R2, stateDown, "maglev"),
+		asm.Mov.Reg(asm.R8, asm.R0),
+	)
+	b.count(st, CountNewHit)
+	b.emit(
+		asm.JSet.Imm(asm.R9, flagSyn|flagNoInsert, "forward"),
+	)
+	b.update(fd.est)
+	b.count(st, CountPromoted)
+	b.emit(asm.Ja.Label("forward"))
+	// Maglev: entry hash % size of the active half.
+	b.label("maglev")
+	b.lookup(fd.ctl, stScratch)
+	b.emit(
+		asm.JEq.Imm(asm.R0, 0, "nobackend"),
+		asm.LoadMem(asm.R2, asm.R0, 0, asm.Word),
+		asm.LoadMem(asm.R3, asm.R10, stHash, asm.DWord),
+		asm.Mod.Imm(asm.R3, int32(size)),
+		asm.JEq.Imm(asm.R2, 0, "half0"),
+		asm.Add.Imm(asm.R3, int32(size)),
+	)
+	b.label("half0")
+	b.emit(asm.StoreMem(asm.R10, stScratch, asm.R3, asm.Word))
+	b.lookup(fd.table, stScratch)
+	b.emit(
+		asm.JEq.Imm(asm.R0, 0, "nobackend"),
+		asm.LoadMem(asm.R2, asm.R0, 0, asm.Word),
+		asm.StoreMem(asm.R10, stBackend, asm.R2, asm.Word),
+	)
+	b.lookup(fd.backends, stBackend)
+	b.emit(
+		asm.JEq.Imm(asm.R0, 0, "nobackend"),
+		asm.LoadMem(asm.R2, asm.R0, 6, asm.Byte),
+		asm.JEq.Imm(asm.R2, stateDown, "nobackend"),
+		asm.Mov.Reg(asm.R8, asm.R0),
+		asm.Or.Imm(asm.R9, flagNewFlow),
+	)
+	b.count(st, CountMaglev)
+	b.emit(asm.JSet.Imm(asm.R9, flagNoInsert, "forward"))
+	b.update(fd.new)
+
+	// R8 is the backend's entry; stBackend its id.
+	b.label("forward")
+	b.emit(asm.JSet.Imm(asm.R9, flagFirstFrag, "recordfrag"), asm.Ja.Label("rewrite"))
+	b.label("recordfrag")
+	b.emit(
+		asm.LoadMem(asm.R2, asm.R10, stFragID, asm.Word),
+		asm.StoreMem(asm.R10, stPorts, asm.R2, asm.Word),
+	)
+	b.update(fd.frags)
+	b.label("rewrite")
+	b.emit(
+		asm.LoadMem(asm.R2, asm.R8, 0, asm.Word),
+		asm.StoreMem(asm.R6, 0, asm.R2, asm.Word),
+		asm.LoadMem(asm.R2, asm.R8, 4, asm.Half),
+		asm.StoreMem(asm.R6, 4, asm.R2, asm.Half),
+	)
+	b.lookup(fd.bstats, stBackend)
+	b.emit(
+		asm.JEq.Imm(asm.R0, 0, "steered"),
+		asm.LoadMem(asm.R1, asm.R0, 0, asm.DWord),
+		asm.Add.Imm(asm.R1, 1),
+		asm.StoreMem(asm.R0, 0, asm.R1, asm.DWord),
+		asm.JSet.Imm(asm.R9, flagNewFlow, "bnew"),
+		asm.Ja.Label("steered"),
+	)
+	b.label("bnew")
+	b.emit(
+		asm.LoadMem(asm.R1, asm.R0, 8, asm.DWord),
+		asm.Add.Imm(asm.R1, 1),
+		asm.StoreMem(asm.R0, 8, asm.R1, asm.DWord),
+	)
+	b.exit("steered", st, CountSteered, ActionPass)
+
+	// A non-first fragment: where its first fragment went.
+	b.label("nonfirst")
+	b.emit(
+		asm.LoadMem(asm.R2, asm.R10, stFragID, asm.Word),
+		asm.StoreMem(asm.R10, stPorts, asm.R2, asm.Word),
+		asm.StoreMem(asm.R10, stProto, asm.R3, asm.Byte),
+	)
+	b.lookup(fd.frags, stKey)
+	b.emit(
+		asm.JEq.Imm(asm.R0, 0, "fragmiss"),
+		asm.LoadMem(asm.R2, asm.R0, 0, asm.Word),
+		asm.StoreMem(asm.R10, stBackend, asm.R2, asm.Word),
+	)
+	b.lookup(fd.backends, stBackend)
+	b.emit(
+		asm.JEq.Imm(asm.R0, 0, "fragmiss"),
+		asm.LoadMem(asm.R2, asm.R0, 6, asm.Byte),
+		asm.JEq.Imm(asm.R2, stateDown, "fragmiss"),
+		asm.Mov.Reg(asm.R8, asm.R0),
+	)
+	b.count(st, CountFragHit)
+	b.emit(asm.Ja.Label("rewrite"))
+
+	// NDP (router and neighbour solicitations and advertisements,
+	// redirects) for a VIP concerns whichever backend asked: a neighbour
+	// advertisement answers the one backend that solicited from the VIP.
+	// The frame goes to the broadcast address, so every backend (macvlan
+	// child) gets it and the one with a use for it takes it.
+	b.label("ndpmaybe")
+	b.emit(
+		asm.JGT.Imm(asm.R2, 137, "decide"),
+		asm.Mov.Imm(asm.R2, -1),
+		asm.StoreMem(asm.R6, 0, asm.R2, asm.Word),
+		asm.StoreMem(asm.R6, 4, asm.R2, asm.Half),
+	)
+	b.exit("ndp", st, CountNDP, ActionPass)
+
+	b.exit("pass", st, CountPass, ActionPass)
+	b.exit("short", st, CountShort, ActionPass)
+	b.exit("malformed", st, CountMalformed, ActionDrop)
+	b.exit("unsupported", st, CountUnsupported, ActionDrop)
+	b.exit("fragmiss", st, CountFragMiss, ActionDrop)
+	b.exit("nobackend", st, CountNoBackend, ActionDrop)
+	return b.insns
+}

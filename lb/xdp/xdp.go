@@ -1,0 +1,462 @@
+// Package xdp is the data path of mpshim's load balancer: an XDP program,
+// assembled here with cilium/ebpf's asm (no C toolchain), that steers every
+// packet for a VIP to one backend (an INS's NIC on a macvlan of the
+// interface the program is attached to) by rewriting the frame's
+// destination MAC address, and the maps it works from.
+//
+// Per packet to a VIP: the established-flow table (an LRU hash) first, then
+// the new-flow table (a second, smaller LRU hash), then the Maglev table
+// (package lb/maglev) on a hash of the 5-tuple. A flow's first packet (for
+// TCP the SYN) goes into the new-flow table; its next non-SYN packet (for
+// TCP the handshake's ACK, for UDP the second datagram) promotes it to the
+// established table. A flood of spoofed SYNs or one-packet flows therefore
+// churns only the new-flow table and cannot evict an established flow.
+//
+// The Maglev table is an array of two halves with an index saying which
+// half is live: SetBackends writes the idle half (through a memory mapping)
+// and then flips the index, so a change applies to the next packet and no
+// packet sees a half-written table. A backend removed from the set is
+// marked down: its flows fall back to the table. A draining backend has no
+// table entries but keeps its flows.
+//
+// Non-first fragments go where their first fragment went (a fragment map
+// keyed by addresses, protocol and fragment ID); without that record they
+// are dropped rather than guessed. ICMP errors about a flow (unreachable,
+// fragmentation needed, packet too big, time exceeded) go by the reversed
+// flow key of the packet they quote, so PMTU discovery reaches the INS
+// that owns the flow. Frames too short to hold an IP header, non-IP frames
+// and packets for other addresses pass untouched; malformed or truncated
+// packets for a VIP are dropped.
+//
+// The program answers ARP requests and neighbour solicitations for a VIP
+// itself (XDP_TX) with the VIP's MAC, the address of the interface it is
+// attached to, so the VIP is answered once and no backend sees the
+// question. Backends must hold the VIP without answering for it or
+// soliciting from it (as with direct server return anywhere). Other NDP
+// messages for a VIP go to every backend (broadcast MAC).
+package xdp
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/mpshim/mpshim/lb/maglev"
+)
+
+// Defaults of Config.
+const (
+	DefaultMaxBackends = 256
+	DefaultEstEntries  = 1 << 18
+	DefaultNewEntries  = 1 << 16
+	DefaultFragEntries = 1 << 13
+	maxVIPs            = 64
+)
+
+// tableValue is the size of a Maglev table entry: the backend id and 4
+// bytes of padding, because the kernel lays array elements out 8 bytes apart
+// and the table is written through a memory mapping.
+const tableValue = 8
+
+// mmapable is BPF_F_MMAPABLE.
+const mmapable = 1 << 10
+
+// Config sizes the balancer's maps; zero fields take the defaults.
+type Config struct {
+	// TableSize is the Maglev table size, a prime (maglev.DefaultSize).
+	TableSize int
+	// MaxBackends bounds backend IDs (0..MaxBackends-1).
+	MaxBackends int
+	// EstEntries bounds the established-flow table, NewEntries the
+	// new-flow table, FragEntries the fragment map.
+	EstEntries, NewEntries, FragEntries int
+}
+
+// State is a backend's state.
+type State uint8
+
+// Backend states.
+const (
+	// Up backends get new flows by their weight and keep their flows.
+	Up State = stateUp
+	// Draining backends get no new flows but keep their flows.
+	Draining State = stateDraining
+)
+
+// String names the state.
+func (s State) String() string {
+	switch s {
+	case Up:
+		return "up"
+	case Draining:
+		return "draining"
+	}
+	return "down"
+}
+
+// Backend is one destination.
+type Backend struct {
+	// ID is the backend's slot, 0..MaxBackends-1, stable for its life.
+	ID uint32
+	// Name places the backend in the Maglev table (see maglev.Backend).
+	Name string
+	// MAC is the address frames for this backend get.
+	MAC net.HardwareAddr
+	// Weight is its relative share of new flows.
+	Weight uint32
+	// State is Up or Draining.
+	State State
+}
+
+// Balancer is the loaded program with its maps.
+type Balancer struct {
+	cfg Config
+
+	vips, est, new, frags, ctl, table, backends, bstats, stats *ebpf.Map
+	prog                                                       *ebpf.Program
+	mem                                                        *ebpf.Memory
+
+	mu      sync.Mutex
+	active  uint32
+	current []Backend
+	tab     *maglev.Table
+	links   []link.Link
+}
+
+// New creates the maps and loads the program, without attaching it.
+func New(cfg Config) (_ *Balancer, err error) {
+	if cfg.TableSize == 0 {
+		cfg.TableSize = maglev.DefaultSize
+	}
+	if cfg.MaxBackends == 0 {
+		cfg.MaxBackends = DefaultMaxBackends
+	}
+	if cfg.EstEntries == 0 {
+		cfg.EstEntries = DefaultEstEntries
+	}
+	if cfg.NewEntries == 0 {
+		cfg.NewEntries = DefaultNewEntries
+	}
+	if cfg.FragEntries == 0 {
+		cfg.FragEntries = DefaultFragEntries
+	}
+	if _, err := maglev.New(nil, cfg.TableSize); err != nil {
+		return nil, fmt.Errorf("lb/xdp: %w", err)
+	}
+	if cfg.MaxBackends < 1 || cfg.MaxBackends > 1<<16 {
+		return nil, fmt.Errorf("lb/xdp: %d backends: want 1..65536", cfg.MaxBackends)
+	}
+	for _, n := range []int{cfg.EstEntries, cfg.NewEntries, cfg.FragEntries} {
+		if n < 1 || n > 1<<24 {
+			return nil, fmt.Errorf("lb/xdp: table of %d entries: want 1..%d", n, 1<<24)
+		}
+	}
+	b := &Balancer{cfg: cfg}
+	defer func() {
+		if err != nil {
+			b.Close()
+		}
+	}()
+	specs := []struct {
+		m    **ebpf.Map
+		spec ebpf.MapSpec
+	}{
+		{&b.vips, ebpf.MapSpec{Name: "lb_vips", Type: ebpf.Hash, KeySize: 16, ValueSize: 8, MaxEntries: maxVIPs}},
+		{&b.est, ebpf.MapSpec{Name: "lb_est", Type: ebpf.LRUHash, KeySize: KeySize, ValueSize: 4, MaxEntries: uint32(cfg.EstEntries)}},
+		{&b.new, ebpf.MapSpec{Name: "lb_new", Type: ebpf.LRUHash, KeySize: KeySize, ValueSize: 4, MaxEntries: uint32(cfg.NewEntries)}},
+		{&b.frags, ebpf.MapSpec{Name: "lb_frags", Type: ebpf.LRUHash, KeySize: KeySize, ValueSize: 4, MaxEntries: uint32(cfg.FragEntries)}},
+		{&b.ctl, ebpf.MapSpec{Name: "lb_ctl", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1}},
+		{&b.table, ebpf.MapSpec{Name: "lb_table", Type: ebpf.Array, KeySize: 4, ValueSize: tableValue, MaxEntries: uint32(2 * cfg.TableSize), Flags: mmapable}},
+		{&b.backends, ebpf.MapSpec{Name: "lb_backends", Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: uint32(cfg.MaxBackends)}},
+		{&b.bstats, ebpf.MapSpec{Name: "lb_bstats", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 16, MaxEntries: uint32(cfg.MaxBackends)}},
+		{&b.stats, ebpf.MapSpec{Name: "lb_stats", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: NumCounters}},
+	}
+	for _, s := range specs {
+		m, err := ebpf.NewMap(&s.spec)
+		if err != nil {
+			return nil, fmt.Errorf("lb/xdp: create map %s: %w", s.spec.Name, err)
+		}
+		*s.m = m
+	}
+	if b.mem, err = b.table.Memory(); err != nil {
+		return nil, fmt.Errorf("lb/xdp: map the table: %w", err)
+	}
+	empty := make([]byte, 2*tableValue*cfg.TableSize)
+	for i := range empty {
+		empty[i] = 0xff
+	}
+	if _, err := b.mem.WriteAt(empty, 0); err != nil {
+		return nil, fmt.Errorf("lb/xdp: clear the table: %w", err)
+	}
+	fds := mapFDs{vips: b.vips.FD(), est: b.est.FD(), new: b.new.FD(), frags: b.frags.FD(), ctl: b.ctl.FD(),
+		table: b.table.FD(), backends: b.backends.FD(), bstats: b.bstats.FD(), stats: b.stats.FD()}
+	b.prog, err = ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name:         "mpshim_lb",
+		Type:         ebpf.XDP,
+		Instructions: instructions(fds, uint32(cfg.TableSize)),
+		// Map lookups and updates only; any licence may call them.
+		License: "Apache-2.0",
+	})
+	if err != nil {
+		return nil, fmt.Errorf("lb/xdp: load program: %w", err)
+	}
+	return b, nil
+}
+
+// Program is the loaded program (for BPF_PROG_TEST_RUN and statistics).
+func (b *Balancer) Program() *ebpf.Program { return b.prog }
+
+// Attach attaches the program to the interface with index ifindex in the
+// calling thread's network namespace, in generic (socket buffer) mode when
+// generic is set, else in the driver's native mode. The program stays
+// attached until Close.
+func (b *Balancer) Attach(ifindex int, generic bool) error {
+	opts := link.XDPOptions{Program: b.prog, Interface: ifindex}
+	if generic {
+		opts.Flags = link.XDPGenericMode
+	}
+	l, err := link.AttachXDP(opts)
+	if err != nil {
+		return fmt.Errorf("lb/xdp: attach to interface %d: %w", ifindex, err)
+	}
+	b.mu.Lock()
+	b.links = append(b.links, l)
+	b.mu.Unlock()
+	return nil
+}
+
+// vipKey is the VIP map's key: the address as 16 bytes, IPv4 v4-mapped.
+func vipKey(a netip.Addr) ([16]byte, error) {
+	if !a.IsValid() || a.IsUnspecified() || a.IsMulticast() {
+		return [16]byte{}, fmt.Errorf("lb/xdp: %v is not a unicast address", a)
+	}
+	return a.Unmap().As16(), nil
+}
+
+// AddVIP makes the program steer packets for a (IPv4 or IPv6) that arrive
+// in frames sent to mac, the address the VIP's ARP and NDP answers give
+// (normally the MAC of the interface the program is attached to). Frames
+// for a with another destination MAC pass untouched.
+func (b *Balancer) AddVIP(a netip.Addr, mac net.HardwareAddr) error {
+	k, err := vipKey(a)
+	if err != nil {
+		return err
+	}
+	if len(mac) != 6 {
+		return fmt.Errorf("lb/xdp: VIP %v: MAC %v is not 6 bytes", a, mac)
+	}
+	var v [8]byte
+	copy(v[:], mac)
+	if err := b.vips.Update(k, v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("lb/xdp: add VIP %v: %w", a, err)
+	}
+	return nil
+}
+
+// RemoveVIP stops steering for a; its packets pass untouched.
+func (b *Balancer) RemoveVIP(a netip.Addr) error {
+	k, err := vipKey(a)
+	if err != nil {
+		return err
+	}
+	if err := b.vips.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("lb/xdp: remove VIP %v: %w", a, err)
+	}
+	return nil
+}
+
+// SetBackends makes bs the backend set: their entries are written first,
+// then the Maglev table of the Up backends into the idle half, then the
+// live half is flipped, and last the backends no longer in the set are
+// marked down (their flows fall back to the table).
+func (b *Balancer) SetBackends(bs []Backend) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	seen := map[uint32]bool{}
+	var mb []maglev.Backend
+	for _, x := range bs {
+		if int(x.ID) >= b.cfg.MaxBackends {
+			return fmt.Errorf("lb/xdp: backend id %d: want 0..%d", x.ID, b.cfg.MaxBackends-1)
+		}
+		if seen[x.ID] {
+			return fmt.Errorf("lb/xdp: backend id %d twice", x.ID)
+		}
+		seen[x.ID] = true
+		if len(x.MAC) != 6 {
+			return fmt.Errorf("lb/xdp: backend %d: MAC %v is not 6 bytes", x.ID, x.MAC)
+		}
+		if x.State != Up && x.State != Draining {
+			return fmt.Errorf("lb/xdp: backend %d: state %d", x.ID, x.State)
+		}
+		w := x.Weight
+		if x.State == Draining {
+			w = 0
+		}
+		mb = append(mb, maglev.Backend{Name: x.Name, Weight: w})
+	}
+	tab, err := maglev.New(mb, b.cfg.TableSize)
+	if err != nil {
+		return fmt.Errorf("lb/xdp: %w", err)
+	}
+	for _, x := range bs {
+		var v [8]byte
+		copy(v[:6], x.MAC)
+		v[6] = byte(x.State)
+		if err := b.backends.Update(x.ID, v, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("lb/xdp: backend %d: %w", x.ID, err)
+		}
+	}
+	idle := 1 - b.active
+	buf := make([]byte, tableValue*tab.Size())
+	for i := range tab.Size() {
+		id := uint32(noBackend)
+		if e := tab.Entry(i); e != maglev.None {
+			id = bs[e].ID
+		}
+		binary.NativeEndian.PutUint32(buf[tableValue*i:], id)
+	}
+	if _, err := b.mem.WriteAt(buf, int64(idle)*int64(len(buf))); err != nil {
+		return fmt.Errorf("lb/xdp: write table: %w", err)
+	}
+	if err := b.ctl.Update(uint32(0), idle, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("lb/xdp: switch table: %w", err)
+	}
+	b.active = idle
+	for _, old := range b.current {
+		if !seen[old.ID] {
+			if err := b.backends.Update(old.ID, [8]byte{}, ebpf.UpdateAny); err != nil {
+				return fmt.Errorf("lb/xdp: remove backend %d: %w", old.ID, err)
+			}
+		}
+	}
+	b.current = slices.Clone(bs)
+	b.tab = tab
+	return nil
+}
+
+// Table returns the live Maglev table and the backends its indexes refer
+// to (nil before the first SetBackends).
+func (b *Balancer) Table() (*maglev.Table, []Backend) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.tab, slices.Clone(b.current)
+}
+
+// Pick returns the backend the live table gives a new flow with key k, and
+// false when the table is empty. It is what the program does for a key in
+// neither flow table.
+func (b *Balancer) Pick(k [KeySize]byte) (Backend, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.tab == nil {
+		return Backend{}, false
+	}
+	i := b.tab.Lookup(maglev.FlowHash(k))
+	if i == maglev.None {
+		return Backend{}, false
+	}
+	return b.current[i], true
+}
+
+// FlowKey is the program's key of a flow from src to dst (a VIP) with IP
+// protocol proto: addresses as 16 bytes (IPv4 v4-mapped), ports in network
+// order, then the protocol.
+func FlowKey(src, dst netip.AddrPort, proto uint8) [KeySize]byte {
+	var k [KeySize]byte
+	// As16 gives IPv4 addresses v4-mapped.
+	a, c := src.Addr().Unmap().As16(), dst.Addr().Unmap().As16()
+	copy(k[0:16], a[:])
+	copy(k[16:32], c[:])
+	binary.BigEndian.PutUint16(k[32:], src.Port())
+	binary.BigEndian.PutUint16(k[34:], dst.Port())
+	k[36] = proto
+	return k
+}
+
+// Counters returns the program's counters summed over CPUs, indexed by
+// Count*.
+func (b *Balancer) Counters() ([NumCounters]uint64, error) {
+	var out [NumCounters]uint64
+	for i := range uint32(NumCounters) {
+		var per []uint64
+		if err := b.stats.Lookup(i, &per); err != nil {
+			return out, fmt.Errorf("lb/xdp: counter %d: %w", i, err)
+		}
+		for _, v := range per {
+			out[i] += v
+		}
+	}
+	return out, nil
+}
+
+// BackendStats are one backend's counters.
+type BackendStats struct {
+	// Packets steered to the backend, and NewFlows of them decided by the
+	// Maglev table.
+	Packets, NewFlows uint64
+}
+
+// BackendStats returns the counters of backend id, summed over CPUs.
+func (b *Balancer) BackendStats(id uint32) (BackendStats, error) {
+	var per [][16]byte
+	if err := b.bstats.Lookup(id, &per); err != nil {
+		return BackendStats{}, fmt.Errorf("lb/xdp: stats of backend %d: %w", id, err)
+	}
+	var s BackendStats
+	for _, v := range per {
+		s.Packets += binary.NativeEndian.Uint64(v[0:])
+		s.NewFlows += binary.NativeEndian.Uint64(v[8:])
+	}
+	return s, nil
+}
+
+// Flows counts the entries of the established and new-flow tables, and
+// how many established ones point at each backend id.
+func (b *Balancer) Flows() (est, new int, perBackend map[uint32]int, err error) {
+	perBackend = map[uint32]int{}
+	var k [KeySize]byte
+	var v uint32
+	it := b.est.Iterate()
+	for it.Next(&k, &v) {
+		est++
+		perBackend[v]++
+	}
+	if err := it.Err(); err != nil {
+		return 0, 0, nil, fmt.Errorf("lb/xdp: walk established flows: %w", err)
+	}
+	it = b.new.Iterate()
+	for it.Next(&k, &v) {
+		new++
+	}
+	if err := it.Err(); err != nil {
+		return 0, 0, nil, fmt.Errorf("lb/xdp: walk new flows: %w", err)
+	}
+	return est, new, perBackend, nil
+}
+
+// Close detaches the program and releases everything.
+func (b *Balancer) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var errs []error
+	for _, l := range b.links {
+		errs = append(errs, l.Close())
+	}
+	b.links = nil
+	if b.prog != nil {
+		errs = append(errs, b.prog.Close())
+	}
+	for _, m := range []*ebpf.Map{b.vips, b.est, b.new, b.frags, b.ctl, b.table, b.backends, b.bstats, b.stats} {
+		if m != nil {
+			errs = append(errs, m.Close())
+		}
+	}
+	return errors.Join(errs...)
+}
