@@ -386,7 +386,12 @@ func runGVisorBinary(t *testing.T, dir, binary string, prefix, skip []string, lo
 			if fi, err := os.Stat(logPath); err == nil && fi.Size() != last {
 				last, lastChange = fi.Size(), time.Now()
 			} else if time.Since(lastChange) > stallLimit {
-				syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+				// timeout(1) in run.sh has a process group of its
+				// own: kill every descendant of run.sh, which then
+				// removes its namespace and exits.
+				for _, pid := range descendants(cmd.Process.Pid) {
+					syscall.Kill(pid, syscall.SIGKILL)
+				}
 				select {
 				case <-exited:
 				case <-time.After(15 * time.Second):
@@ -422,6 +427,39 @@ func runGVisorBinary(t *testing.T, dir, binary string, prefix, skip []string, lo
 	return all
 }
 
+// descendants returns the pids of every process below pid.
+func descendants(pid int) []int {
+	children := map[int][]int{}
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, st := range stats {
+		b, err := os.ReadFile(st)
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces and parens.
+		i := strings.LastIndexByte(string(b), ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		var p, pp int
+		if len(f) < 2 {
+			continue
+		}
+		fmt.Sscan(f[1], &pp)
+		fmt.Sscan(filepath.Base(filepath.Dir(st)), &p)
+		children[pp] = append(children[pp], p)
+	}
+	var out []int
+	queue := []int{pid}
+	for len(queue) > 0 {
+		c := children[queue[0]]
+		queue = append(queue[1:], c...)
+		out = append(out, c...)
+	}
+	return out
+}
+
 // failOnKernel returns the cases of names that pass when binary runs them
 // on the kernel in a fresh network namespace.
 func failOnKernel(t *testing.T, dir, binary string, names []string) []string {
@@ -450,4 +488,22 @@ func failOnKernel(t *testing.T, dir, binary string, names []string) []string {
 	}
 	sort.Strings(keep)
 	return keep
+}
+
+func TestDescendants(t *testing.T) {
+	cmd := exec.Command("sh", "-c", "sleep 30 & sleep 30 & wait")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(descendants(cmd.Process.Pid)) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("descendants of the shell: %v, want its two sleeps", descendants(cmd.Process.Pid))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, p := range descendants(cmd.Process.Pid) {
+		syscall.Kill(p, syscall.SIGKILL)
+	}
 }
