@@ -22,8 +22,26 @@ TARGETS     += $(BIN)/libmpshim.so
 endif
 
 TEST_TIMEOUT ?= 25m
+SIZE         ?= 200
 
-.PHONY: all build deps deps-test test soak vet fmt-check generate-check demo bench conformance clean FORCE
+# Install locations (make install PREFIX=… DESTDIR=…). The configuration
+# goes to SYSCONFDIR/mpshim, the unit to UNITDIR, completions to the
+# directories bash-completion and zsh search under PREFIX.
+PREFIX      ?= /usr/local
+DESTDIR     ?=
+BINDIR      ?= $(PREFIX)/bin
+LIBDIR      ?= $(PREFIX)/lib
+SYSCONFDIR  ?= /etc
+UNITDIR     ?= $(PREFIX)/lib/systemd/system
+DOCDIR      ?= $(PREFIX)/share/doc/mpshim
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR  ?= $(PREFIX)/share/zsh/site-functions
+INSTALLED_CMDS := isolator mpshim netflow
+# VERSION of the Debian package: 0.0~gitDATE.COMMIT unless given.
+VERSION     ?= 0.0~git$(shell git log -1 --format=%cd.%h --date=format:%Y%m%d%H%M%S 2>/dev/null || echo 0)
+
+.PHONY: all build deps deps-test test soak vet fmt-check generate-check demo bench bench-split conformance clean FORCE
+.PHONY: install install-files uninstall deb
 
 all: build
 
@@ -86,6 +104,56 @@ bench: build
 	$(GO) build -o $(BIN)/mpbench ./bench/cmd/mpbench
 	$(BIN)/mpbench --bin $(BIN) $(ARGS)
 	$(GO) run ./bench/lb
+	$(GO) run ./bench/split --size $(SIZE)
+
+# bench-split (also the last part of bench) compares the split tunnel with
+# one TCP connection over the best link and with Linux MPTCP over three
+# shaped links (needs root and Debian's mptcpd for the MPTCP row); SIZE is
+# the file in MiB.
+bench-split:
+	@scripts/deps.sh bench
+	$(GO) run ./bench/split --size $(SIZE)
+
+# install puts the binaries, libmpshim.so (LIBDIR/mpshim, where mpshim
+# finds it), the systemd unit, shell completions and the README in place,
+# and the default configuration unless one exists already.
+install: build install-files
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "installed; configure uplinks in $(SYSCONFDIR)/mpshim/isolator.yaml, then: systemctl enable --now isolator"
+
+install-files:
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/mpshim $(DESTDIR)$(SYSCONFDIR)/mpshim \
+		$(DESTDIR)$(UNITDIR) $(DESTDIR)$(DOCDIR) $(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR)
+	install -m 0755 $(addprefix $(BIN)/,$(INSTALLED_CMDS)) $(DESTDIR)$(BINDIR)/
+	install -m 0644 $(BIN)/libmpshim.so $(DESTDIR)$(LIBDIR)/mpshim/libmpshim.so
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/mpshim/isolator.yaml ]; then \
+		echo "keeping $(DESTDIR)$(SYSCONFDIR)/mpshim/isolator.yaml (the default is deploy/isolator.yaml)"; \
+	else install -m 0644 deploy/isolator.yaml $(DESTDIR)$(SYSCONFDIR)/mpshim/isolator.yaml; fi
+	sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g' \
+		deploy/systemd/isolator.service.in >$(DESTDIR)$(UNITDIR)/isolator.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/isolator.service
+	install -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
+	for c in $(INSTALLED_CMDS); do \
+		$(BIN)/$$c completion bash >$(DESTDIR)$(BASHCOMPDIR)/$$c && \
+		$(BIN)/$$c completion zsh >$(DESTDIR)$(ZSHCOMPDIR)/_$$c || exit 1; \
+	done
+
+# uninstall removes what install put in place; the configuration only if
+# it is still the default.
+uninstall:
+	rm -f $(addprefix $(DESTDIR)$(BINDIR)/,$(INSTALLED_CMDS)) $(DESTDIR)$(LIBDIR)/mpshim/libmpshim.so \
+		$(DESTDIR)$(UNITDIR)/isolator.service $(DESTDIR)$(DOCDIR)/README.md \
+		$(addprefix $(DESTDIR)$(BASHCOMPDIR)/,$(INSTALLED_CMDS)) $(addprefix $(DESTDIR)$(ZSHCOMPDIR)/_,$(INSTALLED_CMDS))
+	-rmdir $(DESTDIR)$(LIBDIR)/mpshim $(DESTDIR)$(DOCDIR) 2>/dev/null
+	@if cmp -s deploy/isolator.yaml $(DESTDIR)$(SYSCONFDIR)/mpshim/isolator.yaml; then \
+		rm -f $(DESTDIR)$(SYSCONFDIR)/mpshim/isolator.yaml; rmdir $(DESTDIR)$(SYSCONFDIR)/mpshim 2>/dev/null || true; \
+	elif [ -e $(DESTDIR)$(SYSCONFDIR)/mpshim/isolator.yaml ]; then \
+		echo "keeping the changed $(DESTDIR)$(SYSCONFDIR)/mpshim/isolator.yaml"; fi
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+
+# deb builds bin/mpshim_VERSION_ARCH.deb with dpkg-deb (scripts/deb.sh).
+deb: build
+	BIN=$(BIN) scripts/deb.sh $(VERSION) $(BIN)
 
 clean:
 	rm -rf $(BIN)

@@ -40,9 +40,17 @@ type AppConfig struct {
 	// not yet paired with a request; more are closed. Default: twice the
 	// ring's slot count (a client has at most that many calls in flight).
 	MaxPendingFDs int
-	// RegisterTimeout bounds the wait for the Register message on a new
-	// connection. Default 5 s.
+	// RegisterTimeout bounds the wait for the Register message on an
+	// admitted connection; the shim sends it right after it connects.
+	// Default 2 s.
 	RegisterTimeout time.Duration
+	// MaxPending bounds the admitted connections that have not registered
+	// yet, in total; more are answered EAGAIN and closed at once (the shim
+	// then tries again). Default 1024.
+	MaxPending int
+	// MaxPendingPerUID bounds them per peer uid. Default 128: a prefork
+	// server's burst of fork children registers at once.
+	MaxPendingPerUID int
 	// ExecGrace is how long a gone client stays known so that the next
 	// image of its process (RegExeced) can join its socket group. Default
 	// 10 s.
@@ -64,7 +72,13 @@ func (c *AppConfig) fill() {
 		c.MaxPendingFDs = 2 * slots
 	}
 	if c.RegisterTimeout <= 0 {
-		c.RegisterTimeout = 5 * time.Second
+		c.RegisterTimeout = 2 * time.Second
+	}
+	if c.MaxPending <= 0 {
+		c.MaxPending = 1024
+	}
+	if c.MaxPendingPerUID <= 0 {
+		c.MaxPendingPerUID = 128
 	}
 	if c.ExecGrace <= 0 {
 		c.ExecGrace = 10 * time.Second
@@ -98,6 +112,13 @@ type AppServer struct {
 	socks   map[uint64]*sockRec
 	lsns    map[uint64]*listenRec
 	moved   map[uint64]movedSock // socket the app names -> where it was moved
+
+	// pending counts admitted connections that have not registered yet,
+	// in total and per uid (admission.go).
+	pending      int
+	pendingByUID map[uint32]int
+	refusedLog   rateLog
+	busyLog      rateLog
 
 	baseCtx context.Context
 	wg      sync.WaitGroup
@@ -134,8 +155,12 @@ func NewAppServer(cfg AppConfig, backends Backends, log *slog.Logger) *AppServer
 		keys:     map[uint64]uint64{},
 		socks:    map[uint64]*sockRec{},
 		lsns:     map[uint64]*listenRec{},
-		moved:    map[uint64]movedSock{},
-		baseCtx:  context.Background(),
+
+		pendingByUID: map[uint32]int{},
+		refusedLog:   rateLog{every: 5 * time.Second},
+		busyLog:      rateLog{every: 5 * time.Second},
+		moved:        map[uint64]movedSock{},
+		baseCtx:      context.Background(),
 	}
 }
 
@@ -237,10 +262,14 @@ func (s *AppServer) Serve(ctx context.Context, ln *net.UnixListener) error {
 			}
 			break
 		}
+		cred, ok := s.admitConn(c)
+		if !ok {
+			continue
+		}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			s.register(ctx, c)
+			s.register(ctx, c, cred)
 		}()
 	}
 	cancel()
@@ -282,25 +311,6 @@ func (s *AppServer) sweep(ctx context.Context) {
 	}
 }
 
-// peerCred returns the credentials of the process at the other end of c.
-func peerCred(c *net.UnixConn) (*unix.Ucred, error) {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	var cred *unix.Ucred
-	var cerr error
-	if err := rc.Control(func(fd uintptr) {
-		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return nil, err
-	}
-	if cerr != nil {
-		return nil, fmt.Errorf("SO_PEERCRED: %w", cerr)
-	}
-	return cred, nil
-}
-
 // allowed reports whether the peer's uid or gid may register.
 func (s *AppServer) allowed(cred *unix.Ucred) bool {
 	if len(s.cfg.AllowUIDs) == 0 && len(s.cfg.AllowGIDs) == 0 {
@@ -321,20 +331,21 @@ func (s *AppServer) allowed(cred *unix.Ucred) bool {
 
 // register runs one registration connection: it checks the Register
 // message and, if it is accepted, serves the client until it hangs up.
-func (s *AppServer) register(ctx context.Context, conn *net.UnixConn) {
+//
+// conn has been admitted (admitConn) with the peer credentials cred; its
+// pending slot is released once the Register is read or the deadline
+// passes.
+func (s *AppServer) register(ctx context.Context, conn *net.UnixConn, cred *unix.Ucred) {
 	defer conn.Close()
-	log := s.log.With("conn", "registration")
-	cred, err := peerCred(conn)
-	if err != nil {
-		log.Warn("app: registration without credentials", "err", err)
-		return
-	}
-	log = s.log.With("pid", cred.Pid, "uid", cred.Uid)
+	log := s.log.With("pid", cred.Pid, "uid", cred.Uid)
 	conn.SetReadDeadline(time.Now().Add(s.cfg.RegisterTimeout))
-	buf := make([]byte, msgproto.MaxMessage)
+	// A Register has a fixed size: one byte more tells a longer message
+	// (which the kernel truncates) from an exact one.
+	buf := make([]byte, registerSize+1)
 	oob := make([]byte, unix.CmsgSpace(4*8))
-	n, oobn, _, _, err := conn.ReadMsgUnix(buf, oob)
+	n, oobn, flags, _, err := conn.ReadMsgUnix(buf, oob)
 	closeRights(oob[:oobn])
+	s.donePending(cred.Uid)
 	if err != nil || n == 0 {
 		log.Debug("app: no Register", "err", err)
 		return
@@ -346,11 +357,11 @@ func (s *AppServer) register(ctx context.Context, conn *net.UnixConn) {
 		conn.SetWriteDeadline(time.Now().Add(time.Second))
 		conn.Write(b)
 	}
-	if !s.allowed(cred) {
-		refuse(unix.EACCES, "uid/gid not allowed")
+	var reg msgproto.Register
+	if flags&unix.MSG_TRUNC != 0 || n > registerSize {
+		refuse(unix.EPROTO, fmt.Sprintf("bad Register: a message longer than %d bytes", registerSize))
 		return
 	}
-	var reg msgproto.Register
 	h, err := msgproto.DecodeTo(buf[:n], &reg)
 	if err != nil {
 		refuse(unix.EPROTO, "bad Register: "+err.Error())
@@ -375,6 +386,19 @@ func (s *AppServer) register(ctx context.Context, conn *net.UnixConn) {
 	}
 	if st.StartTime != reg.StartTime {
 		refuse(unix.EACCES, fmt.Sprintf("start time %d, /proc says %d", reg.StartTime, st.StartTime))
+		return
+	}
+	if reg.Flags == msgproto.RegProbe {
+		// A launcher asking whether this process may register: everything
+		// above is checked as for a real registration, nothing is admitted.
+		if reg.Parent != 0 || reg.Key != 0 {
+			refuse(unix.EINVAL, "Parent or Key with RegProbe")
+			return
+		}
+		b, _ := msgproto.Append(nil, 0, 0, &msgproto.Reply{})
+		conn.SetWriteDeadline(time.Now().Add(time.Second))
+		conn.Write(b)
+		log.Debug("app: probe answered")
 		return
 	}
 	group, key, errno, why := s.admit(cred.Pid, &reg)

@@ -298,11 +298,74 @@ func TestRegistrationRefusals(t *testing.T) {
 			wantErrno(t, m, tc.errno)
 		})
 	}
-	t.Run("uid not allowed", func(t *testing.T) {
-		_, path := startAppServer(t, AppConfig{AllowUIDs: []uint32{uint32(os.Getuid()) + 1}}, &kernelSet{})
-		_, m, _ := rawRegister(t, path, regMsg(t, nil))
-		wantErrno(t, m, unix.EACCES)
+	t.Run("longer than a Register", func(t *testing.T) {
+		_, m, _ := rawRegister(t, path, append(regMsg(t, nil), 0))
+		wantErrno(t, m, unix.EPROTO)
 	})
+}
+
+// TestProbe asks with RegProbe: an allowed process gets Reply{0} without
+// becoming a client, one whose uid is not allowed gets EACCES, and a probe
+// that claims a parent or key is refused.
+func TestProbe(t *testing.T) {
+	cases := []struct {
+		name  string
+		cfg   AppConfig
+		mut   func(*msgproto.Register)
+		errno unix.Errno
+	}{
+		{"allowed", AppConfig{}, nil, 0},
+		{"uid not allowed", AppConfig{AllowUIDs: []uint32{uint32(os.Getuid()) + 1}}, nil, unix.EACCES},
+		{"with a key", AppConfig{}, func(r *msgproto.Register) { r.Key = 5 }, unix.EINVAL},
+		{"other pid", AppConfig{}, func(r *msgproto.Register) { r.PID = 1 }, unix.EACCES},
+		{"protocol version", AppConfig{}, func(r *msgproto.Register) { r.ProtoVersion = 99 }, unix.EPROTO},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s, path := startAppServer(t, tc.cfg, &kernelSet{})
+			_, m, f := rawRegister(t, path, regMsg(t, func(r *msgproto.Register) {
+				r.Flags = msgproto.RegProbe
+				if tc.mut != nil {
+					tc.mut(r)
+				}
+			}))
+			if f != nil {
+				t.Fatal("probe answer carried a descriptor")
+			}
+			wantErrno(t, m, tc.errno)
+			if n := s.Clients(); n != 0 {
+				t.Fatalf("%d clients after a probe, want 0", n)
+			}
+			s.mu.Lock()
+			groups := len(s.groups)
+			s.mu.Unlock()
+			if groups != 0 {
+				t.Fatalf("%d socket groups after a probe, want 0", groups)
+			}
+		})
+	}
+}
+
+// TestMpnetProbe checks the client side of the probe against the server:
+// nil when allowed, a RefusedError with EACCES when not, and the dial error
+// when nothing listens.
+func TestMpnetProbe(t *testing.T) {
+	ctx := context.Background()
+	s, path := startAppServer(t, AppConfig{}, &kernelSet{})
+	if err := mpnet.Probe(ctx, path); err != nil {
+		t.Fatalf("Probe of an allowed process: %v", err)
+	}
+	if n := s.Clients(); n != 0 {
+		t.Fatalf("%d clients after a probe, want 0", n)
+	}
+	_, denied := startAppServer(t, AppConfig{AllowUIDs: []uint32{uint32(os.Getuid()) + 1}}, &kernelSet{})
+	var re *mpnet.RefusedError
+	if err := mpnet.Probe(ctx, denied); !errors.As(err, &re) || !errors.Is(err, unix.EACCES) {
+		t.Fatalf("Probe of a uid not allowed: %v, want a RefusedError with EACCES", err)
+	}
+	if err := mpnet.Probe(ctx, filepath.Join(t.TempDir(), "none.sock")); !errors.Is(err, unix.ENOENT) {
+		t.Fatalf("Probe of a missing socket: %v, want ENOENT", err)
+	}
 }
 
 // TestExecJoinsGroup registers, hangs up, and registers again as the next

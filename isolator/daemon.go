@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mpshim/mpshim/internal/sdnotify"
 	"github.com/mpshim/mpshim/isolator/api"
 	"github.com/mpshim/mpshim/isolator/config"
 	"github.com/mpshim/mpshim/isolator/ins"
@@ -57,6 +58,10 @@ func New(cfg config.Config, log *slog.Logger) (*Daemon, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
+	if _, err := cfg.INSIdentity(1); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	cloexecInherited()
 	self, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find own executable: %w", err)
@@ -120,6 +125,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	go func() { errc <- api.Serve(ctx, apiLn, d.handle, d.log) }()
 	go func() { errc <- serveApp() }()
 	d.log.Info("isolator running", "api", d.cfg.API, "socket", d.cfg.Socket, "ins", d.cfg.INS)
+	// Both sockets accept now: tell a Type=notify service manager, and
+	// tell it again when stopping begins.
+	if _, err := sdnotify.Notify(sdnotify.Ready); err != nil {
+		d.log.Warn("readiness notification", "err", err)
+	}
+	defer context.AfterFunc(ctx, func() { sdnotify.Notify(sdnotify.Stopping) })()
 	if n := noFileLimit(); n < sandbox.DefaultNoFile {
 		d.log.Warn("INS descriptor limit lowered to the isolator's hard RLIMIT_NOFILE: each INS holds at most about that many sockets; raise the hard limit (ulimit -Hn, LimitNOFILE=) to lift it",
 			"limit", n, "default", sandbox.DefaultNoFile)
@@ -287,7 +298,7 @@ func (d *Daemon) List(ctx context.Context) []api.INSInfo {
 		}
 		info.Sockets = st.Engine.Sockets
 		info.Connections = st.Engine.Connected
-		info.RSS = st.RSSBytes
+		info.RSS = p.rss()
 		counters := map[string]netstack.UplinkCounters{}
 		for _, c := range st.Uplinks {
 			counters[c.Name] = c
@@ -335,6 +346,8 @@ func (d *Daemon) handle(ctx context.Context, req api.Request) api.Response {
 		return api.Response{OK: true}
 	case api.OpUplinkAdd, api.OpUplinkDel, api.OpUplinkList:
 		return d.handleUplink(ctx, req)
+	case api.OpSandboxProbe:
+		return d.sandboxProbe(ctx)
 	default:
 		if resp, ok := d.handleMitigation(ctx, req); ok {
 			return resp

@@ -15,6 +15,7 @@ import (
 
 	"github.com/mpshim/mpshim/isolator/api"
 	"github.com/mpshim/mpshim/isolator/ins"
+	"github.com/mpshim/mpshim/isolator/ins/mitigate"
 )
 
 // startMonitoring starts the flow collector and export, the Prometheus
@@ -132,10 +133,18 @@ var (
 	mIPFIXMsgs   = prometheus.NewDesc("mpshim_ipfix_messages_total", "IPFIX messages sent (counted per collector).", nil, nil)
 	mIPFIXRecs   = prometheus.NewDesc("mpshim_ipfix_records_total", "Flow records exported in IPFIX.", nil, nil)
 	mIPFIXErrs   = prometheus.NewDesc("mpshim_ipfix_errors_total", "IPFIX messages that could not be sent.", nil, nil)
+
+	labelsRule     = []string{"ins", "rule", "action", "prefix"}
+	mRulePackets   = prometheus.NewDesc("mpshim_rule_packets_total", "Packets a mitigation rule (netflow block/limit) matched in an INS.", labelsRule, nil)
+	mRuleDrops     = prometheus.NewDesc("mpshim_rule_drops_total", "Packets a mitigation rule dropped in an INS.", labelsRule, nil)
+	mRuleDropBytes = prometheus.NewDesc("mpshim_rule_drop_bytes_total", "IP bytes of the packets a mitigation rule dropped in an INS.", labelsRule, nil)
+	mRuleVersion   = prometheus.NewDesc("mpshim_rule_set_version", "Version of the mitigation rule set an INS applies.", labelsINS, nil)
+	mConnRefused   = prometheus.NewDesc("mpshim_conn_limit_resets_total", "Connections an INS reset for exceeding max-conn-per-src.", labelsINS, nil)
 )
 
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{mUp, mSockets, mConns, mRSS, mPackets, mBytes, mDrops, mFlows, mFlowsNew, mFlowsEvict, mFlowsLost, mIPFIXMsgs, mIPFIXRecs, mIPFIXErrs} {
+	for _, d := range []*prometheus.Desc{mUp, mSockets, mConns, mRSS, mPackets, mBytes, mDrops, mFlows, mFlowsNew, mFlowsEvict, mFlowsLost, mIPFIXMsgs, mIPFIXRecs, mIPFIXErrs,
+		mRulePackets, mRuleDrops, mRuleDropBytes, mRuleVersion, mConnRefused} {
 		ch <- d
 	}
 }
@@ -171,7 +180,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		gauge(mUp, 1, id)
 		gauge(mSockets, float64(st.Engine.Sockets), id)
 		gauge(mConns, float64(st.Engine.Connected), id)
-		gauge(mRSS, float64(st.RSSBytes), id)
+		gauge(mRSS, float64(b.(*insProc).rss()), id)
 		for _, u := range st.Uplinks {
 			counter(mPackets, u.RxPackets, id, u.Name, "rx")
 			counter(mPackets, u.TxPackets, id, u.Name, "tx")
@@ -181,6 +190,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 			counter(mDrops, u.TxDrops, id, u.Name, "tx")
 		}
 	}
+	m.collectMitigation(gauge, counter)
 	m.d.mu.Lock()
 	fs := m.d.flows
 	m.d.mu.Unlock()
@@ -203,5 +213,29 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		counter(mIPFIXMsgs, msgs)
 		counter(mIPFIXRecs, recs)
 		counter(mIPFIXErrs, errs)
+	}
+}
+
+// collectMitigation reads every INS's rule counters (the query `netflow
+// rules` makes) and its max-conn-per-src resets.
+func (m *metrics) collectMitigation(gauge func(*prometheus.Desc, float64, ...string), counter func(*prometheus.Desc, uint64, ...string)) {
+	if m.d.mit == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	for _, r := range m.d.push(ctx, m.d.procs(), mitigate.Request{}) {
+		if r.Error != "" {
+			continue
+		}
+		id := strconv.Itoa(r.ID)
+		gauge(mRuleVersion, float64(r.Version), id)
+		counter(mConnRefused, r.ConnRefused, id)
+		for _, st := range r.Rules {
+			l := []string{id, strconv.FormatUint(st.ID, 10), string(st.Action), st.Prefix.String()}
+			counter(mRulePackets, st.Packets, l...)
+			counter(mRuleDrops, st.Drops, l...)
+			counter(mRuleDropBytes, st.DropBytes, l...)
+		}
 	}
 }

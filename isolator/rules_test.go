@@ -11,10 +11,12 @@ import (
 
 	"github.com/mpshim/mpshim/isolator/api"
 	"github.com/mpshim/mpshim/isolator/config"
+	"github.com/mpshim/mpshim/test/harness"
 )
 
 func newTestDaemon(t *testing.T, dir string) *Daemon {
 	t.Helper()
+	harness.EnsureINSUser(t)
 	cfg := config.Default()
 	cfg.StateDir = dir
 	d, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
@@ -106,6 +108,7 @@ func TestMitigationStateRefusesBadFile(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			dir := t.TempDir()
 			os.WriteFile(filepath.Join(dir, stateFile), []byte(content), 0o600)
+			harness.EnsureINSUser(t)
 			cfg := config.Default()
 			cfg.StateDir = dir
 			if _, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil))); err == nil || !strings.Contains(err.Error(), "fix or remove") {

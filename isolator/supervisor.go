@@ -12,7 +12,6 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -155,10 +154,14 @@ func (d *Daemon) startINS(ctx context.Context, id int, total int, keep []netstac
 	if err != nil {
 		return nil, fmt.Errorf("INS %d: %w", id, err)
 	}
+	who, err := d.cfg.INSIdentity(id)
+	if err != nil {
+		return nil, fmt.Errorf("INS %d: %w", id, err)
+	}
 	pc := ins.ProcessConfig{
 		Stack:   netstack.Config{ID: id, Policy: d.cfg.Policy, GOMAXPROCS: netstack.GOMAXPROCSFor(total)},
 		DNS:     resolve.Config{Servers: nameservers, Timeout: d.cfg.DNSTimeout},
-		Sandbox: sandbox.Options{NoFile: noFileLimit()},
+		Sandbox: sandbox.Options{NoFile: noFileLimit(), UID: who.UID, GID: who.GID, EmptyRoot: true},
 		// Rules and tunings in force from the first packet.
 		Mitigation: d.mit.config(id),
 		Flows:      d.flowTableConfig(),
@@ -219,18 +222,21 @@ func (d *Daemon) startINS(ctx context.Context, id int, total int, keep []netstac
 	defer theirs.Close()
 	cmd := exec.Command(d.self, "ins")
 	cmd.ExtraFiles = []*os.File{theirs} // fd 3
-	cmd.Env = append(os.Environ(), ins.ConfigEnv+"="+string(cfgJSON))
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	// Pdeathsig: the INS dies with the daemon (the INS also exits when its
-	// control channel hangs up): a restarted daemon cannot adopt running
-	// INS yet, so none may be left behind (docs/design.md, "Survival").
-	// Setpgid keeps a terminal's ^C to the daemon, which then stops its
-	// INS in order.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	if err := startInNetNS(ns.Path, cmd); err != nil {
+	cmd.Env = insEnv(ins.ConfigEnv + "=" + string(cfgJSON))
+	out, started, err := insStdio(cmd)
+	if err != nil {
+		mine.Close()
+		return nil, fmt.Errorf("INS %d: %w", id, err)
+	}
+	cmd.SysProcAttr = insSysProcAttr()
+	err = startInNetNS(ns.Path, cmd)
+	started()
+	if err != nil {
+		out.Close()
 		mine.Close()
 		return nil, fmt.Errorf("INS %d: start: %w", id, err)
 	}
+	go relayINSOutput(id, out)
 	p := &insProc{id: id, cmd: cmd, ch: ctrl.New(mine), ns: ns, cfg: pc, started: time.Now(), done: make(chan struct{}), log: log,
 		ups: ups, carrierKick: make(chan struct{}, 1)}
 	// From here the process owns the addresses (reap returns them).

@@ -118,6 +118,82 @@ func register(ctx context.Context, conn *net.UnixConn) (*Client, error) {
 	return nil, fmt.Errorf("registration reply of type %v", h.Type)
 }
 
+// Probe asks the isolator at path whether this process may register,
+// without registering: it returns nil when the isolator would admit it, the
+// dial error (wrapping ENOENT, ECONNREFUSED, EACCES, …) when nothing
+// answers on path, and a *RefusedError carrying the isolator's errno
+// (EACCES: this uid/gid is not allowed; EPROTO: another protocol version)
+// when it answers with a refusal.
+func Probe(ctx context.Context, path string) error {
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "unixpacket", path)
+	if err != nil {
+		return fmt.Errorf("mpnet: connect %s: %w", path, err)
+	}
+	conn := nc.(*net.UnixConn)
+	defer conn.Close()
+	self, err := procstat.Self()
+	if err != nil {
+		return fmt.Errorf("mpnet: start time: %w", err)
+	}
+	reg := &msgproto.Register{PID: uint32(os.Getpid()), ProtoVersion: msgproto.Version, Flags: msgproto.RegProbe, StartTime: self.StartTime}
+	copy(reg.Comm[:15], commName())
+	b, err := msgproto.Append(nil, 0, 0, reg)
+	if err != nil {
+		return err
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	} else {
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+	}
+	if _, err := conn.Write(b); err != nil {
+		return fmt.Errorf("mpnet: probe %s: %w", path, err)
+	}
+	buf := make([]byte, msgproto.HeaderSize+64)
+	oob := make([]byte, unix.CmsgSpace(4*4))
+	n, oobn, _, _, err := conn.ReadMsgUnix(buf, oob)
+	if files, _ := unixfd.Rights(oob[:oobn], "mpnet"); len(files) > 0 {
+		for _, f := range files {
+			f.Close()
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("mpnet: probe %s: no answer: %w", path, err)
+	}
+	if n == 0 {
+		return fmt.Errorf("mpnet: probe %s: the isolator hung up without an answer", path)
+	}
+	h, m, err := msgproto.Decode(buf[:n])
+	if err != nil {
+		return fmt.Errorf("mpnet: probe %s: answer: %w", path, err)
+	}
+	r, ok := m.(*msgproto.Reply)
+	if !ok {
+		return fmt.Errorf("mpnet: probe %s: answer of type %v", path, h.Type)
+	}
+	if r.Errno != 0 {
+		return &RefusedError{Path: path, Errno: unix.Errno(r.Errno)}
+	}
+	return nil
+}
+
+// RefusedError is the isolator's refusal of a registration or probe.
+type RefusedError struct {
+	// Path is the registration socket.
+	Path string
+	// Errno is the isolator's answer: EACCES for a uid/gid it does not
+	// allow, EPROTO for a protocol version it does not speak.
+	Errno unix.Errno
+}
+
+func (e *RefusedError) Error() string {
+	return fmt.Sprintf("mpnet: the isolator at %s refused: %v", e.Path, e.Errno)
+}
+
+// Unwrap returns the errno, so errors.Is(err, unix.EACCES) works.
+func (e *RefusedError) Unwrap() error { return e.Errno }
+
 // watch notices the isolator hanging up the registration connection.
 func (c *Client) watch() {
 	buf := make([]byte, 64)

@@ -82,6 +82,7 @@ func goldenCases() []golden {
 		{"recvmsg_reply", 21, 0, &RecvMsgReply{Addr: ap("[2001:db8::7]:9"), Flags: 0x8, FullLen: 3, Control: seq(32, 2), Payload: []byte("abc")}},
 		{"reply_ok", 17, 0, &Reply{Errno: 0, Value: 46}},
 		{"reply_errno", 6, 0, &Reply{Errno: 111, Value: -1}},
+		{"register_refused", 0, 0, &RegisterRefused{UID: 65534, GID: 65534, PID: 4242, Errno: 13}},
 		{"accept_notify_v4", 0, FlagFD, &AcceptNotify{Listener: 77, Sock: 90, Local: ap("10.0.0.1:8080"), Peer: ap("10.0.0.99:51234")}},
 		{"accept_notify_v6", 0, FlagFD, &AcceptNotify{Listener: 78, Sock: 91, Local: v6ll, Peer: ap("[fe80::99%3]:60000")}},
 		{"resolve", 22, 0, &Resolve{Family: FamilyUnspec, Name: []byte("www.example.com")}},

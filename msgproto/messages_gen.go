@@ -40,6 +40,8 @@ const (
 	RegExeced = 2
 	// RegRejoin is Register flag: a process whose isolator daemon died registers with its successor; Key is the key of its socket group under the dead daemon, which the successor keeps as the group's key (the first process to present it makes the group, the others join it); Parent is 0.
 	RegRejoin = 3
+	// RegProbe is Register flag: only ask whether this process may register; the isolator checks uid/gid, version, pid and start time, answers Reply (Errno 0 or the refusal) and admits nothing.
+	RegProbe = 4
 	// ConnectNonblock is Connect flag: the app's fd is nonblocking; the reply is EINPROGRESS at once.
 	ConnectNonblock = 1
 	// FamilyUnspec is address family: none (e.g. connected SendTo).
@@ -74,35 +76,36 @@ const (
 
 // Message type codes.
 const (
-	TypeRegister      Type = 1   // Register
-	TypeSocket        Type = 2   // Socket
-	TypeBind          Type = 3   // Bind
-	TypeListen        Type = 4   // Listen
-	TypeConnect       Type = 5   // Connect
-	TypeShutdown      Type = 6   // Shutdown
-	TypeClose         Type = 7   // Close
-	TypeSetsockopt    Type = 8   // Setsockopt
-	TypeGetsockopt    Type = 9   // Getsockopt
-	TypeGetsockname   Type = 10  // Getsockname
-	TypeGetpeername   Type = 11  // Getpeername
-	TypeIoctl         Type = 12  // Ioctl
-	TypeSendTo        Type = 13  // SendTo
-	TypeRecvFrom      Type = 14  // RecvFrom
-	TypeSendMsg       Type = 15  // SendMsg
-	TypeRecvMsg       Type = 16  // RecvMsg
-	TypeFDPass        Type = 17  // FDPass
-	TypeResolve       Type = 18  // Resolve
-	TypeReply         Type = 64  // Reply
-	TypeRegisterReply Type = 65  // RegisterReply
-	TypeSocketReply   Type = 66  // SocketReply
-	TypeOptReply      Type = 67  // OptReply
-	TypeAddrReply     Type = 68  // AddrReply
-	TypeIoctlReply    Type = 69  // IoctlReply
-	TypeRecvReply     Type = 70  // RecvReply
-	TypeRecvMsgReply  Type = 71  // RecvMsgReply
-	TypeResolveReply  Type = 72  // ResolveReply
-	TypeAcceptNotify  Type = 128 // AcceptNotify
-	TypeDatagram      Type = 129 // Datagram
+	TypeRegister        Type = 1   // Register
+	TypeSocket          Type = 2   // Socket
+	TypeBind            Type = 3   // Bind
+	TypeListen          Type = 4   // Listen
+	TypeConnect         Type = 5   // Connect
+	TypeShutdown        Type = 6   // Shutdown
+	TypeClose           Type = 7   // Close
+	TypeSetsockopt      Type = 8   // Setsockopt
+	TypeGetsockopt      Type = 9   // Getsockopt
+	TypeGetsockname     Type = 10  // Getsockname
+	TypeGetpeername     Type = 11  // Getpeername
+	TypeIoctl           Type = 12  // Ioctl
+	TypeSendTo          Type = 13  // SendTo
+	TypeRecvFrom        Type = 14  // RecvFrom
+	TypeSendMsg         Type = 15  // SendMsg
+	TypeRecvMsg         Type = 16  // RecvMsg
+	TypeFDPass          Type = 17  // FDPass
+	TypeResolve         Type = 18  // Resolve
+	TypeReply           Type = 64  // Reply
+	TypeRegisterReply   Type = 65  // RegisterReply
+	TypeSocketReply     Type = 66  // SocketReply
+	TypeOptReply        Type = 67  // OptReply
+	TypeAddrReply       Type = 68  // AddrReply
+	TypeIoctlReply      Type = 69  // IoctlReply
+	TypeRecvReply       Type = 70  // RecvReply
+	TypeRecvMsgReply    Type = 71  // RecvMsgReply
+	TypeResolveReply    Type = 72  // ResolveReply
+	TypeRegisterRefused Type = 73  // RegisterRefused
+	TypeAcceptNotify    Type = 128 // AcceptNotify
+	TypeDatagram        Type = 129 // Datagram
 )
 
 // allTypes lists every message type in schema order.
@@ -134,6 +137,7 @@ var allTypes = []Type{
 	TypeRecvReply,
 	TypeRecvMsgReply,
 	TypeResolveReply,
+	TypeRegisterRefused,
 	TypeAcceptNotify,
 	TypeDatagram,
 }
@@ -195,6 +199,8 @@ func (t Type) String() string {
 		return "RecvMsgReply"
 	case TypeResolveReply:
 		return "ResolveReply"
+	case TypeRegisterRefused:
+		return "RegisterRefused"
 	case TypeAcceptNotify:
 		return "AcceptNotify"
 	case TypeDatagram:
@@ -206,7 +212,7 @@ func (t Type) String() string {
 // knownType reports whether t is a message type of this version.
 func knownType(t Type) bool {
 	switch t {
-	case TypeRegister, TypeSocket, TypeBind, TypeListen, TypeConnect, TypeShutdown, TypeClose, TypeSetsockopt, TypeGetsockopt, TypeGetsockname, TypeGetpeername, TypeIoctl, TypeSendTo, TypeRecvFrom, TypeSendMsg, TypeRecvMsg, TypeFDPass, TypeResolve, TypeReply, TypeRegisterReply, TypeSocketReply, TypeOptReply, TypeAddrReply, TypeIoctlReply, TypeRecvReply, TypeRecvMsgReply, TypeResolveReply, TypeAcceptNotify, TypeDatagram:
+	case TypeRegister, TypeSocket, TypeBind, TypeListen, TypeConnect, TypeShutdown, TypeClose, TypeSetsockopt, TypeGetsockopt, TypeGetsockname, TypeGetpeername, TypeIoctl, TypeSendTo, TypeRecvFrom, TypeSendMsg, TypeRecvMsg, TypeFDPass, TypeResolve, TypeReply, TypeRegisterReply, TypeSocketReply, TypeOptReply, TypeAddrReply, TypeIoctlReply, TypeRecvReply, TypeRecvMsgReply, TypeResolveReply, TypeRegisterRefused, TypeAcceptNotify, TypeDatagram:
 		return true
 	}
 	return false
@@ -269,6 +275,8 @@ func newMessage(t Type) Message {
 		return new(RecvMsgReply)
 	case TypeResolveReply:
 		return new(ResolveReply)
+	case TypeRegisterRefused:
+		return new(RegisterRefused)
 	case TypeAcceptNotify:
 		return new(AcceptNotify)
 	case TypeDatagram:
@@ -1597,6 +1605,55 @@ func (m *ResolveReply) decode(b []byte) error {
 	m.Canon = append(m.Canon[:0], b[off:off+int(nCanon)]...)
 	off += int(nCanon)
 	m.Addrs = append(m.Addrs[:0], b[off:off+int(nAddrs)]...)
+	return nil
+}
+
+// RegisterRefused answers a registration connection whose peer credentials (SO_PEERCRED) the isolator's policy (allow_uids, allow_gids) does not admit. The isolator sends it as soon as it accepts the connection, before it reads anything, and then closes the connection. It is a refusal, not an absence: a refused process must not fall back to the host kernel (MPSHIM_FAIL=open applies only when no isolator answers).
+type RegisterRefused struct {
+	UID   uint32 // the peer's uid as the kernel reported it
+	GID   uint32 // the peer's gid as the kernel reported it
+	PID   int32  // the peer's pid as the kernel reported it
+	Errno int32  // the errno the refused process's socket calls fail with (EACCES)
+}
+
+// Type returns TypeRegisterRefused.
+func (*RegisterRefused) Type() Type { return TypeRegisterRefused }
+
+func (m *RegisterRefused) bodySize() int { return 16 }
+
+func (m *RegisterRefused) validate() error {
+	if m == nil {
+		return fmt.Errorf("msgproto: register_refused: nil message: %w", ErrBadField)
+	}
+	if m.Errno < 1 || m.Errno > 4095 {
+		return fmt.Errorf("msgproto: register_refused: errno %d out of range [1, 4095]: %w", m.Errno, ErrBadField)
+	}
+	return nil
+}
+
+func (m *RegisterRefused) encode(b []byte) {
+	_ = b[15]
+	binary.LittleEndian.PutUint32(b[0:], m.UID)
+	binary.LittleEndian.PutUint32(b[4:], m.GID)
+	binary.LittleEndian.PutUint32(b[8:], uint32(m.PID))
+	binary.LittleEndian.PutUint32(b[12:], uint32(m.Errno))
+}
+
+func (m *RegisterRefused) decode(b []byte) error {
+	if len(b) < 16 {
+		return fmt.Errorf("msgproto: register_refused: body %d bytes < fixed part 16: %w", len(b), ErrBadLength)
+	}
+	if len(b) != 16 {
+		return fmt.Errorf("msgproto: register_refused: body %d bytes, fields say 16: %w", len(b), ErrBadLength)
+	}
+	vErrno := int32(binary.LittleEndian.Uint32(b[12:]))
+	if vErrno < 1 || vErrno > 4095 {
+		return fmt.Errorf("msgproto: register_refused: errno %d out of range [1, 4095]: %w", vErrno, ErrBadField)
+	}
+	m.UID = binary.LittleEndian.Uint32(b[0:])
+	m.GID = binary.LittleEndian.Uint32(b[4:])
+	m.PID = int32(binary.LittleEndian.Uint32(b[8:]))
+	m.Errno = vErrno
 	return nil
 }
 

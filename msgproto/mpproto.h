@@ -30,6 +30,7 @@
 #define MP_REG_FORKED 1u /* Register flag: first registration of a fork child; Parent is the parent's client id */
 #define MP_REG_EXECED 2u /* Register flag: a new image of an already registered process; Parent is the previous image's client id */
 #define MP_REG_REJOIN 3u /* Register flag: a process whose isolator daemon died registers with its successor; Key is the key of its socket group under the dead daemon, which the successor keeps as the group's key (the first process to present it makes the group, the others join it); Parent is 0 */
+#define MP_REG_PROBE 4u /* Register flag: only ask whether this process may register; the isolator checks uid/gid, version, pid and start time, answers Reply (Errno 0 or the refusal) and admits nothing */
 #define MP_CONNECT_NONBLOCK 1u /* Connect flag: the app's fd is nonblocking; the reply is EINPROGRESS at once */
 #define MP_AF_UNSPEC 0u /* address family: none (e.g. connected SendTo) */
 #define MP_AF_INET 2u /* address family: IPv4 (Linux AF_INET) */
@@ -75,6 +76,7 @@ enum mp_type {
 	MP_T_RECV_REPLY = 70,
 	MP_T_RECV_MSG_REPLY = 71,
 	MP_T_RESOLVE_REPLY = 72,
+	MP_T_REGISTER_REFUSED = 73,
 	MP_T_ACCEPT_NOTIFY = 128,
 	MP_T_DATAGRAM = 129,
 };
@@ -138,6 +140,7 @@ static inline const char *mp_type_name(uint16_t t)
 	case MP_T_RECV_REPLY: return "RecvReply";
 	case MP_T_RECV_MSG_REPLY: return "RecvMsgReply";
 	case MP_T_RESOLVE_REPLY: return "ResolveReply";
+	case MP_T_REGISTER_REFUSED: return "RegisterRefused";
 	case MP_T_ACCEPT_NOTIFY: return "AcceptNotify";
 	case MP_T_DATAGRAM: return "Datagram";
 	}
@@ -1924,6 +1927,62 @@ static inline int mp_dec_resolve_reply(const void *body, size_t len, struct mp_r
 	*addrs = p + off;
 	off += m->addrs_len;
 	(void)off;
+	return MP_OK;
+}
+
+/* RegisterRefused answers a registration connection whose peer credentials (SO_PEERCRED) the isolator's policy (allow_uids, allow_gids) does not admit. The isolator sends it as soon as it accepts the connection, before it reads anything, and then closes the connection. It is a refusal, not an absence: a refused process must not fall back to the host kernel (MPSHIM_FAIL=open applies only when no isolator answers). */
+struct mp_register_refused {
+	uint32_t uid; /* the peer's uid as the kernel reported it */
+	uint32_t gid; /* the peer's gid as the kernel reported it */
+	int32_t pid; /* the peer's pid as the kernel reported it */
+	int32_t err; /* the errno the refused process's socket calls fail with (EACCES) */
+};
+#define MP_REGISTER_REFUSED_FIXED 16u
+_Static_assert(sizeof(struct mp_register_refused) == MP_REGISTER_REFUSED_FIXED, "mp_register_refused size");
+_Static_assert(offsetof(struct mp_register_refused, uid) == 0, "mp_register_refused.uid offset");
+_Static_assert(offsetof(struct mp_register_refused, gid) == 4, "mp_register_refused.gid offset");
+_Static_assert(offsetof(struct mp_register_refused, pid) == 8, "mp_register_refused.pid offset");
+_Static_assert(offsetof(struct mp_register_refused, err) == 12, "mp_register_refused.err offset");
+
+/* mp_enc_register_refused writes a whole RegisterRefused message into buf (cap bytes)
+ * and returns its length or a negative MP_E_* code. */
+static inline int mp_enc_register_refused(void *buf, size_t cap, uint64_t reqid, uint32_t flags, const struct mp_register_refused *m)
+{
+	uint8_t *p = (uint8_t *)buf;
+	size_t n = MP_HDR_SIZE + MP_REGISTER_REFUSED_FIXED;
+	struct mp_hdr h;
+	if (flags & ~(uint32_t)MP_KNOWN_FLAGS)
+		return MP_E_BAD_FIELD;
+	if (m->err < 1 || m->err > 4095)
+		return MP_E_BAD_FIELD;
+	if (cap < n)
+		return MP_E_NOSPACE;
+	mp_hdr_init(&h, MP_T_REGISTER_REFUSED, (uint32_t)n, flags, reqid);
+	mp_put_hdr(p, &h);
+	p += MP_HDR_SIZE;
+	mp_put32(p + 0, m->uid);
+	mp_put32(p + 4, m->gid);
+	mp_put32(p + 8, (uint32_t)m->pid);
+	mp_put32(p + 12, (uint32_t)m->err);
+	return (int)n;
+}
+
+/* mp_dec_register_refused decodes a RegisterRefused body (the len bytes after the header, as
+ * delimited by mp_check_msg) into m and returns 0 or a negative MP_E_* code.
+ */
+static inline int mp_dec_register_refused(const void *body, size_t len, struct mp_register_refused *m)
+{
+	const uint8_t *p = (const uint8_t *)body;
+	if (len < MP_REGISTER_REFUSED_FIXED)
+		return MP_E_BAD_LENGTH;
+	if (len != (size_t)MP_REGISTER_REFUSED_FIXED)
+		return MP_E_BAD_LENGTH;
+	m->uid = mp_get32(p + 0);
+	m->gid = mp_get32(p + 4);
+	m->pid = (int32_t)mp_get32(p + 8);
+	m->err = (int32_t)mp_get32(p + 12);
+	if (m->err < 1 || m->err > 4095)
+		return MP_E_BAD_FIELD;
 	return MP_OK;
 }
 

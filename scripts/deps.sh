@@ -5,7 +5,7 @@
 #   scripts/deps.sh test    – plus the real programs the tests drive
 set -euo pipefail
 
-want=(gcc make iproute2)
+want=(gcc make iproute2 passwd util-linux)
 case "${1:-build}" in
 build) ;;
 test | demo | bench)
@@ -15,14 +15,20 @@ test | demo | bench)
 	# Real servers whose libc imports the shim must cover and which the
 	# end-to-end suites run under the shim.
 	want+=(nginx apache2 apache2-utils redis-server memcached haproxy wrk iperf3)
-	# The flow collector the IPFIX export is checked against.
-	want+=(nfdump)
+	# The flow collector the IPFIX export is checked against, and the
+	# Prometheus that scrapes /metrics for the Grafana dashboard's queries.
+	want+=(nfdump prometheus)
+	# The Debian package's test: systemd-analyze checks the unit, and the
+	# package's maintainer scripts need adduser and deb-systemd-helper.
+	want+=(systemd adduser init-system-helpers)
 	# Runtime libraries of gVisor's prebuilt socket tests
 	# (../shared/conformance/gvisor-socket, the conformance target).
 	want+=(libabsl20220623 libbenchmark1debian)
 	if [ "$1" = bench ]; then
 		# The benchmark's plot and its profiles of the processes under load.
 		want+=(gnuplot-nox linux-perf)
+		# Linux MPTCP, the split tunnel's comparison (mptcpize).
+		want+=(mptcpd)
 	fi
 	;;
 *)
@@ -52,6 +58,18 @@ if ((${#missing[@]})); then
 	trap '[ "$own_rcd" = 1 ] && rm -f "$rcd"' EXIT
 	apt-get update -qq >/dev/null
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The unprivileged user every INS runs as once sealed (config ins_user,
+# default mpshim-ins): a system user with no home and no login. setpriv
+# (util-linux) lets the tests run programs as strangers inside namespaces.
+if ! getent passwd mpshim-ins >/dev/null; then
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "deps.sh: the user mpshim-ins is missing (run as root, or: useradd --system --no-create-home --shell /usr/sbin/nologin --user-group mpshim-ins)" >&2
+		exit 1
+	fi
+	echo "deps.sh: creating the system user mpshim-ins" >&2
+	useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin --user-group mpshim-ins
 fi
 
 if ! command -v go >/dev/null 2>&1; then

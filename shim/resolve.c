@@ -248,11 +248,18 @@ static int ins_families(void)
 }
 
 /* The isolator is needed: 0 when it answers; otherwise 1 when the lookup
- * goes to libc (MPSHIM_FAIL=open), -1 with errno set (fail closed). */
+ * goes to libc (MPSHIM_FAIL=open, isolator absent), -1 with errno set (fail
+ * closed, or refused by policy). */
 static int need_isolator(void)
 {
-	if (mps_available() == 0)
+	int rc = mps_available();
+
+	if (rc == 0)
 		return 0;
+	if (rc == -MP_REFUSED_ERRNO) {
+		errno = MP_REFUSED_ERRNO; /* a refusal never goes to libc */
+		return -1;
+	}
 	if (mp_conf.fail_open)
 		return 1;
 	errno = MP_FAIL_ERRNO;

@@ -189,6 +189,8 @@ int mps_accept_parse(const void *msg, size_t len, uint64_t *sock, const unsigned
 
 /* ---- session state ------------------------------------------------------- */
 
+enum { REFUSED_BY_ISOLATOR = 1, REFUSED_BY_SOCKET = 2 };
+
 static struct {
 	pthread_mutex_t mu;
 	int fd;                  /* registration connection, -1 when none */
@@ -204,6 +206,13 @@ static struct {
 	struct timespec failed;  /* time of the last failed registration */
 	int failerr;
 	int warned;
+	/* The last registration was refused by policy (failerr is then
+	 * MP_REFUSED_ERRNO): by the isolator (RegisterRefused, with the
+	 * credentials it saw) or by the socket's permissions (connect). */
+	int refused;
+	uint32_t refused_uid, refused_gid;
+	int refused_warned;
+	int busy; /* the isolator answered the last Register with EAGAIN */
 	int lost;                /* a session died: the next one rejoins (RegRejoin) */
 	int relisten;            /* a rejoined session awaits mp_relisten */
 	pid_t watcher;           /* the process whose watcher thread runs */
@@ -308,7 +317,20 @@ static void drop_fd(void)
 
 static void start_watcher(void);
 
-/* Registers; called with S.mu held. Returns 0 or -errno. */
+/* Whether m (n bytes) is a RegisterRefused; if so, it records the refusal. */
+static int refused_by_policy(const unsigned char *m, size_t n)
+{
+	if (hdr_check(m, n) != MP_T_REGISTER_REFUSED || n != W_HDR + MP_REGISTER_REFUSED_FIXED)
+		return 0;
+	S.refused = REFUSED_BY_ISOLATOR;
+	S.refused_uid = get32(m + W_HDR + offsetof(struct mp_register_refused, uid));
+	S.refused_gid = get32(m + W_HDR + offsetof(struct mp_register_refused, gid));
+	return 1;
+}
+
+/* Registers; called with S.mu held. Returns 0, -MP_REFUSED_ERRNO when the
+ * isolator refused this process by policy, or another -errno when it could
+ * not be reached or answered otherwise. */
 static int do_register(void)
 {
 	struct sockaddr_un sun = { .sun_family = AF_UNIX };
@@ -342,6 +364,13 @@ static int do_register(void)
 	memcpy(sun.sun_path, mp_conf.path, strlen(mp_conf.path));
 	if (REAL(connect)(fd, (struct sockaddr *)&sun, sizeof sun) < 0) {
 		rc = -errno;
+		if (rc == -EACCES || rc == -EPERM) {
+			/* The socket is there; its permissions refuse us. */
+			S.refused = REFUSED_BY_SOCKET;
+			S.refused_uid = (uint32_t)geteuid();
+			S.refused_gid = (uint32_t)getegid();
+			rc = -MP_REFUSED_ERRNO;
+		}
 		goto fail;
 	}
 
@@ -356,11 +385,28 @@ static int do_register(void)
 	put64(msg + W_HDR + offsetof(struct mp_register, key), S.regflags ? S.parent_key : 0);
 	if (REAL(send)(fd, msg, sizeof msg, MSG_NOSIGNAL) != (ssize_t)sizeof msg) {
 		rc = errno ? -errno : -EPROTO;
+		/* A refusing isolator answers before it reads and closes at
+		 * once: its RegisterRefused may already wait for us. */
+		n = REAL(recvmsg)(fd, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+		if (n > 0 && refused_by_policy(rep, (size_t)n))
+			rc = -MP_REFUSED_ERRNO;
 		goto fail;
 	}
 	n = REAL(recvmsg)(fd, &mh, MSG_CMSG_CLOEXEC);
+	if (n < 0 && errno == ECONNRESET) {
+		/* The isolator closed with our Register unread (a refusal
+		 * comes before it reads): the kernel reports the reset
+		 * first, then what was queued for us. */
+		n = REAL(recvmsg)(fd, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+		if (n < 0)
+			errno = ECONNRESET;
+	}
 	if (n < 0) {
 		rc = -errno;
+		goto fail;
+	}
+	if (refused_by_policy(rep, (size_t)n)) {
+		rc = -MP_REFUSED_ERRNO;
 		goto fail;
 	}
 	for (c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
@@ -379,6 +425,13 @@ static int do_register(void)
 	if (type == MP_T_REPLY && n == W_HDR + MP_REPLY_FIXED) {
 		int32_t err = (int32_t)get32(rep + W_HDR);
 		rc = err > 0 && err < 4096 ? -err : -EPROTO;
+		if (rc == -MP_REFUSED_ERRNO) { /* an answer, not an absence */
+			S.refused = REFUSED_BY_ISOLATOR;
+			S.refused_uid = (uint32_t)geteuid();
+			S.refused_gid = (uint32_t)getegid();
+		}
+		if (rc == -EAGAIN)
+			S.busy = 1; /* too many registrations at once: try again */
 		goto fail;
 	}
 	if (type != MP_T_REGISTER_REPLY || n != W_HDR + MP_REGISTER_REPLY_FIXED || memfd < 0 ||
@@ -442,7 +495,18 @@ static int ensure_locked(void)
 	}
 	if (S.failerr && !elapsed_1s(&S.failed))
 		return -S.failerr;
+	S.refused = 0;
+	S.busy = 0;
 	rc = do_register();
+	/* The isolator caps registrations in progress (a prefork server's
+	 * children register in a burst): it answered, so try again soon. */
+	for (int i = 0; rc == -EAGAIN && S.busy && i < 50; i++) {
+		struct timespec ts = { 0, 20 * 1000000L };
+
+		nanosleep(&ts, NULL);
+		S.busy = 0;
+		rc = do_register();
+	}
 	if (rc == 0 && S.lost) {
 		S.lost = 0;
 		S.relisten = 1;
@@ -450,7 +514,21 @@ static int ensure_locked(void)
 	if (rc < 0) {
 		clock_gettime(CLOCK_MONOTONIC, &S.failed);
 		S.failerr = -rc;
-		if (mp_conf.fail_open)
+		if (rc == -MP_REFUSED_ERRNO && S.refused == REFUSED_BY_SOCKET)
+			mp_warn_once(&S.refused_warned,
+				     "refused by policy: uid %u (gid %u) may not connect to the "
+				     "isolator's socket %s (its mode and group); network sockets fail "
+				     "with %s (MPSHIM_FAIL=open does not apply to a refusal)",
+				     S.refused_uid, S.refused_gid, mp_conf.path,
+				     mp_errname(MP_REFUSED_ERRNO));
+		else if (rc == -MP_REFUSED_ERRNO && S.refused)
+			mp_warn_once(&S.refused_warned,
+				     "refused by policy: the isolator at %s refuses uid %u "
+				     "(gid %u); network sockets fail with %s (MPSHIM_FAIL=open does "
+				     "not apply to a refusal)",
+				     mp_conf.path, S.refused_uid, S.refused_gid,
+				     mp_errname(MP_REFUSED_ERRNO));
+		else if (mp_conf.fail_open)
 			mp_warn_once(&S.warned,
 				     "isolator unreachable at %s (%s); sockets stay on the kernel "
 				     "(MPSHIM_FAIL=open)",
@@ -526,6 +604,11 @@ static void *watcher_main(void *arg)
 		pthread_mutex_unlock(&S.mu);
 		if (rc == 0)
 			relisten_pending();
+		if (rc == -MP_REFUSED_ERRNO) {
+			/* Refused by policy: no use asking ten times a second. */
+			struct timespec ts = { 1, 0 };
+			nanosleep(&ts, NULL);
+		}
 	}
 	return NULL;
 }
@@ -627,7 +710,7 @@ static int callv(const struct iovec *iov, int iovcnt, size_t len, uint16_t type,
 	int rc;
 
 	if ((rc = mps_available()) < 0)
-		return -MP_FAIL_ERRNO;
+		return rc == -MP_REFUSED_ERRNO ? rc : -MP_FAIL_ERRNO;
 	r = __atomic_load_n(&S.ring, __ATOMIC_ACQUIRE);
 	if (!r)
 		return -MP_FAIL_ERRNO;

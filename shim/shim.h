@@ -204,6 +204,12 @@ MP_HIDDEN extern struct mp_conf mp_conf;
  * unreachable and the policy is fail closed. */
 #define MP_FAIL_ERRNO ENETUNREACH
 
+/* errno of every call that needs the INS once the isolator has refused
+ * this process by policy (RegisterRefused: its uid/gid is not admitted; or
+ * the registration socket's permissions deny it). A refusal is not an
+ * absence: MPSHIM_FAIL=open never applies to it. */
+#define MP_REFUSED_ERRNO EACCES
+
 /* ---- logging (log.c) ---------------------------------------------------- */
 
 void mp_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -224,7 +230,9 @@ const char *mp_fmt_addr(char *buf, size_t len, const struct sockaddr *sa, sockle
  * cannot be reached, -MP_FAIL_ERRNO (the caller consults mp_conf.fail_open
  * through mps_available before it converts a socket). */
 
-/* 0 when a session is up (registering now if needed), -errno otherwise. */
+/* 0 when a session is up (registering now if needed); -MP_REFUSED_ERRNO
+ * when the isolator refused this process by policy; another -errno when it
+ * cannot be reached (the only case MPSHIM_FAIL=open applies to). */
 int mps_available(void);
 int mps_socket(int domain, int type, int protocol, int fd_b, uint64_t *sock);
 int mps_bind(uint64_t sock, const struct sockaddr *sa, socklen_t len);

@@ -118,6 +118,8 @@ int mp_convert(int fd, struct mp_fd *e)
 	uint64_t sock = 0;
 
 	rc = mps_available();
+	if (rc == -MP_REFUSED_ERRNO)
+		return mp_fail(MP_REFUSED_ERRNO);
 	if (rc < 0) {
 		if (mp_conf.fail_open)
 			return 1;
@@ -248,7 +250,7 @@ static int connect_stream(int fd, struct mp_fd *e, const struct sockaddr *sa, so
 		return rc < 0 ? mp_fail(-rc) : 0;
 	}
 	if ((rc = mps_available()) < 0)
-		return mp_fail(MP_FAIL_ERRNO);
+		return mp_fail(rc == -MP_REFUSED_ERRNO ? MP_REFUSED_ERRNO : MP_FAIL_ERRNO);
 	e->flags &= (uint8_t)~MPF_UNATTACHED;
 	n = fill(fd, e);
 	rc = mps_connect(e->sock, sa, len, 1, n);

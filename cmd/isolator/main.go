@@ -43,7 +43,7 @@ func rootCmd() *cobra.Command {
 	root.PersistentFlags().StringVar(&apiPath, "api", config.DefaultAPI, "the daemon's API socket")
 	client := func(ctx context.Context) (*api.Client, error) { return api.Dial(ctx, apiPath) }
 	root.AddCommand(runCmd(), insCmd(), spawnCmd(client), lsCmd(client), killCmd(client), uplinkCmd(client))
-	root.AddCommand(tuneCmd(client))
+	root.AddCommand(tuneCmd(client), splitCmd(), peerCmd())
 	return root
 }
 
@@ -59,6 +59,7 @@ func runCmd() *cobra.Command {
 	var (
 		file, logLevel string
 		pprofAddr      string
+		socketMode     string
 		uplinks        []string
 		allowUIDs      []uint
 		allowGIDs      []uint
@@ -83,7 +84,7 @@ is a host interface whose macvlan children become the INS NICs, e.g.
 				}
 				// Flags given on the command line override the file.
 				fl := cmd.Flags()
-				for _, name := range []string{"ins", "policy", "socket", "netns", "max-ins", "state-dir", "dns", "dns-timeout"} {
+				for _, name := range []string{"ins", "policy", "socket", "socket-group", "netns", "max-ins", "state-dir", "dns", "dns-timeout"} {
 					if !fl.Changed(name) {
 						continue
 					}
@@ -94,6 +95,8 @@ is a host interface whose macvlan children become the INS NICs, e.g.
 						fc.Policy = c.Policy
 					case "socket":
 						fc.Socket = c.Socket
+					case "socket-group":
+						fc.SocketGroup = c.SocketGroup
 					case "netns":
 						fc.NetNS = c.NetNS
 					case "max-ins":
@@ -112,6 +115,13 @@ is a host interface whose macvlan children become the INS NICs, e.g.
 				c = fc
 			} else {
 				c.API, _ = cmd.Flags().GetString("api")
+			}
+			if socketMode != "" {
+				var m uint32
+				if _, err := fmt.Sscanf(socketMode, "%o", &m); err != nil || m > 0o777 {
+					return fmt.Errorf("--socket-mode %q: want an octal permission such as 0660", socketMode)
+				}
+				c.SocketMode = config.Mode(m)
 			}
 			monitor.apply(cmd.Flags(), &c)
 			for _, s := range uplinks {
@@ -151,6 +161,8 @@ is a host interface whose macvlan children become the INS NICs, e.g.
 	f.IntVar(&c.MaxINS, "max-ins", c.MaxINS, "most INS processes allowed")
 	f.StringVar(&c.Policy, "policy", c.Policy, "outbound uplink policy: wrr, rtt or hash")
 	f.StringVar(&c.Socket, "socket", c.Socket, "app registration socket")
+	f.StringVar(&socketMode, "socket-mode", "", "permission of the registration socket, octal (default 0600); processes that drop privileges re-register through it after a daemon restart")
+	f.StringVar(&c.SocketGroup, "socket-group", c.SocketGroup, "group (name or gid) of the registration socket")
 	f.StringVar(&c.NetNS, "netns", c.NetNS, "network namespace of the uplink interfaces (default: the daemon's)")
 	f.StringVar(&c.StateDir, "state-dir", c.StateDir, "directory of the state kept across restarts (mitigation rules)")
 	f.StringArrayVar(&c.DNS, "dns", nil, "nameserver the INS resolve the apps' host names with: ADDR or ADDR:PORT (repeatable, asked in order)")

@@ -28,6 +28,11 @@ const (
 	OpUplinkAdd  = "uplink-add"
 	OpUplinkDel  = "uplink-del"
 	OpUplinkList = "uplink-ls"
+	// OpSandboxProbe has every INS attempt the acts its sandbox forbids
+	// and report how each ended. It is hidden: the daemon refuses it
+	// unless the environment variable MPSHIM_SANDBOX_PROBE=1 was set when
+	// it started, which only tests do.
+	OpSandboxProbe = "sandbox-probe"
 )
 
 // MaxLine bounds one request or reply line.
@@ -58,6 +63,22 @@ type Response struct {
 	// Change reports what uplink-add or uplink-del did.
 	Change *UplinkChange `json:"change,omitempty"`
 	Flows  *FlowPage     `json:"flows,omitempty"`
+	// Probes answers OpSandboxProbe, one per INS.
+	Probes []SandboxProbe `json:"probes,omitempty"`
+}
+
+// SandboxProbe is what one INS reported for OpSandboxProbe: each act it
+// tried and "ok" (the act succeeded) or the errno it failed with.
+type SandboxProbe struct {
+	ID      int           `json:"id"`
+	Results []ProbeResult `json:"results"`
+	Error   string        `json:"error,omitempty"`
+}
+
+// ProbeResult is one act of a SandboxProbe.
+type ProbeResult struct {
+	Act    string `json:"act"`
+	Result string `json:"result"`
 }
 
 // INSInfo describes one INS process.

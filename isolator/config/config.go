@@ -49,6 +49,12 @@ type Config struct {
 	// SO_PEERCRED). Both empty means only the daemon's own uid.
 	AllowUIDs []uint32 `yaml:"allow_uids"`
 	AllowGIDs []uint32 `yaml:"allow_gids"`
+	// INSUser is the user every INS runs as once it is sealed: a name or a
+	// uid, with its primary group. Empty means DefaultINSUser.
+	INSUser string `yaml:"ins_user"`
+	// INSUIDs, if set ("START-END"), gives each INS a uid and gid of its
+	// own instead: INS n runs as START+n-1. It overrides INSUser.
+	INSUIDs string `yaml:"ins_uids"`
 	// API is the socket the CLIs talk to (mode 0600).
 	API string `yaml:"api"`
 	// MaxINS bounds the number of INS processes (spawn refuses more).
@@ -233,6 +239,11 @@ func (c *Config) Validate() error {
 	for _, p := range []struct{ what, path string }{{"socket", c.Socket}, {"api", c.API}, {"state_dir", c.StateDir}} {
 		if !filepath.IsAbs(p.path) {
 			errs = append(errs, fmt.Errorf("%s %q: want an absolute path", p.what, p.path))
+		}
+	}
+	if c.INSUIDs != "" {
+		if _, _, err := parseUIDRange(c.INSUIDs); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if _, err := c.Nameservers(); err != nil {

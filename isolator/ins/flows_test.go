@@ -11,7 +11,6 @@ import (
 
 	"github.com/mpshim/mpshim/isolator/ins/resolve"
 
-	"github.com/mpshim/mpshim/isolator/ins/engine"
 	"github.com/mpshim/mpshim/isolator/ins/internal/instest"
 
 	"golang.org/x/sys/unix"
@@ -35,7 +34,7 @@ func TestFlowAccounting(t *testing.T) {
 	srv.EnableFlows(flowtable.Config{EndGrace: 100 * time.Millisecond})
 	const group = 77
 	rep := srv.socket(group, &msgproto.Socket{Domain: unix.AF_INET, SockType: unix.SOCK_STREAM}, nil)
-	id := engine.SockID(rep.(*msgproto.SocketReply).Sock & localMask)
+	id, _ := srv.sock(group, rep.(*msgproto.SocketReply).Sock)
 	local := netip.AddrPortFrom(netip.MustParseAddr("10.1.0.2"), 80)
 	if e := srv.eng.Bind(id, netip.AddrPortFrom(netip.IPv4Unspecified(), 80)); e != 0 {
 		t.Fatalf("bind: %v", e)

@@ -8,8 +8,9 @@
 package ins
 
 import (
-	"bufio"
 	"context"
+	"crypto/rand"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,8 +18,6 @@ import (
 	"net/netip"
 	"os"
 	"runtime/pprof"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -70,6 +69,11 @@ const (
 	// ManageProfile writes a Go profile (Profile: "cpu" over Seconds, or
 	// "heap") to the one descriptor the request carries, then closes it.
 	ManageProfile = "profile"
+	// ManageSandboxProbe makes the INS attempt every act its sandbox
+	// forbids (sandbox.Probe against Probe) and answers ProbeReply. It is
+	// refused unless sandbox.ProbeEnv was set in the INS's environment,
+	// which only tests do.
+	ManageSandboxProbe = "sandbox-probe"
 )
 
 // MaxProfileSeconds bounds a CPU profile.
@@ -84,13 +88,20 @@ type ManageRequest struct {
 	Uplink  *UplinkOp `json:"uplink,omitempty"`
 	Profile string    `json:"profile,omitempty"`
 	Seconds int       `json:"seconds,omitempty"`
+	// Probe says what ManageSandboxProbe tries to reach.
+	Probe *sandbox.ProbeTarget `json:"probe,omitempty"`
+}
+
+// ProbeReply answers ManageSandboxProbe.
+type ProbeReply struct {
+	Results []sandbox.ProbeResult `json:"results"`
+	Error   string                `json:"error,omitempty"`
 }
 
 // Status is an INS's answer to ManageStats.
 type Status struct {
 	Engine   engine.Stats              `json:"engine"`
 	Uplinks  []netstack.UplinkCounters `json:"uplinks"`
-	RSSBytes uint64                    `json:"rss_bytes"`
 	Error    string                    `json:"error,omitempty"`
 	Mitigate *mitigate.Reply           `json:"mitigate,omitempty"`
 }
@@ -98,13 +109,20 @@ type Status struct {
 // Server answers the daemon's requests for one INS: socket calls go to the
 // Engine, after the caller's socket group is checked against the socket's.
 type Server struct {
-	id  int
-	st  *netstack.Stack
-	eng *engine.Engine
-	ch  *ctrl.Conn
-	log *slog.Logger
-	mit *mitigate.Mitigator // rules, resets and tunings
-	res *resolve.Resolver
+	id int
+	// base offsets the local part of every global socket id, drawn at
+	// random per process: an INS that replaces a dead one (same INS id)
+	// must not hand out the ids its predecessor's sockets had, which apps
+	// may still name (a close reported late, a call on a dead
+	// connection); those then fail with EBADF instead of reaching a live
+	// socket of the new INS.
+	base uint64
+	st   *netstack.Stack
+	eng  *engine.Engine
+	ch   *ctrl.Conn
+	log  *slog.Logger
+	mit  *mitigate.Mitigator // rules, resets and tunings
+	res  *resolve.Resolver
 	// flows counts every uplink packet; nil when accounting is off.
 	flows *flowtable.Table
 
@@ -121,6 +139,10 @@ type Server struct {
 func NewServer(id int, st *netstack.Stack, dns resolve.Config, ch *ctrl.Conn, log *slog.Logger) *Server {
 	s := &Server{id: id, st: st, ch: ch, log: log, owner: map[engine.SockID]uint64{}, pending: map[engine.SockID]*os.File{},
 		loadKick: make(chan struct{}, 1)}
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err == nil {
+		s.base = binary.LittleEndian.Uint64(b[:]) & localMask
+	}
 	s.eng = engine.New(st.Stack(), st, engine.Options{EncodeAccept: s.encodeAccept, Logger: log, OnRelease: s.loadChanged, Released: s.released})
 	s.res = resolve.New(st, dns, log)
 	return s
@@ -129,7 +151,9 @@ func NewServer(id int, st *netstack.Stack, dns resolve.Config, ch *ctrl.Conn, lo
 // Engine returns the socket engine.
 func (s *Server) Engine() *engine.Engine { return s.eng }
 
-func (s *Server) global(id engine.SockID) uint64 { return uint64(s.id)<<48 | uint64(id)&localMask }
+func (s *Server) global(id engine.SockID) uint64 {
+	return uint64(s.id)<<48 | (uint64(id)+s.base)&localMask
+}
 
 // encodeAccept announces an accepted connection: it belongs to its
 // listener's socket group, and the app learns its global id.
@@ -189,12 +213,22 @@ func (s *Server) manage(m ctrl.Msg) {
 				out = Status{Error: err.Error()}
 			}
 		case ManageStats:
-			out = Status{Engine: s.eng.Stats(), Uplinks: s.st.Counters(), RSSBytes: selfRSS()}
+			out = Status{Engine: s.eng.Stats(), Uplinks: s.st.Counters()}
 		case ManageForget:
 			s.forget(req.Group)
 			out = Status{}
 		case ManageMitigate:
 			out = s.mitigate(req.Mitigate)
+		case ManageSandboxProbe:
+			if !sandbox.ProbeEnabled() {
+				out = ProbeReply{Error: "sandbox probe disabled (" + sandbox.ProbeEnv + " is not set)"}
+			} else {
+				var t sandbox.ProbeTarget
+				if req.Probe != nil {
+					t = *req.Probe
+				}
+				out = ProbeReply{Results: sandbox.Probe(t)}
+			}
 		default:
 			out = Status{Error: fmt.Sprintf("unknown management op %q", req.Op)}
 		}
@@ -303,7 +337,7 @@ func (s *Server) sock(group, global uint64) (engine.SockID, unix.Errno) {
 	if int(global>>48) != s.id {
 		return 0, unix.EBADF
 	}
-	id := engine.SockID(global & localMask)
+	id := engine.SockID((global - s.base) & localMask)
 	s.mu.Lock()
 	g, ok := s.owner[id]
 	s.mu.Unlock()
@@ -520,23 +554,6 @@ func (s *Server) socket(group uint64, r *msgproto.Socket, f *os.File) msgproto.M
 	s.placed.Add(1)
 	s.loadChanged()
 	return &msgproto.SocketReply{Sock: s.global(id)}
-}
-
-// selfRSS reads this process's resident set size.
-func selfRSS() uint64 {
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			kb, _ := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
 }
 
 // RunProcess is the body of an INS process: it reads its ProcessConfig,

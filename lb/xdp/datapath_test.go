@@ -179,7 +179,7 @@ func (l *lab) addBackend(t *testing.T, id uint32, weight uint32) *labBackend {
 		{"-n", l.tp.GW.Name, "link", "add", "link", lbIf, "name", ifname, "address", be.MAC.String(), "type", "macvlan", "mode", "bridge"},
 		{"-n", l.tp.GW.Name, "link", "set", ifname, "netns", ns.Name},
 		{"-n", ns.Name, "addr", "add", l.vip4.String() + "/32", "dev", "lo"},
-		{"-n", ns.Name, "addr", "add", l.vip6.String() + "/128", "dev", "lo"},
+		{"-n", ns.Name, "addr", "add", l.vip6.String() + "/128", "dev", "lo", "nodad"},
 		{"-n", ns.Name, "addr", "add", own4.String() + "/24", "dev", ifname},
 		{"-n", ns.Name, "addr", "add", own6.String() + "/64", "dev", ifname, "nodad"},
 		{"-n", ns.Name, "link", "set", ifname, "up"},
@@ -188,7 +188,15 @@ func (l *lab) addBackend(t *testing.T, id uint32, weight uint32) *labBackend {
 	}
 	err = ns.Do(func() error {
 		for _, v := range []netip.Addr{l.vip4, l.vip6} {
-			ln, err := net.Listen("tcp", netip.AddrPortFrom(v, 80).String())
+			// An IPv6 address can take a moment to become usable.
+			var ln net.Listener
+			var err error
+			for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+				ln, err = net.Listen("tcp", netip.AddrPortFrom(v, 80).String())
+				if err == nil || !errors.Is(err, unix.EADDRNOTAVAIL) || time.Now().After(deadline) {
+					break
+				}
+			}
 			if err != nil {
 				return err
 			}

@@ -24,7 +24,7 @@ const (
 	CountUnsupported        // to a VIP but not steerable (IPv6 extension headers, foreign ICMP errors): dropped
 	CountFragMiss           // a non-first fragment whose first fragment was not seen: dropped
 	CountNoBackend          // no backend in the table: dropped
-	CountSteered            // sent to a backend
+	CountSteered            // sent to a backend: est_hit + new_hit + maglev + frag_hit (summed by Counters)
 	CountEstHit             // found in the established table
 	CountNewHit             // found in the new-flow table
 	CountMaglev             // decided by the Maglev table
@@ -704,28 +704,6 @@ func instructions(fd mapFDs, size uint32) asm.Instructions {
 
 	// The decision.
 	b.label("decide")
-	b.emit(asm.Mov.Imm(asm.R2, 0), asm.LoadImm(asm.R4, int64(flowMul), asm.DWord))
-	for off := int16(stKey); off < stKey+KeySize; off += 8 {
-		b.emit(
-			asm.LoadMem(asm.R3, asm.R10, off, asm.DWord),
-			asm.Xor.Reg(asm.R2, asm.R3),
-			asm.Mul.Reg(asm.R2, asm.R4),
-			asm.Mov.Reg(asm.R3, asm.R2),
-			asm.RSh.Imm(asm.R3, 32),
-			asm.Xor.Reg(asm.R2, asm.R3),
-		)
-	}
-	b.emit(
-		asm.Mov.Reg(asm.R3, asm.R2),
-		asm.RSh.Imm(asm.R3, 29),
-		asm.Xor.Reg(asm.R2, asm.R3),
-		asm.LoadImm(asm.R4, int64(flowFinal), asm.DWord),
-		asm.Mul.Reg(asm.R2, asm.R4),
-		asm.Mov.Reg(asm.R3, asm.R2),
-		asm.RSh.Imm(asm.R3, 32),
-		asm.Xor.Reg(asm.R2, asm.R3),
-		asm.StoreMem(asm.R10, stHash, asm.R2, asm.DWord),
-	)
 	// Established table.
 	b.lookup(fd.est, stKey)
 	b.emit(
@@ -764,8 +742,31 @@ func instructions(fd mapFDs, size uint32) asm.Instructions {
 	b.update(fd.est)
 	b.count(st, CountPromoted)
 	b.emit(asm.Ja.Label("forward"))
-	// Maglev: entry hash % size of the active half.
+	// Maglev: entry hash % size of the active half. The hash is computed
+	// only here, for flows in neither table.
 	b.label("maglev")
+	b.emit(asm.Mov.Imm(asm.R2, 0), asm.LoadImm(asm.R4, int64(flowMul), asm.DWord))
+	for off := int16(stKey); off < stKey+KeySize; off += 8 {
+		b.emit(
+			asm.LoadMem(asm.R3, asm.R10, off, asm.DWord),
+			asm.Xor.Reg(asm.R2, asm.R3),
+			asm.Mul.Reg(asm.R2, asm.R4),
+			asm.Mov.Reg(asm.R3, asm.R2),
+			asm.RSh.Imm(asm.R3, 32),
+			asm.Xor.Reg(asm.R2, asm.R3),
+		)
+	}
+	b.emit(
+		asm.Mov.Reg(asm.R3, asm.R2),
+		asm.RSh.Imm(asm.R3, 29),
+		asm.Xor.Reg(asm.R2, asm.R3),
+		asm.LoadImm(asm.R4, int64(flowFinal), asm.DWord),
+		asm.Mul.Reg(asm.R2, asm.R4),
+		asm.Mov.Reg(asm.R3, asm.R2),
+		asm.RSh.Imm(asm.R3, 32),
+		asm.Xor.Reg(asm.R2, asm.R3),
+		asm.StoreMem(asm.R10, stHash, asm.R2, asm.DWord),
+	)
 	b.lookup(fd.ctl, stScratch)
 	b.emit(
 		asm.JEq.Imm(asm.R0, 0, "nobackend"),
@@ -811,22 +812,23 @@ func instructions(fd mapFDs, size uint32) asm.Instructions {
 		asm.LoadMem(asm.R2, asm.R8, 4, asm.Half),
 		asm.StoreMem(asm.R6, 4, asm.R2, asm.Half),
 	)
+	// Per-backend counting is of new flows only, and "steered" is the sum
+	// of the hit counters: an established flow's packet touches as few
+	// cache lines as it can.
+	b.emit(
+		asm.JSet.Imm(asm.R9, flagNewFlow, "bnew"),
+		asm.Ja.Label("steered"),
+	)
+	b.label("bnew")
 	b.lookup(fd.bstats, stBackend)
 	b.emit(
 		asm.JEq.Imm(asm.R0, 0, "steered"),
 		asm.LoadMem(asm.R1, asm.R0, 0, asm.DWord),
 		asm.Add.Imm(asm.R1, 1),
 		asm.StoreMem(asm.R0, 0, asm.R1, asm.DWord),
-		asm.JSet.Imm(asm.R9, flagNewFlow, "bnew"),
-		asm.Ja.Label("steered"),
 	)
-	b.label("bnew")
-	b.emit(
-		asm.LoadMem(asm.R1, asm.R0, 8, asm.DWord),
-		asm.Add.Imm(asm.R1, 1),
-		asm.StoreMem(asm.R0, 8, asm.R1, asm.DWord),
-	)
-	b.exit("steered", st, CountSteered, ActionPass)
+	b.label("steered")
+	b.emit(asm.Mov.Imm(asm.R0, ActionPass), asm.Return())
 
 	// A non-first fragment: where its first fragment went.
 	b.label("nonfirst")

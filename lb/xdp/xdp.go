@@ -175,7 +175,7 @@ func New(cfg Config) (_ *Balancer, err error) {
 		{&b.ctl, ebpf.MapSpec{Name: "lb_ctl", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1}},
 		{&b.table, ebpf.MapSpec{Name: "lb_table", Type: ebpf.Array, KeySize: 4, ValueSize: tableValue, MaxEntries: uint32(2 * cfg.TableSize), Flags: mmapable}},
 		{&b.backends, ebpf.MapSpec{Name: "lb_backends", Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: uint32(cfg.MaxBackends)}},
-		{&b.bstats, ebpf.MapSpec{Name: "lb_bstats", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 16, MaxEntries: uint32(cfg.MaxBackends)}},
+		{&b.bstats, ebpf.MapSpec{Name: "lb_bstats", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: uint32(cfg.MaxBackends)}},
 		{&b.stats, ebpf.MapSpec{Name: "lb_stats", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: NumCounters}},
 	}
 	for _, s := range specs {
@@ -393,26 +393,25 @@ func (b *Balancer) Counters() ([NumCounters]uint64, error) {
 			out[i] += v
 		}
 	}
+	out[CountSteered] = out[CountEstHit] + out[CountNewHit] + out[CountMaglev] + out[CountFragHit]
 	return out, nil
 }
 
 // BackendStats are one backend's counters.
 type BackendStats struct {
-	// Packets steered to the backend, and NewFlows of them decided by the
-	// Maglev table.
-	Packets, NewFlows uint64
+	// NewFlows counts the flows the Maglev table sent to the backend.
+	NewFlows uint64
 }
 
 // BackendStats returns the counters of backend id, summed over CPUs.
 func (b *Balancer) BackendStats(id uint32) (BackendStats, error) {
-	var per [][16]byte
+	var per []uint64
 	if err := b.bstats.Lookup(id, &per); err != nil {
 		return BackendStats{}, fmt.Errorf("lb/xdp: stats of backend %d: %w", id, err)
 	}
 	var s BackendStats
 	for _, v := range per {
-		s.Packets += binary.NativeEndian.Uint64(v[0:])
-		s.NewFlows += binary.NativeEndian.Uint64(v[8:])
+		s.NewFlows += v
 	}
 	return s, nil
 }

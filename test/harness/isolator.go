@@ -142,6 +142,7 @@ func DefaultUplinks(tp *topo.Topology) []UplinkSpec {
 // SIGKILL) at cleanup; its log is printed if the test failed.
 func StartIsolator(t testing.TB, tp *topo.Topology, o Options) *Isolator {
 	t.Helper()
+	EnsureINSUser(t)
 	dir, err := os.MkdirTemp("", "mpshim-iso-")
 	if err != nil {
 		t.Fatal(err)
@@ -154,7 +155,10 @@ func StartIsolator(t testing.TB, tp *topo.Topology, o Options) *Isolator {
 	if o.Uplinks == nil {
 		o.Uplinks = DefaultUplinks(tp)
 	}
-	args := []string{"run", "--api", d.API, "--socket", d.Socket, "--ins", fmt.Sprint(o.INS), "--max-ins", "32"}
+	// The state directory is the test's own, never the host's
+	// /var/lib/mpshim; a --state-dir in o.Args comes later and wins.
+	args := []string{"run", "--api", d.API, "--socket", d.Socket, "--ins", fmt.Sprint(o.INS), "--max-ins", "32",
+		"--state-dir", filepath.Join(dir, "state")}
 	if o.Policy != "" {
 		args = append(args, "--policy", o.Policy)
 	}

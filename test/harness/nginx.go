@@ -20,6 +20,10 @@ type NginxOptions struct {
 	// Shim, when set, runs nginx under libmpshim.so served by this
 	// isolator.
 	Shim *Isolator
+	// Launcher, when set, is the command line nginx is started through
+	// (e.g. mpshim run --socket S --), instead of Shim's LD_PRELOAD; the
+	// nginx binary and its arguments follow it.
+	Launcher []string
 	// Files are the documents nginx serves from its root, by name.
 	Files map[string][]byte
 	// Config returns nginx.conf for the directory that holds the
@@ -83,7 +87,15 @@ func StartNginx(t testing.TB, o NginxOptions) *Nginx {
 	if o.Shim != nil {
 		n.env = append(os.Environ(), "LD_PRELOAD="+Binary(t, "libmpshim.so"), "MPSHIM_SOCKET="+o.Shim.Socket)
 	}
-	if out, err := n.Run("-e", filepath.Join(dir, "error.log")); err != nil {
+	start := n.Run
+	if o.Launcher != nil {
+		start = func(args ...string) (string, error) {
+			argv := append(append(append([]string{}, o.Launcher[1:]...), "/usr/sbin/nginx", "-c", n.conf), args...)
+			out, err := n.ns.Command(context.Background(), o.Launcher[0], argv...).CombinedOutput()
+			return string(out), err
+		}
+	}
+	if out, err := start("-e", filepath.Join(dir, "error.log")); err != nil {
 		t.Fatalf("nginx start: %v\n%s\n%s", err, out, n.ErrorLog())
 	}
 	t.Cleanup(func() {

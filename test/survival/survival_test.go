@@ -26,8 +26,10 @@ import (
 	"github.com/mpshim/mpshim/test/topo"
 )
 
-// allowNginx admits nginx's master (root) and workers (www-data).
-var allowNginx = []string{"--allow-uid", "0", "--allow-uid", "33"}
+// allowNginx admits nginx's master (root) and workers (www-data); the
+// workers, which have dropped root by the time the daemon is restarted,
+// reach the registration socket through its group.
+var allowNginx = []string{"--allow-uid", "0", "--allow-uid", "33", "--socket-group", "www-data", "--socket-mode", "0660"}
 
 // startNginx runs nginx (2 workers, listening on port 80 over IPv4 and
 // IPv6) under the shim in the app namespace; its error log is at level
@@ -38,7 +40,8 @@ func startNginx(t *testing.T, tp *topo.Topology, iso *harness.Isolator) *harness
 		NS: tp.App, Shim: iso,
 		Files: harness.RandomFiles(map[string]int{"1k.bin": 1 << 10}),
 		Config: func(dir, root string) string {
-			return fmt.Sprintf(`worker_processes 2;
+			return fmt.Sprintf(`user www-data www-data;
+worker_processes 2;
 events { worker_connections 4096; }
 http {
     log_format status '$status';
@@ -439,6 +442,16 @@ func TestDaemonKilled(t *testing.T) {
 	r := wrkDone(t, w)
 	t.Logf("wrk -c 64 through the kill: %d responses, %d socket errors (connections lost with the INS)", r.Requests, r.SocketErrors())
 	_ = restarted
+	// After the restart nginx serves as before: no error, whatever the
+	// calls it makes on the sockets of the dead session (closes of its
+	// dead connections name ids no INS of the new daemon hands out).
+	for _, u := range urls {
+		r := wrkDone(t, startWrk(t, tp.WAN, u, 64, 4*time.Second))
+		t.Logf("wrk -c 64 after the restart against %s: %d responses, %d socket errors, %d non-2xx", u, r.Requests, r.SocketErrors(), r.Non2xx)
+		if r.SocketErrors() != 0 || r.Non2xx != 0 || r.Requests == 0 {
+			t.Errorf("wrk after the restart against %s: %d socket errors, %d non-2xx, %d responses\n%s", u, r.SocketErrors(), r.Non2xx, r.Requests, r.Output)
+		}
+	}
 
 	// Idle: no spin, no log.
 	time.Sleep(500 * time.Millisecond)

@@ -1,7 +1,12 @@
-// Package sandbox confines an INS process once its links are open: resource
-// limits, capabilities, no_new_privs and the seccomp allow-list. It is the
-// last thing an INS does before serving and knows nothing of what it
-// confines.
+// Package sandbox confines an INS process, the part of mpshim that faces
+// hostile traffic, so that a compromised INS holds nothing worth having:
+// it runs as an unprivileged uid/gid of its own, in its own mount, pid, ipc
+// and uts namespaces (started so by the daemon, see Cloneflags) with an
+// empty, read-only root (no host file, no /proc), without capabilities,
+// with no_new_privs, and under a seccomp allow-list (Policy) that has no
+// open, no execve, no connect and no new socket. Everything it needs after
+// it is sealed (link sockets, memfds, the control channel) is handed in by
+// the daemon as descriptors.
 package sandbox
 
 import (
@@ -9,9 +14,8 @@ import (
 	"fmt"
 	"os"
 	"runtime"
-	"strconv"
-	"strings"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -23,37 +27,53 @@ import (
 // default fs.nr_open of 1Mi.
 const DefaultNoFile = 256 << 10
 
+// Cloneflags are the namespaces the daemon starts every INS in, besides
+// its network namespace: a mount namespace of its own (which Enter turns
+// into an empty root), and pid, ipc and uts namespaces of its own. In its
+// pid namespace the INS is pid 1 and sees no other process.
+const Cloneflags = syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWIPC | syscall.CLONE_NEWUTS
+
 // Options configures Enter.
 type Options struct {
 	// NoFile is the RLIMIT_NOFILE (soft and hard); 0 means DefaultNoFile.
-	NoFile uint64
+	NoFile uint64 `json:"nofile,omitempty"`
 	// UID and GID, if non-zero, are switched to (all threads, with
 	// supplementary groups cleared). Leaving root is what makes the
 	// kernel clear the capabilities of every thread when the binary links
-	// cgo, where capset cannot be broadcast; see Enter.
-	UID, GID int
+	// cgo, where capset cannot be broadcast.
+	UID int `json:"uid,omitempty"`
+	GID int `json:"gid,omitempty"`
+	// EmptyRoot replaces the root with an empty read-only tmpfs. The
+	// process must have been started in a mount namespace of its own
+	// (Cloneflags) and be pid 1 of its pid namespace: pivot_root in a
+	// shared mount namespace would move every process's root, so Enter
+	// refuses EmptyRoot otherwise.
+	EmptyRoot bool `json:"empty_root,omitempty"`
 }
 
-// Enter confines the calling INS process. Call it after the link sockets
-// are open and the stack is built; the sockets keep working. In order it:
+// Enter confines the calling INS process. Call it after the link sockets are
+// open and the stack is built; the sockets keep working. In order it:
 //
 //   - sets PR_SET_PDEATHSIG(SIGKILL), so the INS dies with the daemon. The
 //     kernel tracks the parent *thread*, so the daemon also sets Pdeathsig in
 //     SysProcAttr and spawns from a thread locked for the child's life;
 //   - sets RLIMIT_NOFILE to opts.NoFile and RLIMIT_CORE to 0 (no core file
 //     can leak connection data);
+//   - with opts.EmptyRoot, makes every mount private and pivots into an
+//     empty read-only tmpfs, detaching the host's tree (and /proc with it);
 //   - drops every capability from the bounding set and clears the ambient
 //     set, switches to opts.UID/GID if given, then sets the effective,
 //     permitted and inheritable sets to zero on every thread;
-//   - sets PR_SET_NO_NEW_PRIVS and installs a seccomp allow-list filter on
-//     all threads (SECCOMP_FILTER_FLAG_TSYNC); other system calls fail with
-//     EPERM (execve, socket other than AF_UNIX, ptrace, mount, ...).
+//   - sets PR_SET_NO_NEW_PRIVS and installs the seccomp allow-list (Policy)
+//     on all threads (SECCOMP_FILTER_FLAG_TSYNC); other system calls fail
+//     with EPERM.
 //
-// Capabilities: Go's runtime is multi-threaded before main runs. Without cgo,
-// the per-thread calls go to every thread via syscall.AllThreadsSyscall.
-// With cgo that is unavailable; then the bounding and ambient sets are
-// cleared on the calling thread only and the other threads lose their
-// capabilities through the uid switch, so opts.UID must be non-zero.
+// Capabilities: Go's runtime is multi-threaded before main runs. Without
+// cgo, the per-thread calls go to every thread via
+// syscall.AllThreadsSyscall. With cgo that is unavailable; then the
+// bounding and ambient sets are cleared on the calling thread only and the
+// other threads lose their capabilities through the uid switch, so
+// opts.UID must be non-zero.
 func Enter(opts Options) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -78,8 +98,23 @@ func Enter(opts Options) error {
 	if !allThreads && opts.UID == 0 {
 		return errors.New("sandbox: binary uses cgo, so capabilities cannot be dropped on every thread by capset; set a non-zero UID")
 	}
-	if err := dropBounding(allThreads); err != nil {
+	// Read while the host's /proc is still there.
+	last, err := lastCap()
+	if err != nil {
 		return err
+	}
+	// Time stamps in the log use the local zone, loaded from the host's
+	// /etc/localtime on first use: load it now, it cannot be later.
+	_ = time.Now().Local().String()
+	if opts.EmptyRoot {
+		if err := emptyRoot(); err != nil {
+			return err
+		}
+	}
+	for c := 0; c <= last; c++ {
+		if err := threadCall(allThreads, unix.SYS_PRCTL, unix.PR_CAPBSET_DROP, uintptr(c), 0); err != nil {
+			return fmt.Errorf("sandbox: drop capability %d from bounding set: %w", c, err)
+		}
 	}
 	if err := threadCall(allThreads, unix.SYS_PRCTL, unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0); err != nil {
 		return fmt.Errorf("sandbox: clear ambient capabilities: %w", err)
@@ -115,12 +150,63 @@ func Enter(opts Options) error {
 	return nil
 }
 
+// emptyRoot pivots the process's mount namespace into an empty read-only
+// tmpfs and detaches the old root. It refuses to run unless the process is
+// pid 1 of its own pid namespace, which the daemon only arranges together
+// with a mount namespace of its own (Cloneflags).
+func emptyRoot() error {
+	if os.Getpid() != 1 {
+		return fmt.Errorf("sandbox: empty root needs a mount and pid namespace of the INS's own (pid is %d, not 1)", os.Getpid())
+	}
+	// Nothing done below may propagate to the host's mounts.
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("sandbox: make mounts private: %w", err)
+	}
+	// Any directory serves as the mount point: the namespace is private.
+	const mnt = "/tmp"
+	flags := uintptr(unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC | unix.MS_RDONLY)
+	if err := unix.Mount("mpshim-ins", mnt, "tmpfs", flags, "size=4k,nr_inodes=1,mode=0555"); err != nil {
+		return fmt.Errorf("sandbox: mount an empty tmpfs on %s: %w", mnt, err)
+	}
+	if err := unix.Chdir(mnt); err != nil {
+		return fmt.Errorf("sandbox: chdir %s: %w", mnt, err)
+	}
+	// pivot_root(".", ".") stacks the old root on the new one; detaching
+	// it leaves only the empty tmpfs.
+	if err := unix.PivotRoot(".", "."); err != nil {
+		return fmt.Errorf("sandbox: pivot_root: %w", err)
+	}
+	if err := unix.Unmount(".", unix.MNT_DETACH); err != nil {
+		return fmt.Errorf("sandbox: detach the old root: %w", err)
+	}
+	if err := unix.Chdir("/"); err != nil {
+		return fmt.Errorf("sandbox: chdir /: %w", err)
+	}
+	return nil
+}
+
+func lastCap() (int, error) {
+	b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap")
+	if err != nil {
+		return unix.CAP_LAST_CAP, nil
+	}
+	var v int
+	if _, err := fmt.Sscanf(string(b), "%d", &v); err != nil || v < 0 || v > 63 {
+		return 0, fmt.Errorf("sandbox: cap_last_cap %q", b)
+	}
+	return v, nil
+}
+
 // allThreadsAvailable reports whether syscall.AllThreadsSyscall works in
 // this binary (it does not when cgo is linked).
 func allThreadsAvailable() bool {
 	_, _, errno := syscall.AllThreadsSyscall(syscall.SYS_GETPID, 0, 0, 0)
 	return errno != syscall.ENOTSUP
 }
+
+// AllThreads reports whether Enter drops capabilities on every thread by
+// itself (no cgo), as opposed to through the uid switch.
+func AllThreads() bool { return allThreadsAvailable() }
 
 func threadCall(all bool, trap, a1, a2, a3 uintptr) error {
 	var errno syscall.Errno
@@ -133,102 +219,4 @@ func threadCall(all bool, trap, a1, a2, a3 uintptr) error {
 		return errno
 	}
 	return nil
-}
-
-func dropBounding(all bool) error {
-	last := unix.CAP_LAST_CAP
-	if b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap"); err == nil {
-		if v, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
-			last = v
-		}
-	}
-	for c := 0; c <= last; c++ {
-		if err := threadCall(all, unix.SYS_PRCTL, unix.PR_CAPBSET_DROP, uintptr(c), 0); err != nil {
-			return fmt.Errorf("sandbox: drop capability %d from bounding set: %w", c, err)
-		}
-	}
-	return nil
-}
-
-func installSeccomp() error {
-	prog, err := seccompProgram()
-	if err != nil {
-		return err
-	}
-	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
-	r, _, errno := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, unix.SECCOMP_FILTER_FLAG_TSYNC, uintptr(unsafe.Pointer(&fprog)))
-	runtime.KeepAlive(prog)
-	if errno != 0 {
-		return fmt.Errorf("seccomp filter: %w", errno)
-	}
-	if r != 0 {
-		return fmt.Errorf("seccomp filter: thread %d could not be synchronised", r)
-	}
-	return nil
-}
-
-// bpf helpers for classic BPF over struct seccomp_data.
-func stmt(code uint16, k uint32) unix.SockFilter { return unix.SockFilter{Code: code, K: k} }
-func jump(code uint16, k uint32, jt, jf uint8) unix.SockFilter {
-	return unix.SockFilter{Code: code, Jt: jt, Jf: jf, K: k}
-}
-
-const (
-	seccompDataNR   = 0
-	seccompDataArch = 4
-	seccompDataArg0 = 16 // args[i] at 16+8*i; low 32 bits first (little endian)
-	retAllow        = unix.SECCOMP_RET_ALLOW
-	retEPERM        = unix.SECCOMP_RET_ERRNO | uint32(unix.EPERM)
-	retENOSYS       = unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS)
-)
-
-// argRule allows syscall nr only when (args[arg] & mask) == want (low 32 bits).
-type argRule struct {
-	nr        uintptr
-	arg       uint32
-	mask      uint32
-	want      uint32
-	otherwise uint32
-}
-
-// seccompProgram builds: wrong architecture -> kill; x32 ABI -> EPERM;
-// each allowed syscall -> allow; argument-checked ones -> allow if the
-// argument matches; clone3 -> ENOSYS (so libc falls back to clone, which is
-// checked); everything else -> EPERM.
-func seccompProgram() ([]unix.SockFilter, error) {
-	allowed, rules, arch, err := seccompPolicy()
-	if err != nil {
-		return nil, err
-	}
-	p := []unix.SockFilter{
-		stmt(unix.BPF_LD|unix.BPF_W|unix.BPF_ABS, seccompDataArch),
-		jump(unix.BPF_JMP|unix.BPF_JEQ|unix.BPF_K, arch, 1, 0),
-		stmt(unix.BPF_RET|unix.BPF_K, unix.SECCOMP_RET_KILL_PROCESS),
-		stmt(unix.BPF_LD|unix.BPF_W|unix.BPF_ABS, seccompDataNR),
-		// x32 system calls carry bit 30 on x86-64; never allow them.
-		jump(unix.BPF_JMP|unix.BPF_JGE|unix.BPF_K, 0x40000000, 0, 1),
-		stmt(unix.BPF_RET|unix.BPF_K, retEPERM),
-	}
-	for _, nr := range allowed {
-		p = append(p,
-			jump(unix.BPF_JMP|unix.BPF_JEQ|unix.BPF_K, uint32(nr), 0, 1),
-			stmt(unix.BPF_RET|unix.BPF_K, retAllow))
-	}
-	for _, r := range rules {
-		p = append(p,
-			jump(unix.BPF_JMP|unix.BPF_JEQ|unix.BPF_K, uint32(r.nr), 0, 6),
-			stmt(unix.BPF_LD|unix.BPF_W|unix.BPF_ABS, seccompDataArg0+8*r.arg),
-			stmt(unix.BPF_ALU|unix.BPF_AND|unix.BPF_K, r.mask),
-			jump(unix.BPF_JMP|unix.BPF_JEQ|unix.BPF_K, r.want, 0, 1),
-			stmt(unix.BPF_RET|unix.BPF_K, retAllow),
-			stmt(unix.BPF_RET|unix.BPF_K, r.otherwise),
-			// Not reached; keeps every rule block the same length.
-			stmt(unix.BPF_RET|unix.BPF_K, retEPERM),
-		)
-	}
-	p = append(p, stmt(unix.BPF_RET|unix.BPF_K, retEPERM))
-	if len(p) > 4096 {
-		return nil, fmt.Errorf("seccomp program too long (%d)", len(p))
-	}
-	return p, nil
 }

@@ -35,9 +35,12 @@ import (
 
 const sandboxChildEnv = "MPSHIM_INS_SANDBOX_CHILD"
 
-// TestSandbox re-executes the test binary in a fresh network namespace; the
-// child builds two netstacks joined by a veth pair over AF_PACKET, applies
-// Sandbox, and checks what it may and may not do afterwards.
+// TestSandbox re-executes the test binary as the daemon starts an INS: in
+// fresh network, mount, pid, ipc and uts namespaces. The child builds two
+// netstacks joined by a veth pair over AF_PACKET, enters the sandbox with
+// an empty root and checks what it may and may not do afterwards; while it
+// waits, this test checks from outside what the kernel says of its threads
+// and its root, which the sealed child itself can no longer read.
 func TestSandbox(t *testing.T) {
 	topo.RequireRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -46,10 +49,42 @@ func TestSandbox(t *testing.T) {
 	cmd.Env = append(os.Environ(), sandboxChildEnv+"=1")
 	// The child's own network namespace: the veth pair it creates exists
 	// only there and vanishes with it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET, Pdeathsig: syscall.SIGKILL}
-	out, err := cmd.CombinedOutput()
-	if err != nil || !bytes.Contains(out, []byte("SANDBOX-CHILD-OK")) {
-		t.Fatalf("sandboxed child failed: %v\n%s", err, out)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: sandbox.Cloneflags | syscall.CLONE_NEWNET, Pdeathsig: syscall.SIGKILL}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	rd := bufio.NewReader(stdout)
+	for {
+		line, err := rd.ReadString('\n')
+		out.WriteString(line)
+		if err != nil {
+			cmd.Wait()
+			t.Fatalf("sandboxed child ended before it was sealed: %v\n%s", err, out.String())
+		}
+		if strings.TrimSpace(line) == "SEALED" {
+			break
+		}
+	}
+	checkThreadStatus(t, cmd.Process.Pid)
+	if ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/root/", cmd.Process.Pid)); err != nil || len(ents) != 0 {
+		t.Errorf("child's root holds %d entries (%v), want an empty root", len(ents), err)
+	}
+	io.WriteString(stdin, "go on\n")
+	rest, _ := io.ReadAll(rd)
+	out.Write(rest)
+	err = cmd.Wait()
+	if err != nil || !bytes.Contains(out.Bytes(), []byte("SANDBOX-CHILD-OK")) {
+		t.Fatalf("sandboxed child failed: %v\n%s", err, out.String())
 	}
 }
 
@@ -93,7 +128,7 @@ func TestSandboxChild(t *testing.T) {
 	defer peerLn.Close()
 	go instest.EchoServe(peerLn)
 
-	if err := sandbox.Enter(sandbox.Options{NoFile: 4096, UID: 65534, GID: 65534}); err != nil {
+	if err := sandbox.Enter(sandbox.Options{NoFile: 4096, UID: 65534, GID: 65534, EmptyRoot: true}); err != nil {
 		t.Fatalf("Sandbox: %v", err)
 	}
 
@@ -117,6 +152,9 @@ func TestSandboxChild(t *testing.T) {
 	if _, err := os.OpenFile(filepath.Join(os.TempDir(), "mpshim-sandbox-probe"), os.O_CREATE|os.O_WRONLY, 0o600); err == nil {
 		t.Error("creating a file succeeded after Sandbox")
 	}
+	if _, err := os.ReadFile("/etc/hostname"); err == nil {
+		t.Error("reading a host file succeeded after Sandbox")
+	}
 	// Allowed: AF_UNIX socketpairs (the app data path).
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -129,7 +167,11 @@ func TestSandboxChild(t *testing.T) {
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil || rl.Cur != 4096 || rl.Max != 4096 {
 		t.Errorf("RLIMIT_NOFILE = %+v, %v; want 4096", rl, err)
 	}
-	checkThreadStatus(t)
+	// The test checks the threads' status from outside meanwhile.
+	fmt.Println("SEALED")
+	if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
+		t.Fatalf("waiting for the parent: %v", err)
+	}
 
 	// The netstack still works over the AF_PACKET link, both directions.
 	echoCheck(t, ins.Stack(), tcpip.FullAddress{NIC: 1, Addr: instest.TCPAddr(netip.MustParseAddr("10.77.0.2"))}, "10.77.0.1", 9)
@@ -142,22 +184,24 @@ func TestSandboxChild(t *testing.T) {
 	fmt.Println("SANDBOX-CHILD-OK")
 }
 
-// checkThreadStatus requires every thread to have no capabilities, no new
-// privileges and the seccomp filter.
-func checkThreadStatus(t *testing.T) {
+// checkThreadStatus requires every thread of pid to run as uid and gid
+// 65534 with no capabilities, no new privileges and the seccomp filter.
+func checkThreadStatus(t *testing.T, pid int) {
 	t.Helper()
-	tasks, err := os.ReadDir("/proc/self/task")
+	dir := fmt.Sprintf("/proc/%d/task/", pid)
+	tasks, err := os.ReadDir(dir)
 	if err != nil {
 		t.Fatalf("list threads: %v", err)
 	}
 	allThreads := sandbox.AllThreadsAvailable()
 	for _, task := range tasks {
-		f, err := os.Open("/proc/self/task/" + task.Name() + "/status")
+		f, err := os.Open(dir + task.Name() + "/status")
 		if err != nil {
 			continue // thread exited
 		}
 		want := map[string]string{"CapInh": "0000000000000000", "CapPrm": "0000000000000000",
-			"CapEff": "0000000000000000", "CapAmb": "0000000000000000", "NoNewPrivs": "1", "Seccomp": "2"}
+			"CapEff": "0000000000000000", "CapAmb": "0000000000000000", "NoNewPrivs": "1", "Seccomp": "2",
+			"Uid": "65534\t65534\t65534\t65534", "Gid": "65534\t65534\t65534\t65534"}
 		if allThreads {
 			// Without cgo the bounding set is dropped on every thread
 			// too; with cgo only on the sandboxing thread (NoNewPrivs

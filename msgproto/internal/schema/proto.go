@@ -49,6 +49,7 @@ var Proto = Schema{
 		{Name: "RegForked", CName: "MP_REG_FORKED", Value: 1, Doc: "Register flag: first registration of a fork child; Parent is the parent's client id"},
 		{Name: "RegExeced", CName: "MP_REG_EXECED", Value: 2, Doc: "Register flag: a new image of an already registered process; Parent is the previous image's client id"},
 		{Name: "RegRejoin", CName: "MP_REG_REJOIN", Value: 3, Doc: "Register flag: a process whose isolator daemon died registers with its successor; Key is the key of its socket group under the dead daemon, which the successor keeps as the group's key (the first process to present it makes the group, the others join it); Parent is 0"},
+		{Name: "RegProbe", CName: "MP_REG_PROBE", Value: 4, Doc: "Register flag: only ask whether this process may register; the isolator checks uid/gid, version, pid and start time, answers Reply (Errno 0 or the refusal) and admits nothing"},
 		{Name: "ConnectNonblock", CName: "MP_CONNECT_NONBLOCK", Value: 1, Doc: "Connect flag: the app's fd is nonblocking; the reply is EINPROGRESS at once"},
 		{Name: "FamilyUnspec", CName: "MP_AF_UNSPEC", Value: 0, Doc: "address family: none (e.g. connected SendTo)"},
 		{Name: "FamilyInet", CName: "MP_AF_INET", Value: 2, Doc: "address family: IPv4 (Linux AF_INET)"},
@@ -217,6 +218,16 @@ var Proto = Schema{
 			u32("TTL", "seconds the answer stays valid"),
 			varb("Canon", "MaxName", maxName, "the canonical name (the end of the CNAME chain) or, for ResolveReverse, the host name"),
 			varb("Addrs", "MaxAddrList", maxAddrList, "the addresses, most preferred first: a sequence of address blocks with port 0"),
+		}},
+
+		{Name: "RegisterRefused", Code: 73, Doc: "answers a registration connection whose peer credentials (SO_PEERCRED) the isolator's policy " +
+			"(allow_uids, allow_gids) does not admit. The isolator sends it as soon as it accepts the connection, " +
+			"before it reads anything, and then closes the connection. It is a refusal, not an absence: a refused " +
+			"process must not fall back to the host kernel (MPSHIM_FAIL=open applies only when no isolator answers).", Fields: []Field{
+			u32("UID", "the peer's uid as the kernel reported it"),
+			u32("GID", "the peer's gid as the kernel reported it"),
+			i32("PID", "the peer's pid as the kernel reported it"),
+			{Name: "Errno", C: "err", Kind: I32, HasRange: true, Min: 1, SMax: maxErrno, Doc: "the errno the refused process's socket calls fail with (EACCES)"},
 		}},
 
 		// Notifications: 128..

@@ -318,6 +318,17 @@ static int mpd_roundtrip(FILE *f, const struct mp_hdr *h, const uint8_t *body, s
 		mpd_hex(f, "Addrs", addrs, m.addrs_len);
 		return mp_enc_resolve_reply(enc, cap, h->reqid, h->flags, &m, canon, addrs);
 	}
+	case MP_T_REGISTER_REFUSED: {
+		struct mp_register_refused m;
+		if ((rc = mp_dec_register_refused(body, len, &m)) != MP_OK)
+			return rc;
+		fprintf(f, "type RegisterRefused\nreqid %" PRIu64 "\nflags %" PRIu32 "\n", h->reqid, h->flags);
+		fprintf(f, "UID %" PRIu32 "\n", m.uid);
+		fprintf(f, "GID %" PRIu32 "\n", m.gid);
+		fprintf(f, "PID %" PRId32 "\n", m.pid);
+		fprintf(f, "Errno %" PRId32 "\n", m.err);
+		return mp_enc_register_refused(enc, cap, h->reqid, h->flags, &m);
+	}
 	case MP_T_ACCEPT_NOTIFY: {
 		struct mp_accept_notify m;
 		if ((rc = mp_dec_accept_notify(body, len, &m)) != MP_OK)

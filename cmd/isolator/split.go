@@ -1,0 +1,165 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/mpshim/mpshim/isolator/config"
+	"github.com/mpshim/mpshim/isolator/split/gateway"
+	"github.com/mpshim/mpshim/isolator/split/seal"
+)
+
+func splitCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "split",
+		Short: "Run the split tunnel between this isolator and its peers",
+		Long: `The split tunnel carries TCP connections to destinations behind a peer
+isolator as streams of one encrypted session whose packets are striped over
+every path (one UDP subflow per uplink pair), with loss recovery and
+failover. See "isolator split run --help" for the configuration.`,
+	}
+	cmd.AddCommand(splitKeygenCmd(), splitRunCmd())
+	return cmd
+}
+
+func splitKeygenCmd() *cobra.Command {
+	var out string
+	cmd := &cobra.Command{
+		Use:   "keygen --out FILE",
+		Short: "Make a key pair: the private key goes to FILE (mode 0600), the public key to stdout",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if out == "" {
+				return fmt.Errorf("--out FILE is required")
+			}
+			if _, err := os.Stat(out); err == nil {
+				return fmt.Errorf("%s exists; not overwritten", out)
+			}
+			kp, err := seal.GenerateKeyPair()
+			if err != nil {
+				return err
+			}
+			if err := gateway.WriteKey(out, kp); err != nil {
+				return err
+			}
+			fmt.Println(kp.Public)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&out, "out", "", "file for the private key")
+	return cmd
+}
+
+func splitRunCmd() *cobra.Command {
+	var file, logLevel string
+	cmd := &cobra.Command{
+		Use:   "run --config FILE",
+		Short: "Run the split tunnel gateway in the foreground",
+		Long: `Run the split tunnel gateway until SIGINT or SIGTERM. The YAML file says
+
+  key: /etc/mpshim/split.key          # this isolator's private key (split keygen)
+  status: /run/mpshim/split.sock      # for "isolator peer ls" (the default)
+  peers:
+    - name: b
+      key: BASE64-PUBLIC-KEY-OF-B
+      paths:                          # one per uplink pair, same order on both sides
+        - {local: 10.77.0.1:7000, endpoint: 10.77.0.2:7000}
+        - {local: 10.77.1.1:7000, endpoint: 10.77.1.2:7000}
+  split:                              # connections to listen go to dst through the peer
+    - {dst: 10.20.0.5:80, peer: b, listen: 127.0.0.1:8080}
+  expose:                             # what each peer may reach through this side
+    - {peer: b, dst: 10.30.0.0/16}
+
+Of two peers, the one whose public key sorts first starts the handshake.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if file == "" {
+				return fmt.Errorf("--config FILE is required")
+			}
+			c, err := config.LoadSplit(file)
+			if err != nil {
+				return err
+			}
+			g, err := gateway.New(c, newLogger(logLevel))
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return g.Run(ctx)
+		},
+	}
+	cmd.Flags().StringVar(&file, "config", "", "YAML configuration file")
+	cmd.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}
+
+func peerCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "peer",
+		Short: "Show the split tunnel's peers",
+	}
+	cmd.AddCommand(peerLsCmd())
+	return cmd
+}
+
+func peerLsCmd() *cobra.Command {
+	var status, output string
+	cmd := &cobra.Command{
+		Use:   "ls",
+		Short: "List the peers of the split tunnel gateway and, per path, its state and measurements",
+		Long: `List the peers of a running "isolator split run". Per path: STATE (up or
+down: silent for 300 ms while another path was heard from), SRTT and MINRTT,
+RATE (delivery-rate estimate), LOSS (frames lost over frames sent), SHARE (the
+path's part of the stream bytes sent) and RESENT (frames lost there and sent
+again on another path).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkOutput(output); err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 5*time.Second)
+			defer cancel()
+			st, err := gateway.ReadStatus(ctx, status)
+			if err != nil {
+				return err
+			}
+			if output == "json" {
+				if st == nil {
+					st = []gateway.PeerStatus{}
+				}
+				return printJSON(st)
+			}
+			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "PEER\tSESSION\tSTREAMS\tPATH\tLINK\tSTATE\tSRTT\tMINRTT\tRATE\tLOSS\tSHARE\tRESENT")
+			for _, p := range st {
+				state := "down"
+				if p.Up {
+					state = "up " + time.Since(p.Since).Round(time.Second).String()
+				}
+				if len(p.Paths) == 0 {
+					fmt.Fprintf(w, "%s\t%s\t-\t-\t-\t-\t-\t-\t-\t-\t-\t-\n", p.Name, state)
+				}
+				for i, ps := range p.Paths {
+					pstate := "down"
+					if ps.Up {
+						pstate = "up"
+					}
+					fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%s\t%s\t%v\t%v\t%.1f Mbit/s\t%.2f%%\t%.0f%%\t%d\n", p.Name, state, p.Streams, i, ps.Link, pstate,
+						ps.SRTT.Round(100*time.Microsecond), ps.MinRTT.Round(100*time.Microsecond), ps.RateMbit, 100*ps.Loss, 100*ps.Share, ps.Resent)
+				}
+			}
+			return w.Flush()
+		},
+	}
+	cmd.Flags().StringVar(&status, "status", config.DefaultSplitStatus, "the gateway's status socket")
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "table or json")
+	return cmd
+}

@@ -1,0 +1,56 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/mpshim/mpshim/isolator/split/seal"
+)
+
+func TestLoadSplit(t *testing.T) {
+	kp, _ := seal.GenerateKeyPair()
+	good := `key: /etc/mpshim/split.key
+peers:
+  - name: b
+    key: ` + kp.Public.String() + `
+    paths:
+      - {local: 10.77.0.1:7000, endpoint: 10.77.0.2:7000}
+      - {local: 10.77.1.1:7000, endpoint: 10.77.1.2:7000}
+split:
+  - {dst: 10.20.0.5:80, peer: b, listen: 127.0.0.1:9000}
+expose:
+  - {peer: b, dst: 10.30.0.0/16}
+`
+	for _, c := range []struct {
+		name, yaml, err string
+	}{
+		{"good", good, ""},
+		{"unknown field", good + "bogus: 1\n", "bogus"},
+		{"bad key", strings.Replace(good, kp.Public.String(), "AAAA", 1), "public key"},
+		{"no paths", strings.Replace(strings.Replace(good, "      - {local: 10.77.0.1:7000, endpoint: 10.77.0.2:7000}\n", "", 1), "      - {local: 10.77.1.1:7000, endpoint: 10.77.1.2:7000}\n", "", 1), "paths"},
+		{"bad endpoint", strings.Replace(good, "10.77.0.2:7000", "10.77.0.2", 1), "endpoint"},
+		{"mixed families", strings.Replace(good, "10.77.0.2:7000", "[fd00::1]:7000", 1), "families"},
+		{"unknown peer", strings.Replace(good, "peer: b, listen", "peer: c, listen", 1), `no peer "c"`},
+		{"bad prefix", strings.Replace(good, "10.30.0.0/16", "10.30.0.0", 1), "prefix"},
+		{"no key", strings.Replace(good, "key: /etc/mpshim/split.key\n", "", 1), "private key"},
+		{"bad listen", strings.Replace(good, "127.0.0.1:9000", "here", 1), "listen"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "split.yaml")
+			os.WriteFile(p, []byte(c.yaml), 0o600)
+			s, err := LoadSplit(p)
+			switch {
+			case c.err == "" && err != nil:
+				t.Fatal(err)
+			case c.err != "" && (err == nil || !strings.Contains(err.Error(), c.err)):
+				t.Fatalf("error %v, want one mentioning %q", err, c.err)
+			case c.err == "":
+				if len(s.Peers) != 1 || len(s.Peers[0].Paths) != 2 || s.Status != DefaultSplitStatus || len(s.Routes) != 1 || len(s.Expose) != 1 {
+					t.Fatalf("%+v", s)
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,355 @@
+// Package gateway runs an isolator's split tunnels as configured by
+// config.Split: one session per peer over UDP subflows (re-established
+// when it ends), yamux streams inside it, TCP listeners whose connections
+// are carried to a destination behind a peer, the peer's streams connected
+// to the destinations it may reach here, and a status socket for
+// `isolator peer ls`.
+//
+// Of two peers, the one whose public key sorts first starts the handshake;
+// the other answers. Both therefore use the same configuration shape.
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/mpshim/mpshim/isolator/config"
+	"github.com/mpshim/mpshim/isolator/split/forward"
+	"github.com/mpshim/mpshim/isolator/split/seal"
+	"github.com/mpshim/mpshim/isolator/split/tunnel"
+)
+
+// retryAfter is the pause before a failed session is tried again.
+const retryAfter = time.Second
+
+// muxWait bounds how long a new connection waits for a peer's session.
+const muxWait = 5 * time.Second
+
+// Gateway is a running split configuration.
+type Gateway struct {
+	cfg   config.Split
+	key   seal.KeyPair
+	log   *slog.Logger
+	peers map[string]*peer
+}
+
+type peer struct {
+	cfg    config.Peer
+	pub    seal.PublicKey
+	allow  []netip.Prefix
+	mu     sync.Mutex
+	cond   *sync.Cond
+	sess   *tunnel.Session
+	mux    *yamux.Session
+	since  time.Time
+	starts int
+}
+
+// ReadKey reads a private key file written by WriteKey.
+func ReadKey(path string) (seal.KeyPair, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return seal.KeyPair{}, fmt.Errorf("gateway: key: %w", err)
+	}
+	return seal.ParsePrivateKey(strings.TrimSpace(string(b)))
+}
+
+// WriteKey writes kp's private key to path, readable by the owner only.
+func WriteKey(path string, kp seal.KeyPair) error {
+	if err := os.WriteFile(path, []byte(kp.PrivateString()+"\n"), 0o600); err != nil {
+		return fmt.Errorf("gateway: key: %w", err)
+	}
+	return nil
+}
+
+// New prepares a gateway; cfg must be valid.
+func New(cfg config.Split, log *slog.Logger) (*Gateway, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	key, err := ReadKey(cfg.Key)
+	if err != nil {
+		return nil, err
+	}
+	g := &Gateway{cfg: cfg, key: key, log: log, peers: map[string]*peer{}}
+	for _, pc := range cfg.Peers {
+		pub, _ := seal.ParsePublicKey(pc.Key)
+		if pub == key.Public {
+			return nil, fmt.Errorf("gateway: peer %q has this isolator's own key", pc.Name)
+		}
+		p := &peer{cfg: pc, pub: pub}
+		p.cond = sync.NewCond(&p.mu)
+		g.peers[pc.Name] = p
+	}
+	for _, e := range cfg.Expose {
+		pre, _ := netip.ParsePrefix(e.Dst)
+		g.peers[e.Peer].allow = append(g.peers[e.Peer].allow, pre.Masked())
+	}
+	return g, nil
+}
+
+// Run serves until ctx ends.
+func (g *Gateway) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	if g.cfg.Status != "" {
+		ln, err := listenStatus(g.cfg.Status)
+		if err != nil {
+			return err
+		}
+		defer ln.Close()
+		wg.Go(func() { g.serveStatus(ln) })
+		context.AfterFunc(ctx, func() { ln.Close() })
+	}
+	for _, r := range g.cfg.Routes {
+		ln, err := net.Listen("tcp", r.Listen)
+		if err != nil {
+			return fmt.Errorf("gateway: split %s: %w", r.Dst, err)
+		}
+		context.AfterFunc(ctx, func() { ln.Close() })
+		dst, _ := netip.ParseAddrPort(r.Dst)
+		p := g.peers[r.Peer]
+		wg.Go(func() { g.serveRoute(ctx, ln, p, dst) })
+	}
+	for _, p := range g.peers {
+		wg.Go(func() { g.runPeer(ctx, p) })
+	}
+	<-ctx.Done()
+	for _, p := range g.peers {
+		p.mu.Lock()
+		p.cond.Broadcast()
+		p.mu.Unlock()
+	}
+	return nil
+}
+
+// runPeer keeps a session with p up until ctx ends.
+func (g *Gateway) runPeer(ctx context.Context, p *peer) {
+	initiator := bytes.Compare(g.key.Public[:], p.pub[:]) < 0
+	log := g.log.With("peer", p.cfg.Name)
+	for ctx.Err() == nil {
+		err := g.session(ctx, p, initiator, log)
+		if ctx.Err() != nil {
+			return
+		}
+		log.Warn("split: session ended", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(retryAfter):
+		}
+	}
+}
+
+func (g *Gateway) session(ctx context.Context, p *peer, initiator bool, log *slog.Logger) error {
+	var links []tunnel.Link
+	for i, pp := range p.cfg.Paths {
+		local, endpoint, _ := pp.Parse()
+		l, err := tunnel.DialUDP(local, endpoint)
+		if err != nil {
+			for _, l := range links {
+				l.Close()
+			}
+			return fmt.Errorf("path %d: %w", i, err)
+		}
+		links = append(links, l)
+	}
+	cfg := tunnel.Config{Local: g.key, Peer: p.pub, Links: links, Log: log}
+	var (
+		sess *tunnel.Session
+		err  error
+	)
+	if initiator {
+		hctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		sess, err = tunnel.Dial(hctx, cfg)
+		cancel()
+	} else {
+		sess, err = tunnel.Accept(ctx, cfg)
+	}
+	if err != nil {
+		return err
+	}
+	mux, err := tunnel.Mux(sess)
+	if err != nil {
+		sess.Close()
+		return err
+	}
+	log.Info("split: session up", "paths", len(links), "initiator", initiator)
+	p.mu.Lock()
+	p.sess, p.mux, p.since = sess, mux, time.Now()
+	p.starts++
+	p.cond.Broadcast()
+	p.mu.Unlock()
+	served := make(chan error, 1)
+	go func() { served <- forward.Serve(ctx, mux, p.allows, nil, log) }()
+	select {
+	case <-ctx.Done():
+		err = ctx.Err()
+	case <-sess.Done():
+		err = sess.Err()
+	case <-mux.CloseChan():
+		err = errors.New("streams closed")
+	case err = <-served:
+	}
+	p.mu.Lock()
+	p.sess, p.mux = nil, nil
+	p.mu.Unlock()
+	mux.Close()
+	sess.Close()
+	return err
+}
+
+// allows says whether the peer may reach dst through this isolator.
+func (p *peer) allows(dst netip.AddrPort) bool {
+	for _, pre := range p.allow {
+		if pre.Contains(dst.Addr().Unmap()) {
+			return true
+		}
+	}
+	return false
+}
+
+// currentMux waits up to muxWait for p's session.
+func (p *peer) currentMux(ctx context.Context) *yamux.Session {
+	deadline := time.Now().Add(muxWait)
+	t := time.AfterFunc(muxWait, func() {
+		p.mu.Lock()
+		p.cond.Broadcast()
+		p.mu.Unlock()
+	})
+	defer t.Stop()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for p.mux == nil && ctx.Err() == nil && time.Now().Before(deadline) {
+		p.cond.Wait()
+	}
+	return p.mux
+}
+
+// serveRoute carries each connection accepted on ln to dst through p.
+func (g *Gateway) serveRoute(ctx context.Context, ln net.Listener, p *peer, dst netip.AddrPort) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			m := p.currentMux(ctx)
+			if m == nil {
+				g.log.Info("split: no session", "peer", p.cfg.Name, "dst", dst)
+				c.Close()
+				return
+			}
+			st, err := forward.Dial(m, dst)
+			if err != nil {
+				g.log.Info("split: stream", "peer", p.cfg.Name, "err", err)
+				c.Close()
+				return
+			}
+			forward.Pipe(c, st)
+		}()
+	}
+}
+
+// PeerStatus is what `isolator peer ls` shows of one peer.
+type PeerStatus struct {
+	Name     string             `json:"name"`
+	Key      string             `json:"key"`
+	Up       bool               `json:"up"`
+	Since    time.Time          `json:"since,omitzero"`
+	Sessions int                `json:"sessions"`
+	Streams  int                `json:"streams"`
+	Paths    []tunnel.PathStats `json:"paths"`
+	Counters tunnel.Counters    `json:"counters"`
+}
+
+// Status returns the state of every peer.
+func (g *Gateway) Status() []PeerStatus {
+	var out []PeerStatus
+	for _, pc := range g.cfg.Peers {
+		p := g.peers[pc.Name]
+		p.mu.Lock()
+		st := PeerStatus{Name: pc.Name, Key: pc.Key, Sessions: p.starts, Since: p.since}
+		sess, mux := p.sess, p.mux
+		p.mu.Unlock()
+		if sess != nil {
+			st.Up = true
+			st.Paths, st.Counters = sess.Stats()
+			st.Streams = mux.NumStreams()
+		} else {
+			st.Since = time.Time{}
+		}
+		out = append(out, st)
+	}
+	return out
+}
+
+func listenStatus(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("gateway: status socket: %w", err)
+	}
+	// A stale socket of an earlier run is replaced; a live one is not.
+	if c, err := net.Dial("unix", path); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("gateway: status socket %s is in use", path)
+	}
+	os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: status socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("gateway: status socket: %w", err)
+	}
+	return ln, nil
+}
+
+// serveStatus writes the status as JSON to every connection.
+func (g *Gateway) serveStatus(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		_ = json.NewEncoder(c).Encode(g.Status())
+		c.Close()
+	}
+}
+
+// ReadStatus asks a gateway's status socket.
+func ReadStatus(ctx context.Context, path string) ([]PeerStatus, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("split gateway status %s: %w", path, err)
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.SetDeadline(dl)
+	}
+	var st []PeerStatus
+	if err := json.NewDecoder(c).Decode(&st); err != nil {
+		return nil, fmt.Errorf("split gateway status %s: %w", path, err)
+	}
+	return st, nil
+}
