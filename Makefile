@@ -40,7 +40,7 @@ INSTALLED_CMDS := isolator mpshim netflow
 # VERSION of the Debian package: 0.0~gitDATE.COMMIT unless given.
 VERSION     ?= 0.0~git$(shell git log -1 --format=%cd.%h --date=format:%Y%m%d%H%M%S 2>/dev/null || echo 0)
 
-.PHONY: all build deps deps-test test soak vet fmt-check generate-check demo bench bench-split conformance clean FORCE
+.PHONY: all build deps deps-test test soak vet fmt-check generate-check demo bench bench-split runsc conformance clean FORCE
 .PHONY: install install-files uninstall deb
 
 all: build
@@ -90,19 +90,22 @@ demo: deps-test build
 # shim against an isolator, with loopback through the INS and on the kernel,
 # and checks every failure against test/conformance/testdata/gvisor-expected.txt;
 # it prints the counts per binary (about an hour, needs root). make test runs
-# a three-minute subset of the same.
+# a subset of the same (about four minutes).
 conformance: deps-test build
 	MPSHIM_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 180m -run '^TestGVisorSocketSuite$$' \
 		./test/conformance -args -gvisor.all $(if $(GVISOR_LOGS),-gvisor.logs=$(GVISOR_LOGS))
 
-# bench runs the performance harness (needs root): native kernel, a Go
-# server through mpnet, and the real servers under the shim, alternated in
-# one run; writes bench/results/DATE.md and .png and, for full runs, the
-# latest table in BENCHMARKS.md. make bench ARGS=--quick is a smoke run.
-bench: build
+# bench runs the performance harness (needs root): the same servers on the
+# kernel and under the shim (and, with ARGS=--peers=runsc,netstack, inside
+# gVisor's runsc and a Go server through mpnet) over one plain veth pair,
+# servers and clients pinned to different CPUs, alternated in one run;
+# writes bench/results/DATE.md and .png and, for full runs, the latest
+# table in BENCHMARKS.md. make bench ARGS=--quick is a smoke run. runsc is
+# built from the gVisor module version go.mod pins.
+bench: build $(BIN)/udpecho $(if $(findstring runsc,$(ARGS)),runsc)
 	@scripts/deps.sh bench
 	$(GO) build -o $(BIN)/mpbench ./bench/cmd/mpbench
-	$(BIN)/mpbench --bin $(BIN) $(ARGS)
+	$(BIN)/mpbench --bin $(BIN) --runsc $(BIN)/runsc $(ARGS)
 	$(GO) run ./bench/lb
 	$(GO) run ./bench/split --size $(SIZE)
 
@@ -154,6 +157,13 @@ uninstall:
 # deb builds bin/mpshim_VERSION_ARCH.deb with dpkg-deb (scripts/deb.sh).
 deb: build
 	BIN=$(BIN) scripts/deb.sh $(VERSION) $(BIN)
+
+$(BIN)/udpecho: bench/udpecho/udpecho.c
+	@mkdir -p $(BIN)
+	$(CC) -std=gnu11 -O2 -Wall -Wextra -Werror -o $@ $<
+
+runsc:
+	@scripts/build-runsc.sh $(BIN)/runsc
 
 clean:
 	rm -rf $(BIN)

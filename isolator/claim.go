@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/mpshim/mpshim/isolator/addrcheck"
 	"github.com/mpshim/mpshim/isolator/ins/netns"
@@ -111,11 +113,25 @@ func (d *Daemon) claimAddrs(ctx context.Context, ns *netns.NS, claims []*claim) 
 	}
 }
 
-// setLinkMAC sets the hardware address of link dev in namespace ns.
+// macFreeWait bounds the wait for a dead INS's macvlan to go: deleting a
+// namespace destroys its devices asynchronously, once the last reference
+// to it is gone, so the replacement may find its MAC still taken on the
+// parent for a moment (RTNETLINK: Address already in use).
+const macFreeWait = 3 * time.Second
+
+// setLinkMAC sets the hardware address of link dev in namespace ns,
+// retrying while another macvlan of the same parent still has it.
 func setLinkMAC(ctx context.Context, ns, dev string, mac []byte) error {
 	hw := fmt.Sprintf("%02x:%02x:%02x:%02x:%02x:%02x", mac[0], mac[1], mac[2], mac[3], mac[4], mac[5])
-	if _, err := netns.RunIP(ctx, ns, "link", "set", "dev", dev, "address", hw); err != nil {
-		return fmt.Errorf("set MAC %s on %s: %w", hw, dev, err)
+	deadline := time.Now().Add(macFreeWait)
+	for {
+		_, err := netns.RunIP(ctx, ns, "link", "set", "dev", dev, "address", hw)
+		if err == nil {
+			return nil
+		}
+		if !strings.Contains(err.Error(), "in use") || time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("set MAC %s on %s: %w", hw, dev, err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	return nil
 }

@@ -25,8 +25,10 @@ test | demo | bench)
 	# (../shared/conformance/gvisor-socket, the conformance target).
 	want+=(libabsl20220623 libbenchmark1debian)
 	if [ "$1" = bench ]; then
-		# The benchmark's plot and its profiles of the processes under load.
-		want+=(gnuplot-nox linux-perf)
+		# The benchmark's plot and its profiles of the processes under load,
+		# and the small-message clients (redis-benchmark; memaslap, which
+		# Debian ships as memcaslap).
+		want+=(gnuplot-nox linux-perf redis-tools libmemcached-tools)
 		# Linux MPTCP, the split tunnel's comparison (mptcpize).
 		want+=(mptcpd)
 	fi

@@ -37,6 +37,10 @@ const (
 	// memGrowth fails.
 	fdGrowth  = 5
 	memGrowth = 50
+	// fdSlack is the least growth of nginx's descriptors allowed: its
+	// few dozen descriptors move by a few (log files, keepers) without
+	// any leak, which 5% of them does not cover.
+	fdSlack = 8
 )
 
 // daemonPhases are the phases whose event is a daemon kill -9 and restart
@@ -191,10 +195,13 @@ http {
 		}
 		t.Logf("phase %d (%s): %s; nginx fds %d (base %d), daemon RSS %d KiB (base %d), INS RSS %v",
 			phase, desc, strings.Join(summary, ", "), after.appFDs, base.appFDs, after.daemonRSS, base.daemonRSS, after.insRSS)
-		if !within(int64(after.appFDs), int64(base.appFDs), fdGrowth) {
+		if !within(int64(after.appFDs), int64(base.appFDs), fdGrowth) && after.appFDs > base.appFDs+fdSlack {
 			t.Errorf("phase %d: nginx holds %d descriptors, base %d (+%d%% allowed)", phase, after.appFDs, base.appFDs, fdGrowth)
 		}
-		if !within(int64(after.daemonRSS), int64(base.daemonRSS), memGrowth) {
+		// A restarted daemon is a new process, still warming up under
+		// the reconnecting load: its RSS is compared from the next
+		// phase on.
+		if !daemonPhases[phase] && !within(int64(after.daemonRSS), int64(base.daemonRSS), memGrowth) {
 			t.Errorf("phase %d: daemon RSS %d KiB, base %d KiB", phase, after.daemonRSS, base.daemonRSS)
 		}
 		for id, rss := range after.insRSS {

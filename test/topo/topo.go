@@ -16,7 +16,8 @@
 // veth pair and ~~ a user-space relay in the ln namespace that applies
 // delay, jitter and loss (the kernel here may lack sch_netem); rate limits
 // are tbf qdiscs on ln:wI and ln:gI. So shaping applies to both directions
-// and no qdisc is installed on the wan or gw interfaces themselves.
+// and no qdisc is installed on the wan or gw interfaces themselves. With
+// Config.Direct the uplink is one veth pair wan:upI <-> gw:upI instead.
 // Uplink i uses 10.77.i.0/24 and fd77:i::/64.
 //
 // Nothing is created in the root namespace: veths are created inside the
@@ -69,6 +70,12 @@ type Config struct {
 	// NoIPv6 leaves the uplinks without IPv6 addresses (link-local
 	// addresses remain).
 	NoIPv6 bool
+	// Direct makes every uplink one plain veth pair wan:upI <-> gw:upI,
+	// without the emulator in between: for benchmarks, where the relay's
+	// cost per frame would be measured along with the sides. Shape must
+	// be empty; SetShape, SetUplinkDown and SetUplinkUp fail and Drops is
+	// 0 on a direct topology.
+	Direct bool
 }
 
 // Shape is the impairment of one uplink. Delay, jitter and loss apply
@@ -235,6 +242,9 @@ func Build(ctx context.Context, cfg Config) (*Topology, error) {
 	if cfg.Uplinks < 1 || cfg.Uplinks > MaxUplinks {
 		return nil, fmt.Errorf("topo: %d uplinks, want 1..%d", cfg.Uplinks, MaxUplinks)
 	}
+	if cfg.Direct && len(cfg.Shape) > 0 {
+		return nil, errors.New("topo: a direct topology cannot shape its uplinks")
+	}
 	if len(cfg.Shape) > cfg.Uplinks {
 		return nil, fmt.Errorf("topo: %d shapes for %d uplinks", len(cfg.Shape), cfg.Uplinks)
 	}
@@ -377,6 +387,12 @@ func (t *Topology) addUplink(ctx context.Context, i int) error {
 		{"-n", t.GW.Name, "link", "add", "name", name, "type", "veth", "peer", "name", gIf, "netns", t.link.Name},
 		{"-n", t.WAN.Name, "addr", "add", u.WANAddr4.String() + "/24", "dev", name},
 	}
+	if t.cfg.Direct {
+		steps = [][]string{
+			{"-n", t.WAN.Name, "link", "add", "name", name, "type", "veth", "peer", "name", name, "netns", t.GW.Name},
+			{"-n", t.WAN.Name, "addr", "add", u.WANAddr4.String() + "/24", "dev", name},
+		}
+	}
 	if u.WANAddr6.IsValid() {
 		steps = append(steps, []string{"-n", t.WAN.Name, "addr", "add", u.WANAddr6.String() + "/64", "dev", name, "nodad"})
 	}
@@ -387,6 +403,21 @@ func (t *Topology) addUplink(ctx context.Context, i int) error {
 	}
 	if err := t.WAN.Do(func() error { return disableOffloads(name) }); err != nil {
 		return fmt.Errorf("wan %s: %w", name, err)
+	}
+	if t.cfg.Direct {
+		for _, s := range [][]string{
+			{"-n", t.WAN.Name, "link", "set", name, "up"},
+			{"-n", t.GW.Name, "link", "set", name, "up"},
+		} {
+			if err := ip(ctx, s...); err != nil {
+				return err
+			}
+		}
+		if err := waitSettled(ctx, t.WAN, name); err != nil {
+			return err
+		}
+		t.Uplinks = append(t.Uplinks, u)
+		return nil
 	}
 	for _, s := range [][]string{
 		{"-n", t.link.Name, "link", "set", wIf, "promisc", "on", "up"},
@@ -479,6 +510,9 @@ func (t *Topology) SetShape(i int, s Shape) error {
 	if err := s.validate(); err != nil {
 		return fmt.Errorf("topo %s: uplink %d: %w", t.ID, i, err)
 	}
+	if t.cfg.Direct {
+		return fmt.Errorf("topo %s: uplink %d is a direct veth pair: it cannot be shaped", t.ID, i)
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
@@ -510,6 +544,9 @@ func (t *Topology) SetUplinkUp(i int) error { return t.setUplink(i, "up") }
 func (t *Topology) setUplink(i int, state string) error {
 	if err := t.uplinkIndex(i); err != nil {
 		return err
+	}
+	if t.cfg.Direct {
+		return fmt.Errorf("topo %s: uplink %d is a direct veth pair: no emulator to cut", t.ID, i)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -567,7 +604,7 @@ func (t *Topology) Namespaces() []string {
 // Drops returns the number of frames the emulator of uplink i dropped
 // (loss, full queue, link down, rate limiter full), both directions.
 func (t *Topology) Drops(i int) uint64 {
-	if t.uplinkIndex(i) != nil {
+	if t.uplinkIndex(i) != nil || t.cfg.Direct {
 		return 0
 	}
 	t.mu.Lock()

@@ -554,6 +554,36 @@ func TestNoIPv6(t *testing.T) {
 	}
 }
 
+// TestDirect checks a direct topology: the wan reaches a host behind the
+// gw end without the emulator, whose namespace holds no link, and shaping
+// is refused.
+func TestDirect(t *testing.T) {
+	requirePing(t)
+	topo := New(t, Config{Uplinks: 1, NoIPv6: true, Direct: true})
+	u := topo.Uplinks[0]
+	ins, err := topo.NewNS("h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addMacvlanHost(t, topo, u, ins, 7)
+	if err := ping(topo.WAN, u.HostAddr4(7)); err != nil {
+		t.Error(err)
+	}
+	out, err := topo.link.Run(context.Background(), "ip", "-o", "link", "show")
+	if err != nil || strings.Count(strings.TrimSpace(out), "\n") != 0 {
+		t.Errorf("links in the emulator's namespace of a direct topology (want lo only): %v %s", err, out)
+	}
+	if err := topo.SetShape(0, Shape{Delay: time.Millisecond}); err == nil {
+		t.Error("SetShape on a direct uplink succeeded")
+	}
+	if err := topo.SetUplinkDown(0); err == nil {
+		t.Error("SetUplinkDown on a direct uplink succeeded")
+	}
+	if d := topo.Drops(0); d != 0 {
+		t.Errorf("Drops on a direct uplink = %d", d)
+	}
+}
+
 func TestBuildErrors(t *testing.T) {
 	RequireRoot(t)
 	for _, cfg := range []Config{
@@ -561,6 +591,7 @@ func TestBuildErrors(t *testing.T) {
 		{Uplinks: MaxUplinks + 1},
 		{Uplinks: 1, Shape: []Shape{{}, {}}},
 		{Uplinks: 1, Shape: []Shape{{LossPercent: -1}}},
+		{Uplinks: 1, Direct: true, Shape: []Shape{{Delay: time.Millisecond}}},
 	} {
 		if topo, err := Build(context.Background(), cfg); err == nil {
 			topo.Close()

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -33,13 +34,20 @@ const (
 	netstackHTTPPort = 8080
 	iperfPort        = 5201
 	netstackIperf    = 5202
+	redisPort        = 6379
+	memcachedPort    = 11211
+	udpEchoPort      = 7777
 	pprofAddr        = "127.0.0.1:6060"
 	fileName         = "1k.bin"
 )
 
-// nativeAddr is the kernel address of the native side: uplink 0's subnet,
-// outside the INS pool (.10 and up) and the wan's extra sources (.2-.9).
-var nativeAddr = netip.MustParseAddr("10.77.0.200")
+// nativeAddr and runscAddr are the kernel addresses of the native and the
+// runsc side: uplink 0's subnet, outside the INS pool (.10 and up) and the
+// wan's extra sources (.2-.9).
+var (
+	nativeAddr = netip.MustParseAddr("10.77.0.200")
+	runscAddr  = netip.MustParseAddr("10.77.0.201")
+)
 
 // env is everything a run set up.
 type env struct {
@@ -53,11 +61,16 @@ type env struct {
 	lib      string
 	file     []byte // the 1 KiB file served
 	iso      *isolator
+	echoBin  string
+	runscBin string
 	natNginx *nginx
 	shmNginx *nginx
 	procs    []*topo.Proc // servers to stop before the isolator
 	netstack *topo.Proc
+	runsc    *runscBox
+	sides    []string // the sides measured, in table order
 	notes    []string // anomalies the results file reports
+	pinning  string   // how the sides were pinned to CPUs, as checked
 
 	sourcesAdded bool
 	noFile       uint64 // hard RLIMIT_NOFILE
@@ -73,7 +86,12 @@ func (e *env) note(format string, args ...any) {
 }
 
 func setup(ctx context.Context, o options) (*env, error) {
-	e := &env{o: o, workers: 2, iperfPID: map[string]int{}}
+	e := &env{o: o, workers: 1, iperfPID: map[string]int{}}
+	for _, side := range report.Sides {
+		if side == report.Native || side == report.MPShim || o.peer(side) {
+			e.sides = append(e.sides, side)
+		}
+	}
 	var rl unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
 		return nil, fmt.Errorf("getrlimit: %w", err)
@@ -85,7 +103,16 @@ func setup(ctx context.Context, o options) (*env, error) {
 	}
 	bin := absPath(o.bin)
 	e.isoBin, e.lib = filepath.Join(bin, "isolator"), filepath.Join(bin, "libmpshim.so")
-	for _, p := range []string{e.isoBin, e.lib, "/usr/sbin/nginx", "/usr/bin/wrk", "/usr/bin/ab", "/usr/bin/iperf3", "/usr/bin/curl"} {
+	e.echoBin = filepath.Join(bin, "udpecho")
+	need := []string{e.isoBin, e.lib, "/usr/sbin/nginx", "/usr/bin/wrk", "/usr/bin/ab", "/usr/bin/iperf3", "/usr/bin/curl"}
+	if o.phase("small") {
+		need = append(need, e.echoBin, "/usr/bin/redis-server", "/usr/bin/redis-benchmark", "/usr/bin/memcached", "/usr/bin/memcaslap")
+	}
+	if o.peer(report.Runsc) {
+		e.runscBin = absPath(o.runsc)
+		need = append(need, e.runscBin)
+	}
+	for _, p := range need {
 		if _, err := os.Stat(p); err != nil {
 			return nil, fmt.Errorf("%s missing (make bench builds and installs everything): %w", p, err)
 		}
@@ -105,11 +132,18 @@ func setup(ctx context.Context, o options) (*env, error) {
 		return nil, err
 	}
 	slog.Info("building the topology: wan, gw, app and one veth uplink")
-	if e.tp, err = topo.Build(ctx, topo.Config{Uplinks: 1, NoIPv6: true}); err != nil {
+	if e.tp, err = topo.Build(ctx, topo.Config{Uplinks: 1, NoIPv6: true, Direct: true}); err != nil {
 		return nil, err
 	}
-	if err := e.buildNative(ctx); err != nil {
+	if e.native, err = e.buildKernelSide(ctx, "native", "nat0", nativeAddr); err != nil {
 		return e, err
+	}
+	if o.peer(report.Runsc) {
+		ns, err := e.buildKernelSide(ctx, "runsc", "rsc0", runscAddr)
+		if err != nil {
+			return e, err
+		}
+		e.runsc = &runscBox{ns: ns}
 	}
 	// The wan opens many connections: every port, and TIME_WAIT reuse.
 	for k, v := range map[string]string{"net.ipv4.ip_local_port_range": "1024 65535", "net.ipv4.tcp_tw_reuse": "1"} {
@@ -120,28 +154,50 @@ func setup(ctx context.Context, o options) (*env, error) {
 	return e, nil
 }
 
-// buildNative makes the native side's namespace: a macvlan child of the gw
-// end of uplink 0, like every INS's NIC, with a kernel address.
-func (e *env) buildNative(ctx context.Context) error {
-	var err error
-	if e.native, err = e.tp.NewNS("native"); err != nil {
-		return err
+// buildKernelSide makes the namespace of a side with a kernel interface
+// (native, runsc): a macvlan child dev of the gw end of uplink 0, like
+// every INS's NIC, with the address addr.
+func (e *env) buildKernelSide(ctx context.Context, name, dev string, addr netip.Addr) (*topo.NS, error) {
+	ns, err := e.tp.NewNS(name)
+	if err != nil {
+		return nil, err
 	}
 	up := e.tp.Uplinks[0]
 	for _, args := range [][]string{
-		{"-n", e.tp.GW.Name, "link", "add", "nat0", "link", up.GWIf, "type", "macvlan", "mode", "bridge"},
-		{"-n", e.tp.GW.Name, "link", "set", "nat0", "netns", e.native.Name},
-		{"-n", e.native.Name, "addr", "add", nativeAddr.String() + "/24", "dev", "nat0"},
-		{"-n", e.native.Name, "link", "set", "nat0", "up"},
+		{"-n", e.tp.GW.Name, "link", "add", dev, "link", up.GWIf, "type", "macvlan", "mode", "bridge"},
+		{"-n", e.tp.GW.Name, "link", "set", dev, "netns", ns.Name},
+		{"-n", ns.Name, "addr", "add", addr.String() + "/24", "dev", dev},
+		{"-n", ns.Name, "link", "set", dev, "up"},
 	} {
 		if out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput(); err != nil {
-			return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, out)
+			return nil, fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, out)
 		}
 	}
-	return nil
+	return ns, nil
+}
+
+// server returns the command line that runs name on the server CPU.
+func (e *env) server(name string, args ...string) (string, []string) {
+	return pin(e.o.serverCPU, name, args...)
+}
+
+// client returns the command line that runs name on the client CPU.
+func (e *env) client(name string, args ...string) (string, []string) {
+	return pin(e.o.clientCPU, name, args...)
+}
+
+// pin prefixes a command line with taskset -c cpu (none for cpu "").
+func pin(cpu, name string, args ...string) (string, []string) {
+	if cpu == "" {
+		return name, args
+	}
+	return "taskset", append([]string{"-c", cpu, name}, args...)
 }
 
 func (e *env) close() {
+	if e.runsc != nil {
+		e.runsc.stop()
+	}
 	for i := len(e.procs) - 1; i >= 0; i-- {
 		_ = e.procs[i].Stop()
 	}
@@ -180,7 +236,8 @@ func (e *env) startIsolator(ctx context.Context, n int) error {
 		"--allow-uid", "0", "--allow-uid", "33", "--allow-uid", "65534",
 		"--uplink", fmt.Sprintf("up0=%s,pool4=%s/24,gw4=%s", up.GWIf, up.HostAddr4(0), up.WANAddr4),
 		"--pprof", pprofAddr}
-	p, err := e.tp.GW.Start(ctx, e.isoBin, args...)
+	name, args := e.server(e.isoBin, args...)
+	p, err := e.tp.GW.Start(ctx, name, args...)
 	if err != nil {
 		return err
 	}
@@ -263,12 +320,30 @@ type nginx struct {
 	dir  string
 	conf string
 	env  []string
+	cpu  string // the CPU it runs on ("": any)
 }
 
 // startNginx starts nginx in ns (under the shim when shim is set) with the
-// configuration both sides share.
+// configuration every side shares.
 func (e *env) startNginx(ctx context.Context, ns *topo.NS, name string, shim bool) (*nginx, error) {
-	n := &nginx{ns: ns, dir: filepath.Join(e.dir, name)}
+	n, err := e.writeNginx(ns, name)
+	if err != nil {
+		return nil, err
+	}
+	n.env = os.Environ()
+	if shim {
+		n.env = e.shimEnv()
+	}
+	if out, err := n.cmd(ctx, "-e", filepath.Join(n.dir, "error.log")); err != nil {
+		return nil, fmt.Errorf("nginx in %s: %w: %s %s", ns.Name, err, out, n.errorLog())
+	}
+	return n, nil
+}
+
+// writeNginx writes the configuration of the nginx called name into its
+// directory.
+func (e *env) writeNginx(ns *topo.NS, name string) (*nginx, error) {
+	n := &nginx{ns: ns, dir: filepath.Join(e.dir, name), cpu: e.o.serverCPU}
 	if err := os.MkdirAll(n.dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -296,18 +371,12 @@ http {
 	if err := os.WriteFile(n.conf, []byte(conf), 0o644); err != nil {
 		return nil, err
 	}
-	n.env = os.Environ()
-	if shim {
-		n.env = e.shimEnv()
-	}
-	if out, err := n.cmd(ctx, "-e", filepath.Join(n.dir, "error.log")); err != nil {
-		return nil, fmt.Errorf("nginx in %s: %w: %s %s", ns.Name, err, out, n.errorLog())
-	}
 	return n, nil
 }
 
 func (n *nginx) cmd(ctx context.Context, args ...string) (string, error) {
-	c := n.ns.Command(ctx, "/usr/sbin/nginx", append([]string{"-c", n.conf}, args...)...)
+	name, args := pin(n.cpu, "/usr/sbin/nginx", append([]string{"-c", n.conf}, args...)...)
+	c := n.ns.Command(ctx, name, args...)
 	c.Env = n.env
 	out, err := c.CombinedOutput()
 	return string(out), err
@@ -380,20 +449,56 @@ func rss(pid int) uint64 {
 	return v << 10
 }
 
-// startServers starts every side's servers: native nginx and iperf3 on
-// the kernel, nginx and iperf3 under the shim, and the netstack helper.
+// smallServers are the small-message servers every side runs besides
+// nginx and iperf3 when the run measures them: redis, memcached (one
+// worker thread, as the server has one CPU) and the UDP echo. dir holds
+// redis's working directory.
+func (e *env) smallServers(dir string) [][]string {
+	if !e.o.phase("small") {
+		return nil
+	}
+	return [][]string{
+		{"/usr/bin/redis-server", "--port", strconv.Itoa(redisPort), "--bind", "0.0.0.0", "--protected-mode", "no",
+			"--save", "", "--appendonly", "no", "--dir", dir, "--logfile", ""},
+		{"/usr/bin/memcached", "-u", "root", "-p", strconv.Itoa(memcachedPort), "-U", "0", "-t", "1", "-c", "4096"},
+		{e.echoBin, strconv.Itoa(udpEchoPort)},
+	}
+}
+
+// startServers starts every side's servers: on the kernel (native) and in
+// runsc when native is set, under the shim, and the netstack helper when
+// it is a side. Each side serves the same nginx, iperf3 and small-message
+// servers, pinned to the server CPU.
 func (e *env) startServers(ctx context.Context, native bool) error {
 	var err error
 	if native {
 		if e.natNginx, err = e.startNginx(ctx, e.native, "native", false); err != nil {
 			return err
 		}
-		p, err := e.native.Start(ctx, "iperf3", "-s", "-p", strconv.Itoa(iperfPort))
+		name, args := e.server("iperf3", "-s", "-p", strconv.Itoa(iperfPort))
+		p, err := e.native.Start(ctx, name, args...)
 		if err != nil {
 			return err
 		}
 		e.procs = append(e.procs, p)
 		e.iperfPID[report.Native] = p.PID()
+		dir := filepath.Join(e.dir, "native-redis")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		for _, c := range e.smallServers(dir) {
+			name, args := e.server(c[0], c[1:]...)
+			p, err := e.native.Start(ctx, name, args...)
+			if err != nil {
+				return err
+			}
+			e.procs = append(e.procs, p)
+		}
+		if e.runsc != nil {
+			if err := e.startRunsc(ctx); err != nil {
+				return fmt.Errorf("runsc: %w", err)
+			}
+		}
 	}
 	if e.shmNginx, err = e.startNginx(ctx, e.tp.App, "mpshim", true); err != nil {
 		return err
@@ -402,19 +507,116 @@ func (e *env) startServers(ctx context.Context, native bool) error {
 		return err
 	}
 	e.iperfPID[report.MPShim] = e.procs[len(e.procs)-1].PID()
-	p, err := e.startShimless(ctx, e.self, "netstack", "--http", fmt.Sprintf(":%d", netstackHTTPPort),
-		"--iperf", fmt.Sprintf(":%d", netstackIperf), "--root", e.www)
-	if err != nil {
+	dir := filepath.Join(e.dir, "mpshim-redis")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	e.netstack = p
-	e.iperfPID[report.Netstack] = p.PID()
-	if _, err := waitOutput(p.Output, p.Done(), readyLine, 30*time.Second); err != nil {
-		return fmt.Errorf("netstack server: %w", err)
+	for _, c := range e.smallServers(dir) {
+		if err := e.startShim(ctx, c[0], c[1:]...); err != nil {
+			return err
+		}
 	}
-	// iperf3 servers listen shortly after starting.
-	time.Sleep(500 * time.Millisecond)
-	return e.checkServed(ctx)
+	if e.o.peer(report.Netstack) {
+		p, err := e.startShimless(ctx, e.self, "netstack", "--http", fmt.Sprintf(":%d", netstackHTTPPort),
+			"--iperf", fmt.Sprintf(":%d", netstackIperf), "--root", e.www)
+		if err != nil {
+			return err
+		}
+		e.netstack = p
+		e.iperfPID[report.Netstack] = p.PID()
+		if _, err := waitOutput(p.Output, p.Done(), readyLine, 30*time.Second); err != nil {
+			return fmt.Errorf("netstack server: %w", err)
+		}
+	}
+	// iperf3, redis and memcached listen shortly after starting.
+	time.Sleep(time.Second)
+	if err := e.checkServed(ctx); err != nil {
+		return err
+	}
+	e.pinning = e.describePinning()
+	return nil
+}
+
+// describePinning says where the sides run, from the CPU affinity of their
+// processes as the kernel reports it.
+func (e *env) describePinning() string {
+	if e.o.serverCPU == "" && e.o.clientCPU == "" {
+		return "no CPU pinning"
+	}
+	var parts []string
+	for _, side := range e.sides {
+		var pids []int
+		for _, ns := range e.sideNS(side) {
+			pids = append(pids, nsPIDs(ns)...)
+		}
+		if side != report.Native && side != report.Runsc {
+			for _, in := range e.iso.ins {
+				pids = append(pids, in.PID)
+			}
+		}
+		sets := map[string]int{}
+		for _, pid := range pids {
+			sets[affinity(pid)]++
+		}
+		var ss []string
+		for set, n := range sets {
+			ss = append(ss, fmt.Sprintf("%d on CPU %s", n, set))
+		}
+		slices.Sort(ss)
+		parts = append(parts, fmt.Sprintf("%s: %s", side, strings.Join(ss, ", ")))
+	}
+	return fmt.Sprintf("servers pinned with `taskset -c %s` (processes per side, INS included: %s); clients (wrk, ab, iperf3, redis-benchmark, memaslap, the UDP pinger, the connection holder) with `taskset -c %s`",
+		e.o.serverCPU, strings.Join(parts, "; "), e.o.clientCPU)
+}
+
+var cpusRE = regexp.MustCompile(`(?m)^Cpus_allowed_list:\s+(\S+)`)
+
+// affinity returns the CPUs pid may run on ("?" if unknown).
+func affinity(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return "?"
+	}
+	if m := cpusRE.FindSubmatch(b); m != nil {
+		return string(m[1])
+	}
+	return "?"
+}
+
+// sideNS returns the namespaces whose processes serve side.
+func (e *env) sideNS(side string) []string {
+	switch side {
+	case report.Native:
+		return []string{e.native.Path()}
+	case report.Runsc:
+		return []string{e.runsc.ns.Path()}
+	default:
+		return []string{e.tp.App.Path()}
+	}
+}
+
+// nsPIDs lists the processes in the network namespace at path.
+func nsPIDs(path string) []int {
+	var want unix.Stat_t
+	if err := unix.Stat(path, &want); err != nil {
+		return nil
+	}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, d := range ents {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		var st unix.Stat_t
+		if unix.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &st) == nil && st.Ino == want.Ino && st.Dev == want.Dev {
+			out = append(out, pid)
+		}
+	}
+	return out
 }
 
 // startShim starts a program under the shim in app.
@@ -432,6 +634,7 @@ func (e *env) startShimless(ctx context.Context, name string, args ...string) (*
 }
 
 func (e *env) startApp(ctx context.Context, env []string, name string, args ...string) error {
+	name, args = e.server(name, args...)
 	p, err := e.tp.App.StartEnv(ctx, env, name, args...)
 	if err != nil {
 		return err
@@ -440,22 +643,32 @@ func (e *env) startApp(ctx context.Context, env []string, name string, args ...s
 	return nil
 }
 
-// target is where one side serves.
+// target is where one side serves; a port of 0 is a server the side does
+// not run.
 type target struct {
-	side      string
-	addr      netip.Addr
-	httpPort  int
-	iperfPort int
+	side                                  string
+	addr                                  netip.Addr
+	httpPort, iperfPort                   int
+	redisPort, memcachedPort, udpEchoPort int
 }
 
 func (t target) url() string { return fmt.Sprintf("http://%s:%d/%s", t.addr, t.httpPort, fileName) }
 
+func (t target) hostPort(port int) string { return netip.AddrPortFrom(t.addr, uint16(port)).String() }
+
 func (e *env) targets() map[string]target {
 	ins := e.iso.insAddrs()[0]
+	small := func(t target) target {
+		if e.o.phase("small") {
+			t.redisPort, t.memcachedPort, t.udpEchoPort = redisPort, memcachedPort, udpEchoPort
+		}
+		return t
+	}
 	return map[string]target{
-		"native":   {side: "native", addr: nativeAddr, httpPort: nginxPort, iperfPort: iperfPort},
-		"netstack": {side: "netstack", addr: ins, httpPort: netstackHTTPPort, iperfPort: netstackIperf},
-		"mpshim":   {side: "mpshim", addr: ins, httpPort: nginxPort, iperfPort: iperfPort},
+		report.Native:   small(target{side: report.Native, addr: nativeAddr, httpPort: nginxPort, iperfPort: iperfPort}),
+		report.Runsc:    small(target{side: report.Runsc, addr: runscAddr, httpPort: nginxPort, iperfPort: iperfPort}),
+		report.Netstack: {side: report.Netstack, addr: ins, httpPort: netstackHTTPPort, iperfPort: netstackIperf},
+		report.MPShim:   small(target{side: report.MPShim, addr: ins, httpPort: nginxPort, iperfPort: iperfPort}),
 	}
 }
 
@@ -463,7 +676,8 @@ func (e *env) targets() map[string]target {
 // compares it byte for byte.
 func (e *env) checkServed(ctx context.Context) error {
 	var errs []error
-	for _, t := range e.targets() {
+	for _, side := range e.sides {
+		t := e.targets()[side]
 		cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 		out, err := e.tp.WAN.Command(cctx, "curl", "-sS", "--fail", "--max-time", "10", t.url()).Output()
 		cancel()
@@ -476,7 +690,8 @@ func (e *env) checkServed(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// restartNginx restarts both nginx with e.workers workers.
+// restartNginx restarts the nginx of the native and the mpshim side with
+// e.workers workers.
 func (e *env) restartNginx(ctx context.Context) error {
 	var err error
 	if e.natNginx != nil {
@@ -502,24 +717,9 @@ func cpuTime(pid int) time.Duration {
 	return t
 }
 
-// serverPIDs are the processes that serve side's HTTP (http) or iperf3
-// tests.
-func (e *env) serverPIDs(side string, http bool) []int {
-	if !http {
-		return []int{e.iperfPID[side]}
-	}
-	switch side {
-	case report.Native:
-		return e.natNginx.workers()
-	case report.MPShim:
-		return e.shmNginx.workers()
-	default:
-		return []int{e.netstack.PID()}
-	}
-}
-
-// cpuMeter measures the CPU the INS and a side's server use during a run,
-// and the frames the INS send and receive.
+// cpuMeter measures the CPU a side's server side uses during a run (every
+// process in its namespace, idle servers included, and its INS) and the
+// frames the INS send and receive.
 type cpuMeter struct {
 	e           *env
 	ins, server []int
@@ -527,9 +727,12 @@ type cpuMeter struct {
 	tx0, rx0    uint64
 }
 
-func (e *env) startCPU(side string, http bool) *cpuMeter {
-	m := &cpuMeter{e: e, server: e.serverPIDs(side, http)}
-	if side != report.Native {
+func (e *env) startCPU(side string) *cpuMeter {
+	m := &cpuMeter{e: e}
+	for _, ns := range e.sideNS(side) {
+		m.server = append(m.server, nsPIDs(ns)...)
+	}
+	if side == report.MPShim || side == report.Netstack {
 		for _, in := range e.iso.ins {
 			m.ins = append(m.ins, in.PID)
 		}
@@ -539,7 +742,8 @@ func (e *env) startCPU(side string, http bool) *cpuMeter {
 	return m
 }
 
-// stop returns the CPU used by the INS and by the server since start.
+// stop returns the CPU used by the INS and by the side's other processes
+// since start.
 func (m *cpuMeter) stop() (ins, server time.Duration) {
 	return sumCPU(m.ins) - m.i0, sumCPU(m.server) - m.s0
 }

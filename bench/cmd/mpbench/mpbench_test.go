@@ -1,8 +1,13 @@
 package main
 
 import (
+	"context"
 	"os"
+	"path/filepath"
+	"regexp"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -18,7 +23,7 @@ func TestRotated(t *testing.T) {
 	for pos := range n {
 		var seen []string
 		for r := range n {
-			seen = append(seen, rotated(r)[pos])
+			seen = append(seen, rotated(report.Sides, r)[pos])
 		}
 		slices.Sort(seen)
 		want := slices.Clone(report.Sides)
@@ -61,5 +66,66 @@ func TestCumOnly(t *testing.T) {
 func TestSplitList(t *testing.T) {
 	if got := splitList(" a, ,b,"); !slices.Equal(got, []string{"a", "b"}) {
 		t.Fatalf("splitList = %q", got)
+	}
+}
+
+func TestPerUnitCosts(t *testing.T) {
+	in := "      flat  flat%   sum%        cum   cum%\n     0.50s 10.00% 10.00%      2.00s 40.00%  syscall.Syscall6\n     200ms  4.00% 14.00%      200ms  4.00%  runtime.futex\n         0     0% 14.00%      1.50s 30.00%  main.loop\n"
+	got := perUnitCosts(in, 1000)
+	for _, want := range []string{"   500.00   2000.00  syscall.Syscall6", "   200.00    200.00  runtime.futex", "     0.00   1500.00  main.loop"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("perUnitCosts lacks %q:\n%s", want, got)
+		}
+	}
+}
+
+// TestQuickSmoke runs the harness for real in smoke mode, keep-alive nginx
+// only, against the built isolator and shim: both sides must serve, the
+// table must hold their figures and the run must say how it pinned them.
+func TestQuickSmoke(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (network namespaces)")
+	}
+	bin := os.Getenv("MPSHIM_BIN")
+	if bin == "" {
+		t.Skip("MPSHIM_BIN is not set (make test sets it to the built bin/)")
+	}
+	for _, p := range []string{bin + "/isolator", bin + "/libmpshim.so", "/usr/sbin/nginx", "/usr/bin/wrk"} {
+		if _, err := os.Stat(p); err != nil {
+			t.Skipf("%s missing: %v", p, err)
+		}
+	}
+	out := t.TempDir()
+	o := options{quick: true, rounds: 1, duration: time.Second, abN: 100, scaleN: 100, only: "http",
+		out: out, bin: bin, serverCPU: "1", clientCPU: "0"}
+	if runtime.NumCPU() < 2 {
+		o.serverCPU, o.clientCPU = "", ""
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := run(ctx, o); err != nil {
+		t.Fatal(err)
+	}
+	files, _ := filepath.Glob(filepath.Join(out, "*-quick.md"))
+	if len(files) != 1 {
+		t.Fatalf("results files: %v", files)
+	}
+	b, err := os.ReadFile(files[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	md := string(b)
+	row := regexp.MustCompile(`(?m)^\| nginx 1 KiB keep-alive, wrk -t1 -c64 \| req/s \| ([0-9.]+)[^|]* \| ([0-9.]+)[^|]* \| ([0-9.]+) \|`)
+	m := row.FindStringSubmatch(md)
+	if m == nil {
+		t.Fatalf("no -c64 row with native and mpshim figures:\n%s", md)
+	}
+	for _, v := range m[1:3] {
+		if f, _ := strconv.ParseFloat(v, 64); f <= 0 {
+			t.Errorf("req/s %q in %q", v, m[0])
+		}
+	}
+	if o.serverCPU != "" && !strings.Contains(md, "servers pinned with `taskset -c 1`") {
+		t.Errorf("the results do not say how the sides were pinned:\n%s", md)
 	}
 }

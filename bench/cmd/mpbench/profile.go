@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,23 +31,25 @@ func (e *env) runProfile(ctx context.Context) (string, error) {
 	t := e.targets()["mpshim"]
 	var b strings.Builder
 	fmt.Fprintf(&b, "Profiles of the mpshim side, %d s each (raw files in `%s`):\n\n", profileSeconds, shown)
+	// Each load returns its rate per second, in units of unit, from which
+	// the profile's costs are shown per unit as well.
 	loads := []struct {
-		name, what string
-		run        func() error
-		perf       bool
+		name, what, unit string
+		run              func() (float64, error)
+		perf             bool
 	}{
-		{"nginx", "nginx under `wrk -t1 -c64`", func() error {
-			_, err := e.wrk(ctx, t.url(), 64, (profileSeconds+4)*time.Second)
-			return err
+		{"nginx", "nginx under `wrk -t1 -c64`", "request", func() (float64, error) {
+			w, err := e.wrk(ctx, t.url(), 64, (profileSeconds+4)*time.Second)
+			return w.RPS, err
 		}, true},
-		{"bulk", "iperf3 under the shim, `iperf3 -R -P1` download", func() error {
-			_, err := e.iperf3(ctx, t, 1, (profileSeconds+4)*time.Second)
-			return err
+		{"bulk", "iperf3 under the shim, `iperf3 -R -P1` download", "MiB", func() (float64, error) {
+			r, err := e.iperf3(ctx, t, 1, true, (profileSeconds+4)*time.Second)
+			return r.ReceivedBps / 8 / (1 << 20), err
 		}, false},
 	}
 	for _, l := range loads {
 		slog.Info("profiling the mpshim side", "load", l.what, "dir", dir)
-		s, err := e.profileUnder(ctx, dir, l.name, l.run, l.perf)
+		s, err := e.profileUnder(ctx, dir, l.name, l.unit, l.run, l.perf)
 		if err != nil {
 			return "", fmt.Errorf("profile under %s: %w", l.what, err)
 		}
@@ -58,13 +61,14 @@ func (e *env) runProfile(ctx context.Context) (string, error) {
 // profileUnder runs load and meanwhile takes a CPU profile of the INS and
 // of the isolator (pprof, through --pprof) and, with withPerf, a perf
 // profile of the nginx workers and of the INS process (kernel included).
-func (e *env) profileUnder(ctx context.Context, dir, name string, load func() error, withPerf bool) (string, error) {
+func (e *env) profileUnder(ctx context.Context, dir, name, unit string, load func() (float64, error), withPerf bool) (string, error) {
 	var wg sync.WaitGroup
 	var loadErr error
+	var rate float64
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		loadErr = load()
+		rate, loadErr = load()
 	}()
 	time.Sleep(2 * time.Second)
 	insPID := e.iso.ins[0].PID
@@ -107,6 +111,8 @@ func (e *env) profileUnder(ctx context.Context, dir, name string, load func() er
 		return "", loadErr
 	}
 	var b strings.Builder
+	units := rate * profileSeconds
+	fmt.Fprintf(&b, "Load: %.0f %ss per second, so about %.0f %ss during the profile.\n\n", rate, unit, units, unit)
 	for i, j := range jobs {
 		if errs[i] != nil {
 			fmt.Fprintf(&b, "- %s failed: %v\n", j.name, errs[i])
@@ -122,6 +128,9 @@ func (e *env) profileUnder(ctx context.Context, dir, name string, load func() er
 				var cum string
 				cum, err = top(36, "go", "tool", "pprof", "-top", "-cum", "-nodecount=30", path)
 				out += "\nby cumulative cost:\n" + cumOnly(cum)
+				if units > 0 {
+					out += fmt.Sprintf("\nµs of CPU per %s (flat, then cumulative):\n", unit) + perUnitCosts(cum, units)
+				}
 			}
 		} else {
 			out, err = top(32, perf, "report", "--stdio", "--no-children", "--sort", "dso,sym", "--percent-limit", "1", "-g", "none", "-i", path)
@@ -170,4 +179,31 @@ func cumOnly(s string) string {
 		}
 	}
 	return s
+}
+
+// pprofLine is a row of pprof -top: flat, flat%, sum%, cum, cum%, name.
+var pprofLine = regexp.MustCompile(`^\s*([0-9.]+)(ns|us|µs|ms|s|min|h)?\s+[0-9.]+%\s+[0-9.]+%\s+([0-9.]+)(ns|us|µs|ms|s|min|h)?\s+[0-9.]+%\s+(.+)$`)
+
+// perUnitCosts restates the rows of a pprof -top report as µs of CPU per
+// unit of work, given the units done during the profile.
+func perUnitCosts(report string, units float64) string {
+	scale := map[string]float64{"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "min": 60, "h": 3600}
+	var b strings.Builder
+	for _, l := range strings.Split(report, "\n") {
+		m := pprofLine.FindStringSubmatch(l)
+		if m == nil {
+			continue
+		}
+		flat, _ := strconv.ParseFloat(m[1], 64)
+		cum, _ := strconv.ParseFloat(m[3], 64)
+		fu, cu := scale[m[2]], scale[m[4]]
+		if m[2] == "" {
+			fu = 0
+		}
+		if m[4] == "" {
+			cu = 0
+		}
+		fmt.Fprintf(&b, "%9.2f %9.2f  %s\n", flat*fu/units*1e6, cum*cu/units*1e6, m[5])
+	}
+	return b.String()
 }

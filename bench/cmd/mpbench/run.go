@@ -19,6 +19,8 @@ const scaleINS = 20
 type results struct {
 	started, ended time.Time
 	machine        string
+	sides          []string
+	pinning        string
 	loadBefore     string
 	loadAfter      string
 	main           []*report.Metric
@@ -61,12 +63,21 @@ func run(ctx context.Context, o options) (err error) {
 	if err := e.startServers(ctx, true); err != nil {
 		return err
 	}
-	for _, side := range report.Sides {
+	res.sides, res.pinning = e.sides, e.pinning
+	if e.runsc != nil {
+		res.machine += "; " + e.runsc.version()
+	}
+	for _, side := range e.sides {
 		t := e.targets()[side]
 		slog.Info("serving the file", "side", side, "url", t.url(), "iperf3", fmt.Sprintf("%s:%d", t.addr, t.iperfPort))
 	}
 	if err := e.warmUp(ctx); err != nil {
 		return err
+	}
+	if o.phase("small") {
+		if err := e.warmUpSmall(ctx); err != nil {
+			return err
+		}
 	}
 	// A phase that fails still leaves the figures measured so far in the
 	// results file, with the error.
@@ -89,13 +100,20 @@ func run(ctx context.Context, o options) (err error) {
 	}
 	if o.phase("ab") {
 		err := e.runAB(ctx, h)
-		res.main = append(res.main, h.conns, h.connINS, h.connSrv)
+		res.main = append(res.main, h.conns, h.connSrv, h.connINS)
 		if err != nil {
 			return fail(err)
 		}
 	}
 	if o.phase("bulk") {
 		ms, err := e.runBulk(ctx)
+		res.main = append(res.main, ms...)
+		if err != nil {
+			return fail(err)
+		}
+	}
+	if o.phase("small") {
+		ms, err := e.runSmall(ctx)
 		res.main = append(res.main, ms...)
 		if err != nil {
 			return fail(err)
@@ -119,7 +137,7 @@ func run(ctx context.Context, o options) (err error) {
 	}
 	if o.phase("scale") {
 		sm := newScaleMetrics(1)
-		err := e.runScale(ctx, report.Sides, sm, true)
+		err := e.runScale(ctx, e.scaleSides(), sm, true)
 		res.scale = append(res.scale, sm.list()...)
 		res.scaleN = append(res.scaleN, sm.describeN())
 		if err != nil {
@@ -137,7 +155,7 @@ func run(ctx context.Context, o options) (err error) {
 			return fail(err)
 		}
 		sm := newScaleMetrics(scaleINS)
-		err := e.runScale(ctx, report.Sides, sm, false)
+		err := e.runScale(ctx, e.scaleSides(), sm, false)
 		res.scale = append(res.scale, sm.list()...)
 		res.scaleN = append(res.scaleN, sm.describeN())
 		if err != nil {
@@ -159,4 +177,16 @@ func run(ctx context.Context, o options) (err error) {
 	res.ended = time.Now()
 	res.loadAfter = report.LoadAvg()
 	return write(o, res)
+}
+
+// scaleSides are the sides of the scale runs: those whose memory per
+// connection the harness can attribute (not runsc's sandbox).
+func (e *env) scaleSides() []string {
+	var out []string
+	for _, s := range e.sides {
+		if s != report.Runsc {
+			out = append(out, s)
+		}
+	}
+	return out
 }

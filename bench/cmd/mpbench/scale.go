@@ -93,7 +93,7 @@ func (e *env) snapshot(side string) memory {
 type scaleMetrics struct {
 	nINS                  int
 	est, ins, iso, server *report.Metric
-	slab                  *report.Metric
+	total, slab           *report.Metric
 	n                     map[string]int // connections per side
 }
 
@@ -106,13 +106,14 @@ func newScaleMetrics(nINS int) *scaleMetrics {
 		ins:    &report.Metric{Key: k + "-ins", Name: p + ": INS memory per conn", Unit: "KiB"},
 		iso:    &report.Metric{Key: k + "-iso", Name: p + ": isolator memory per conn", Unit: "KiB"},
 		server: &report.Metric{Key: k + "-server", Name: p + ": server processes' memory per conn", Unit: "KiB"},
+		total:  &report.Metric{Key: k + "-total", Name: p + ": server side's memory per conn (server, INS and isolator)", Unit: "KiB", Kind: report.Memory},
 		slab:   &report.Metric{Key: k + "-slab", Name: p + ": kernel slab per conn (client sockets included)", Unit: "KiB"},
 		n:      map[string]int{},
 	}
 }
 
 func (s *scaleMetrics) list() []*report.Metric {
-	return []*report.Metric{s.est, s.ins, s.iso, s.server, s.slab}
+	return []*report.Metric{s.est, s.ins, s.iso, s.server, s.total, s.slab}
 }
 
 // describeN says how many connections each side held.
@@ -187,8 +188,9 @@ func (e *env) runScale(ctx context.Context, sides []string, sm *scaleMetrics, sa
 		for left := n; left > 0; {
 			k := min(left, e.fdCap())
 			left -= k
-			p, err := e.tp.WAN.Start(ctx, e.self, "hold", "-n", strconv.Itoa(k),
+			name, args := e.client(e.self, "hold", "-n", strconv.Itoa(k),
 				"--src", strings.Join(srcList, ","), "--dst", strings.Join(dsts, ","))
+			p, err := e.tp.WAN.Start(ctx, name, args...)
 			if err != nil {
 				stopAll()
 				return err
@@ -235,6 +237,7 @@ func (e *env) runScale(ctx context.Context, sides []string, sm *scaleMetrics, sa
 			}
 		}
 		sm.server.Add(side, per(after.server, before.server))
+		sm.total.Add(side, per(after.server+after.ins+after.iso, before.server+before.ins+before.iso))
 		sm.slab.Add(side, per(after.slab, before.slab))
 		slog.Info("scale", "side", side, "ins", sm.nINS, "established", res.Established, "failed", res.Failed,
 			"elapsed", res.Elapsed.Round(time.Millisecond), "ins KiB/conn", fmt.Sprintf("%.1f", per(after.ins, before.ins)),

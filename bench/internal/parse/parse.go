@@ -1,5 +1,6 @@
 // Package parse reads the reports of the load generators the benchmarks
-// drive: wrk (--latency), ApacheBench and iperf3 -J. Every parser rejects a
+// drive: wrk (--latency), ApacheBench, iperf3 -J, redis-benchmark --csv and
+// memaslap. Every parser rejects a
 // report that lacks the figures it is asked for, and reports the errors a
 // run had, so that a failed run never becomes a number.
 package parse

@@ -1,6 +1,7 @@
 // Package report turns benchmark samples into the figures the harness
-// prints: the median of each side, the ratios mpshim/native and
-// mpshim/netstack, a Markdown table and a gnuplot data file.
+// prints: the median of each side, the ratios of mpshim to every other
+// side, a Markdown table and a gnuplot plot with a panel per kind of
+// figure.
 package report
 
 import (
@@ -19,10 +20,49 @@ const (
 	Netstack = "netstack"
 	// MPShim is the program under the shim, served by the INS.
 	MPShim = "mpshim"
+	// Runsc is the program inside gVisor's runsc with --network=sandbox:
+	// the peer that also runs a user-space network stack.
+	Runsc = "runsc"
 )
 
-// Sides lists the sides in table order.
-var Sides = []string{Native, Netstack, MPShim}
+// Sides lists every side in table order.
+var Sides = []string{Native, Runsc, Netstack, MPShim}
+
+// Kind says what a figure measures and which way is better; the plot
+// draws one panel per kind.
+type Kind int
+
+// The kinds of figures.
+const (
+	// Other figures (counts, times to set up) are not plotted.
+	Other Kind = iota
+	// Throughput: higher is better.
+	Throughput
+	// Latency: lower is better.
+	Latency
+	// CPU per unit of work: lower is better.
+	CPU
+	// Memory per unit: lower is better.
+	Memory
+)
+
+// Kinds lists the plotted kinds in panel order.
+var Kinds = []Kind{Throughput, Latency, CPU, Memory}
+
+// String names the kind for the plot's panels.
+func (k Kind) String() string {
+	switch k {
+	case Throughput:
+		return "throughput (higher is better)"
+	case Latency:
+		return "latency (lower is better)"
+	case CPU:
+		return "CPU per unit of work (lower is better)"
+	case Memory:
+		return "memory (lower is better)"
+	}
+	return "other"
+}
 
 // Metric is one figure measured on some or all sides.
 type Metric struct {
@@ -30,9 +70,14 @@ type Metric struct {
 	Key, Name string
 	// Unit is printed after the values ("req/s", "ms", "Gbit/s", …).
 	Unit string
+	// Kind places the figure in a panel of the plot (Other: none).
+	Kind Kind
 	// Samples holds each side's measurements.
 	Samples map[string][]float64
 }
+
+// Has reports whether side has a sample.
+func (m *Metric) Has(side string) bool { return len(m.Samples[side]) > 0 }
 
 // Add records one sample for side.
 func (m *Metric) Add(side string, v float64) {
@@ -136,61 +181,142 @@ func ratioCell(m *Metric, a, b string) string {
 	return fmt.Sprintf("%.2f", r)
 }
 
-// Table renders metrics as a Markdown table: the median of each side
-// (with half the spread of the samples when it is 5% or more), then
-// mpshim/native and mpshim/netstack.
-func Table(metrics []*Metric) string {
+// Table renders metrics as a Markdown table: the median of each of sides
+// (with half the spread of the samples when it is 5% or more), then the
+// ratio of mpshim to every other side.
+func Table(metrics []*Metric, sides []string) string {
 	var b strings.Builder
-	b.WriteString("| figure | unit | native | netstack | mpshim | mpshim/native | mpshim/netstack |\n")
-	b.WriteString("|---|---|---:|---:|---:|---:|---:|\n")
+	var others []string
+	b.WriteString("| figure | unit |")
+	for _, s := range sides {
+		fmt.Fprintf(&b, " %s |", s)
+		if s != MPShim {
+			others = append(others, s)
+		}
+	}
+	for _, s := range others {
+		fmt.Fprintf(&b, " mpshim/%s |", s)
+	}
+	b.WriteString("\n|---|---|" + strings.Repeat("---:|", len(sides)+len(others)) + "\n")
 	for _, m := range metrics {
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n", m.Name, m.Unit,
-			cell(m, Native), cell(m, Netstack), cell(m, MPShim),
-			ratioCell(m, MPShim, Native), ratioCell(m, MPShim, Netstack))
+		fmt.Fprintf(&b, "| %s | %s |", m.Name, m.Unit)
+		for _, s := range sides {
+			fmt.Fprintf(&b, " %s |", cell(m, s))
+		}
+		for _, s := range others {
+			fmt.Fprintf(&b, " %s |", ratioCell(m, MPShim, s))
+		}
+		b.WriteString("\n")
 	}
 	return b.String()
 }
 
-// PlotData renders a gnuplot data file: one line per metric that has all
-// three sides and positive ratios, with the ratios mpshim/native, netstack/native and
-// mpshim/netstack; it returns the number of lines.
-func PlotData(metrics []*Metric) (string, int) {
-	var b strings.Builder
-	b.WriteString("# metric mpshim/native netstack/native mpshim/netstack\n")
-	n := 0
-	for _, m := range metrics {
-		r1, ok1 := m.Ratio(MPShim, Native)
-		r2, ok2 := m.Ratio(Netstack, Native)
-		r3, ok3 := m.Ratio(MPShim, Netstack)
-		// The plot is on a log scale: a ratio of figures of different sign
-		// (a memory delta that other work on the machine made negative)
-		// has no place on it.
-		if !ok1 || !ok2 || !ok3 || r1 <= 0 || r2 <= 0 || r3 <= 0 {
-			continue
-		}
-		fmt.Fprintf(&b, "%q %.4f %.4f %.4f\n", m.Key, r1, r2, r3)
-		n++
-	}
-	return b.String(), n
+// PlotData renders the gnuplot data file of one panel: a line per metric
+// (by key) of kind k that native and at least one other of sides measured, with
+// each side's median divided by native's ("?" where a side has none), in
+// the order of sides; it returns the number of lines. Within a panel every
+// figure points the same way (see Kind), and the plot is on a log scale,
+// so a ratio that is not positive (a memory delta other work on the
+// machine made negative) is left out.
+func PlotData(metrics []*Metric, k Kind, sides []string) (string, int) {
+	p := plotPanel(metrics, k, sides)
+	return p.Data, p.n
 }
 
-// GnuplotScript returns a script that draws data (a PlotData file) as
-// clustered bars into png.
-func GnuplotScript(data, png, title string) string {
-	return fmt.Sprintf(`set terminal pngcairo size 1400,700 noenhanced font ",10"
+// Panel is one panel of the plot: its kind, its data (a PlotData file's
+// contents before the harness writes it, then the file's path) and the
+// range of its ratios.
+type Panel struct {
+	Kind   Kind
+	Data   string
+	Lo, Hi float64
+	n      int
+}
+
+// NewPanel returns the panel of kind k, nil if no metric has data for it.
+func NewPanel(metrics []*Metric, k Kind, sides []string) *Panel {
+	p := plotPanel(metrics, k, sides)
+	if p.n == 0 {
+		return nil
+	}
+	return &p
+}
+
+func plotPanel(metrics []*Metric, k Kind, sides []string) Panel {
+	var b strings.Builder
+	b.WriteString("# metric " + strings.Join(sides, " ") + " (median / native median)\n")
+	n := 0
+	lo, hi := 1.0, 1.0
+	for _, m := range metrics {
+		if m.Kind != k {
+			continue
+		}
+		var cols []string
+		others := 0
+		for _, s := range sides {
+			r, ok := m.Ratio(s, Native)
+			switch {
+			case !ok || r <= 0:
+				cols = append(cols, "?")
+			default:
+				cols = append(cols, fmt.Sprintf("%.4f", r))
+				if s != Native {
+					others++
+				}
+			}
+		}
+		if others == 0 || cols[slices.Index(sides, Native)] == "?" {
+			continue
+		}
+		for _, s := range sides {
+			if r, ok := m.Ratio(s, Native); ok && r > 0 {
+				lo, hi = min(lo, r), max(hi, r)
+			}
+		}
+		fmt.Fprintf(&b, "%q %s\n", m.Key, strings.Join(cols, " "))
+		n++
+	}
+	// Whole powers of two around the data, so that a bar of 1 shows.
+	return Panel{Kind: k, Data: b.String(), n: n,
+		Lo: math.Pow(2, math.Floor(math.Log2(lo))-1), Hi: math.Pow(2, math.Ceil(math.Log2(hi))+1)}
+}
+
+// GnuplotScript returns a script that draws panels (PlotData files) into
+// png, one below the other, as clustered bars with one bar per side.
+func GnuplotScript(panels []Panel, sides []string, png, title string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, `set terminal pngcairo size 1400,%d noenhanced font ",10"
 set output %q
-set title %q
+set multiplot layout %d,1 title %q
+set datafile missing "?"
 set style data histograms
 set style histogram clustered gap 1
 set style fill solid 0.8 border -1
 set boxwidth 0.9
-set ylabel "ratio of the sides' medians (log scale)"
 set logscale y 2
-set yrange [0.03:32]
 set grid ytics
-set xtics rotate by -30 left
-set key top right
-set arrow from graph 0, first 1 to graph 1, first 1 nohead dt 2 lw 1
-plot %q using 2:xtic(1) title "mpshim/native", '' using 3 title "netstack/native", '' using 4 title "mpshim/netstack"
-`, png, title, data)
+set xtics rotate by -15 left
+set key outside right top
+`, 120+360*len(panels), png, len(panels), title)
+	for _, p := range panels {
+		fmt.Fprintf(&b, "set title %q\nset ylabel \"side / native (log scale)\"\nset yrange [%g:%g]\nunset arrow\nset arrow from graph 0, first 1 to graph 1, first 1 nohead dt 2 lw 1\n", p.Kind.String(), p.Lo, p.Hi)
+		b.WriteString("plot ")
+		for i, s := range sides {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			src := "''"
+			if i == 0 {
+				src = fmt.Sprintf("%q", p.Data)
+			}
+			xtic := ""
+			if i == 0 {
+				xtic = ":xtic(1)"
+			}
+			fmt.Fprintf(&b, "%s using %d%s title %q", src, i+2, xtic, s)
+		}
+		b.WriteString("\n")
+	}
+	b.WriteString("unset multiplot\n")
+	return b.String()
 }

@@ -27,22 +27,64 @@ func TestMedianRatioTable(t *testing.T) {
 	}
 	empty := &Metric{Key: "x", Name: "only native", Unit: "s"}
 	empty.Add(Native, 1.5)
-	tab := Table([]*Metric{m, empty})
+	tab := Table([]*Metric{m, empty}, []string{Native, Runsc, Netstack, MPShim})
 	for _, want := range []string{
-		"| nginx req/s | req/s | 200.0 (±50%) | 100.0 (±20%) | 50.00 | 0.25 | 0.50 |",
-		"| only native | s | 1.50 | – | – | – | – |",
+		"| figure | unit | native | runsc | netstack | mpshim | mpshim/native | mpshim/runsc | mpshim/netstack |",
+		"| nginx req/s | req/s | 200.0 (±50%) | – | 100.0 (±20%) | 50.00 | 0.25 | – | 0.50 |",
+		"| only native | s | 1.50 | – | – | – | – | – | – |",
 	} {
 		if !strings.Contains(tab, want) {
 			t.Errorf("table lacks %q:\n%s", want, tab)
 		}
 	}
-	neg := &Metric{Key: "slab", Name: "slab", Unit: "KiB"}
+	if tab2 := Table([]*Metric{m}, []string{Native, MPShim}); !strings.Contains(tab2, "| nginx req/s | req/s | 200.0 (±50%) | 50.00 | 0.25 |\n") {
+		t.Errorf("two-side table:\n%s", tab2)
+	}
+}
+
+func TestPlotData(t *testing.T) {
+	sides := []string{Native, Runsc, MPShim}
+	rps := &Metric{Key: "rps", Name: "req/s", Unit: "req/s", Kind: Throughput}
+	rps.Add(Native, 200)
+	rps.Add(MPShim, 50)
+	rps.Add(Runsc, 10)
+	lat := &Metric{Key: "p50", Name: "p50", Unit: "ms", Kind: Latency}
+	lat.Add(Native, 0.1)
+	lat.Add(MPShim, 0.2)
+	onlyNative := &Metric{Key: "x", Name: "x", Unit: "req/s", Kind: Throughput}
+	onlyNative.Add(Native, 3)
+	noNative := &Metric{Key: "ins", Name: "ins", Unit: "µs", Kind: CPU}
+	noNative.Add(MPShim, 3)
+	neg := &Metric{Key: "slab", Name: "slab", Unit: "KiB", Kind: Memory}
 	neg.Add(Native, 10)
-	neg.Add(Netstack, -3)
-	neg.Add(MPShim, 11)
-	data, n := PlotData([]*Metric{m, empty, neg})
-	if n != 1 || !strings.Contains(data, `"rps64" 0.2500 0.5000 0.5000`) {
-		t.Fatalf("plot data (%d lines):\n%s", n, data)
+	neg.Add(MPShim, -3)
+	all := []*Metric{rps, lat, onlyNative, noNative, neg}
+	for _, tc := range []struct {
+		k    Kind
+		n    int
+		want string
+	}{
+		{Throughput, 1, `"rps" 1.0000 0.0500 0.2500`},
+		{Latency, 1, `"p50" 1.0000 ? 2.0000`},
+		{CPU, 0, ""},
+		{Memory, 0, ""},
+	} {
+		data, n := PlotData(all, tc.k, sides)
+		if n != tc.n || !strings.Contains(data, tc.want) {
+			t.Errorf("%v: %d lines, want %d with %q:\n%s", tc.k, n, tc.n, tc.want, data)
+		}
+	}
+	if p := NewPanel(all, Throughput, sides); p == nil || p.Lo != 0.015625 || p.Hi != 2 {
+		t.Errorf("throughput panel %+v: want range 1/64..2 around 0.05..1", p)
+	}
+	if p := NewPanel(all, CPU, sides); p != nil {
+		t.Errorf("CPU panel without data: %+v", p)
+	}
+	script := GnuplotScript([]Panel{{Kind: Throughput, Data: "/t.dat", Lo: 0.5, Hi: 2}, {Kind: Latency, Data: "/l.dat", Lo: 0.5, Hi: 4}}, sides, "/o.png", "title")
+	for _, want := range []string{"multiplot layout 2,1", "set yrange [0.5:4]", `"/t.dat" using 2:xtic(1) title "native", '' using 3 title "runsc", '' using 4 title "mpshim"`, "latency (lower is better)"} {
+		if !strings.Contains(script, want) {
+			t.Errorf("script lacks %q:\n%s", want, script)
+		}
 	}
 }
 
