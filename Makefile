@@ -40,7 +40,7 @@ INSTALLED_CMDS := isolator mpshim netflow
 # VERSION of the Debian package: 0.0~gitDATE.COMMIT unless given.
 VERSION     ?= 0.0~git$(shell git log -1 --format=%cd.%h --date=format:%Y%m%d%H%M%S 2>/dev/null || echo 0)
 
-.PHONY: all build deps deps-test test soak vet fmt-check generate-check demo bench bench-split runsc clean FORCE
+.PHONY: all build deps deps-test test soak vet fmt-check generate-check demo bench bench-split runsc conformance clean FORCE
 .PHONY: install install-files uninstall deb
 
 all: build
@@ -84,6 +84,16 @@ soak: deps-test build
 
 demo: deps-test build
 	@scripts/demo.sh
+
+# conformance runs all of gVisor's socket test binaries (prebuilt in
+# ../shared/conformance/gvisor-socket, or $$MPSHIM_GVISOR_SOCKET) under the
+# shim against an isolator, with loopback through the INS and on the kernel,
+# and checks every failure against test/conformance/testdata/gvisor-expected.txt;
+# it prints the counts per binary (about an hour, needs root). make test runs
+# a subset of the same (about four minutes).
+conformance: deps-test build
+	MPSHIM_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 180m -run '^TestGVisorSocketSuite$$' \
+		./test/conformance -args -gvisor.all $(if $(GVISOR_LOGS),-gvisor.logs=$(GVISOR_LOGS))
 
 # bench runs the performance harness (needs root): the same servers on the
 # kernel and under the shim (and, with ARGS=--peers=runsc,netstack, inside

@@ -34,6 +34,7 @@ type listenRec struct {
 
 	mu       sync.Mutex
 	replicas map[int]uint64 // INS id -> replica socket id
+	kern     []net.Listener // kernel loopback listeners (kernelLoopback)
 	closed   bool
 	// ownLost: the INS that made sock died; its replacement (same id)
 	// gets a replica like any other INS.
@@ -49,6 +50,9 @@ func (l *listenRec) close() {
 	l.closed = true
 	if l.watch != nil {
 		l.watch.Close()
+	}
+	for _, k := range l.kern {
+		k.Close()
 	}
 	l.seq.Close()
 }
@@ -121,6 +125,7 @@ func (s *AppServer) listen(ctx context.Context, c *client, m *msgproto.Listen, f
 		}()
 	}
 	wg.Wait()
+	s.kernelLoopback(c, l)
 	s.startWatch(base, l)
 	l.mu.Lock()
 	n := len(l.replicas)

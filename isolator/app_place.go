@@ -60,28 +60,29 @@ func (s *AppServer) placed(group, sock uint64) {
 	}
 }
 
-// bindElsewhere serves a bind to an address that another INS than the
-// socket's own has: a socket of the same kind is made on that INS on the
-// app's same end, given the options set so far and bound there, and the
-// first socket is closed; from then on the app's socket id names the new
-// one. done is false when the bind is for the socket's own INS (or the
-// wildcard, or the socket can no longer move), which then serves it.
-func (s *AppServer) bindElsewhere(ctx context.Context, c *client, m *msgproto.Bind) (msgproto.Message, unix.Errno, bool) {
-	ap, err := m.Addr.AddrPort()
-	if err != nil || ap.Addr().Unmap().IsUnspecified() || ap.Addr().IsLoopback() {
-		s.placed(c.group, m.Sock)
-		return nil, 0, false
+// moveFor moves socket sock of c's group to the INS that owns address a
+// (the address it binds, or the destination of its first connect or
+// send), if that is another INS than the one it was made on and the socket
+// has not been placed for good yet: a socket of the same kind is made there
+// on the app's same end and given the options set so far, the first socket
+// is closed, and from then on the app's socket id names the new one, which
+// moveFor returns. Packets between two INS's addresses never cross the
+// uplink (the INS macvlans are in private mode): a connection to an address
+// of another INS is made inside that INS instead, delivered locally.
+func (s *AppServer) moveFor(ctx context.Context, c *client, sock uint64, addr msgproto.Addr) (uint64, bool) {
+	ap, err := addr.AddrPort()
+	if err != nil || ap.Addr().Unmap().IsUnspecified() || ap.Addr().Unmap().IsLoopback() {
+		return 0, false
 	}
 	owner, ok := s.backends.Owner(ap.Addr())
-	if !ok || owner.ID() == SockINS(m.Sock) {
-		s.placed(c.group, m.Sock)
-		return nil, 0, false
+	if !ok || owner.ID() == SockINS(sock) {
+		return 0, false
 	}
 	s.mu.Lock()
-	r := s.socks[m.Sock]
+	r := s.socks[sock]
 	if r == nil || r.group != c.group || r.file == nil {
 		s.mu.Unlock()
-		return nil, 0, false
+		return 0, false
 	}
 	f := r.file
 	r.file = nil
@@ -90,48 +91,34 @@ func (s *AppServer) bindElsewhere(ctx context.Context, c *client, m *msgproto.Bi
 	s.mu.Unlock()
 
 	reply, err := owner.Call(ctx, c.group, &msgproto.Socket{Domain: rec.domain, SockType: rec.typ, Protocol: rec.proto}, f)
-	if err != nil {
-		return nil, errnoOf(err), true
-	}
 	sr, ok := reply.(*msgproto.SocketReply)
-	if !ok || SockINS(sr.Sock) != owner.ID() {
+	if err != nil || !ok || SockINS(sr.Sock) != owner.ID() {
 		if ok {
 			owner.Call(ctx, c.group, &msgproto.Close{Sock: sr.Sock})
-			return nil, unix.EIO, true
 		}
-		return reply, 0, true
+		c.log.Debug("app: socket not moved to the INS of its address", "sock", sock, "addr", addrString(addr), "err", err)
+		return 0, false // it stays, and the call fails or succeeds there
 	}
-	undo := func() { owner.Call(ctx, c.group, &msgproto.Close{Sock: sr.Sock}) }
 	for _, o := range rec.opts {
 		if _, err := owner.Call(ctx, c.group, &msgproto.Setsockopt{Sock: sr.Sock, Level: o.Level, Name: o.Name, Value: o.Value}); err != nil {
-			undo()
-			return nil, errnoOf(err), true
+			c.log.Debug("app: replaying an option on a moved socket", "sock", sr.Sock, "err", err)
 		}
 	}
-	reply, err = owner.Call(ctx, c.group, &msgproto.Bind{Sock: sr.Sock, Addr: m.Addr})
-	if err != nil {
-		undo()
-		return nil, errnoOf(err), true
-	}
-	if !succeeded(reply) {
-		undo()
-		return reply, 0, true
-	}
 	// The first socket goes: its INS closes its copy of the app's end.
-	if old, ok := s.backends.Get(SockINS(m.Sock)); ok {
-		if _, err := old.Call(ctx, c.group, &msgproto.Close{Sock: m.Sock}); err != nil {
-			c.log.Debug("app: closing a moved socket", "sock", m.Sock, "err", err)
+	if old, ok := s.backends.Get(SockINS(sock)); ok {
+		if _, err := old.Call(ctx, c.group, &msgproto.Close{Sock: sock}); err != nil {
+			c.log.Debug("app: closing a moved socket", "sock", sock, "err", err)
 		}
 	}
 	s.mu.Lock()
-	delete(s.socks, m.Sock)
+	delete(s.socks, sock)
 	if rec.typ&0xf == unix.SOCK_STREAM {
 		nr := rec
-		nr.file, nr.bound = nil, m.Addr
+		nr.file = nil
 		s.socks[sr.Sock] = &nr
 	}
-	s.moved[m.Sock] = movedSock{group: c.group, sock: sr.Sock}
+	s.moved[sock] = movedSock{group: c.group, sock: sr.Sock}
 	s.mu.Unlock()
-	c.log.Debug("app: socket moved to the INS of its bound address", "sock", m.Sock, "to", sr.Sock, "addr", addrString(m.Addr))
-	return reply, 0, true
+	c.log.Debug("app: socket moved to the INS of its address", "sock", sock, "to", sr.Sock, "addr", addrString(addr))
+	return sr.Sock, true
 }

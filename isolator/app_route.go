@@ -167,18 +167,34 @@ func (s *AppServer) dispatch(ctx context.Context, c *client, m msgproto.Message,
 		sock = moved
 		setSock(m, sock)
 	}
+	// The first bind, connect or send places the socket for good: on the
+	// INS that owns the address it names, if one does (see moveFor). A
+	// socket bound to the wildcard stays where it is: its first send may
+	// be a reply to a peer on another INS.
+	var to *msgproto.Addr
+	switch m := m.(type) {
+	case *msgproto.Bind:
+		to = &m.Addr
+	case *msgproto.Connect:
+		to = &m.Addr
+	case *msgproto.SendTo:
+		to = &m.Addr
+	case *msgproto.SendMsg:
+		to = &m.Addr
+	}
+	if to != nil {
+		if moved, ok := s.moveFor(ctx, c, sock, *to); ok {
+			sock = moved
+			setSock(m, sock)
+		}
+		s.placed(c.group, sock)
+	}
 	switch m := m.(type) {
 	case *msgproto.Listen:
 		s.placed(c.group, sock)
 		if len(files) > 0 {
 			return s.listen(ctx, c, m, files)
 		}
-	case *msgproto.Bind:
-		if reply, errno, done := s.bindElsewhere(ctx, c, m); done {
-			return reply, errno
-		}
-	case *msgproto.Connect, *msgproto.SendTo, *msgproto.SendMsg:
-		s.placed(c.group, sock)
 	case *msgproto.Close:
 		s.forgetMoved(c.group, sock)
 	}
@@ -206,6 +222,7 @@ func (s *AppServer) dispatch(ctx context.Context, c *client, m msgproto.Message,
 		s.mu.Unlock()
 	case *msgproto.Shutdown, *msgproto.Listen:
 		s.toReplicas(ctx, c.group, sock, m)
+		s.kernelFollow(c, sock, m)
 	}
 	return reply, 0
 }

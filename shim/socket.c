@@ -536,7 +536,11 @@ static int accept_ins(int fd, struct mp_fd *e, struct sockaddr *sa, socklen_t *l
 		int fl = REAL(fcntl)(nfd, F_GETFL);
 		REAL(fcntl)(nfd, F_SETFL, (fl < 0 ? 0 : fl) | O_NONBLOCK);
 	}
-	if ((ne = mp_slot(nfd))) {
+	if (sock == 0) {
+		/* A kernel connection (the isolator's loopback listener for a
+		 * wildcard listener): the descriptor is the kernel's socket. */
+		mp_clear(nfd);
+	} else if ((ne = mp_slot(nfd))) {
 		memset(ne, 0, sizeof *ne);
 		ne->kind = MPK_STREAM;
 		ne->domain = e->domain;

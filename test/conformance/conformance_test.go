@@ -182,7 +182,7 @@ var keyObservations = map[string][]string{
 	"sigpipe":         {"write error: EPIPE, SIGPIPE seen: yes", "SIGPIPE with MSG_NOSIGNAL: no"},
 	"sockopts":        {"get SO_RCVBUF: 131072 (len 4)", "SO_LINGER: onoff=1 linger=5 len=8", "get SO_TYPE: 1 (len 4)"},
 	"names":           {"connected getpeername: inet $V4:7001 len=16", "connected getpeername: inet6 $V6:7001 len=28", "short: len=16 family=2"},
-	"accept4":         {"accepted: nonblock=1 cloexec=1", "read: 2 hi", "accept with nothing pending: -1 EAGAIN", "accept on a non-listening socket: -1 EINVAL"},
+	"accept4":         {"accepted: nonblock=1 cloexec=1", "listen again (backlog update): ok", "read: 2 hi", "accept with nothing pending: -1 EAGAIN", "accept on a non-listening socket: -1 EINVAL"},
 	"fork_accept":     {"child read: 2 hi", "child exit: 0"},
 	"dup":             {"read via copy: 3 dup", "read via last copy: 3 abc", "getpeername of fresh copy: -1 ENOTCONN"},
 	"udp":             {"FIONREAD: 10", "recvmsg 4: 4 trunc=1", "recv MSG_TRUNC 2: 8", "from: inet $V4:7005 len=16", "recv empty datagram: 0", "recvmmsg: 2 [3 one] [4 two!]"},

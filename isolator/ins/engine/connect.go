@@ -53,6 +53,22 @@ func (s *sock) mappedOnV6Only(addr netip.AddrPort) unix.Errno {
 	return 0
 }
 
+// selfIfUnspecified returns the loopback address of the same form (IPv4,
+// IPv6, IPv4-mapped) for a destination that is the unspecified address:
+// Linux connects and sends to itself there.
+func selfIfUnspecified(ap netip.AddrPort) netip.AddrPort {
+	a := ap.Addr()
+	switch {
+	case !ap.IsValid() || !a.Unmap().IsUnspecified():
+		return ap
+	case a.Is4():
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), ap.Port())
+	case a.Is4In6():
+		return netip.AddrPortFrom(netip.AddrFrom16([16]byte{10: 0xff, 11: 0xff, 12: 127, 15: 1}), ap.Port())
+	}
+	return netip.AddrPortFrom(netip.IPv6Loopback(), ap.Port())
+}
+
 // chooseUplink asks the chooser for the NIC of a new flow and binds the
 // endpoint to its address when the socket has no local address yet.
 func (e *Engine) chooseUplink(s *sock, addr netip.AddrPort, fa *tcpip.FullAddress, tp tcpip.TransportProtocolNumber) unix.Errno {
@@ -100,6 +116,7 @@ func (e *Engine) chooseUplink(s *sock, addr netip.AddrPort, fa *tcpip.FullAddres
 // For a datagram socket stream must be nil (it is closed if not); an invalid
 // addr (AF_UNSPEC) dissolves the association.
 func (e *Engine) Connect(id SockID, addr netip.AddrPort, stream *os.File, nonblock bool) unix.Errno {
+	addr = selfIfUnspecified(addr)
 	s, errno := e.lookup(id)
 	if errno != 0 {
 		if stream != nil {

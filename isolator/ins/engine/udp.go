@@ -269,6 +269,7 @@ func (e *Engine) SendTo(id SockID, payload []byte, to netip.AddrPort, flags int)
 func (e *Engine) sendTo(s *sock, w *worker, payload []byte, to netip.AddrPort, _ int) (int, unix.Errno) {
 	var opts tcpip.WriteOptions
 	if to.IsValid() {
+		to = selfIfUnspecified(to)
 		fa, errno := toFull(s.family, to, true)
 		if errno != 0 {
 			return 0, errno

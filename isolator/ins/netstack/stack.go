@@ -22,6 +22,7 @@ import (
 	"github.com/mpshim/mpshim/isolator/uplink"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/loopback"
 	"gvisor.dev/gvisor/pkg/tcpip/link/qdisc/fifo"
 	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
@@ -180,9 +181,11 @@ func New(cfg Config) (*Stack, error) {
 			TransportProtocols: []stack.TransportProtocolFactory{
 				tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6,
 			},
-			// Loopback traffic of the app stays on the kernel; the INS
-			// never loops packets back into itself.
-			HandleLocal: false,
+			// Packets to the INS's own addresses are delivered inside
+			// the INS (through its loopback NIC): apps under the shim
+			// reach each other by the INS's addresses, and by loopback
+			// with MPSHIM_LOOPBACK=ins.
+			HandleLocal: true,
 		}),
 		set:      uplink.NewSet(pol),
 		log:      logger.With("ins", cfg.ID),
@@ -191,6 +194,10 @@ func New(cfg Config) (*Stack, error) {
 		nextNIC:  1,
 	}
 	if err := s.tune(); err != nil {
+		s.ns.Destroy()
+		return nil, fmt.Errorf("ins %d: %w", cfg.ID, err)
+	}
+	if err := s.addLoopback(); err != nil {
 		s.ns.Destroy()
 		return nil, fmt.Errorf("ins %d: %w", cfg.ID, err)
 	}
@@ -473,8 +480,40 @@ func (s *Stack) Link(name string) link.NIC {
 	return nil
 }
 
-// rebuildRoutesLocked installs, for every uplink, its on-link subnets
-// first and then a default route via its gateway. Lookups that name a NIC
+// LoopbackNIC is the NIC id of every INS's loopback interface, far above
+// the uplinks' ids (1, 2, …).
+const LoopbackNIC tcpip.NICID = 1 << 16
+
+// Loopback subnets: 127.0.0.0/8 and ::1/128 are on the loopback NIC.
+var (
+	loopback4 = tcpip.AddressWithPrefix{Address: tcpAddr(netip.MustParseAddr("127.0.0.1")), PrefixLen: 8}
+	loopback6 = tcpip.AddressWithPrefix{Address: tcpAddr(netip.IPv6Loopback()), PrefixLen: 128}
+)
+
+// addLoopback creates the loopback NIC with 127.0.0.1/8 and ::1. With
+// HandleLocal, the netstack also sends packets to its uplink addresses
+// through it.
+func (s *Stack) addLoopback() error {
+	if terr := s.ns.CreateNICWithOptions(LoopbackNIC, loopback.New(), stack.NICOptions{Name: "lo"}); terr != nil {
+		return fmt.Errorf("loopback NIC: %s", terr)
+	}
+	for _, a := range []tcpip.AddressWithPrefix{loopback4, loopback6} {
+		proto := ipv4.ProtocolNumber
+		if a.Address.Len() == 16 {
+			proto = ipv6.ProtocolNumber
+		}
+		if terr := s.ns.AddProtocolAddress(LoopbackNIC, tcpip.ProtocolAddress{Protocol: proto, AddressWithPrefix: a}, stack.AddressProperties{}); terr != nil {
+			return fmt.Errorf("loopback address %s: %s", a, terr)
+		}
+	}
+	s.mu.Lock()
+	s.rebuildRoutesLocked()
+	s.mu.Unlock()
+	return nil
+}
+
+// rebuildRoutesLocked installs the loopback subnets, then, for every
+// uplink, its on-link subnets and then a default route via its gateway. Lookups that name a NIC
 // (bound or accepted endpoints) only see that NIC's routes, so replies and
 // flows placed by ChooseUplink leave on their own uplink.
 func (s *Stack) rebuildRoutesLocked() {
@@ -483,7 +522,8 @@ func (s *Stack) rebuildRoutesLocked() {
 		links = append(links, l)
 	}
 	slices.SortFunc(links, func(a, b *nicLink) int { return int(a.nic) - int(b.nic) })
-	var onLink, defaults []tcpip.Route
+	onLink := []tcpip.Route{{Destination: loopback4.Subnet(), NIC: LoopbackNIC}, {Destination: loopback6.Subnet(), NIC: LoopbackNIC}}
+	var defaults []tcpip.Route
 	for _, l := range links {
 		for _, fam := range []struct {
 			pfx   netip.Prefix
@@ -537,6 +577,11 @@ func (s *Stack) ChooseUplink(remote netip.AddrPort, transport tcpip.TransportPro
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.localLocked(ra) {
+		// Delivered inside the INS: no uplink, no source address
+		// chosen here (the netstack takes the destination's own).
+		return 0, tcpip.Address{}, nil
+	}
 	routed := func(name string) bool {
 		l := s.links[name]
 		return l != nil && l.routes(ra)
@@ -553,6 +598,20 @@ func (s *Stack) ChooseUplink(remote netip.AddrPort, transport tcpip.TransportPro
 		local = l.cfg.Addr4.Addr()
 	}
 	return l.nic, tcpAddr(local), nil
+}
+
+// localLocked reports whether a (unmapped) is an address of this INS: a
+// loopback address or one of its uplinks' addresses.
+func (s *Stack) localLocked(a netip.Addr) bool {
+	if a.IsLoopback() {
+		return true
+	}
+	for _, l := range s.links {
+		if (l.cfg.Addr4.IsValid() && l.cfg.Addr4.Addr() == a) || (l.cfg.Addr6.IsValid() && l.cfg.Addr6.Addr() == a) {
+			return true
+		}
+	}
+	return false
 }
 
 // UplinkCounters are the traffic counters of one uplink.

@@ -41,6 +41,7 @@ int main(int argc, char **argv)
 		say("family %s", fam == AF_INET ? "inet" : "inet6");
 		l = listener(fam, &port);
 		say("listener port nonzero: %d", port != 0);
+		res("listen again (backlog update)", listen(l, 511));
 		res("get SO_ACCEPTCONN", getsockopt(l, SOL_SOCKET, SO_ACCEPTCONN, &v, &vl));
 		say("SO_ACCEPTCONN: %d", v);
 		set_nonblock(l, 1);

@@ -1,0 +1,219 @@
+package isolator
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/mpshim/mpshim/isolator/ins/netns"
+	"github.com/mpshim/mpshim/msgproto"
+)
+
+// kernelLoopback makes wildcard listener l reachable on the kernel's
+// loopback of the app's network namespace, as a wildcard listener is on
+// Linux, for clients that are not under the shim (health checks, a local
+// agent, a reverse proxy on the host): the daemon listens on 127.0.0.1 (an
+// AF_INET listener) or on ::1 and ::ffff:127.0.0.1 (AF_INET6, the latter
+// unless IPV6_V6ONLY was set) at l's port in the namespace of process pid,
+// and hands every connection it accepts to the app through l's SEQPACKET
+// end, as an INS does, with socket id 0: the app's descriptor is then the
+// kernel's own socket. A port already taken on the kernel's loopback is
+// skipped (logged).
+func (s *AppServer) kernelLoopback(c *client, l *listenRec) {
+	ap, err := l.addr.AddrPort()
+	if err != nil || !ap.Addr().Unmap().IsUnspecified() || ap.Port() == 0 {
+		return
+	}
+	var addrs []netip.Addr
+	if l.domain == unix.AF_INET {
+		addrs = []netip.Addr{netip.AddrFrom4([4]byte{127, 0, 0, 1})}
+	} else {
+		addrs = []netip.Addr{netip.IPv6Loopback()}
+		if !optSet(l.opts, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY) {
+			addrs = append(addrs, netip.AddrFrom16([16]byte{10: 0xff, 11: 0xff, 12: 127, 15: 1}))
+		}
+	}
+	reuseport := optSet(l.opts, unix.SOL_SOCKET, unix.SO_REUSEPORT)
+	var lns []net.Listener
+	err = netns.Do(fmt.Sprintf("/proc/%d/ns/net", c.pid), func() error {
+		for _, a := range addrs {
+			ln, err := loopbackListener(int(l.domain), netip.AddrPortFrom(a, ap.Port()), reuseport, int(l.backlog))
+			if err != nil {
+				c.log.Info("app: no kernel loopback listener", "addr", netip.AddrPortFrom(a, ap.Port()), "err", err)
+				continue
+			}
+			lns = append(lns, ln)
+		}
+		return nil
+	})
+	if err != nil {
+		c.log.Info("app: no kernel loopback listener", "err", err)
+	}
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		for _, ln := range lns {
+			ln.Close()
+		}
+		return
+	}
+	l.kern = append(l.kern, lns...)
+	l.mu.Unlock()
+	for _, ln := range lns {
+		go s.handKernel(c, l, ln)
+	}
+}
+
+// optSet reports whether an integer option was set to a nonzero value.
+func optSet(opts []*msgproto.Setsockopt, level, name int32) bool {
+	for _, o := range opts {
+		if o.Level == level && o.Name == name {
+			for _, b := range o.Value {
+				if b != 0 {
+					return true
+				}
+			}
+			return false
+		}
+	}
+	return false
+}
+
+// loopbackListener opens a kernel TCP listener of family domain on a in
+// the calling thread's network namespace.
+func loopbackListener(domain int, a netip.AddrPort, reuseport bool, backlog int) (net.Listener, error) {
+	fd, err := unix.Socket(domain, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("socket: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "kernel-loopback")
+	defer f.Close()
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+	if reuseport {
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+	}
+	var sa unix.Sockaddr
+	if domain == unix.AF_INET {
+		sa = &unix.SockaddrInet4{Port: int(a.Port()), Addr: a.Addr().Unmap().As4()}
+	} else {
+		_ = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0)
+		sa = &unix.SockaddrInet6{Port: int(a.Port()), Addr: a.Addr().As16()}
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		return nil, fmt.Errorf("bind: %w", err)
+	}
+	if backlog <= 0 {
+		backlog = 128
+	}
+	if err := unix.Listen(fd, backlog); err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	return net.FileListener(f)
+}
+
+// handKernel accepts on kernel listener ln until it is closed and passes
+// each connection to the app on l's SEQPACKET end. When the app's queue is
+// full the connection is closed, as a full backlog would refuse it.
+func (s *AppServer) handKernel(c *client, l *listenRec, ln net.Listener) {
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		if err := l.hand(conn); err != nil {
+			c.log.Debug("app: kernel loopback connection not handed over", "sock", l.sock, "err", err)
+		}
+		conn.Close()
+	}
+}
+
+// hand passes conn, a kernel connection, to the app on l's SEQPACKET end.
+func (l *listenRec) hand(conn net.Conn) error {
+	tc, ok := conn.(*net.TCPConn)
+	if !ok {
+		return fmt.Errorf("not a TCP connection")
+	}
+	f, err := tc.File()
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fd := int(f.Fd()) // blocking mode, as accept(2) gives it
+	local, err1 := sockAddrPort(unix.Getsockname(fd))
+	peer, err2 := sockAddrPort(unix.Getpeername(fd))
+	if err1 != nil || err2 != nil {
+		return fmt.Errorf("addresses: %v %v", err1, err2)
+	}
+	b, err := msgproto.Append(nil, 0, msgproto.FlagFD, &msgproto.AcceptNotify{
+		Listener: l.sock, Sock: 0, Local: msgproto.AddrFromNetip(local), Peer: msgproto.AddrFromNetip(peer)})
+	if err != nil {
+		return err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return fmt.Errorf("listener closed")
+	}
+	sc, err := l.seq.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := sc.Write(func(seq uintptr) bool {
+		serr = unix.Sendmsg(int(seq), b, unix.UnixRights(fd), nil, unix.MSG_DONTWAIT)
+		return true
+	}); err != nil {
+		return err
+	}
+	return serr
+}
+
+// sockAddrPort converts a kernel socket address.
+func sockAddrPort(sa unix.Sockaddr, err error) (netip.AddrPort, error) {
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port)), nil
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(a.Port)), nil
+	}
+	return netip.AddrPort{}, fmt.Errorf("address family of %T", sa)
+}
+
+// kernelFollow applies a listener's shutdown or second listen to its
+// kernel loopback listeners: shutdown(2) stops a Linux listener (new
+// connections are refused) and listen(2) again restarts it.
+func (s *AppServer) kernelFollow(c *client, sock uint64, m msgproto.Message) {
+	s.mu.Lock()
+	l := s.lsns[sock]
+	s.mu.Unlock()
+	if l == nil || l.group != c.group {
+		return
+	}
+	switch m := m.(type) {
+	case *msgproto.Shutdown:
+		if m.How == unix.SHUT_WR {
+			return
+		}
+		l.mu.Lock()
+		kern := l.kern
+		l.kern = nil
+		l.mu.Unlock()
+		for _, k := range kern {
+			k.Close()
+		}
+	case *msgproto.Listen:
+		l.mu.Lock()
+		l.backlog = m.Backlog
+		none := len(l.kern) == 0
+		l.mu.Unlock()
+		if none {
+			s.kernelLoopback(c, l)
+		}
+	}
+}
