@@ -299,12 +299,25 @@ func (d *Daemon) reap(p *insProc, closeNS func()) {
 
 // stop ends an INS: SIGTERM, then SIGKILL after grace.
 func (p *insProc) stop(grace time.Duration) {
-	_ = p.cmd.Process.Signal(unix.SIGTERM)
+	if err := p.cmd.Process.Signal(unix.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		// An INS runs as another user: without CAP_KILL the daemon
+		// cannot signal it. Hanging up its control channel ends it too.
+		p.log.Warn("INS stop: SIGTERM failed; closing its control channel", "pid", p.cmd.Process.Pid, "err", err)
+		p.ch.Close()
+	}
+	select {
+	case <-p.done:
+		return
+	case <-time.After(grace):
+	}
+	if err := p.cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		p.log.Error("INS stop: SIGKILL failed; closing its control channel", "pid", p.cmd.Process.Pid, "err", err)
+		p.ch.Close()
+	}
 	select {
 	case <-p.done:
 	case <-time.After(grace):
-		_ = p.cmd.Process.Kill()
-		<-p.done
+		p.log.Error("INS did not exit; left running", "pid", p.cmd.Process.Pid)
 	}
 }
 
