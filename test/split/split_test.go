@@ -24,6 +24,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mpshim/mpshim/isolator/split/tunnel/tunneltest"
+
 	"github.com/hashicorp/yamux"
 	"github.com/mpshim/mpshim/isolator/split/forward"
 	"github.com/mpshim/mpshim/isolator/split/seal"
@@ -466,68 +468,5 @@ func TestLoss(t *testing.T) {
 // never reads until the others are done.
 func TestThousandStreams(t *testing.T) {
 	e := newEnv(t, nil)
-	const streams, size = 1000, 8 << 10
-	release := make(chan struct{})
-	go func() {
-		for i := 0; ; i++ {
-			st, err := e.b.mux.AcceptStream()
-			if err != nil {
-				return
-			}
-			if i == 0 {
-				go func() { <-release; io.Copy(io.Discard, st) }()
-				continue
-			}
-			go func() { io.Copy(st, st); st.Close() }()
-		}
-	}()
-	slow, err := e.a.mux.OpenStream()
-	if err != nil {
-		t.Fatal(err)
-	}
-	slowDone := make(chan error, 1)
-	go func() { _, err := slow.Write(make([]byte, 32<<20)); slowDone <- err }()
-	var wg sync.WaitGroup
-	errs := make(chan error, streams)
-	start := time.Now()
-	for i := range streams - 1 {
-		wg.Go(func() {
-			st, err := e.a.mux.OpenStream()
-			if err != nil {
-				errs <- err
-				return
-			}
-			defer st.Close()
-			msg := bytes.Repeat([]byte(fmt.Sprintf("%07d|", i)), size/8)
-			go st.Write(msg)
-			got := make([]byte, len(msg))
-			if _, err := io.ReadFull(st, got); err != nil {
-				errs <- fmt.Errorf("stream %d: %w", i, err)
-				return
-			}
-			if !bytes.Equal(got, msg) {
-				errs <- fmt.Errorf("stream %d: bytes differ", i)
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
-	t.Logf("%d streams of %d KiB echoed in %v while one stream's reader stalled", streams-1, size>>10, time.Since(start))
-	select {
-	case err := <-slowDone:
-		t.Fatalf("the unread stream's 32 MiB write finished early: %v", err)
-	default:
-	}
-	close(release)
-	select {
-	case err := <-slowDone:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatal("the slow stream did not finish once read")
-	}
+	tunneltest.SlowReaderStreams(t, e.a.mux, e.b.mux, 1000, 8<<10, 32<<20, 60*time.Second)
 }

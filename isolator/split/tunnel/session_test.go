@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
-	"fmt"
 	"io"
 	mrand "math/rand/v2"
 	"net/netip"
@@ -14,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/mpshim/mpshim/isolator/split/tunnel/tunneltest"
 
 	"github.com/mpshim/mpshim/isolator/split/seal"
 )
@@ -287,75 +288,7 @@ func TestThousandStreams(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const streams, size = 1000, 16 << 10
-	// The server echoes every stream except the first, which it never reads.
-	slow := make(chan struct{})
-	go func() {
-		for i := 0; ; i++ {
-			st, err := mb.AcceptStream()
-			if err != nil {
-				return
-			}
-			if i == 0 {
-				go func() { <-slow; io.Copy(io.Discard, st) }()
-				continue
-			}
-			go func() { io.Copy(st, st); st.Close() }()
-		}
-	}()
-	stalled, err := ma.OpenStream()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stallDone := make(chan error, 1)
-	go func() {
-		// Far more than the stream's window: blocks until the reader reads.
-		_, err := stalled.Write(make([]byte, 64<<20))
-		stallDone <- err
-	}()
-	var wg sync.WaitGroup
-	errs := make(chan error, streams)
-	start := time.Now()
-	for i := range streams - 1 {
-		wg.Go(func() {
-			st, err := ma.OpenStream()
-			if err != nil {
-				errs <- err
-				return
-			}
-			defer st.Close()
-			msg := bytes.Repeat([]byte(fmt.Sprintf("%07d", i)), size/7)
-			go st.Write(msg)
-			got := make([]byte, len(msg))
-			if _, err := io.ReadFull(st, got); err != nil {
-				errs <- fmt.Errorf("stream %d: %w", i, err)
-				return
-			}
-			if !bytes.Equal(got, msg) {
-				errs <- fmt.Errorf("stream %d: bytes differ", i)
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
-	t.Logf("%d streams echoed %d KiB each in %v while one stream stalled", streams-1, size>>10, time.Since(start))
-	select {
-	case err := <-stallDone:
-		t.Fatalf("the unread stream's write finished: %v", err)
-	default:
-	}
-	close(slow)
-	select {
-	case err := <-stallDone:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("the slow stream did not finish once read")
-	}
+	tunneltest.SlowReaderStreams(t, ma, mb, 1000, 16<<10, 64<<20, 30*time.Second)
 }
 
 // TestSessionTimeout: a session whose every path goes silent ends with
