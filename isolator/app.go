@@ -430,6 +430,12 @@ func (s *AppServer) register(ctx context.Context, conn *net.UnixConn, cred *unix
 		waiters: map[uint64]chan []*os.File{},
 		log:     s.log.With("client", id, "pid", cred.Pid, "comm", comm),
 	}
+	// The client is known before its reply leaves: a process that
+	// forks as soon as it is registered sends a child that names it as
+	// parent, possibly before this goroutine runs again.
+	s.mu.Lock()
+	s.clients[id] = c
+	s.mu.Unlock()
 	b, err := msgproto.Append(nil, 0, msgproto.FlagFD, &msgproto.RegisterReply{ClientID: id, RingSize: uint32(fi.Size()), Flags: uint32(reg.Flags), Key: key})
 	if err == nil {
 		conn.SetWriteDeadline(time.Now().Add(time.Second))
@@ -437,14 +443,14 @@ func (s *AppServer) register(ctx context.Context, conn *net.UnixConn, cred *unix
 		conn.SetWriteDeadline(time.Time{})
 	}
 	if err != nil {
+		s.mu.Lock()
+		delete(s.clients, id)
+		s.mu.Unlock()
 		r.Close()
 		s.leaveGroup(group)
 		log.Warn("app: sending RegisterReply", "err", err)
 		return
 	}
-	s.mu.Lock()
-	s.clients[id] = c
-	s.mu.Unlock()
 	c.log.Info("app: registered", "group", group, "flags", reg.Flags)
 	c.run(ctx)
 	s.mu.Lock()
