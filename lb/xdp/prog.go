@@ -161,6 +161,26 @@ func (b *builder) lookup(fd int, keyOff int16) {
 	)
 }
 
+// flowBackend looks the key at R10+stKey up in the flow table fd, stores
+// the backend index it holds at R10+stBackend and leaves that backend's
+// entry of the backends table in R8; it jumps to miss when the flow is not
+// in the table, the backend is unknown or the backend is down.
+func (b *builder) flowBackend(fd, backends int, miss string) {
+	b.lookup(fd, stKey)
+	b.emit(
+		asm.JEq.Imm(asm.R0, 0, miss),
+		asm.LoadMem(asm.R2, asm.R0, 0, asm.Word),
+		asm.StoreMem(asm.R10, stBackend, asm.R2, asm.Word),
+	)
+	b.lookup(backends, stBackend)
+	b.emit(
+		asm.JEq.Imm(asm.R0, 0, miss),
+		asm.LoadMem(asm.R2, asm.R0, 6, asm.Byte),
+		asm.JEq.Imm(asm.R2, stateDown, miss),
+		asm.Mov.Reg(asm.R8, asm.R0),
+	)
+}
+
 // update calls bpf_map_update_elem(fd, R10+stKey, R10+stBackend, BPF_ANY).
 func (b *builder) update(fd int) {
 	b.emit(
@@ -705,36 +725,12 @@ func instructions(fd mapFDs, size uint32) asm.Instructions {
 	// The decision.
 	b.label("decide")
 	// Established table.
-	b.lookup(fd.est, stKey)
-	b.emit(
-		asm.JEq.Imm(asm.R0, 0, "trynew"),
-		asm.LoadMem(asm.R2, asm.R0, 0, asm.Word),
-		asm.StoreMem(asm.R10, stBackend, asm.R2, asm.Word),
-	)
-	b.lookup(fd.backends, stBackend)
-	b.emit(
-		asm.JEq.Imm(asm.R0, 0, "trynew"),
-		asm.LoadMem(asm.R2, asm.R0, 6, asm.Byte),
-		asm.JEq.Imm(asm.R2, stateDown, "trynew"),
-		asm.Mov.Reg(asm.R8, asm.R0),
-	)
+	b.flowBackend(fd.est, fd.backends, "trynew")
 	b.count(st, CountEstHit)
 	b.emit(asm.Ja.Label("forward"))
 	// New-flow table.
 	b.label("trynew")
-	b.lookup(fd.new, stKey)
-	b.emit(
-		asm.JEq.Imm(asm.R0, 0, "maglev"),
-		asm.LoadMem(asm.R2, asm.R0, 0, asm.Word),
-		asm.StoreMem(asm.R10, stBackend, asm.R2, asm.Word),
-	)
-	b.lookup(fd.backends, stBackend)
-	b.emit(
-		asm.JEq.Imm(asm.R0, 0, "maglev"),
-		asm.LoadMem(asm.R2, asm.R0, 6, asm.Byte),
-		asm.JEq.Imm(asm.R2, stateDown, "maglev"),
-		asm.Mov.Reg(asm.R8, asm.R0),
-	)
+	b.flowBackend(fd.new, fd.backends, "maglev")
 	b.count(st, CountNewHit)
 	b.emit(
 		asm.JSet.Imm(asm.R9, flagSyn|flagNoInsert, "forward"),
@@ -837,19 +833,7 @@ func instructions(fd mapFDs, size uint32) asm.Instructions {
 		asm.StoreMem(asm.R10, stPorts, asm.R2, asm.Word),
 		asm.StoreMem(asm.R10, stProto, asm.R3, asm.Byte),
 	)
-	b.lookup(fd.frags, stKey)
-	b.emit(
-		asm.JEq.Imm(asm.R0, 0, "fragmiss"),
-		asm.LoadMem(asm.R2, asm.R0, 0, asm.Word),
-		asm.StoreMem(asm.R10, stBackend, asm.R2, asm.Word),
-	)
-	b.lookup(fd.backends, stBackend)
-	b.emit(
-		asm.JEq.Imm(asm.R0, 0, "fragmiss"),
-		asm.LoadMem(asm.R2, asm.R0, 6, asm.Byte),
-		asm.JEq.Imm(asm.R2, stateDown, "fragmiss"),
-		asm.Mov.Reg(asm.R8, asm.R0),
-	)
+	b.flowBackend(fd.frags, fd.backends, "fragmiss")
 	b.count(st, CountFragHit)
 	b.emit(asm.Ja.Label("rewrite"))
 
