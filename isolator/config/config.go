@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -134,6 +135,41 @@ type Uplink struct {
 	// 64 KiB to the kernel, which splits them into frames. Empty means
 	// DefaultGSO.
 	GSO string `yaml:"gso"`
+	// VIPs are service addresses (IPv4 and IPv6) that every INS holds on
+	// this uplink and that the daemon's load balancer on Interface
+	// steers to one INS per flow (docs/design.md, "lb"). An IPv6 VIP needs
+	// pool6. A VIP must not be one of the pool's addresses.
+	VIPs []string `yaml:"vips"`
+}
+
+// VIPAddrs parses VIPs.
+func (u *Uplink) VIPAddrs() ([]netip.Addr, error) {
+	var out []netip.Addr
+	for _, s := range u.VIPs {
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" {
+			return nil, fmt.Errorf("uplink %q: vip %q: want an IPv4 or IPv6 address", u.Name, s)
+		}
+		a = a.Unmap()
+		if a.IsUnspecified() || a.IsMulticast() || a.IsLoopback() || a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() {
+			return nil, fmt.Errorf("uplink %q: vip %v: want a unicast address that is not loopback or link-local", u.Name, a)
+		}
+		pool := u.Pool4
+		if a.Is6() {
+			pool = u.Pool6
+		}
+		if pool == "" {
+			return nil, fmt.Errorf("uplink %q: vip %v: the uplink has no pool6 (its INS need an address of the VIP's family)", u.Name, a)
+		}
+		if p, err := netip.ParsePrefix(pool); err == nil && p.Masked().Contains(a) && a.Compare(p.Addr()) >= 0 {
+			return nil, fmt.Errorf("uplink %q: vip %v is inside the INS address pool %s (from %v to the end of the subnet): take one below it", u.Name, a, pool, p.Addr())
+		}
+		if slices.Contains(out, a) {
+			return nil, fmt.Errorf("uplink %q: vip %v given twice", u.Name, a)
+		}
+		out = append(out, a)
+	}
+	return out, nil
 }
 
 // Backends are the valid Uplink.Backend values, the default first.
@@ -220,8 +256,10 @@ func ParseUplinkFlag(s string) (Uplink, error) {
 			u.Backend = v
 		case "gso":
 			u.GSO = v
+		case "vip":
+			u.VIPs = append(u.VIPs, v)
 		default:
-			return Uplink{}, fmt.Errorf("uplink %q: unknown key %q (pool4, gw4, pool6, gw6, weight, backend, gso)", s, k)
+			return Uplink{}, fmt.Errorf("uplink %q: unknown key %q (pool4, gw4, pool6, gw6, weight, backend, gso, vip)", s, k)
 		}
 	}
 	return u, nil
@@ -254,6 +292,7 @@ func (c *Config) Validate() error {
 	}
 	errs = append(errs, c.validateMonitoring())
 	seen := map[string]bool{}
+	vipOwner := map[netip.Addr]string{}
 	for i := range c.Uplinks {
 		u := &c.Uplinks[i]
 		if u.Weight == 0 {
@@ -264,6 +303,13 @@ func (c *Config) Validate() error {
 		}
 		if seen[u.Name] {
 			errs = append(errs, fmt.Errorf("uplink %q: name used twice", u.Name))
+		}
+		vips, _ := u.VIPAddrs()
+		for _, v := range vips {
+			if other, ok := vipOwner[v]; ok {
+				errs = append(errs, fmt.Errorf("uplink %q: vip %v is also on uplink %q", u.Name, v, other))
+			}
+			vipOwner[v] = u.Name
 		}
 		seen[u.Name] = true
 	}
@@ -311,6 +357,9 @@ func (u *Uplink) Validate() error {
 				errs = append(errs, fmt.Errorf("uplink %q: gateway6 %q: want an IPv6 address", u.Name, u.Gateway6))
 			}
 		}
+	}
+	if _, err := u.VIPAddrs(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
