@@ -45,6 +45,8 @@ type MemberStatus struct {
 	// Connections counts the member's entries in the established-flow
 	// table (flows past their first packet, not yet aged out).
 	Connections int
+	// NewFlows counts the new flows the table sent it since it joined.
+	NewFlows uint64
 	// NewFlowsPerSec is the rate of new flows the table sent it since the
 	// previous Status call (0 on the first).
 	NewFlowsPerSec float64
@@ -66,6 +68,7 @@ type poolMember struct {
 	Member
 	slot     uint32
 	newFlows uint64 // counter at the last Status
+	base     uint64 // counter when it joined (slots are reused)
 }
 
 // ErrUnknown is returned for an INS id that is not in the pool.
@@ -117,7 +120,7 @@ func (p *Pool) Add(m Member) error {
 	}
 	pm := &poolMember{Member: m, slot: uint32(slot)}
 	if st, err := p.bal.BackendStats(pm.slot); err == nil {
-		pm.newFlows = st.NewFlows
+		pm.newFlows, pm.base = st.NewFlows, st.NewFlows
 	}
 	p.members[m.ID] = pm
 	p.slots[slot] = true
@@ -227,6 +230,7 @@ func (p *Pool) Status() ([]MemberStatus, error) {
 		if err != nil {
 			return nil, err
 		}
+		ms.NewFlows = st.NewFlows - pm.base
 		if !first && elapsed > 0 {
 			ms.NewFlowsPerSec = float64(st.NewFlows-pm.newFlows) / elapsed
 		}

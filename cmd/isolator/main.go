@@ -43,7 +43,7 @@ func rootCmd() *cobra.Command {
 	root.PersistentFlags().StringVar(&apiPath, "api", config.DefaultAPI, "the daemon's API socket")
 	client := func(ctx context.Context) (*api.Client, error) { return api.Dial(ctx, apiPath) }
 	root.AddCommand(runCmd(), insCmd(), spawnCmd(client), lsCmd(client), killCmd(client), uplinkCmd(client))
-	root.AddCommand(tuneCmd(client), splitCmd(), peerCmd())
+	root.AddCommand(tuneCmd(client), splitCmd(), peerCmd(), lbCmd(client))
 	return root
 }
 
@@ -61,6 +61,7 @@ func runCmd() *cobra.Command {
 		pprofAddr      string
 		socketMode     string
 		uplinks        []string
+		vips           []string
 		allowUIDs      []uint
 		allowGIDs      []uint
 		c              = config.Default()
@@ -131,6 +132,9 @@ is a host interface whose macvlan children become the INS NICs, e.g.
 				}
 				c.Uplinks = append(c.Uplinks, u)
 			}
+			if err := applyVIPs(&c, vips); err != nil {
+				return err
+			}
 			for _, u := range allowUIDs {
 				c.AllowUIDs = append(c.AllowUIDs, uint32(u))
 			}
@@ -156,7 +160,8 @@ is a host interface whose macvlan children become the INS NICs, e.g.
 	}
 	f := cmd.Flags()
 	f.StringVarP(&file, "config", "c", "", "YAML configuration file")
-	f.StringArrayVar(&uplinks, "uplink", nil, "uplink NAME=IFACE,pool4=ADDR/LEN[,gw4=ADDR][,pool6=ADDR/LEN,gw6=ADDR][,weight=N][,backend=packet|xdp][,gso=on|off] (repeatable)")
+	f.StringArrayVar(&uplinks, "uplink", nil, "uplink NAME=IFACE,pool4=ADDR/LEN[,gw4=ADDR][,pool6=ADDR/LEN,gw6=ADDR][,weight=N][,backend=packet|xdp][,gso=on|off][,vip=ADDR]... (repeatable)")
+	f.StringArrayVar(&vips, "vip", nil, "UPLINK=ADDR: a service address (IPv4 or IPv6) every INS holds on that uplink, balanced over them by an XDP program on its interface (repeatable)")
 	f.IntVar(&c.INS, "ins", c.INS, "INS processes to start with")
 	f.IntVar(&c.MaxINS, "max-ins", c.MaxINS, "most INS processes allowed")
 	f.StringVar(&c.Policy, "policy", c.Policy, "outbound uplink policy: wrr, rtt or hash")

@@ -1,0 +1,298 @@
+// Package lbctl is the daemon side of mpshim's load balancer (package lb):
+// for every uplink that has VIPs it loads the XDP program (lb/xdp) on the
+// uplink's interface and keeps a pool of the INS behind it (lb.Pool)
+// current as INS come up (spawn, replacement), go (kill, death), change
+// weight or drain. The daemon tells it about INS through one small
+// interface (INSUp, INSGone); `isolator lb` reads and changes it.
+package lbctl
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"sync"
+
+	"github.com/mpshim/mpshim/isolator/api"
+	"github.com/mpshim/mpshim/isolator/ins/netns"
+	"github.com/mpshim/mpshim/lb"
+	"github.com/mpshim/mpshim/lb/xdp"
+)
+
+// Uplink is one balanced uplink.
+type Uplink struct {
+	// Name is the uplink's name; Interface the host interface (the lower
+	// device of the INS macvlans) the program is attached to.
+	Name, Interface string
+	// VIPs are the service addresses steered on it.
+	VIPs []netip.Addr
+}
+
+// Manager holds the balancers of the daemon's uplinks.
+type Manager struct {
+	log   *slog.Logger
+	netNS string // the uplinks' network namespace ("" the daemon's)
+
+	mu      sync.Mutex
+	uplinks map[string]*balanced
+	// down are INS that died and whose replacement is not up yet.
+	down map[int]bool
+	// weights are weights set with SetWeight, kept across replacements.
+	weights map[int]uint32
+}
+
+type balanced struct {
+	Uplink
+	bal  *xdp.Balancer
+	pool *lb.Pool
+}
+
+// New returns a manager without uplinks; netNS names the network namespace
+// of the uplink interfaces ("" is the caller's).
+func New(log *slog.Logger, netNS string) *Manager {
+	return &Manager{log: log, netNS: netNS, uplinks: map[string]*balanced{}, down: map[int]bool{}, weights: map[int]uint32{}}
+}
+
+// inNS runs f in the uplinks' network namespace.
+func (m *Manager) inNS(f func() error) error {
+	if m.netNS == "" {
+		return f()
+	}
+	p := m.netNS
+	if !filepath.IsAbs(p) {
+		p = filepath.Join("/run/netns", p)
+	}
+	return netns.Do(p, f)
+}
+
+// AddUplink loads a balancer on u.Interface for u.VIPs. The VIPs are
+// answered (ARP, NDP) with the interface's MAC from here on; until INS
+// join, packets for them find no backend and are dropped.
+func (m *Manager) AddUplink(u Uplink) (err error) {
+	if len(u.VIPs) == 0 {
+		return fmt.Errorf("lb: uplink %s: no VIPs", u.Name)
+	}
+	m.mu.Lock()
+	_, dup := m.uplinks[u.Name]
+	m.mu.Unlock()
+	if dup {
+		return fmt.Errorf("lb: uplink %s is balanced already", u.Name)
+	}
+	bal, err := xdp.New(xdp.Config{})
+	if err != nil {
+		return fmt.Errorf("lb: uplink %s: %w", u.Name, err)
+	}
+	defer func() {
+		if err != nil {
+			bal.Close()
+		}
+	}()
+	var mac net.HardwareAddr
+	err = m.inNS(func() error {
+		ifc, err := net.InterfaceByName(u.Interface)
+		if err != nil {
+			return fmt.Errorf("interface %s: %w", u.Interface, err)
+		}
+		mac = ifc.HardwareAddr
+		// Generic (socket buffer) mode works on every interface, the
+		// virtual ones the INS macvlans often sit on included.
+		return bal.Attach(ifc.Index, true)
+	})
+	if err != nil {
+		return fmt.Errorf("lb: uplink %s: %w", u.Name, err)
+	}
+	if len(mac) != 6 {
+		return fmt.Errorf("lb: uplink %s: interface %s has no Ethernet address", u.Name, u.Interface)
+	}
+	for _, v := range u.VIPs {
+		if err := bal.AddVIP(v, mac); err != nil {
+			return fmt.Errorf("lb: uplink %s: %w", u.Name, err)
+		}
+	}
+	b := &balanced{Uplink: u, bal: bal, pool: lb.NewPool(bal, 0)}
+	m.mu.Lock()
+	m.uplinks[u.Name] = b
+	m.mu.Unlock()
+	m.log.Info("load balancer on", "uplink", u.Name, "interface", u.Interface, "vips", u.VIPs, "mac", mac.String())
+	return nil
+}
+
+// Uplinks reports whether any uplink is balanced.
+func (m *Manager) Uplinks() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.uplinks)
+}
+
+// INSUp puts INS id behind every balanced uplink it has a NIC on: macs
+// maps uplink names to the MAC of its NIC there. A replacement of a dead
+// INS takes the weight its predecessor had.
+func (m *Manager) INSUp(id int, macs map[string]net.HardwareAddr) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	w := uint32(1)
+	if x, ok := m.weights[id]; ok {
+		w = x
+	}
+	delete(m.down, id)
+	for name, b := range m.uplinks {
+		mac, ok := macs[name]
+		if !ok {
+			continue
+		}
+		_ = b.pool.Remove(id) // a replacement whose predecessor's removal raced
+		if err := b.pool.Add(lb.Member{ID: id, Name: fmt.Sprintf("ins-%d", id), MAC: mac, Weight: w}); err != nil {
+			m.log.Error("lb: add INS", "uplink", name, "ins", id, "err", err)
+			continue
+		}
+		m.log.Info("lb: INS added", "uplink", name, "ins", id, "mac", mac.String(), "weight", w)
+	}
+}
+
+// INSGone takes INS id out of every pool: its flows fall back to the
+// table, which no longer names it. died marks it down until INSUp (its
+// replacement) or Forget.
+func (m *Manager) INSGone(id int, died bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	removed := false
+	for name, b := range m.uplinks {
+		if err := b.pool.Remove(id); err != nil {
+			if !errors.Is(err, lb.ErrUnknown) {
+				m.log.Error("lb: remove INS", "uplink", name, "ins", id, "err", err)
+			}
+			continue
+		}
+		removed = true
+		m.log.Info("lb: INS removed", "uplink", name, "ins", id, "died", died)
+	}
+	if died && removed {
+		m.down[id] = true
+	}
+	if !died {
+		delete(m.weights, id)
+		delete(m.down, id)
+	}
+}
+
+// Forget drops what is remembered of INS id (it will not be replaced).
+func (m *Manager) Forget(id int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.down, id)
+	delete(m.weights, id)
+}
+
+// SetWeight sets INS id's weight (≥ 1) on every balanced uplink.
+func (m *Manager) SetWeight(id int, w int) error {
+	if w < 1 || w > 1<<16 {
+		return fmt.Errorf("lb: weight %d: want 1..65536 (drain an INS to give it no new flows)", w)
+	}
+	return m.each(id, func(p *lb.Pool) error { return p.SetWeight(id, uint32(w)) }, func() { m.weights[id] = uint32(w) })
+}
+
+// Drain gives INS id no new flows; its connections stay.
+func (m *Manager) Drain(id int) error {
+	return m.each(id, func(p *lb.Pool) error { return p.Drain(id) }, nil)
+}
+
+// Undrain gives a draining INS new flows again.
+func (m *Manager) Undrain(id int) error {
+	return m.each(id, func(p *lb.Pool) error { return p.Undrain(id) }, nil)
+}
+
+func (m *Manager) each(id int, f func(*lb.Pool) error, done func()) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.uplinks) == 0 {
+		return errors.New("lb: no uplink has VIPs (--vip or vips: in the configuration)")
+	}
+	found := false
+	for name, b := range m.uplinks {
+		err := f(b.pool)
+		if errors.Is(err, lb.ErrUnknown) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("uplink %s: %w", name, err)
+		}
+		found = true
+	}
+	if !found {
+		return fmt.Errorf("lb: INS %d is behind no balancer (see `isolator lb status`)", id)
+	}
+	if done != nil {
+		done()
+	}
+	return nil
+}
+
+// Members returns the members of every pool, by uplink name.
+func (m *Manager) Members() (map[string][]lb.MemberStatus, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := map[string][]lb.MemberStatus{}
+	for name, b := range m.uplinks {
+		st, err := b.pool.Status()
+		if err != nil {
+			return nil, fmt.Errorf("lb: uplink %s: %w", name, err)
+		}
+		out[name] = st
+	}
+	return out, nil
+}
+
+// Status describes every balanced uplink and its INS.
+func (m *Manager) Status() (*api.LBStatus, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	st := &api.LBStatus{Uplinks: []api.LBUplink{}}
+	names := make([]string, 0, len(m.uplinks))
+	for n := range m.uplinks {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		b := m.uplinks[n]
+		u := api.LBUplink{Name: n, Interface: b.Interface, Members: []api.LBMember{}}
+		for _, v := range b.VIPs {
+			u.VIPs = append(u.VIPs, v.String())
+		}
+		est, nw, _, err := b.bal.Flows()
+		if err != nil {
+			return nil, fmt.Errorf("lb: uplink %s: %w", n, err)
+		}
+		u.Established, u.New = est, nw
+		ms, err := b.pool.Status()
+		if err != nil {
+			return nil, fmt.Errorf("lb: uplink %s: %w", n, err)
+		}
+		for _, x := range ms {
+			u.Members = append(u.Members, api.LBMember{ID: x.ID, Name: x.Name, MAC: x.MAC.String(), Weight: x.Weight,
+				State: string(x.State), Share: x.Share, Connections: x.Connections, NewFlows: x.NewFlows, NewFlowsPerSec: x.NewFlowsPerSec})
+		}
+		for id := range m.down {
+			if !slices.ContainsFunc(u.Members, func(x api.LBMember) bool { return x.ID == id }) {
+				u.Members = append(u.Members, api.LBMember{ID: id, Name: fmt.Sprintf("ins-%d", id), State: "down"})
+			}
+		}
+		slices.SortFunc(u.Members, func(a, b api.LBMember) int { return a.ID - b.ID })
+		st.Uplinks = append(st.Uplinks, u)
+	}
+	return st, nil
+}
+
+// Close detaches every program.
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var errs []error
+	for _, b := range m.uplinks {
+		errs = append(errs, b.bal.Close())
+	}
+	m.uplinks = map[string]*balanced{}
+	return errors.Join(errs...)
+}

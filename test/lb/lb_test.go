@@ -1,0 +1,262 @@
+// Package lb tests the isolator's load balancer end to end: Debian's nginx
+// under libmpshim.so behind a VIP that every INS holds, the XDP program on
+// the uplink's interface in the gw namespace, and curl in the wan
+// namespace from many client addresses.
+package lb
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mpshim/mpshim/isolator/api"
+	"github.com/mpshim/mpshim/test/harness"
+	"github.com/mpshim/mpshim/test/topo"
+)
+
+const (
+	vip4 = "10.77.0.5"
+	vip6 = "fd77::5"
+)
+
+// env is one topology with a daemon balancing the VIPs and nginx behind them.
+type env struct {
+	tp    *topo.Topology
+	iso   *harness.Isolator
+	nginx *harness.Nginx
+	// clients are the extra client addresses on the wan end.
+	clients4, clients6 []netip.Addr
+}
+
+func setup(t *testing.T, ins int, extra ...string) *env {
+	t.Helper()
+	topo.RequireRoot(t)
+	harness.NeedFiles(t, "/usr/sbin/nginx", "/usr/bin/curl")
+	tp := topo.New(t, topo.Config{Uplinks: 1, Direct: true})
+	args := append([]string{"--allow-uid", "0", "--allow-uid", "33", "--vip", "up0=" + vip4, "--vip", "up0=" + vip6}, extra...)
+	iso := harness.StartIsolator(t, tp, harness.Options{INS: ins, Args: args})
+	n := harness.StartNginx(t, harness.NginxOptions{
+		NS: tp.App, Shim: iso,
+		Files: harness.RandomFiles(map[string]int{"1k.bin": 1 << 10}),
+		Config: func(dir, root string) string {
+			return fmt.Sprintf(`worker_processes 2;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_timeout 120;
+    keepalive_requests 1000000;
+    server {
+        listen 80;
+        listen [::]:80;
+        root %s;
+    }
+}
+`, root)
+		},
+	})
+	e := &env{tp: tp, iso: iso, nginx: n}
+	// Ten client addresses of each family on the wan end of the uplink.
+	for i := range 10 {
+		a4 := netip.AddrFrom4([4]byte{10, 77, 0, byte(101 + i)})
+		a6 := netip.MustParseAddr(fmt.Sprintf("fd77::%x", 0x101+i))
+		for _, a := range []string{a4.String() + "/24", a6.String() + "/64"} {
+			if _, err := tp.WAN.Run(context.Background(), "ip", "addr", "add", a, "dev", tp.Uplinks[0].WANIf, "nodad"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		e.clients4, e.clients6 = append(e.clients4, a4), append(e.clients6, a6)
+	}
+	return e
+}
+
+// status is `isolator lb status -o json`.
+func (e *env) status(t *testing.T) api.LBStatus {
+	t.Helper()
+	out, err := e.iso.CLI("lb", "status", "-o", "json")
+	if err != nil {
+		t.Fatalf("isolator lb status: %v: %s", err, out)
+	}
+	var st api.LBStatus
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("isolator lb status -o json: %v: %s", err, out)
+	}
+	if len(st.Uplinks) != 1 {
+		t.Fatalf("lb status: %d balanced uplinks, want 1: %s", len(st.Uplinks), out)
+	}
+	return st
+}
+
+// members returns the members by INS id.
+func (e *env) members(t *testing.T) map[int]api.LBMember {
+	t.Helper()
+	out := map[int]api.LBMember{}
+	for _, m := range e.status(t).Uplinks[0].Members {
+		out[m.ID] = m
+	}
+	return out
+}
+
+// waitMembers waits until the pool's members and their states are want.
+func (e *env) waitMembers(t *testing.T, limit time.Duration, want map[int]string) map[int]api.LBMember {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		ms := e.members(t)
+		ok := len(ms) == len(want)
+		for id, st := range want {
+			if ms[id].State != st {
+				ok = false
+			}
+		}
+		if ok {
+			return ms
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lb members %v, want states %v within %v", ms, want, limit)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (e *env) cli(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := e.iso.CLI(args...)
+	if err != nil {
+		t.Fatalf("isolator %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// curl fetches url n times, each on a connection of its own (the server
+// closes it), from client address src, and returns the HTTP status of
+// every transfer ("000" for one that failed).
+func (e *env) curl(t *testing.T, src netip.Addr, url string, n int) []string {
+	t.Helper()
+	args := []string{"-sS", "-g", "--max-time", "20", "--interface", src.String(), "-H", "Connection: close",
+		"-w", "%{http_code}\\n"}
+	for range n {
+		args = append(args, "-o", "/dev/null", url)
+	}
+	out, _ := e.tp.WAN.Command(context.Background(), "curl", args...).Output()
+	return strings.Fields(string(out))
+}
+
+// load opens n connections to url spread over the client addresses, ten
+// curls at a time, and fails the test for any transfer that did not get 200.
+func (e *env) load(t *testing.T, clients []netip.Addr, url string, n int) {
+	t.Helper()
+	per := n / len(clients)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	bad := map[string]int{}
+	got := 0
+	for _, c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			codes := e.curl(t, c, url, per)
+			mu.Lock()
+			defer mu.Unlock()
+			got += len(codes)
+			for _, s := range codes {
+				if s != "200" {
+					bad[s]++
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if got != per*len(clients) || len(bad) > 0 {
+		t.Fatalf("%s: %d of %d transfers reported, non-200 statuses %v", url, got, per*len(clients), bad)
+	}
+}
+
+func ids(ms map[int]api.LBMember) []int {
+	var out []int
+	for id := range ms {
+		out = append(out, id)
+	}
+	return out
+}
+
+// TestVIPSharesByWeight serves both VIPs from three INS, sets their weights
+// 1:2:3 and checks that the connections of ten client addresses reach each
+// INS by its weight: the XDP program's count of new flows per INS, and the
+// packets each INS received.
+func TestVIPSharesByWeight(t *testing.T) {
+	e := setup(t, 3)
+	ms := e.waitMembers(t, 10*time.Second, map[int]string{1: "up", 2: "up", 3: "up"})
+	for id, m := range ms {
+		if math.Abs(m.Share-1.0/3) > 0.01 {
+			t.Errorf("INS %d holds %.3f of the table, want 1/3", id, m.Share)
+		}
+	}
+	for _, url := range []string{"http://" + vip4 + "/1k.bin", "http://[" + vip6 + "]/1k.bin"} {
+		if codes := e.curl(t, e.clients4[0], url, 1); len(codes) != 1 || codes[0] != "200" {
+			// IPv6 from an IPv6 client.
+			if strings.Contains(url, "[") {
+				codes = e.curl(t, e.clients6[0], url, 1)
+			}
+			if len(codes) != 1 || codes[0] != "200" {
+				t.Fatalf("curl %s: %v", url, codes)
+			}
+		}
+	}
+	e.cli(t, "lb", "weight", "2", "2")
+	e.cli(t, "lb", "weight", "3", "3")
+	if _, err := e.iso.CLI("lb", "weight", "2", "0"); err == nil {
+		t.Errorf("lb weight 2 0 was accepted")
+	}
+	if _, err := e.iso.CLI("lb", "weight", "99", "1"); err == nil {
+		t.Errorf("lb weight for INS 99, which does not exist, was accepted")
+	}
+	before := e.members(t)
+	rx := func() map[int]uint64 {
+		infos, err := e.iso.List()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[int]uint64{}
+		for _, in := range infos {
+			for _, u := range in.Uplinks {
+				out[in.ID] += u.RxPackets
+			}
+		}
+		return out
+	}
+	rx0 := rx()
+	const n4, n6 = 5000, 1000
+	e.load(t, e.clients4, "http://"+vip4+"/1k.bin", n4)
+	e.load(t, e.clients6, "http://["+vip6+"]/1k.bin", n6)
+	after := e.members(t)
+	rx1 := rx()
+	var total uint64
+	var rxTotal uint64
+	for id := range after {
+		total += after[id].NewFlows - before[id].NewFlows
+		rxTotal += rx1[id] - rx0[id]
+	}
+	if total < n4+n6 {
+		t.Fatalf("the program counted %d new flows, want at least %d", total, n4+n6)
+	}
+	for id, m := range after {
+		want := float64(m.Weight) / 6
+		got := float64(m.NewFlows-before[id].NewFlows) / float64(total)
+		gotRx := float64(rx1[id]-rx0[id]) / float64(rxTotal)
+		t.Logf("INS %d weight %d: %.3f of new flows, %.3f of received packets, want %.3f", id, m.Weight, got, gotRx, want)
+		if math.Abs(got-want) > 0.1*want {
+			t.Errorf("INS %d got %.3f of the new flows, want %.3f ±10%%", id, got, want)
+		}
+		// Packets per connection vary a little (retransmissions,
+		// delayed ACKs): a wider margin.
+		if math.Abs(gotRx-want) > 0.25*want {
+			t.Errorf("INS %d received %.3f of the packets, want %.3f ±25%%", id, gotRx, want)
+		}
+	}
+}
