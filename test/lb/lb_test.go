@@ -5,17 +5,26 @@
 package lb
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math"
+	"net"
+	"net/http"
 	"net/netip"
+	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/mpshim/mpshim/isolator/api"
+	"github.com/mpshim/mpshim/netflow"
 	"github.com/mpshim/mpshim/test/harness"
 	"github.com/mpshim/mpshim/test/topo"
 )
@@ -259,4 +268,237 @@ func TestVIPSharesByWeight(t *testing.T) {
 			t.Errorf("INS %d received %.3f of the packets, want %.3f ±25%%", id, gotRx, want)
 		}
 	}
+}
+
+// conn is one long-lived client connection that sends a request every
+// 100 ms on keep-alive.
+type conn struct {
+	src      netip.AddrPort // its client address and port
+	requests int
+	err      error // the first error; the connection stops there
+	errAt    time.Time
+}
+
+// run sends requests on c until stop is closed or a request fails.
+func (c *conn) run(nc net.Conn, stop <-chan struct{}, want int) {
+	defer nc.Close()
+	br := bufio.NewReader(nc)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-tick.C:
+		}
+		nc.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.WriteString(nc, "GET /1k.bin HTTP/1.1\r\nHost: lb\r\n\r\n"); err != nil {
+			c.err, c.errAt = err, time.Now()
+			return
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err == nil {
+			var n int64
+			n, err = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if err == nil && (resp.StatusCode != 200 || n != int64(want)) {
+				err = fmt.Errorf("status %d, %d bytes", resp.StatusCode, n)
+			}
+		}
+		if err != nil {
+			c.err, c.errAt = err, time.Now()
+			return
+		}
+		c.requests++
+	}
+}
+
+// flowINS maps the client address and port of every flow to the VIP to the
+// INS that carries it, from `netflow ls -o json`.
+func (e *env) flowINS(t *testing.T) map[netip.AddrPort]int {
+	t.Helper()
+	out, err := exec.Command(harness.Binary(t, "netflow"), "--api", e.iso.API, "ls", "-o", "json").Output()
+	if err != nil {
+		t.Fatalf("netflow ls: %v", err)
+	}
+	m := map[netip.AddrPort]int{}
+	dec := json.NewDecoder(bytes.NewReader(out))
+	for dec.More() {
+		var f netflow.Flow
+		if err := dec.Decode(&f); err != nil {
+			t.Fatalf("netflow ls -o json: %v", err)
+		}
+		if f.Dst.String() == vip4 && f.DstPort == 80 {
+			m[netip.AddrPortFrom(f.Src, f.SrcPort)] = f.INS
+		}
+	}
+	return m
+}
+
+// insPID is the pid of INS id from `isolator ls`.
+func (e *env) insPID(t *testing.T, id int) int {
+	t.Helper()
+	infos, err := e.iso.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range infos {
+		if in.ID == id {
+			return in.PID
+		}
+	}
+	t.Fatalf("no INS %d in isolator ls", id)
+	return 0
+}
+
+// spawn runs `isolator spawn -n n` and checks that the pool has the new INS
+// up in the first status after spawn returned.
+func (e *env) spawn(t *testing.T, n int) []int {
+	t.Helper()
+	before := e.members(t)
+	e.cli(t, "spawn", "-n", strconv.Itoa(n))
+	after := e.members(t)
+	var added []int
+	for id, m := range after {
+		if _, ok := before[id]; !ok {
+			if m.State != "up" || m.Share == 0 {
+				t.Errorf("INS %d spawned: %s with %.3f of the table, want up with a share", id, m.State, m.Share)
+			}
+			added = append(added, id)
+		}
+	}
+	if len(added) != n {
+		t.Fatalf("spawn -n %d: the pool got INS %v", n, added)
+	}
+	return added
+}
+
+// TestAffinity keeps 60 connections from ten client addresses busy with a
+// request every 100 ms while INS are spawned (5), drained (2) and one is
+// killed with SIGKILL: no connection fails but those the killed INS
+// carried. New flows reach a spawned INS at once; the killed INS is down in
+// the pool until its replacement is up; a drained INS, then stopped,
+// leaves the pool.
+func TestAffinity(t *testing.T) {
+	e := setup(t, 4)
+	e.waitMembers(t, 10*time.Second, map[int]string{1: "up", 2: "up", 3: "up", 4: "up"})
+	const perClient = 6
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var conns []*conn
+	for _, src := range e.clients4 {
+		for range perClient {
+			var nc net.Conn
+			err := e.tp.WAN.Do(func() error {
+				d := net.Dialer{LocalAddr: &net.TCPAddr{IP: src.AsSlice()}, Timeout: 5 * time.Second}
+				var err error
+				nc, err = d.Dial("tcp", net.JoinHostPort(vip4, "80"))
+				return err
+			})
+			if err != nil {
+				close(stop)
+				t.Fatalf("dial the VIP from %v: %v", src, err)
+			}
+			c := &conn{src: netip.MustParseAddrPort(nc.LocalAddr().String())}
+			conns = append(conns, c)
+			wg.Add(1)
+			go func() { defer wg.Done(); c.run(nc, stop, 1024) }()
+		}
+	}
+	defer func() {
+		select {
+		case <-stop:
+		default:
+			close(stop)
+		}
+		wg.Wait()
+	}()
+	// The flow records say which INS carries each connection.
+	var owner map[netip.AddrPort]int
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		owner = e.flowINS(t)
+		missing := 0
+		for _, c := range conns {
+			if _, ok := owner[c.src]; !ok {
+				missing++
+			}
+		}
+		if missing == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no flow record for %d of %d connections after 15 s", missing, len(conns))
+		}
+	}
+	carried := map[int]int{}
+	for _, c := range conns {
+		carried[owner[c.src]]++
+	}
+	t.Logf("connections per INS: %v", carried)
+	for id := 1; id <= 4; id++ {
+		if carried[id] == 0 {
+			t.Fatalf("INS %d carries none of %d connections: %v", id, len(conns), carried)
+		}
+	}
+
+	spawned := e.spawn(t, 2)
+	// New flows reach a spawned INS: 100 connections right after spawn
+	// returned, of which a share go to the new ones.
+	before := e.members(t)
+	e.load(t, e.clients4, "http://"+vip4+"/1k.bin", 100)
+	after := e.members(t)
+	for _, id := range spawned {
+		if after[id].NewFlows == before[id].NewFlows {
+			t.Errorf("spawned INS %d got none of 100 new flows", id)
+		}
+	}
+	e.cli(t, "lb", "drain", "1")
+	const killed = 2
+	pid := e.insPID(t, killed)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	killedAt := time.Now()
+	// Down at once (the daemon's wait returns), up again once replaced.
+	deadline := time.Now().Add(5 * time.Second)
+	for e.members(t)[killed].State == "up" && e.members(t)[killed].MAC != "" && e.insPID(t, killed) == pid {
+		if time.Now().After(deadline) {
+			t.Fatalf("INS %d still up in the pool 5 s after SIGKILL", killed)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Logf("INS %d out of the pool %v after SIGKILL", killed, time.Since(killedAt).Round(time.Millisecond))
+	spawned = append(spawned, e.spawn(t, 3)...)
+	e.cli(t, "lb", "drain", "3")
+	want := map[int]string{1: "draining", 2: "up", 3: "draining", 4: "up"}
+	for _, id := range spawned {
+		want[id] = "up"
+	}
+	ms := e.waitMembers(t, 30*time.Second, want)
+	for _, id := range []int{1, 3} {
+		if ms[id].Share != 0 {
+			t.Errorf("draining INS %d holds %.3f of the table", id, ms[id].Share)
+		}
+	}
+	time.Sleep(time.Second)
+	close(stop)
+	wg.Wait()
+	for _, c := range conns {
+		id := owner[c.src]
+		switch {
+		case c.err != nil && id != killed:
+			t.Errorf("connection from %v on INS %d failed after %d requests: %v", c.src, id, c.requests, c.err)
+		case c.err == nil && id == killed:
+			t.Errorf("connection from %v on the killed INS %d kept working", c.src, id)
+		case c.err == nil && c.requests < 20:
+			t.Errorf("connection from %v on INS %d made only %d requests", c.src, id, c.requests)
+		}
+	}
+
+	// Drained, then stopped: out of the pool, the VIP still served.
+	e.cli(t, "kill", "1")
+	if _, ok := e.members(t)[1]; ok {
+		t.Errorf("INS 1 still in the pool after isolator kill")
+	}
+	e.load(t, e.clients4, "http://"+vip4+"/1k.bin", 200)
 }
