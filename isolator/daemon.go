@@ -119,6 +119,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			return err
 		}
 	}
+	d.startAutoscale(ctx)
 	serveApp, err := d.startApp(ctx)
 	if err != nil {
 		apiLn.Close()

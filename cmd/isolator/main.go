@@ -85,7 +85,7 @@ is a host interface whose macvlan children become the INS NICs, e.g.
 				}
 				// Flags given on the command line override the file.
 				fl := cmd.Flags()
-				for _, name := range []string{"ins", "policy", "socket", "socket-group", "netns", "max-ins", "state-dir", "dns", "dns-timeout"} {
+				for _, name := range []string{"ins", "policy", "socket", "socket-group", "netns", "max-ins", "state-dir", "dns", "dns-timeout", "autoscale"} {
 					if !fl.Changed(name) {
 						continue
 					}
@@ -108,6 +108,8 @@ is a host interface whose macvlan children become the INS NICs, e.g.
 						fc.DNS = c.DNS
 					case "dns-timeout":
 						fc.DNSTimeout = c.DNSTimeout
+					case "autoscale":
+						fc.Autoscale = c.Autoscale
 					}
 				}
 				if fl.Changed("api") {
@@ -162,6 +164,7 @@ is a host interface whose macvlan children become the INS NICs, e.g.
 	f.StringVarP(&file, "config", "c", "", "YAML configuration file")
 	f.StringArrayVar(&uplinks, "uplink", nil, "uplink NAME=IFACE,pool4=ADDR/LEN[,gw4=ADDR][,pool6=ADDR/LEN,gw6=ADDR][,weight=N][,backend=packet|xdp][,gso=on|off][,vip=ADDR]... (repeatable)")
 	f.StringArrayVar(&vips, "vip", nil, "UPLINK=ADDR: a service address (IPv4 or IPv6) every INS holds on that uplink, balanced over them by an XDP program on its interface (repeatable)")
+	f.StringVar(&c.Autoscale, "autoscale", c.Autoscale, "grow and shrink the INS behind the VIPs by load: min=2,max=20,conns=1000,cpu=0.8,sustain=5s,cooldown=15s,headroom=0.6,drain=30s (missing keys take these values)")
 	f.IntVar(&c.INS, "ins", c.INS, "INS processes to start with")
 	f.IntVar(&c.MaxINS, "max-ins", c.MaxINS, "most INS processes allowed")
 	f.StringVar(&c.Policy, "policy", c.Policy, "outbound uplink policy: wrr, rtt or hash")

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/mpshim/mpshim/lb/autoscale"
 )
 
 // Defaults of the daemon's sockets.
@@ -34,6 +36,10 @@ type Config struct {
 	Uplinks []Uplink `yaml:"uplinks"`
 	// INS is the number of INS processes started with the daemon.
 	INS int `yaml:"ins"`
+	// Autoscale, if set, grows and shrinks the INS behind the uplinks'
+	// VIPs by load: "min=2,max=20,conns=500,cpu=0.8,sustain=5s,
+	// cooldown=15s,headroom=0.6,drain=30s" (package lb/autoscale).
+	Autoscale string `yaml:"autoscale"`
 	// Policy places outbound flows on uplinks: wrr, rtt or hash.
 	Policy string `yaml:"policy"`
 	// NetNS is the network namespace (a name under /run/netns or a path)
@@ -291,6 +297,15 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("dns_timeout %v: want 0 (default) up to %v", c.DNSTimeout, MaxDNSTimeout))
 	}
 	errs = append(errs, c.validateMonitoring())
+	if c.Autoscale != "" {
+		if as, err := autoscale.ParseConfig(c.Autoscale); err != nil {
+			errs = append(errs, err)
+		} else if as.Max > c.MaxINS {
+			errs = append(errs, fmt.Errorf("autoscale max=%d above max_ins %d", as.Max, c.MaxINS))
+		} else if !slices.ContainsFunc(c.Uplinks, func(u Uplink) bool { return len(u.VIPs) > 0 }) {
+			errs = append(errs, errors.New("autoscale: no uplink has VIPs (--vip or vips:) to balance"))
+		}
+	}
 	seen := map[string]bool{}
 	vipOwner := map[netip.Addr]string{}
 	for i := range c.Uplinks {

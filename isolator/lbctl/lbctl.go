@@ -42,6 +42,9 @@ type Manager struct {
 	down map[int]bool
 	// weights are weights set with SetWeight, kept across replacements.
 	weights map[int]uint32
+	// policy is the autoscaling policy ("" off), decisions its record.
+	policy    string
+	decisions []api.LBDecision
 }
 
 type balanced struct {
@@ -282,6 +285,8 @@ func (m *Manager) Status() (*api.LBStatus, error) {
 		slices.SortFunc(u.Members, func(a, b api.LBMember) int { return a.ID - b.ID })
 		st.Uplinks = append(st.Uplinks, u)
 	}
+	st.Autoscale = m.policy
+	st.Decisions = slices.Clone(m.decisions)
 	return st, nil
 }
 
