@@ -123,3 +123,23 @@ func TestUplinkVIPs(t *testing.T) {
 		t.Fatalf("a VIP on two uplinks: %v", err)
 	}
 }
+
+func FuzzUplinkVIPs(f *testing.F) {
+	f.Add("up0=eth1,pool4=10.77.0.10/24,pool6=fd77::10/64,vip=10.77.0.5,vip=fd77::5")
+	f.Add("up0=eth1,pool4=10.77.0.10/24,vip=::ffff:10.77.0.5")
+	f.Fuzz(func(t *testing.T, s string) {
+		u, err := ParseUplinkFlag(s)
+		if err != nil {
+			return
+		}
+		vips, err := u.VIPAddrs()
+		if err != nil {
+			return
+		}
+		for _, v := range vips {
+			if !v.IsValid() || v.Is4In6() || v.IsUnspecified() || v.IsMulticast() || v.IsLoopback() || v.IsLinkLocalUnicast() {
+				t.Fatalf("%q: accepted VIP %v", s, v)
+			}
+		}
+	})
+}
