@@ -198,6 +198,20 @@ func (p *Pool) applyLocked() error {
 	return p.bal.SetBackends(bs)
 }
 
+// Members returns every member, by INS id, without asking the data path.
+func (p *Pool) Members() []Member {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]Member, 0, len(p.members))
+	for _, pm := range p.members {
+		m := pm.Member
+		m.MAC = slices.Clone(m.MAC)
+		out = append(out, m)
+	}
+	slices.SortFunc(out, func(a, b Member) int { return a.ID - b.ID })
+	return out
+}
+
 // Status returns every member (by INS id) with its share of the table, its
 // connections and its new flows per second.
 func (p *Pool) Status() ([]MemberStatus, error) {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/mpshim/mpshim/isolator/api"
+	"github.com/mpshim/mpshim/lb"
 	"github.com/mpshim/mpshim/lb/autoscale"
 )
 
@@ -133,14 +134,12 @@ func (m *Manager) record(d api.LBDecision) {
 
 // upINS returns the INS that take new flows on any balanced uplink, by id.
 func (m *Manager) upINS() []int {
-	all, err := m.Members()
-	if err != nil {
-		return nil
-	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	var ids []int
-	for _, ms := range all {
-		for _, x := range ms {
-			if x.State == "up" && !slices.Contains(ids, x.ID) {
+	for _, b := range m.uplinks {
+		for _, x := range b.pool.Members() {
+			if x.State == lb.Up && !slices.Contains(ids, x.ID) {
 				ids = append(ids, x.ID)
 			}
 		}

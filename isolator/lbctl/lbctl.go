@@ -233,21 +233,6 @@ func (m *Manager) each(id int, f func(*lb.Pool) error, done func()) error {
 	return nil
 }
 
-// Members returns the members of every pool, by uplink name.
-func (m *Manager) Members() (map[string][]lb.MemberStatus, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	out := map[string][]lb.MemberStatus{}
-	for name, b := range m.uplinks {
-		st, err := b.pool.Status()
-		if err != nil {
-			return nil, fmt.Errorf("lb: uplink %s: %w", name, err)
-		}
-		out[name] = st
-	}
-	return out, nil
-}
-
 // Status describes every balanced uplink and its INS.
 func (m *Manager) Status() (*api.LBStatus, error) {
 	m.mu.Lock()
