@@ -292,15 +292,21 @@ func (e *env) checkShares(t *testing.T, weights map[int]int, n4, n6 int) {
 		total += after[id].NewFlows - before[id].NewFlows
 		rxTotal += rx1[id] - rx0[id]
 	}
-	if total < uint64(n4+n6) {
-		t.Fatalf("the program counted %d new flows, want at least %d", total, n4+n6)
+	// A client port used again while its earlier flow is still in the
+	// established table is no new flow (it goes where that one went, as
+	// the table would send it), so with many connections per client
+	// address fewer than n4+n6 are counted; their shares are what the
+	// table decided.
+	if total < uint64(n4+n6)/2 {
+		t.Fatalf("the program counted %d new flows of %d connections", total, n4+n6)
 	}
-	worst := 0.0
+	worst, worstRx := 0.0, 0.0
 	for id, m := range after {
 		want := float64(weights[id]) / float64(sum)
 		got := float64(m.NewFlows-before[id].NewFlows) / float64(total)
 		gotRx := float64(rx1[id]-rx0[id]) / float64(rxTotal)
 		worst = max(worst, math.Abs(got-want)/want)
+		worstRx = max(worstRx, math.Abs(gotRx-want)/want)
 		t.Logf("INS %d weight %d: %.4f of new flows, %.4f of received packets, want %.4f", id, m.Weight, got, gotRx, want)
 		if math.Abs(got-want) > 0.1*want {
 			t.Errorf("INS %d got %.4f of the new flows, want %.4f ±10%%", id, got, want)
@@ -309,7 +315,8 @@ func (e *env) checkShares(t *testing.T, weights map[int]int, n4, n6 int) {
 			t.Errorf("INS %d received %.4f of the packets, want %.4f ±25%%", id, gotRx, want)
 		}
 	}
-	t.Logf("%d INS, %d connections: the largest deviation of a share from its weight is %.1f%%", len(after), n4+n6, 100*worst)
+	t.Logf("%d INS, %d connections (%d new flows counted): the largest deviation of a share from its weight is %.1f%% by new flows, %.1f%% by received packets",
+		len(after), n4+n6, total, 100*worst, 100*worstRx)
 }
 
 // conn is one long-lived client connection that sends a request every
