@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -23,6 +24,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/mpshim/mpshim/isolator/api"
 	"github.com/mpshim/mpshim/netflow"
@@ -641,4 +644,145 @@ func TestAutoscale(t *testing.T) {
 	}
 	// The VIP is still served by what is left.
 	e.load(t, e.clients4, url, 100)
+}
+
+// synFrame is a TCP SYN from src:sport to dst:80 in an Ethernet frame from
+// srcMAC to dstMAC, with valid checksums.
+func synFrame(dstMAC, srcMAC net.HardwareAddr, src, dst netip.Addr, sport uint16) []byte {
+	f := make([]byte, 14+20+20)
+	copy(f[0:6], dstMAC)
+	copy(f[6:12], srcMAC)
+	f[12], f[13] = 0x08, 0x00
+	ip := f[14:34]
+	ip[0], ip[3], ip[6], ip[8], ip[9] = 0x45, 40, 0x40, 64, 6
+	s4, d4 := src.As4(), dst.As4()
+	copy(ip[12:16], s4[:])
+	copy(ip[16:20], d4[:])
+	binary.BigEndian.PutUint16(ip[10:12], ^onesSum(0, ip))
+	tcp := f[34:]
+	binary.BigEndian.PutUint16(tcp[0:2], sport)
+	binary.BigEndian.PutUint16(tcp[2:4], 80)
+	binary.BigEndian.PutUint32(tcp[4:8], uint32(sport)*2654435761)
+	tcp[12], tcp[13] = 5<<4, 0x02
+	binary.BigEndian.PutUint16(tcp[14:16], 65535)
+	pseudo := append(append(append([]byte{}, s4[:]...), d4[:]...), 0, 6, 0, 20)
+	binary.BigEndian.PutUint16(tcp[16:18], ^onesSum(onesSum(0, pseudo), tcp))
+	return f
+}
+
+// onesSum adds b to the one's complement sum s.
+func onesSum(s uint16, b []byte) uint16 {
+	sum := uint32(s)
+	for i := 0; i+1 < len(b); i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	if len(b)%2 == 1 {
+		sum += uint32(b[len(b)-1]) << 8
+	}
+	for sum > 0xffff {
+		sum = sum>>16 + sum&0xffff
+	}
+	return uint16(sum)
+}
+
+// TestSynFlood sends 150,000 SYNs from spoofed sources (10.200.0.0/16, each
+// tuple once) to the VIP from the wan namespace while 30 long-lived
+// connections keep making a request every 100 ms: none of them fails, the
+// new-flow table stays within its bound and the flood does not reach the
+// established table.
+func TestSynFlood(t *testing.T) {
+	e := setup(t, 3)
+	e.waitMembers(t, 10*time.Second, map[int]string{1: "up", 2: "up", 3: "up"})
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var conns []*conn
+	defer func() {
+		select {
+		case <-stop:
+		default:
+			close(stop)
+		}
+		wg.Wait()
+	}()
+	for i := range 30 {
+		src := e.clients4[i%len(e.clients4)]
+		var nc net.Conn
+		err := e.tp.WAN.Do(func() error {
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: src.AsSlice()}, Timeout: 5 * time.Second}
+			var err error
+			nc, err = d.Dial("tcp", net.JoinHostPort(vip4, "80"))
+			return err
+		})
+		if err != nil {
+			t.Fatalf("dial the VIP from %v: %v", src, err)
+		}
+		c := &conn{src: netip.MustParseAddrPort(nc.LocalAddr().String())}
+		conns = append(conns, c)
+		wg.Add(1)
+		go func() { defer wg.Done(); c.run(nc, stop, 1024) }()
+	}
+	time.Sleep(time.Second)
+	before := e.status(t).Uplinks[0]
+
+	var dstMAC, srcMAC net.HardwareAddr
+	if err := e.tp.GW.Do(func() error {
+		ifc, err := net.InterfaceByName(e.tp.Uplinks[0].GWIf)
+		if err == nil {
+			dstMAC = ifc.HardwareAddr
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var fd, ifindex int
+	if err := e.tp.WAN.Do(func() error {
+		ifc, err := net.InterfaceByName(e.tp.Uplinks[0].WANIf)
+		if err != nil {
+			return err
+		}
+		ifindex, srcMAC = ifc.Index, ifc.HardwareAddr
+		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+		return err
+	}); err != nil {
+		t.Fatalf("packet socket in the wan namespace: %v", err)
+	}
+	defer unix.Close(fd)
+	to := &unix.SockaddrLinklayer{Ifindex: ifindex, Halen: 6}
+	vip := netip.MustParseAddr(vip4)
+	const flood = 150000
+	start := time.Now()
+	for i := range flood {
+		src := netip.AddrFrom4([4]byte{10, 200, byte(i >> 8 & 0xff), byte(i)})
+		f := synFrame(dstMAC, srcMAC, src, vip, uint16(1024+i/65536))
+		for {
+			err := unix.Sendto(fd, f, 0, to)
+			if err == nil {
+				break
+			}
+			if err != unix.ENOBUFS {
+				t.Fatalf("send SYN %d: %v", i, err)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	t.Logf("%d spoofed SYNs sent in %v", flood, time.Since(start).Round(time.Millisecond))
+	time.Sleep(2 * time.Second)
+	after := e.status(t).Uplinks[0]
+	close(stop)
+	wg.Wait()
+	for _, c := range conns {
+		if c.err != nil {
+			t.Errorf("connection from %v failed during the flood after %d requests: %v", c.src, c.requests, c.err)
+		}
+	}
+	t.Logf("flow tables: established %d -> %d, new %d -> %d", before.Established, after.Established, before.New, after.New)
+	if after.New > 1<<16 {
+		t.Errorf("new-flow table holds %d entries, bound %d", after.New, 1<<16)
+	}
+	if after.New < 1<<15 {
+		t.Errorf("new-flow table holds %d entries after %d spoofed SYNs: did the flood reach the program?", after.New, flood)
+	}
+	if after.Established > before.Established+100 {
+		t.Errorf("established table grew from %d to %d during a SYN flood", before.Established, after.Established)
+	}
 }
