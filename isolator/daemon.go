@@ -100,7 +100,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	defer os.Remove(d.cfg.API)
 	defer d.lb.Close()
 	defer d.stopAll()
-	if err := d.startLB(); err != nil {
+	if err := d.startLB(ctx); err != nil {
 		apiLn.Close()
 		return err
 	}

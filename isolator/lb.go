@@ -19,7 +19,7 @@ import (
 
 // startLB loads a balancer on every uplink that has VIPs (package lbctl);
 // the INS join as they come up.
-func (d *Daemon) startLB() error {
+func (d *Daemon) startLB(ctx context.Context) error {
 	d.mu.Lock()
 	ups := append([]*uplinkState(nil), d.uplinks...)
 	d.mu.Unlock()
@@ -27,7 +27,15 @@ func (d *Daemon) startLB() error {
 		if len(u.vips) == 0 {
 			continue
 		}
-		if err := d.lb.AddUplink(lbctl.Uplink{Name: u.cfg.Name, Interface: u.cfg.Interface, VIPs: u.vips}); err != nil {
+		own, addrs, err := u.cfg.TunnelAddrs()
+		if err != nil {
+			return err
+		}
+		lu := lbctl.Uplink{Name: u.cfg.Name, Interface: u.cfg.Interface, VIPs: u.vips, Tunnel4: own}
+		for i, r := range u.cfg.Remotes {
+			lu.Remotes = append(lu.Remotes, lbctl.Remote{Name: r.Name, Addr: addrs[i], Weight: r.Weight})
+		}
+		if err := d.lb.AddUplink(ctx, lu); err != nil {
 			return err
 		}
 	}

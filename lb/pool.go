@@ -35,6 +35,9 @@ type Member struct {
 	Weight uint32
 	// State is Up or Draining.
 	State State
+	// Tunnel, if set, makes the member a host behind this one, reached in
+	// an IP-in-IP header (MAC is then the next hop's; see xdp.Tunnel).
+	Tunnel *xdp.Tunnel
 }
 
 // MemberStatus is a member with what the data path says about it.
@@ -193,7 +196,7 @@ func (p *Pool) applyLocked() error {
 		if pm.State == Draining {
 			st = xdp.Draining
 		}
-		bs = append(bs, xdp.Backend{ID: pm.slot, Name: pm.Name, MAC: pm.MAC, Weight: pm.Weight, State: st})
+		bs = append(bs, xdp.Backend{ID: pm.slot, Name: pm.Name, MAC: pm.MAC, Weight: pm.Weight, State: st, Tunnel: pm.Tunnel})
 	}
 	return p.bal.SetBackends(bs)
 }

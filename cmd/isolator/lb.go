@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -31,6 +32,32 @@ func applyVIPs(c *config.Config, vips []string) error {
 			return fmt.Errorf("--vip %q: no uplink named %q (--uplink or the configuration file)", s, name)
 		}
 		c.Uplinks[i].VIPs = append(c.Uplinks[i].VIPs, addr)
+	}
+	return nil
+}
+
+// applyRemotes adds each --remote UPLINK=NAME,ADDR[,WEIGHT] to the named
+// uplink of c.
+func applyRemotes(c *config.Config, remotes []string) error {
+	for _, s := range remotes {
+		name, rest, ok := strings.Cut(s, "=")
+		f := strings.Split(rest, ",")
+		if !ok || name == "" || len(f) < 2 || len(f) > 3 {
+			return fmt.Errorf("--remote %q: want UPLINK=NAME,ADDR[,WEIGHT]", s)
+		}
+		r := config.Remote{Name: f[0], Tunnel4: f[1]}
+		if len(f) == 3 {
+			w, err := strconv.Atoi(f[2])
+			if err != nil || w < 1 {
+				return fmt.Errorf("--remote %q: weight %q: want a number ≥ 1", s, f[2])
+			}
+			r.Weight = w
+		}
+		i := slices.IndexFunc(c.Uplinks, func(u config.Uplink) bool { return u.Name == name })
+		if i < 0 {
+			return fmt.Errorf("--remote %q: no uplink named %q (--uplink or the configuration file)", s, name)
+		}
+		c.Uplinks[i].Remotes = append(c.Uplinks[i].Remotes, r)
 	}
 	return nil
 }
@@ -69,10 +96,14 @@ func lbCmd(d dialer) *cobra.Command {
 				fmt.Printf("uplink %s on %s, VIPs %s: %d established and %d new flows in the tables\n",
 					u.Name, u.Interface, strings.Join(u.VIPs, " "), u.Established, u.New)
 				w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(w, "  ID\tSTATE\tWEIGHT\tSHARE\tCONNS\tNEW FLOWS/S\tNEW FLOWS\tMAC")
+				fmt.Fprintln(w, "  ID\tSTATE\tWEIGHT\tSHARE\tCONNS\tNEW FLOWS/S\tNEW FLOWS\tMAC\tREMOTE")
 				for _, m := range u.Members {
-					fmt.Fprintf(w, "  %d\t%s\t%d\t%.1f%%\t%d\t%.1f\t%d\t%s\n", m.ID, m.State, m.Weight, 100*m.Share,
-						m.Connections, m.NewFlowsPerSec, m.NewFlows, m.MAC)
+					remote := "-"
+					if m.Remote != "" {
+						remote = m.Name + " via " + m.Remote
+					}
+					fmt.Fprintf(w, "  %d\t%s\t%d\t%.1f%%\t%d\t%.1f\t%d\t%s\t%s\n", m.ID, m.State, m.Weight, 100*m.Share,
+						m.Connections, m.NewFlowsPerSec, m.NewFlows, m.MAC, remote)
 				}
 				if err := w.Flush(); err != nil {
 					return err

@@ -48,6 +48,9 @@ type LBMember struct {
 	// NewFlowsPerSec is their rate since the previous status.
 	NewFlows       uint64  `json:"new_flows"`
 	NewFlowsPerSec float64 `json:"new_flows_per_sec"`
+	// Remote is, for another host behind the balancer, its tunnel
+	// address (MAC is then the next hop's).
+	Remote string `json:"remote,omitempty"`
 }
 
 // LBDecision is one autoscaling decision.

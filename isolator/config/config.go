@@ -146,6 +146,68 @@ type Uplink struct {
 	// steers to one INS per flow (docs/design.md, "lb"). An IPv6 VIP needs
 	// pool6. A VIP must not be one of the pool's addresses.
 	VIPs []string `yaml:"vips"`
+	// Tunnel4 is this host's IPv4 address on Interface (the host holds
+	// it, not the INS): the source of the IP-in-IP packets the balancer
+	// sends to Remotes, and the address other LB hosts send theirs to
+	// (their outer header is removed and the packet steered to this
+	// host's INS).
+	Tunnel4 string `yaml:"tunnel4"`
+	// Remotes are other isolator hosts whose INS serve this uplink's VIPs
+	// too: each is one member of the pool with its weight, reached in
+	// IP-in-IP to its tunnel4.
+	Remotes []Remote `yaml:"remotes"`
+}
+
+// Remote is another isolator host behind this one's balancer.
+type Remote struct {
+	// Name names it in the Maglev table and in `isolator lb status`.
+	Name string `yaml:"name"`
+	// Tunnel4 is its tunnel4 address.
+	Tunnel4 string `yaml:"tunnel4"`
+	// Weight is its share of new flows (0 means 1).
+	Weight int `yaml:"weight"`
+}
+
+// TunnelAddrs parses Tunnel4 and the remotes' addresses ("" gives an
+// invalid Addr).
+func (u *Uplink) TunnelAddrs() (netip.Addr, []netip.Addr, error) {
+	parse := func(what, s string) (netip.Addr, error) {
+		a, err := netip.ParseAddr(s)
+		if err != nil || !a.Is4() || a.IsUnspecified() || a.IsMulticast() || a.IsLoopback() {
+			return netip.Addr{}, fmt.Errorf("uplink %q: %s %q: want an IPv4 unicast address", u.Name, what, s)
+		}
+		return a, nil
+	}
+	var own netip.Addr
+	if u.Tunnel4 != "" {
+		var err error
+		if own, err = parse("tunnel4", u.Tunnel4); err != nil {
+			return own, nil, err
+		}
+	}
+	if len(u.Remotes) > 0 && (!own.IsValid() || len(u.VIPs) == 0) {
+		return own, nil, fmt.Errorf("uplink %q: remotes need vips and tunnel4 on the uplink", u.Name)
+	}
+	var out []netip.Addr
+	names := map[string]bool{}
+	for _, r := range u.Remotes {
+		if r.Name == "" || strings.ContainsAny(r.Name, " \t/,=") || names[r.Name] {
+			return own, nil, fmt.Errorf("uplink %q: remote %q: want a unique name without spaces, '/', ',' or '='", u.Name, r.Name)
+		}
+		names[r.Name] = true
+		if r.Weight < 0 || r.Weight > 1<<16 {
+			return own, nil, fmt.Errorf("uplink %q: remote %s: weight %d: want 1..65536", u.Name, r.Name, r.Weight)
+		}
+		a, err := parse("remote "+r.Name+" tunnel4", r.Tunnel4)
+		if err != nil {
+			return own, nil, err
+		}
+		if a == own {
+			return own, nil, fmt.Errorf("uplink %q: remote %s: tunnel4 %v is this host's", u.Name, r.Name, a)
+		}
+		out = append(out, a)
+	}
+	return own, out, nil
 }
 
 // VIPAddrs parses VIPs.
@@ -264,8 +326,10 @@ func ParseUplinkFlag(s string) (Uplink, error) {
 			u.GSO = v
 		case "vip":
 			u.VIPs = append(u.VIPs, v)
+		case "tunnel4":
+			u.Tunnel4 = v
 		default:
-			return Uplink{}, fmt.Errorf("uplink %q: unknown key %q (pool4, gw4, pool6, gw6, weight, backend, gso, vip)", s, k)
+			return Uplink{}, fmt.Errorf("uplink %q: unknown key %q (pool4, gw4, pool6, gw6, weight, backend, gso, vip, tunnel4)", s, k)
 		}
 	}
 	return u, nil
@@ -374,6 +438,9 @@ func (u *Uplink) Validate() error {
 		}
 	}
 	if _, err := u.VIPAddrs(); err != nil {
+		errs = append(errs, err)
+	}
+	if _, _, err := u.TunnelAddrs(); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)

@@ -139,7 +139,7 @@ func (m *Manager) upINS() []int {
 	var ids []int
 	for _, b := range m.uplinks {
 		for _, x := range b.pool.Members() {
-			if x.State == lb.Up && !slices.Contains(ids, x.ID) {
+			if x.State == lb.Up && x.Tunnel == nil && !slices.Contains(ids, x.ID) {
 				ids = append(ids, x.ID)
 			}
 		}

@@ -7,6 +7,7 @@
 package lbctl
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,7 +15,9 @@ import (
 	"net/netip"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/mpshim/mpshim/isolator/api"
 	"github.com/mpshim/mpshim/isolator/ins/netns"
@@ -29,7 +32,22 @@ type Uplink struct {
 	Name, Interface string
 	// VIPs are the service addresses steered on it.
 	VIPs []netip.Addr
+	// Tunnel4 is this host's tunnel endpoint on the interface (invalid:
+	// none); Remotes the other hosts behind this balancer.
+	Tunnel4 netip.Addr
+	Remotes []Remote
 }
+
+// Remote is another isolator host behind the balancer.
+type Remote struct {
+	Name   string
+	Addr   netip.Addr // its tunnel endpoint
+	Weight int
+}
+
+// RemoteIDBase numbers remote hosts in the pools: the i-th remote of an
+// uplink (from 0) is member RemoteIDBase+1+i, above any INS id.
+const RemoteIDBase = 100000
 
 // Manager holds the balancers of the daemon's uplinks.
 type Manager struct {
@@ -74,7 +92,7 @@ func (m *Manager) inNS(f func() error) error {
 // AddUplink loads a balancer on u.Interface for u.VIPs. The VIPs are
 // answered (ARP, NDP) with the interface's MAC from here on; until INS
 // join, packets for them find no backend and are dropped.
-func (m *Manager) AddUplink(u Uplink) (err error) {
+func (m *Manager) AddUplink(ctx context.Context, u Uplink) (err error) {
 	if len(u.VIPs) == 0 {
 		return fmt.Errorf("lb: uplink %s: no VIPs", u.Name)
 	}
@@ -115,12 +133,95 @@ func (m *Manager) AddUplink(u Uplink) (err error) {
 			return fmt.Errorf("lb: uplink %s: %w", u.Name, err)
 		}
 	}
+	if u.Tunnel4.IsValid() {
+		if err := bal.AddTunnelEndpoint(u.Tunnel4); err != nil {
+			return fmt.Errorf("lb: uplink %s: %w", u.Name, err)
+		}
+	}
 	b := &balanced{Uplink: u, bal: bal, pool: lb.NewPool(bal, 0)}
 	m.mu.Lock()
 	m.uplinks[u.Name] = b
 	m.mu.Unlock()
-	m.log.Info("load balancer on", "uplink", u.Name, "interface", u.Interface, "vips", u.VIPs, "mac", mac.String())
+	m.log.Info("load balancer on", "uplink", u.Name, "interface", u.Interface, "vips", u.VIPs, "mac", mac.String(), "tunnel4", u.Tunnel4)
+	for i, r := range u.Remotes {
+		go m.addRemote(ctx, b, RemoteIDBase+1+i, r, mac)
+	}
 	return nil
+}
+
+// addRemote puts a remote host into b's pool once the MAC of the next hop
+// towards it is known (the host's neighbour table, after a datagram to it
+// from the uplinks' namespace made the kernel resolve it), trying every
+// second until ctx ends.
+func (m *Manager) addRemote(ctx context.Context, b *balanced, id int, r Remote, srcMAC net.HardwareAddr) {
+	log := m.log.With("uplink", b.Name, "remote", r.Name, "tunnel4", r.Addr)
+	for first := true; ; first = false {
+		if !first {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second):
+			}
+		}
+		hop, err := m.nextHopMAC(ctx, b.Interface, r.Addr)
+		if err != nil {
+			log.Warn("lb: remote host not reachable yet", "err", err)
+			continue
+		}
+		w := uint32(max(r.Weight, 1))
+		mem := lb.Member{ID: id, Name: "remote-" + r.Name, MAC: hop, Weight: w,
+			Tunnel: &xdp.Tunnel{Src: b.Tunnel4, Dst: r.Addr, SrcMAC: srcMAC}}
+		m.mu.Lock()
+		err = b.pool.Add(mem)
+		m.mu.Unlock()
+		if err != nil {
+			log.Error("lb: add remote host", "err", err)
+			return
+		}
+		log.Info("lb: remote host added", "id", id, "next_hop", hop.String(), "weight", w)
+		return
+	}
+}
+
+// nextHopMAC is the MAC of the next hop from iface towards dst in the
+// uplinks' namespace.
+func (m *Manager) nextHopMAC(ctx context.Context, iface string, dst netip.Addr) (net.HardwareAddr, error) {
+	out, err := netns.RunIP(ctx, m.netNS, "-4", "route", "get", dst.String(), "oif", iface)
+	if err != nil {
+		return nil, err
+	}
+	hop := dst
+	f := strings.Fields(string(out))
+	if i := slices.Index(f, "via"); i >= 0 && i+1 < len(f) {
+		if hop, err = netip.ParseAddr(f[i+1]); err != nil {
+			return nil, fmt.Errorf("route to %v: via %q", dst, f[i+1])
+		}
+	}
+	// A datagram to the next hop makes the kernel resolve it.
+	_ = m.inNS(func() error {
+		c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(hop, 9)))
+		if err == nil {
+			c.Write([]byte{0})
+			c.Close()
+		}
+		return nil
+	})
+	for range 20 {
+		out, err := netns.RunIP(ctx, m.netNS, "neigh", "show", hop.String(), "dev", iface)
+		if err != nil {
+			return nil, err
+		}
+		f := strings.Fields(string(out))
+		if i := slices.Index(f, "lladdr"); i >= 0 && i+1 < len(f) && !slices.Contains(f, "FAILED") {
+			return net.ParseMAC(f[i+1])
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return nil, fmt.Errorf("next hop %v towards %v on %s not resolved", hop, dst, iface)
 }
 
 // Uplinks reports whether any uplink is balanced.
@@ -259,8 +360,12 @@ func (m *Manager) Status() (*api.LBStatus, error) {
 			return nil, fmt.Errorf("lb: uplink %s: %w", n, err)
 		}
 		for _, x := range ms {
-			u.Members = append(u.Members, api.LBMember{ID: x.ID, Name: x.Name, MAC: x.MAC.String(), Weight: x.Weight,
-				State: string(x.State), Share: x.Share, Connections: x.Connections, NewFlows: x.NewFlows, NewFlowsPerSec: x.NewFlowsPerSec})
+			lm := api.LBMember{ID: x.ID, Name: x.Name, MAC: x.MAC.String(), Weight: x.Weight,
+				State: string(x.State), Share: x.Share, Connections: x.Connections, NewFlows: x.NewFlows, NewFlowsPerSec: x.NewFlowsPerSec}
+			if x.Tunnel != nil {
+				lm.Remote = x.Tunnel.Dst.String()
+			}
+			u.Members = append(u.Members, lm)
 		}
 		for id := range m.down {
 			if !slices.ContainsFunc(u.Members, func(x api.LBMember) bool { return x.ID == id }) {
