@@ -143,3 +143,40 @@ func FuzzUplinkVIPs(f *testing.F) {
 		}
 	})
 }
+
+func TestUplinkTunnel(t *testing.T) {
+	base := func(tunnel string, rs ...Remote) Uplink {
+		return Uplink{Name: "up0", Interface: "eth1", Pool4: "10.77.0.10/24", Weight: 1, VIPs: []string{"10.77.0.5"}, Tunnel4: tunnel, Remotes: rs}
+	}
+	cases := []struct {
+		name string
+		u    Uplink
+		want string // substring of the error; "" means valid
+	}{
+		{"endpoint only", base("10.77.0.2"), ""},
+		{"remotes", base("10.77.0.2", Remote{Name: "b", Tunnel4: "10.79.0.2"}, Remote{Name: "c", Tunnel4: "10.80.0.2", Weight: 3}), ""},
+		{"remotes without tunnel4", base("", Remote{Name: "b", Tunnel4: "10.79.0.2"}), "need vips and tunnel4"},
+		{"IPv6 tunnel4", base("fd00::2"), "IPv4 unicast"},
+		{"bad remote address", base("10.77.0.2", Remote{Name: "b", Tunnel4: "224.0.0.1"}), "IPv4 unicast"},
+		{"remote is this host", base("10.77.0.2", Remote{Name: "b", Tunnel4: "10.77.0.2"}), "this host's"},
+		{"name twice", base("10.77.0.2", Remote{Name: "b", Tunnel4: "10.79.0.2"}, Remote{Name: "b", Tunnel4: "10.80.0.2"}), "unique name"},
+		{"no name", base("10.77.0.2", Remote{Tunnel4: "10.79.0.2"}), "unique name"},
+		{"negative weight", base("10.77.0.2", Remote{Name: "b", Tunnel4: "10.79.0.2", Weight: -1}), "weight"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.u.Validate()
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("Validate: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("Validate: %v, want an error saying %q", err, tc.want)
+			}
+		})
+	}
+	noVIP := base("10.77.0.2", Remote{Name: "b", Tunnel4: "10.79.0.2"})
+	noVIP.VIPs = nil
+	if err := noVIP.Validate(); err == nil {
+		t.Errorf("remotes on an uplink without VIPs accepted")
+	}
+}
