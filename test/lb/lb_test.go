@@ -45,6 +45,8 @@ type env struct {
 	nginx *harness.Nginx
 	// clients are the extra client addresses on the wan end.
 	clients4, clients6 []netip.Addr
+	// spawnedAt is when the last spawn returned.
+	spawnedAt time.Time
 }
 
 func setup(t *testing.T, ins int, extra ...string) *env {
@@ -409,6 +411,7 @@ func (e *env) spawn(t *testing.T, n int) []int {
 	t.Helper()
 	before := e.members(t)
 	e.cli(t, "spawn", "-n", strconv.Itoa(n))
+	e.spawnedAt = time.Now()
 	after := e.members(t)
 	var added []int
 	for id, m := range after {
@@ -493,7 +496,51 @@ func TestAffinity(t *testing.T) {
 		}
 	}
 
+	// A prober opens a connection to the VIP every 2 ms: how soon after
+	// spawn returns does a spawned INS get one?
+	probeStop := make(chan struct{})
+	probeDone := make(chan struct{})
+	go func() {
+		defer close(probeDone)
+		for i := 0; ; i++ {
+			select {
+			case <-probeStop:
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+			var nc net.Conn
+			e.tp.WAN.Do(func() error {
+				d := net.Dialer{LocalAddr: &net.TCPAddr{IP: e.clients4[i%len(e.clients4)].AsSlice()}, Timeout: time.Second}
+				var err error
+				nc, err = d.Dial("tcp", net.JoinHostPort(vip4, "80"))
+				return err
+			})
+			if nc != nil {
+				nc.SetDeadline(time.Now().Add(2 * time.Second))
+				io.WriteString(nc, "GET /1k.bin HTTP/1.0\r\n\r\n")
+				io.Copy(io.Discard, nc)
+				nc.Close()
+			}
+		}
+	}()
 	spawned := e.spawn(t, 2)
+	reached := time.Duration(-1)
+	for deadline := e.spawnedAt.Add(5 * time.Second); time.Now().Before(deadline) && reached < 0; {
+		ms := e.members(t)
+		for _, id := range spawned {
+			if ms[id].NewFlows > 0 {
+				reached = time.Since(e.spawnedAt)
+			}
+		}
+	}
+	close(probeStop)
+	<-probeDone
+	if reached < 0 {
+		t.Fatalf("no new flow reached the spawned INS %v within 5 s of spawn returning", spawned)
+	}
+	// The figure includes one lb status call (a process start); the pool
+	// has the INS before spawn returns.
+	t.Logf("a spawned INS had its first new flow %v after spawn returned (probing every 2 ms)", reached.Round(time.Millisecond))
 	// New flows reach a spawned INS: 100 connections right after spawn
 	// returned, of which a share go to the new ones.
 	before := e.members(t)
