@@ -179,7 +179,103 @@ func (m *Manager) addRemote(ctx context.Context, b *balanced, id int, r Remote, 
 			return
 		}
 		log.Info("lb: remote host added", "id", id, "next_hop", hop.String(), "weight", w)
+		m.watchRemote(ctx, b, id, r.Addr, log)
 		return
+	}
+}
+
+// Remote host health: an ICMP echo to its tunnel address every
+// remoteProbe; after remoteMisses unanswered ones in a row the host gets no
+// new flows (drained: the flows it has stay on it), and it gets them again
+// at the next answer.
+const (
+	remoteProbe  = time.Second
+	remoteMisses = 3
+)
+
+// watchRemote probes remote host id (at addr) until ctx ends or it leaves
+// the pool, draining and undraining it by its answers.
+func (m *Manager) watchRemote(ctx context.Context, b *balanced, id int, addr netip.Addr, log *slog.Logger) {
+	misses, drained := 0, false
+	for seq := 1; ; seq++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(remoteProbe):
+		}
+		err := m.ping(addr, id, seq, remoteProbe)
+		m.mu.Lock()
+		var change error
+		switch {
+		case err == nil && drained:
+			change = b.pool.Undrain(id)
+			if change == nil {
+				drained = false
+				log.Info("lb: remote host answers again; new flows to it")
+			}
+		case err == nil:
+		default:
+			misses++
+			if misses >= remoteMisses && !drained {
+				change = b.pool.Drain(id)
+				if change == nil {
+					drained = true
+					log.Warn("lb: remote host does not answer; no new flows to it", "misses", misses, "err", err)
+				}
+			}
+		}
+		if err == nil {
+			misses = 0
+		}
+		m.mu.Unlock()
+		if errors.Is(change, lb.ErrUnknown) {
+			return
+		}
+		if change != nil {
+			log.Error("lb: remote host state", "err", change)
+		}
+	}
+}
+
+// ping sends one ICMP echo request to addr from the uplinks' namespace and
+// waits up to limit for its answer.
+func (m *Manager) ping(addr netip.Addr, id, seq int, limit time.Duration) error {
+	var c net.PacketConn
+	err := m.inNS(func() error {
+		var err error
+		c, err = net.ListenPacket("ip4:icmp", "0.0.0.0")
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("icmp socket: %w", err)
+	}
+	defer c.Close()
+	msg := []byte{8, 0, 0, 0, byte(id >> 8), byte(id), byte(seq >> 8), byte(seq), 'm', 'p', 's', 'h', 'i', 'm'}
+	var sum uint32
+	for i := 0; i < len(msg); i += 2 {
+		sum += uint32(msg[i])<<8 | uint32(msg[i+1])
+	}
+	for sum > 0xffff {
+		sum = sum>>16 + sum&0xffff
+	}
+	msg[2], msg[3] = byte(^sum>>8), byte(^sum)
+	c.SetDeadline(time.Now().Add(limit))
+	if _, err := c.WriteTo(msg, &net.IPAddr{IP: addr.AsSlice()}); err != nil {
+		return fmt.Errorf("echo request to %v: %w", addr, err)
+	}
+	buf := make([]byte, 1500)
+	for {
+		n, from, err := c.ReadFrom(buf)
+		if err != nil {
+			return fmt.Errorf("no echo reply from %v: %w", addr, err)
+		}
+		ip, ok := from.(*net.IPAddr)
+		if !ok || n < 8 || buf[0] != 0 || !ip.IP.Equal(addr.AsSlice()) {
+			continue
+		}
+		if int(buf[4])<<8|int(buf[5]) == id&0xffff && int(buf[6])<<8|int(buf[7]) == seq&0xffff {
+			return nil
+		}
 	}
 }
 

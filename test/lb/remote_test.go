@@ -54,6 +54,7 @@ func TestRemoteHost(t *testing.T) {
 	run(a.WAN, "link", "set", "xb", "up")
 	run(b.GW, "addr", "add", "10.79.0.2/24", "dev", "x0")
 	run(b.GW, "link", "set", "x0", "up")
+	run(b.GW, "route", "add", "10.77.0.0/24", "via", "10.79.0.1")
 	run(a.GW, "addr", "add", "10.77.0.2/24", "dev", a.Uplinks[0].GWIf)
 	run(a.GW, "route", "add", "10.79.0.0/24", "via", "10.77.0.1")
 	// The router forwards, and takes B's replies from the VIP (whose
@@ -92,22 +93,27 @@ func TestRemoteHost(t *testing.T) {
 	}
 	eb.waitMembers(t, 10*time.Second, map[int]string{1: "up", 2: "up"})
 
-	// 200 connections, each its own curl transfer: about half answered
-	// by each host.
+	// n connections, each its own curl transfer: who answered.
+	who := func(n int) map[string]int {
+		t.Helper()
+		args := []string{"-sS", "--max-time", "10", "-H", "Connection: close", "-w", "\n"}
+		for range n {
+			args = append(args, "http://"+vip4+"/who")
+		}
+		out, err := a.WAN.Command(ctx, "curl", args...).Output()
+		if err != nil {
+			t.Fatalf("curl through the VIP: %v: %s", err, out)
+		}
+		count := map[string]int{}
+		for _, l := range strings.Fields(string(out)) {
+			count[l]++
+		}
+		t.Logf("answers: %v", count)
+		return count
+	}
+	// About half answered by each host.
 	before := eb.members(t)
-	args := []string{"-sS", "--max-time", "10", "-H", "Connection: close", "-w", "\n"}
-	for range 200 {
-		args = append(args, "http://"+vip4+"/who")
-	}
-	out, err := a.WAN.Command(ctx, "curl", args...).Output()
-	if err != nil {
-		t.Fatalf("curl through the VIP: %v: %s", err, out)
-	}
-	count := map[string]int{}
-	for _, l := range strings.Fields(string(out)) {
-		count[l]++
-	}
-	t.Logf("answers: %v", count)
+	count := who(200)
 	if count["A"]+count["B"] != 200 || count["A"] < 60 || count["B"] < 60 {
 		t.Fatalf("200 transfers answered %v: want all, about half by each host", count)
 	}
@@ -118,5 +124,39 @@ func TestRemoteHost(t *testing.T) {
 	}
 	if onB < uint64(count["B"]) {
 		t.Errorf("host B's balancer counted %d new flows for %d connections it served", onB, count["B"])
+	}
+
+	// Host B unreachable: after three unanswered probes A gives it no new
+	// flows; once it answers again it gets them again.
+	remoteState := func(want string) {
+		t.Helper()
+		deadline := time.Now().Add(15 * time.Second)
+		for ea.members(t)[100001].State != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("remote host %s 15 s on, want %s", ea.members(t)[100001].State, want)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	// Host A's probes are answered: B stays up well past three probes.
+	time.Sleep(4 * time.Second)
+	if st := ea.members(t)[100001].State; st != "up" {
+		t.Fatalf("remote host B, reachable, is %s", st)
+	}
+	run(b.GW, "link", "set", "x0", "down")
+	remoteState("draining")
+	if c := who(50); c["A"] != 50 {
+		t.Fatalf("with host B unreachable and drained, 50 transfers answered %v, want all by A", c)
+	}
+	run(b.GW, "link", "set", "x0", "up")
+	run(b.GW, "route", "replace", "10.77.0.0/24", "via", "10.79.0.1")
+	remoteState("up")
+	deadline = time.Now().Add(20 * time.Second)
+	for c := who(50); c["B"] == 0 || c["A"]+c["B"] != 50; c = who(50) {
+		// B's INS take their uplink back once they see its carrier.
+		if time.Now().After(deadline) {
+			t.Fatalf("host B back: 50 transfers answered %v, want all, some by B", c)
+		}
+		time.Sleep(500 * time.Millisecond)
 	}
 }
