@@ -163,6 +163,14 @@ func (p *Pool) SetWeight(id int, w uint32) error {
 	return p.change(id, func(m *Member) { m.Weight = w })
 }
 
+// SetMAC changes the MAC a member's frames get (a next hop that changed).
+func (p *Pool) SetMAC(id int, mac net.HardwareAddr) error {
+	if len(mac) != 6 {
+		return fmt.Errorf("lb: INS %d: MAC %v is not 6 bytes", id, mac)
+	}
+	return p.change(id, func(m *Member) { m.MAC = slices.Clone(mac) })
+}
+
 // Drain stops new flows to an INS; its connections stay.
 func (p *Pool) Drain(id int) error {
 	return p.change(id, func(m *Member) { m.State = Draining })

@@ -169,6 +169,19 @@ func TestPool(t *testing.T) {
 	if ms := p.Members(); len(ms) != 2 || ms[0].ID != 2 || ms[0].State != Up || ms[1].ID != 3 || ms[1].State != Draining {
 		t.Fatalf("members after drain and kill: %+v", ms)
 	}
+	// A new MAC for INS 2: its flows get it.
+	if err := p.SetMAC(2, mac(9)); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.SetMAC(2, net.HardwareAddr{1}); err == nil {
+		t.Fatal("SetMAC with a 1-byte MAC accepted")
+	}
+	if got := steer(t, bal, tcpFrame(client, 5000, 0x10)); got != 9 {
+		t.Fatalf("INS 2's flow went to MAC of %d after SetMAC", got)
+	}
+	if err := p.SetMAC(2, mac(2)); err != nil {
+		t.Fatal(err)
+	}
 	if err := p.Undrain(3); err != nil {
 		t.Fatal(err)
 	}

@@ -191,7 +191,32 @@ func (m *Manager) addRemote(ctx context.Context, b *balanced, id int, r Remote, 
 const (
 	remoteProbe  = time.Second
 	remoteMisses = 3
+	// remoteRelearn is how many probes apart the next hop's MAC is
+	// looked up again.
+	remoteRelearn = 10
 )
+
+// relearn looks the MAC of the next hop towards remote id up again and
+// gives it to the member if it changed.
+func (m *Manager) relearn(ctx context.Context, b *balanced, id int, addr netip.Addr, log *slog.Logger) {
+	hop, err := m.nextHopMAC(ctx, b.Interface, addr)
+	if err != nil {
+		log.Warn("lb: next hop towards remote host", "err", err)
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, x := range b.pool.Members() {
+		if x.ID != id || x.MAC.String() == hop.String() {
+			continue
+		}
+		if err := b.pool.SetMAC(id, hop); err != nil {
+			log.Error("lb: next hop towards remote host", "err", err)
+			return
+		}
+		log.Info("lb: next hop towards remote host changed", "was", x.MAC.String(), "now", hop.String())
+	}
+}
 
 // watchRemote probes remote host id (at addr) until ctx ends or it leaves
 // the pool, draining and undraining it by its answers.
@@ -228,6 +253,9 @@ func (m *Manager) watchRemote(ctx context.Context, b *balanced, id int, addr net
 			misses = 0
 		}
 		m.mu.Unlock()
+		if err == nil && seq%remoteRelearn == 0 {
+			m.relearn(ctx, b, id, addr, log)
+		}
 		if errors.Is(change, lb.ErrUnknown) {
 			return
 		}
