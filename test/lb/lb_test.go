@@ -648,7 +648,7 @@ func TestAutoscale(t *testing.T) {
 	go func() {
 		defer close(done)
 		e.wrk(t, url, 60, 4*time.Second)
-		e.wrk(t, url, 120, 8*time.Second)
+		e.wrk(t, url, 120, 10*time.Second)
 	}()
 	for running := true; running; {
 		select {
