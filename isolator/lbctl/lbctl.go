@@ -49,7 +49,9 @@ type Remote struct {
 // uplink (from 0) is member RemoteIDBase+1+i, above any INS id.
 const RemoteIDBase = 100000
 
-// Manager holds the balancers of the daemon's uplinks.
+// Manager holds the balancers of the daemon's uplinks. The hooks the
+// daemon calls (INSUp, INSGone, Forget, Uplinks, Close) do nothing on a nil
+// Manager.
 type Manager struct {
 	log   *slog.Logger
 	netNS string // the uplinks' network namespace ("" the daemon's)
@@ -350,6 +352,9 @@ func (m *Manager) nextHopMAC(ctx context.Context, iface string, dst netip.Addr) 
 
 // Uplinks reports whether any uplink is balanced.
 func (m *Manager) Uplinks() int {
+	if m == nil {
+		return 0
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return len(m.uplinks)
@@ -359,6 +364,9 @@ func (m *Manager) Uplinks() int {
 // maps uplink names to the MAC of its NIC there. A replacement of a dead
 // INS takes the weight its predecessor had.
 func (m *Manager) INSUp(id int, macs map[string]net.HardwareAddr) {
+	if m == nil {
+		return
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	w := uint32(1)
@@ -384,6 +392,9 @@ func (m *Manager) INSUp(id int, macs map[string]net.HardwareAddr) {
 // table, which no longer names it. died marks it down until INSUp (its
 // replacement) or Forget.
 func (m *Manager) INSGone(id int, died bool) {
+	if m == nil {
+		return
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	removed := false
@@ -408,6 +419,9 @@ func (m *Manager) INSGone(id int, died bool) {
 
 // Forget drops what is remembered of INS id (it will not be replaced).
 func (m *Manager) Forget(id int) {
+	if m == nil {
+		return
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	delete(m.down, id)
@@ -506,6 +520,9 @@ func (m *Manager) Status() (*api.LBStatus, error) {
 
 // Close detaches every program.
 func (m *Manager) Close() error {
+	if m == nil {
+		return nil
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var errs []error
