@@ -143,8 +143,8 @@ func addrString(a msgproto.Addr) string {
 }
 
 // OnSpawn replicates every live listener into b, a newly started INS. The
-// daemon calls it once b serves calls; it returns at once and replicates in
-// the background.
+// daemon calls it once b serves calls; it returns when every listener is
+// replicated (or failed to be).
 func (s *AppServer) OnSpawn(b Backend) {
 	s.mu.Lock()
 	ls := make([]*listenRec, 0, len(s.lsns))
@@ -153,9 +153,14 @@ func (s *AppServer) OnSpawn(b Backend) {
 	}
 	base := s.baseCtx
 	s.mu.Unlock()
+	// In parallel, and done before it returns: a load balancer adds the
+	// INS once it listens.
+	var wg sync.WaitGroup
 	for _, l := range ls {
-		go s.replicate(base, l, b)
+		wg.Add(1)
+		go func() { defer wg.Done(); s.replicate(base, l, b) }()
 	}
+	wg.Wait()
 }
 
 // OnINSGone forgets what INS id held for the listeners: a replacement INS

@@ -25,6 +25,7 @@ import (
 	"github.com/mpshim/mpshim/isolator/ins/netns"
 	"github.com/mpshim/mpshim/isolator/ins/netstack"
 	"github.com/mpshim/mpshim/isolator/ins/sandbox"
+	"github.com/mpshim/mpshim/isolator/lbctl"
 )
 
 // Daemon is one isolator: its INS processes, uplinks and sockets.
@@ -48,6 +49,8 @@ type Daemon struct {
 	onSpawn func(Backend)
 
 	mit *mitigator // rules and tunings (rules.go)
+	// lb balances the uplinks' VIPs over the INS (lb.go).
+	lb *lbctl.Manager
 	// app serves the registered apps; flows is the flow collector.
 	app   *AppServer
 	flows *flowService
@@ -67,6 +70,7 @@ func New(cfg config.Config, log *slog.Logger) (*Daemon, error) {
 		return nil, fmt.Errorf("find own executable: %w", err)
 	}
 	d := &Daemon{cfg: cfg, log: log, self: self, ins: map[int]*insProc{}, nextID: 1, linkDown: map[string]bool{}}
+	d.lb = lbctl.New(log, cfg.NetNS)
 	if d.mit, err = newMitigator(cfg.StateDir, log); err != nil {
 		return nil, err
 	}
@@ -94,7 +98,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return fmt.Errorf("api socket: %w", err)
 	}
 	defer os.Remove(d.cfg.API)
+	defer d.lb.Close()
 	defer d.stopAll()
+	if err := d.startLB(ctx); err != nil {
+		apiLn.Close()
+		return err
+	}
 	d.mu.Lock()
 	d.runCtx = ctx
 	d.mu.Unlock()
@@ -110,6 +119,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			return err
 		}
 	}
+	d.startAutoscale(ctx)
 	serveApp, err := d.startApp(ctx)
 	if err != nil {
 		apiLn.Close()
@@ -179,6 +189,7 @@ func (d *Daemon) Spawn(ctx context.Context, n int) ([]int, error) {
 		if onSpawn != nil {
 			onSpawn(p)
 		}
+		d.lbUp(p)
 	}
 	return ids, nil
 }
@@ -194,6 +205,7 @@ func (d *Daemon) Kill(id int) error {
 	if !ok {
 		return fmt.Errorf("no INS %d (see `isolator ls`)", id)
 	}
+	d.lb.INSGone(id, false) // no new flows to it from here on
 	p.stop(2 * time.Second)
 	return nil
 }
@@ -348,6 +360,8 @@ func (d *Daemon) handle(ctx context.Context, req api.Request) api.Response {
 		return d.handleUplink(ctx, req)
 	case api.OpSandboxProbe:
 		return d.sandboxProbe(ctx)
+	case api.OpLBStatus, api.OpLBWeight, api.OpLBDrain, api.OpLBUndrain:
+		return d.handleLB(req)
 	default:
 		if resp, ok := d.handleMitigation(ctx, req); ok {
 			return resp

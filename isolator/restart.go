@@ -116,6 +116,7 @@ func (d *Daemon) replace(id int, keep []netstack.UplinkConfig, reason string, up
 		select {
 		case <-ctx.Done():
 			d.releaseKept(keep)
+			d.lb.Forget(id)
 			return
 		case <-time.After(wait):
 		}
@@ -129,6 +130,7 @@ func (d *Daemon) replace(id int, keep []netstack.UplinkConfig, reason string, up
 		if stopping || taken {
 			d.spawnMu.Unlock()
 			d.releaseKept(keep)
+			d.lb.Forget(id)
 			return
 		}
 		p, err := d.startINS(ctx, id, total, keep)
@@ -160,6 +162,7 @@ func (d *Daemon) replace(id int, keep []netstack.UplinkConfig, reason string, up
 		if onSpawn != nil {
 			onSpawn(p)
 		}
+		d.lbUp(p)
 		log.Info("INS replaced", "pid", p.pid(), "restarts", h.restarts, "after", time.Since(start).Round(time.Millisecond),
 			"previous_exit", reason, "uplinks", addrList(p.cfg.Stack.Uplinks))
 		return

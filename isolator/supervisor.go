@@ -207,6 +207,7 @@ func (d *Daemon) startINS(ctx context.Context, id int, total int, keep []netstac
 			RXChecksumOffload: ns.Links[i].VirtualParent,
 			Backend:           link.Backend(u.cfg.Backend),
 			GSO:               u.cfg.GSOEnabled(),
+			VIPs:              u.vips,
 		}
 		pc.Stack.Uplinks = append(pc.Stack.Uplinks, uc)
 		ups = append(ups, insUplink{u: u, cfg: uc})
@@ -273,6 +274,9 @@ func (d *Daemon) reap(p *insProc, closeNS func()) {
 	}
 	stopping := d.stopping
 	d.mu.Unlock()
+	if known && !stopping {
+		d.lb.INSGone(p.id, true) // new flows elsewhere at once
+	}
 	status := exitReason(p.cmd.ProcessState, err)
 	uptime := time.Since(p.started)
 	died := known && !stopping

@@ -47,6 +47,7 @@ type uplinkState struct {
 	ifname       string // the macvlan's name inside every INS namespace
 	pool4, pool6 *addrPool
 	gw4, gw6     netip.Addr
+	vips         []netip.Addr // service addresses every INS holds (lb.go)
 
 	draining   bool // being removed: no new INS gets it
 	parentDown bool // the host interface has no carrier (carrier.go)
@@ -60,6 +61,9 @@ func newUplinkState(u config.Uplink, ifname string) (*uplinkState, error) {
 	}
 	if s.pool6, err = newAddrPool(u.Pool6); err != nil {
 		return nil, fmt.Errorf("uplink %s: %w", u.Name, err)
+	}
+	if s.vips, err = u.VIPAddrs(); err != nil {
+		return nil, err
 	}
 	if u.Gateway4 != "" {
 		s.gw4, _ = netip.ParseAddr(u.Gateway4)
@@ -196,6 +200,9 @@ func (d *Daemon) AddUplink(ctx context.Context, u config.Uplink) (*api.UplinkCha
 	}
 	if err := u.Validate(); err != nil {
 		return nil, err
+	}
+	if len(u.VIPs) > 0 {
+		return nil, fmt.Errorf("uplink %q: VIPs are only balanced on uplinks configured at start (--uplink, --vip or the configuration file)", u.Name)
 	}
 	d.spawnMu.Lock()
 	defer d.spawnMu.Unlock()

@@ -35,6 +35,9 @@ type Member struct {
 	Weight uint32
 	// State is Up or Draining.
 	State State
+	// Tunnel, if set, makes the member a host behind this one, reached in
+	// an IP-in-IP header (MAC is then the next hop's; see xdp.Tunnel).
+	Tunnel *xdp.Tunnel
 }
 
 // MemberStatus is a member with what the data path says about it.
@@ -45,6 +48,8 @@ type MemberStatus struct {
 	// Connections counts the member's entries in the established-flow
 	// table (flows past their first packet, not yet aged out).
 	Connections int
+	// NewFlows counts the new flows the table sent it since it joined.
+	NewFlows uint64
 	// NewFlowsPerSec is the rate of new flows the table sent it since the
 	// previous Status call (0 on the first).
 	NewFlowsPerSec float64
@@ -66,6 +71,7 @@ type poolMember struct {
 	Member
 	slot     uint32
 	newFlows uint64 // counter at the last Status
+	base     uint64 // counter when it joined (slots are reused)
 }
 
 // ErrUnknown is returned for an INS id that is not in the pool.
@@ -117,7 +123,7 @@ func (p *Pool) Add(m Member) error {
 	}
 	pm := &poolMember{Member: m, slot: uint32(slot)}
 	if st, err := p.bal.BackendStats(pm.slot); err == nil {
-		pm.newFlows = st.NewFlows
+		pm.newFlows, pm.base = st.NewFlows, st.NewFlows
 	}
 	p.members[m.ID] = pm
 	p.slots[slot] = true
@@ -157,6 +163,14 @@ func (p *Pool) SetWeight(id int, w uint32) error {
 	return p.change(id, func(m *Member) { m.Weight = w })
 }
 
+// SetMAC changes the MAC a member's frames get (a next hop that changed).
+func (p *Pool) SetMAC(id int, mac net.HardwareAddr) error {
+	if len(mac) != 6 {
+		return fmt.Errorf("lb: INS %d: MAC %v is not 6 bytes", id, mac)
+	}
+	return p.change(id, func(m *Member) { m.MAC = slices.Clone(mac) })
+}
+
 // Drain stops new flows to an INS; its connections stay.
 func (p *Pool) Drain(id int) error {
 	return p.change(id, func(m *Member) { m.State = Draining })
@@ -190,9 +204,23 @@ func (p *Pool) applyLocked() error {
 		if pm.State == Draining {
 			st = xdp.Draining
 		}
-		bs = append(bs, xdp.Backend{ID: pm.slot, Name: pm.Name, MAC: pm.MAC, Weight: pm.Weight, State: st})
+		bs = append(bs, xdp.Backend{ID: pm.slot, Name: pm.Name, MAC: pm.MAC, Weight: pm.Weight, State: st, Tunnel: pm.Tunnel})
 	}
 	return p.bal.SetBackends(bs)
+}
+
+// Members returns every member, by INS id, without asking the data path.
+func (p *Pool) Members() []Member {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]Member, 0, len(p.members))
+	for _, pm := range p.members {
+		m := pm.Member
+		m.MAC = slices.Clone(m.MAC)
+		out = append(out, m)
+	}
+	slices.SortFunc(out, func(a, b Member) int { return a.ID - b.ID })
+	return out
 }
 
 // Status returns every member (by INS id) with its share of the table, its
@@ -227,6 +255,7 @@ func (p *Pool) Status() ([]MemberStatus, error) {
 		if err != nil {
 			return nil, err
 		}
+		ms.NewFlows = st.NewFlows - pm.base
 		if !first && elapsed > 0 {
 			ms.NewFlowsPerSec = float64(st.NewFlows-pm.newFlows) / elapsed
 		}

@@ -127,6 +127,13 @@ func TestPool(t *testing.T) {
 	if conns != 400 {
 		t.Errorf("%d connections in the status, 400 established", conns)
 	}
+	var newFlows uint64
+	for _, m := range st {
+		newFlows += m.NewFlows
+	}
+	if newFlows != 400 {
+		t.Errorf("%d new flows in the status, 400 sent", newFlows)
+	}
 
 	// Drain 3: no new flows for it, its flows stay; kill 1: its flows move.
 	if err := p.Drain(3); err != nil {
@@ -158,6 +165,22 @@ func TestPool(t *testing.T) {
 	}
 	if len(st) != 2 || st[0].ID != 2 || st[1].ID != 3 || st[1].State != Draining || st[1].Share != 0 || st[0].Share != 1 {
 		t.Fatalf("status after drain and kill: %+v", st)
+	}
+	if ms := p.Members(); len(ms) != 2 || ms[0].ID != 2 || ms[0].State != Up || ms[1].ID != 3 || ms[1].State != Draining {
+		t.Fatalf("members after drain and kill: %+v", ms)
+	}
+	// A new MAC for INS 2: its flows get it.
+	if err := p.SetMAC(2, mac(9)); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.SetMAC(2, net.HardwareAddr{1}); err == nil {
+		t.Fatal("SetMAC with a 1-byte MAC accepted")
+	}
+	if got := steer(t, bal, tcpFrame(client, 5000, 0x10)); got != 9 {
+		t.Fatalf("INS 2's flow went to MAC of %d after SetMAC", got)
+	}
+	if err := p.SetMAC(2, mac(2)); err != nil {
+		t.Fatal(err)
 	}
 	if err := p.Undrain(3); err != nil {
 		t.Fatal(err)

@@ -20,7 +20,11 @@
 //	             program (µs); their difference is the latency the VIP adds
 //	switch       SetBackends: rebuild the 65,537-entry table and switch (ms)
 //
-//	go run ./bench/lb [-rounds 3] [-t 5s]
+// Then the same through the daemon (runINS): the isolator's INS behind the
+// VIP instead of kernel nginx backends (-ins=false skips it, -prog=false
+// the first part).
+//
+//	go run ./bench/lb [-rounds 3] [-t 5s] [-prog=true] [-ins=true] [-bin bin]
 package main
 
 import (
@@ -49,10 +53,21 @@ import (
 func main() {
 	rounds := flag.Int("rounds", 3, "rounds of every figure")
 	dur := flag.Duration("t", 5*time.Second, "duration of each wrk run")
+	withProg := flag.Bool("prog", true, "measure the program with kernel nginx backends")
+	withINS := flag.Bool("ins", true, "measure the isolator's INS behind the VIP")
+	bin := flag.String("bin", "bin", "directory of the built isolator and libmpshim.so")
 	flag.Parse()
-	if err := run(*rounds, *dur); err != nil {
-		fmt.Fprintln(os.Stderr, "bench/lb:", err)
-		os.Exit(1)
+	if *withProg {
+		if err := run(*rounds, *dur); err != nil {
+			fmt.Fprintln(os.Stderr, "bench/lb:", err)
+			os.Exit(1)
+		}
+	}
+	if *withINS {
+		if err := runINS(*bin, *rounds, *dur); err != nil {
+			fmt.Fprintln(os.Stderr, "bench/lb:", err)
+			os.Exit(1)
+		}
 	}
 }
 

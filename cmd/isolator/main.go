@@ -43,7 +43,7 @@ func rootCmd() *cobra.Command {
 	root.PersistentFlags().StringVar(&apiPath, "api", config.DefaultAPI, "the daemon's API socket")
 	client := func(ctx context.Context) (*api.Client, error) { return api.Dial(ctx, apiPath) }
 	root.AddCommand(runCmd(), insCmd(), spawnCmd(client), lsCmd(client), killCmd(client), uplinkCmd(client))
-	root.AddCommand(tuneCmd(client), splitCmd(), peerCmd())
+	root.AddCommand(tuneCmd(client), splitCmd(), peerCmd(), lbCmd(client))
 	return root
 }
 
@@ -61,6 +61,8 @@ func runCmd() *cobra.Command {
 		pprofAddr      string
 		socketMode     string
 		uplinks        []string
+		vips           []string
+		remotes        []string
 		allowUIDs      []uint
 		allowGIDs      []uint
 		c              = config.Default()
@@ -84,7 +86,7 @@ is a host interface whose macvlan children become the INS NICs, e.g.
 				}
 				// Flags given on the command line override the file.
 				fl := cmd.Flags()
-				for _, name := range []string{"ins", "policy", "socket", "socket-group", "netns", "max-ins", "state-dir", "dns", "dns-timeout"} {
+				for _, name := range []string{"ins", "policy", "socket", "socket-group", "netns", "max-ins", "state-dir", "dns", "dns-timeout", "autoscale"} {
 					if !fl.Changed(name) {
 						continue
 					}
@@ -107,6 +109,8 @@ is a host interface whose macvlan children become the INS NICs, e.g.
 						fc.DNS = c.DNS
 					case "dns-timeout":
 						fc.DNSTimeout = c.DNSTimeout
+					case "autoscale":
+						fc.Autoscale = c.Autoscale
 					}
 				}
 				if fl.Changed("api") {
@@ -130,6 +134,12 @@ is a host interface whose macvlan children become the INS NICs, e.g.
 					return err
 				}
 				c.Uplinks = append(c.Uplinks, u)
+			}
+			if err := applyVIPs(&c, vips); err != nil {
+				return err
+			}
+			if err := applyRemotes(&c, remotes); err != nil {
+				return err
 			}
 			for _, u := range allowUIDs {
 				c.AllowUIDs = append(c.AllowUIDs, uint32(u))
@@ -156,7 +166,10 @@ is a host interface whose macvlan children become the INS NICs, e.g.
 	}
 	f := cmd.Flags()
 	f.StringVarP(&file, "config", "c", "", "YAML configuration file")
-	f.StringArrayVar(&uplinks, "uplink", nil, "uplink NAME=IFACE,pool4=ADDR/LEN[,gw4=ADDR][,pool6=ADDR/LEN,gw6=ADDR][,weight=N][,backend=packet|xdp][,gso=on|off] (repeatable)")
+	f.StringArrayVar(&uplinks, "uplink", nil, "uplink NAME=IFACE,pool4=ADDR/LEN[,gw4=ADDR][,pool6=ADDR/LEN,gw6=ADDR][,weight=N][,backend=packet|xdp][,gso=on|off][,vip=ADDR]...[,tunnel4=ADDR] (repeatable)")
+	f.StringArrayVar(&vips, "vip", nil, "UPLINK=ADDR: a service address (IPv4 or IPv6) every INS holds on that uplink, balanced over them by an XDP program on its interface (repeatable)")
+	f.StringArrayVar(&remotes, "remote", nil, "UPLINK=NAME,ADDR[,WEIGHT]: another isolator host whose INS serve the uplink's VIPs too, reached in IP-in-IP to its tunnel4 ADDR (the uplink needs tunnel4=, this host's address on it; repeatable)")
+	f.StringVar(&c.Autoscale, "autoscale", c.Autoscale, "grow and shrink the INS behind the VIPs by load: min=1,max=20,conns=1000,cpu=0.8,sustain=5s,cooldown=15s,headroom=0.6,drain=30s (missing keys take these values)")
 	f.IntVar(&c.INS, "ins", c.INS, "INS processes to start with")
 	f.IntVar(&c.MaxINS, "max-ins", c.MaxINS, "most INS processes allowed")
 	f.StringVar(&c.Policy, "policy", c.Policy, "outbound uplink policy: wrr, rtt or hash")

@@ -65,6 +65,8 @@ type Response struct {
 	Flows  *FlowPage     `json:"flows,omitempty"`
 	// Probes answers OpSandboxProbe, one per INS.
 	Probes []SandboxProbe `json:"probes,omitempty"`
+	// LB answers OpLBStatus (lb.go).
+	LB *LBStatus `json:"lb,omitempty"`
 }
 
 // SandboxProbe is what one INS reported for OpSandboxProbe: each act it

@@ -10,10 +10,13 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/mpshim/mpshim/lb/autoscale"
 )
 
 // Defaults of the daemon's sockets.
@@ -33,6 +36,10 @@ type Config struct {
 	Uplinks []Uplink `yaml:"uplinks"`
 	// INS is the number of INS processes started with the daemon.
 	INS int `yaml:"ins"`
+	// Autoscale, if set, grows and shrinks the INS behind the uplinks'
+	// VIPs by load: "min=2,max=20,conns=500,cpu=0.8,sustain=5s,
+	// cooldown=15s,headroom=0.6,drain=30s" (package lb/autoscale).
+	Autoscale string `yaml:"autoscale"`
 	// Policy places outbound flows on uplinks: wrr, rtt or hash.
 	Policy string `yaml:"policy"`
 	// NetNS is the network namespace (a name under /run/netns or a path)
@@ -134,6 +141,103 @@ type Uplink struct {
 	// 64 KiB to the kernel, which splits them into frames. Empty means
 	// DefaultGSO.
 	GSO string `yaml:"gso"`
+	// VIPs are service addresses (IPv4 and IPv6) that every INS holds on
+	// this uplink and that the daemon's load balancer on Interface
+	// steers to one INS per flow (docs/design.md, "lb"). An IPv6 VIP needs
+	// pool6. A VIP must not be one of the pool's addresses.
+	VIPs []string `yaml:"vips"`
+	// Tunnel4 is this host's IPv4 address on Interface (the host holds
+	// it, not the INS): the source of the IP-in-IP packets the balancer
+	// sends to Remotes, and the address other LB hosts send theirs to
+	// (their outer header is removed and the packet steered to this
+	// host's INS).
+	Tunnel4 string `yaml:"tunnel4"`
+	// Remotes are other isolator hosts whose INS serve this uplink's VIPs
+	// too: each is one member of the pool with its weight, reached in
+	// IP-in-IP to its tunnel4.
+	Remotes []Remote `yaml:"remotes"`
+}
+
+// Remote is another isolator host behind this one's balancer.
+type Remote struct {
+	// Name names it in the Maglev table and in `isolator lb status`.
+	Name string `yaml:"name"`
+	// Tunnel4 is its tunnel4 address.
+	Tunnel4 string `yaml:"tunnel4"`
+	// Weight is its share of new flows (0 means 1).
+	Weight int `yaml:"weight"`
+}
+
+// TunnelAddrs parses Tunnel4 and the remotes' addresses ("" gives an
+// invalid Addr).
+func (u *Uplink) TunnelAddrs() (netip.Addr, []netip.Addr, error) {
+	parse := func(what, s string) (netip.Addr, error) {
+		a, err := netip.ParseAddr(s)
+		if err != nil || !a.Is4() || a.IsUnspecified() || a.IsMulticast() || a.IsLoopback() {
+			return netip.Addr{}, fmt.Errorf("uplink %q: %s %q: want an IPv4 unicast address", u.Name, what, s)
+		}
+		return a, nil
+	}
+	var own netip.Addr
+	if u.Tunnel4 != "" {
+		var err error
+		if own, err = parse("tunnel4", u.Tunnel4); err != nil {
+			return own, nil, err
+		}
+	}
+	if len(u.Remotes) > 0 && (!own.IsValid() || len(u.VIPs) == 0) {
+		return own, nil, fmt.Errorf("uplink %q: remotes need vips and tunnel4 on the uplink", u.Name)
+	}
+	var out []netip.Addr
+	names := map[string]bool{}
+	for _, r := range u.Remotes {
+		if r.Name == "" || strings.ContainsAny(r.Name, " \t/,=") || names[r.Name] {
+			return own, nil, fmt.Errorf("uplink %q: remote %q: want a unique name without spaces, '/', ',' or '='", u.Name, r.Name)
+		}
+		names[r.Name] = true
+		if r.Weight < 0 || r.Weight > 1<<16 {
+			return own, nil, fmt.Errorf("uplink %q: remote %s: weight %d: want 1..65536", u.Name, r.Name, r.Weight)
+		}
+		a, err := parse("remote "+r.Name+" tunnel4", r.Tunnel4)
+		if err != nil {
+			return own, nil, err
+		}
+		if a == own {
+			return own, nil, fmt.Errorf("uplink %q: remote %s: tunnel4 %v is this host's", u.Name, r.Name, a)
+		}
+		out = append(out, a)
+	}
+	return own, out, nil
+}
+
+// VIPAddrs parses VIPs.
+func (u *Uplink) VIPAddrs() ([]netip.Addr, error) {
+	var out []netip.Addr
+	for _, s := range u.VIPs {
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" {
+			return nil, fmt.Errorf("uplink %q: vip %q: want an IPv4 or IPv6 address", u.Name, s)
+		}
+		a = a.Unmap()
+		if a.IsUnspecified() || a.IsMulticast() || a.IsLoopback() || a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() {
+			return nil, fmt.Errorf("uplink %q: vip %v: want a unicast address that is not loopback or link-local", u.Name, a)
+		}
+		pool := u.Pool4
+		if a.Is6() {
+			pool = u.Pool6
+		}
+		if pool == "" {
+			return nil, fmt.Errorf("uplink %q: vip %v: the uplink has no pool6 (its INS need an address of the VIP's family)", u.Name, a)
+		}
+		if p, err := netip.ParsePrefix(pool); err == nil && p.Masked().Contains(a) && a.Compare(p.Addr()) >= 0 {
+			return nil, fmt.Errorf("uplink %q: vip %v is inside the INS address pool %s (from %v to the end of the subnet): take one below it", u.Name, a, pool, p.Addr())
+		}
+		if slices.Contains(out, a) {
+			return nil, fmt.Errorf("uplink %q: vip %v given twice", u.Name, a)
+		}
+		out = append(out, a)
+	}
+	return out, nil
 }
 
 // Backends are the valid Uplink.Backend values, the default first.
@@ -220,8 +324,12 @@ func ParseUplinkFlag(s string) (Uplink, error) {
 			u.Backend = v
 		case "gso":
 			u.GSO = v
+		case "vip":
+			u.VIPs = append(u.VIPs, v)
+		case "tunnel4":
+			u.Tunnel4 = v
 		default:
-			return Uplink{}, fmt.Errorf("uplink %q: unknown key %q (pool4, gw4, pool6, gw6, weight, backend, gso)", s, k)
+			return Uplink{}, fmt.Errorf("uplink %q: unknown key %q (pool4, gw4, pool6, gw6, weight, backend, gso, vip, tunnel4)", s, k)
 		}
 	}
 	return u, nil
@@ -253,7 +361,17 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("dns_timeout %v: want 0 (default) up to %v", c.DNSTimeout, MaxDNSTimeout))
 	}
 	errs = append(errs, c.validateMonitoring())
+	if c.Autoscale != "" {
+		if as, err := autoscale.ParseConfig(c.Autoscale); err != nil {
+			errs = append(errs, err)
+		} else if as.Max > c.MaxINS {
+			errs = append(errs, fmt.Errorf("autoscale max=%d above max_ins %d", as.Max, c.MaxINS))
+		} else if !slices.ContainsFunc(c.Uplinks, func(u Uplink) bool { return len(u.VIPs) > 0 }) {
+			errs = append(errs, errors.New("autoscale: no uplink has VIPs (--vip or vips:) to balance"))
+		}
+	}
 	seen := map[string]bool{}
+	vipOwner := map[netip.Addr]string{}
 	for i := range c.Uplinks {
 		u := &c.Uplinks[i]
 		if u.Weight == 0 {
@@ -264,6 +382,13 @@ func (c *Config) Validate() error {
 		}
 		if seen[u.Name] {
 			errs = append(errs, fmt.Errorf("uplink %q: name used twice", u.Name))
+		}
+		vips, _ := u.VIPAddrs()
+		for _, v := range vips {
+			if other, ok := vipOwner[v]; ok {
+				errs = append(errs, fmt.Errorf("uplink %q: vip %v is also on uplink %q", u.Name, v, other))
+			}
+			vipOwner[v] = u.Name
 		}
 		seen[u.Name] = true
 	}
@@ -311,6 +436,12 @@ func (u *Uplink) Validate() error {
 				errs = append(errs, fmt.Errorf("uplink %q: gateway6 %q: want an IPv6 address", u.Name, u.Gateway6))
 			}
 		}
+	}
+	if _, err := u.VIPAddrs(); err != nil {
+		errs = append(errs, err)
+	}
+	if _, _, err := u.TunnelAddrs(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

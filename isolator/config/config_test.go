@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -70,5 +71,112 @@ dns_timeout: 750ms
 		if err := cc.Validate(); err == nil || !strings.Contains(err.Error(), "dns") {
 			t.Errorf("Validate(%+v) = %v, want a dns error", cc.DNS, err)
 		}
+	}
+}
+
+func TestUplinkVIPs(t *testing.T) {
+	base := func(vips ...string) Uplink {
+		return Uplink{Name: "up0", Interface: "eth1", Pool4: "10.77.0.10/24", Weight: 1, VIPs: vips}
+	}
+	with6 := func(vips ...string) Uplink {
+		u := base(vips...)
+		u.Pool6 = "fd77::10/64"
+		return u
+	}
+	cases := []struct {
+		name string
+		u    Uplink
+		want string // substring of the error; "" means valid
+	}{
+		{"v4", base("10.77.0.5"), ""},
+		{"v4 off the subnet", base("192.0.2.1"), ""},
+		{"v6", with6("10.77.0.5", "fd77::5"), ""},
+		{"v6 without pool6", base("fd77::5"), "no pool6"},
+		{"in the pool", base("10.77.0.10"), "inside the INS address pool"},
+		{"in the pool, high", base("10.77.0.200"), "inside the INS address pool"},
+		{"twice", base("10.77.0.5", "10.77.0.5"), "twice"},
+		{"garbage", base("10.77.0"), "want an IPv4 or IPv6 address"},
+		{"zone", with6("fe80::1%eth0"), "want an IPv4 or IPv6 address"},
+		{"multicast", base("224.0.0.1"), "unicast"},
+		{"unspecified", base("0.0.0.0"), "unicast"},
+		{"loopback", base("127.0.0.1"), "unicast"},
+		{"link-local", with6("fe80::1"), "unicast"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.u.Validate()
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("Validate: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("Validate: %v, want an error saying %q", err, tc.want)
+			}
+		})
+	}
+	u, err := ParseUplinkFlag("up0=eth1,pool4=10.77.0.10/24,vip=10.77.0.5,vip=10.77.0.6")
+	if err != nil || !slices.Equal(u.VIPs, []string{"10.77.0.5", "10.77.0.6"}) {
+		t.Fatalf("ParseUplinkFlag: %+v, %v", u, err)
+	}
+	c := Default()
+	c.Uplinks = []Uplink{base("10.77.0.5"), {Name: "up1", Interface: "eth2", Pool4: "10.78.0.10/24", VIPs: []string{"10.77.0.5"}}}
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "also on uplink") {
+		t.Fatalf("a VIP on two uplinks: %v", err)
+	}
+}
+
+func FuzzUplinkVIPs(f *testing.F) {
+	f.Add("up0=eth1,pool4=10.77.0.10/24,pool6=fd77::10/64,vip=10.77.0.5,vip=fd77::5")
+	f.Add("up0=eth1,pool4=10.77.0.10/24,vip=::ffff:10.77.0.5")
+	f.Fuzz(func(t *testing.T, s string) {
+		u, err := ParseUplinkFlag(s)
+		if err != nil {
+			return
+		}
+		vips, err := u.VIPAddrs()
+		if err != nil {
+			return
+		}
+		for _, v := range vips {
+			if !v.IsValid() || v.Is4In6() || v.IsUnspecified() || v.IsMulticast() || v.IsLoopback() || v.IsLinkLocalUnicast() {
+				t.Fatalf("%q: accepted VIP %v", s, v)
+			}
+		}
+	})
+}
+
+func TestUplinkTunnel(t *testing.T) {
+	base := func(tunnel string, rs ...Remote) Uplink {
+		return Uplink{Name: "up0", Interface: "eth1", Pool4: "10.77.0.10/24", Weight: 1, VIPs: []string{"10.77.0.5"}, Tunnel4: tunnel, Remotes: rs}
+	}
+	cases := []struct {
+		name string
+		u    Uplink
+		want string // substring of the error; "" means valid
+	}{
+		{"endpoint only", base("10.77.0.2"), ""},
+		{"remotes", base("10.77.0.2", Remote{Name: "b", Tunnel4: "10.79.0.2"}, Remote{Name: "c", Tunnel4: "10.80.0.2", Weight: 3}), ""},
+		{"remotes without tunnel4", base("", Remote{Name: "b", Tunnel4: "10.79.0.2"}), "need vips and tunnel4"},
+		{"IPv6 tunnel4", base("fd00::2"), "IPv4 unicast"},
+		{"bad remote address", base("10.77.0.2", Remote{Name: "b", Tunnel4: "224.0.0.1"}), "IPv4 unicast"},
+		{"remote is this host", base("10.77.0.2", Remote{Name: "b", Tunnel4: "10.77.0.2"}), "this host's"},
+		{"name twice", base("10.77.0.2", Remote{Name: "b", Tunnel4: "10.79.0.2"}, Remote{Name: "b", Tunnel4: "10.80.0.2"}), "unique name"},
+		{"no name", base("10.77.0.2", Remote{Tunnel4: "10.79.0.2"}), "unique name"},
+		{"negative weight", base("10.77.0.2", Remote{Name: "b", Tunnel4: "10.79.0.2", Weight: -1}), "weight"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.u.Validate()
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("Validate: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("Validate: %v, want an error saying %q", err, tc.want)
+			}
+		})
+	}
+	noVIP := base("10.77.0.2", Remote{Name: "b", Tunnel4: "10.79.0.2"})
+	noVIP.VIPs = nil
+	if err := noVIP.Validate(); err == nil {
+		t.Errorf("remotes on an uplink without VIPs accepted")
 	}
 }

@@ -32,13 +32,16 @@ type Config struct {
 	// Headroom is the fraction of Conns and CPU that the load spread over
 	// one INS fewer must stay below for the pool to shrink.
 	Headroom float64
+	// Drain is how long a shrink waits for the drained INS's connections
+	// to end before it stops the INS anyway.
+	Drain time.Duration
 }
 
 // Defaults of ParseConfig.
-var Defaults = Config{Min: 1, Max: 20, Conns: 1000, CPU: 0.8, Sustain: 5 * time.Second, Cooldown: 15 * time.Second, Headroom: 0.6}
+var Defaults = Config{Min: 1, Max: 20, Conns: 1000, CPU: 0.8, Sustain: 5 * time.Second, Cooldown: 15 * time.Second, Headroom: 0.6, Drain: 30 * time.Second}
 
 // ParseConfig reads "min=2,max=20,conns=500,cpu=0.7,sustain=5s,
-// cooldown=15s,headroom=0.6"; missing keys take Defaults.
+// cooldown=15s,headroom=0.6,drain=30s"; missing keys take Defaults.
 func ParseConfig(s string) (Config, error) {
 	c := Defaults
 	if strings.TrimSpace(s) == "" {
@@ -79,16 +82,19 @@ func ParseConfig(s string) (Config, error) {
 				}
 				c.Headroom = f
 			}
-		case "sustain", "cooldown":
+		case "sustain", "cooldown", "drain":
 			var d time.Duration
 			d, err = time.ParseDuration(v)
 			if err == nil && (d < 0 || d > 24*time.Hour) {
 				err = fmt.Errorf("out of 0..24h")
 			}
-			if k == "sustain" {
+			switch k {
+			case "sustain":
 				c.Sustain = d
-			} else {
+			case "cooldown":
 				c.Cooldown = d
+			default:
+				c.Drain = d
 			}
 		default:
 			err = fmt.Errorf("unknown key")
@@ -105,8 +111,8 @@ func ParseConfig(s string) (Config, error) {
 
 // String is the policy in ParseConfig's form.
 func (c Config) String() string {
-	return fmt.Sprintf("min=%d,max=%d,conns=%g,cpu=%g,sustain=%s,cooldown=%s,headroom=%g",
-		c.Min, c.Max, c.Conns, c.CPU, c.Sustain, c.Cooldown, c.Headroom)
+	return fmt.Sprintf("min=%d,max=%d,conns=%g,cpu=%g,sustain=%s,cooldown=%s,headroom=%g,drain=%s",
+		c.Min, c.Max, c.Conns, c.CPU, c.Sustain, c.Cooldown, c.Headroom, c.Drain)
 }
 
 // Sample is the pool's load at one time: per INS that takes new flows

@@ -13,8 +13,8 @@ func TestParseConfig(t *testing.T) {
 		want Config
 		err  string
 	}{
-		{in: "min=2,max=20", want: Config{Min: 2, Max: 20, Conns: 1000, CPU: 0.8, Sustain: 5 * time.Second, Cooldown: 15 * time.Second, Headroom: 0.6}},
-		{in: "min=2,max=4,conns=50,cpu=0.5,sustain=1s,cooldown=3s,headroom=0.5", want: Config{Min: 2, Max: 4, Conns: 50, CPU: 0.5, Sustain: time.Second, Cooldown: 3 * time.Second, Headroom: 0.5}},
+		{in: "min=2,max=20", want: Config{Min: 2, Max: 20, Conns: 1000, CPU: 0.8, Sustain: 5 * time.Second, Cooldown: 15 * time.Second, Headroom: 0.6, Drain: 30 * time.Second}},
+		{in: "min=2,max=4,conns=50,cpu=0.5,sustain=1s,cooldown=3s,headroom=0.5,drain=2s", want: Config{Min: 2, Max: 4, Conns: 50, CPU: 0.5, Sustain: time.Second, Cooldown: 3 * time.Second, Headroom: 0.5, Drain: 2 * time.Second}},
 		{in: "", err: "empty"},
 		{in: "min=5,max=2", err: "above max"},
 		{in: "min=0", err: "out of 1..1000"},

@@ -33,6 +33,9 @@ const (
 	CountNDP                // NDP message to a VIP: sent to every backend
 	CountARPReply           // ARP request for a VIP: answered with the VIP's MAC
 	CountNAReply            // neighbour solicitation for a VIP: answered with the VIP's MAC
+	CountEncap              // sent to a backend on another host in an IP-in-IP header (XDP_TX)
+	CountDecap              // IP-in-IP to a tunnel endpoint: outer header removed, then steered
+	CountTunnelFail         // the packet could not be grown or shrunk for a tunnel: dropped
 	NumCounters
 )
 
@@ -40,7 +43,7 @@ const (
 var CounterNames = [NumCounters]string{
 	"pass", "short", "malformed", "unsupported", "frag_miss", "no_backend",
 	"steered", "est_hit", "new_hit", "maglev", "promoted", "frag_hit", "ndp",
-	"arp_reply", "na_reply",
+	"arp_reply", "na_reply", "encap", "decap", "tunnel_fail",
 }
 
 // Backend states in the backend map.
@@ -48,6 +51,27 @@ const (
 	stateDown     = 0
 	stateUp       = 1
 	stateDraining = 2
+)
+
+// Backend kinds in the backend map (byte 7 of an entry).
+const (
+	kindLocal  = 0 // on a macvlan of the interface: rewrite the MAC, XDP_PASS
+	kindTunnel = 1 // on another host: IP-in-IP from the entry's addresses, XDP_TX
+)
+
+// A backend map entry (backendValue bytes): the MAC frames for it get
+// (for a tunnel, the next hop's), the state, the kind; for a tunnel the
+// outer source and destination IPv4 addresses, the source MAC, and the
+// one's complement sum (host order) of the outer header's fixed words.
+const (
+	beMAC        = 0
+	beState      = 6
+	beKind       = 7
+	beTunSrc     = 8
+	beTunDst     = 12
+	beTunSrcMAC  = 16
+	beTunSum     = 22
+	backendValue = 24
 )
 
 // noBackend is the table entry of an empty table.
@@ -82,7 +106,10 @@ const (
 	stHash     = -64
 	stCountKey = -72
 	stPseudo   = -112 // IPv6 pseudo-header for the NA checksum (40 bytes)
-	stackBytes = 112
+	stCtx      = -120 // the program's context (for the helpers that resize the packet)
+	stInnerLen = -124 // u32: the IP packet's length, for the tunnel header
+	stInnerPro = -128 // u8: the tunnel header's protocol (4 or 41)
+	stackBytes = 128
 )
 
 // The hash's multipliers as the signed immediates the instructions carry.
@@ -93,7 +120,7 @@ const KeySize = 40
 
 // mapFDs are the file descriptors the program's instructions refer to.
 type mapFDs struct {
-	vips, est, new, frags, ctl, table, backends, bstats, stats int
+	vips, est, new, frags, ctl, table, backends, bstats, stats, tunnels int
 }
 
 // builder assembles the program with generated labels.
@@ -418,6 +445,164 @@ func (b *builder) solicitation(fd mapFDs) {
 	b.exit("nareply", fd.stats, CountNAReply, ActionTX)
 }
 
+// reload points R6 and R7 at the packet again after a helper resized it.
+func (b *builder) reload() {
+	b.emit(
+		asm.LoadMem(asm.R1, asm.R10, stCtx, asm.DWord),
+		asm.LoadMem(asm.R6, asm.R1, 0, asm.Word),
+		asm.LoadMem(asm.R7, asm.R1, 4, asm.Word),
+	)
+}
+
+// decap removes the outer header of an IPv4 packet in IP-in-IP (protocol
+// 4) or IPv6-in-IPv4 (41) sent to a tunnel endpoint of this host (an LB
+// host in front sent it to a backend here), so that the inner packet is
+// steered like one that arrived directly. The Ethernet addresses move on
+// by the 20 bytes of the outer header, which then goes. Only outer headers
+// without options are taken; anything else goes on to "parse" untouched.
+func (b *builder) decap(fd mapFDs) {
+	b.emit(
+		asm.Mov.Reg(asm.R2, asm.R6),
+		asm.Add.Imm(asm.R2, 34),
+		asm.JGT.Reg(asm.R2, asm.R7, "parse"),
+		asm.LoadMem(asm.R2, asm.R6, 12, asm.Half),
+		asm.JNE.Imm(asm.R2, 0x0008, "parse"), // 0x0800 in network order, read little-endian
+		asm.LoadMem(asm.R2, asm.R6, 14, asm.Byte),
+		asm.JNE.Imm(asm.R2, 0x45, "parse"),
+		asm.LoadMem(asm.R2, asm.R6, 23, asm.Byte),
+		asm.JEq.Imm(asm.R2, 4, "tunnel"),
+		asm.JEq.Imm(asm.R2, 41, "tunnel"),
+		asm.Ja.Label("parse"),
+	)
+	b.label("tunnel")
+	b.emit(
+		asm.StoreImm(asm.R10, stDaddr+10, 0xffff, asm.Half),
+		asm.LoadMem(asm.R2, asm.R6, 30, asm.Word),
+		asm.StoreMem(asm.R10, stDaddr+12, asm.R2, asm.Word),
+	)
+	b.lookup(fd.tunnels, stDaddr)
+	b.emit(
+		asm.JEq.Imm(asm.R0, 0, "parse"),
+		asm.Mov.Reg(asm.R2, asm.R6),
+		asm.Add.Imm(asm.R2, 34),
+		asm.JGT.Reg(asm.R2, asm.R7, "parse"),
+		// The protocol first: the addresses' move overwrites it.
+		asm.LoadMem(asm.R3, asm.R6, 23, asm.Byte),
+		asm.LoadMem(asm.R2, asm.R6, 0, asm.Word),
+		asm.StoreMem(asm.R6, 20, asm.R2, asm.Word),
+		asm.LoadMem(asm.R2, asm.R6, 4, asm.Word),
+		asm.StoreMem(asm.R6, 24, asm.R2, asm.Word),
+		asm.LoadMem(asm.R2, asm.R6, 8, asm.Word),
+		asm.StoreMem(asm.R6, 28, asm.R2, asm.Word),
+		asm.StoreImm(asm.R6, 32, 0x08, asm.Byte),
+		asm.StoreImm(asm.R6, 33, 0x00, asm.Byte),
+		asm.JNE.Imm(asm.R3, 41, "decapshrink"),
+		asm.StoreImm(asm.R6, 32, 0x86, asm.Byte),
+		asm.StoreImm(asm.R6, 33, 0xdd, asm.Byte),
+	)
+	b.label("decapshrink")
+	b.emit(
+		asm.LoadMem(asm.R1, asm.R10, stCtx, asm.DWord),
+		asm.Mov.Imm(asm.R2, 20),
+		asm.FnXdpAdjustHead.Call(),
+		asm.JNE.Imm(asm.R0, 0, "tunnelfail"),
+	)
+	b.reload()
+	b.count(fd.stats, CountDecap)
+}
+
+// encap sends the packet to a backend on another host (R8 its entry): it
+// grows the frame by an IPv4 header (IP-in-IP for an IPv4 packet, 41 for
+// an IPv6 one) from the entry's source to its destination address, writes
+// a new Ethernet header to the entry's next hop and sends the frame back
+// out of the interface (XDP_TX). The header checksum is the entry's sum of
+// the fixed words plus the total length and protocol.
+func (b *builder) encap(st int) {
+	b.label("encap")
+	b.emit(
+		asm.Mov.Reg(asm.R2, asm.R6),
+		asm.Add.Imm(asm.R2, 54),
+		asm.LoadMem(asm.R3, asm.R6, 12, asm.Half),
+		asm.JEq.Imm(asm.R3, 0xdd86, "encap6"), // 0x86dd in network order, read little-endian
+		asm.Mov.Reg(asm.R2, asm.R6),
+		asm.Add.Imm(asm.R2, 34),
+		asm.JGT.Reg(asm.R2, asm.R7, "tunnelfail"),
+	)
+	b.emit(be16(asm.R3, asm.R6, 16)...) // IPv4 total length
+	b.emit(
+		asm.StoreImm(asm.R10, stInnerPro, 4, asm.Byte),
+		asm.Ja.Label("encapgrow"),
+	)
+	b.label("encap6")
+	b.emit(asm.JGT.Reg(asm.R2, asm.R7, "tunnelfail"))
+	b.emit(be16(asm.R3, asm.R6, 18)...) // IPv6 payload length
+	b.emit(
+		asm.Add.Imm(asm.R3, 40),
+		asm.StoreImm(asm.R10, stInnerPro, 41, asm.Byte),
+	)
+	b.label("encapgrow")
+	b.emit(
+		asm.StoreMem(asm.R10, stInnerLen, asm.R3, asm.Word),
+		asm.LoadMem(asm.R1, asm.R10, stCtx, asm.DWord),
+		asm.Mov.Imm(asm.R2, -20),
+		asm.FnXdpAdjustHead.Call(),
+		asm.JNE.Imm(asm.R0, 0, "tunnelfail"),
+	)
+	b.reload()
+	b.emit(
+		asm.Mov.Reg(asm.R2, asm.R6),
+		asm.Add.Imm(asm.R2, 34),
+		asm.JGT.Reg(asm.R2, asm.R7, "tunnelfail"),
+		// Ethernet: to the next hop, from the entry's source MAC.
+		asm.LoadMem(asm.R2, asm.R8, beMAC, asm.Word),
+		asm.StoreMem(asm.R6, 0, asm.R2, asm.Word),
+		asm.LoadMem(asm.R2, asm.R8, beMAC+4, asm.Half),
+		asm.StoreMem(asm.R6, 4, asm.R2, asm.Half),
+		asm.LoadMem(asm.R2, asm.R8, beTunSrcMAC, asm.Word),
+		asm.StoreMem(asm.R6, 6, asm.R2, asm.Word),
+		asm.LoadMem(asm.R2, asm.R8, beTunSrcMAC+4, asm.Half),
+		asm.StoreMem(asm.R6, 10, asm.R2, asm.Half),
+		asm.StoreImm(asm.R6, 12, 0x08, asm.Byte),
+		asm.StoreImm(asm.R6, 13, 0x00, asm.Byte),
+		// IPv4: version and length, TOS, total length, ID 0, DF, TTL 64,
+		// protocol, checksum, addresses.
+		asm.StoreImm(asm.R6, 14, 0x45, asm.Byte),
+		asm.StoreImm(asm.R6, 15, 0, asm.Byte),
+		asm.LoadMem(asm.R3, asm.R10, stInnerLen, asm.Word),
+		asm.Add.Imm(asm.R3, 20),
+		asm.Mov.Reg(asm.R4, asm.R3),
+		asm.HostTo(asm.BE, asm.R4, asm.Half),
+		asm.StoreMem(asm.R6, 16, asm.R4, asm.Half),
+		asm.StoreImm(asm.R6, 18, 0, asm.Half),
+		asm.StoreImm(asm.R6, 20, 0x40, asm.Byte),
+		asm.StoreImm(asm.R6, 21, 0, asm.Byte),
+		asm.StoreImm(asm.R6, 22, 64, asm.Byte),
+		asm.LoadMem(asm.R5, asm.R10, stInnerPro, asm.Byte),
+		asm.StoreMem(asm.R6, 23, asm.R5, asm.Byte),
+		asm.LoadMem(asm.R2, asm.R8, beTunSrc, asm.Word),
+		asm.StoreMem(asm.R6, 26, asm.R2, asm.Word),
+		asm.LoadMem(asm.R2, asm.R8, beTunDst, asm.Word),
+		asm.StoreMem(asm.R6, 30, asm.R2, asm.Word),
+		asm.LoadMem(asm.R2, asm.R8, beTunSum, asm.Half),
+		asm.Add.Reg(asm.R2, asm.R3),
+		asm.Add.Imm(asm.R5, 64<<8),
+		asm.Add.Reg(asm.R2, asm.R5),
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.RSh.Imm(asm.R4, 16),
+		asm.And.Imm(asm.R2, 0xffff),
+		asm.Add.Reg(asm.R2, asm.R4),
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.RSh.Imm(asm.R4, 16),
+		asm.And.Imm(asm.R2, 0xffff),
+		asm.Add.Reg(asm.R2, asm.R4),
+		asm.Xor.Imm(asm.R2, 0xffff),
+		asm.HostTo(asm.BE, asm.R2, asm.Half),
+		asm.StoreMem(asm.R6, 24, asm.R2, asm.Half),
+	)
+	b.count(st, CountEncap)
+	b.emit(asm.Mov.Imm(asm.R0, ActionTX), asm.Return())
+}
+
 // be16 loads a big-endian 16-bit field at src+off into dst in host order.
 func be16(dst, src asm.Register, off int16) []asm.Instruction {
 	return []asm.Instruction{asm.LoadMem(dst, src, off, asm.Half), asm.HostTo(asm.BE, dst, asm.Half)}
@@ -456,6 +641,9 @@ func instructions(fd mapFDs, size uint32) asm.Instructions {
 	for off := -stackBytes; off < 0; off += 8 {
 		b.emit(asm.StoreMem(asm.R10, int16(off), asm.R0, asm.DWord))
 	}
+	b.emit(asm.StoreMem(asm.R10, stCtx, asm.R1, asm.DWord))
+	b.decap(fd)
+	b.label("parse")
 	b.emit(
 		asm.Mov.Reg(asm.R2, asm.R6),
 		asm.Add.Imm(asm.R2, 14),
@@ -824,7 +1012,13 @@ func instructions(fd mapFDs, size uint32) asm.Instructions {
 		asm.StoreMem(asm.R0, 0, asm.R1, asm.DWord),
 	)
 	b.label("steered")
-	b.emit(asm.Mov.Imm(asm.R0, ActionPass), asm.Return())
+	b.emit(
+		asm.LoadMem(asm.R2, asm.R8, beKind, asm.Byte),
+		asm.JEq.Imm(asm.R2, kindTunnel, "encap"),
+		asm.Mov.Imm(asm.R0, ActionPass),
+		asm.Return(),
+	)
+	b.encap(st)
 
 	// A non-first fragment: where its first fragment went.
 	b.label("nonfirst")
@@ -857,5 +1051,6 @@ func instructions(fd mapFDs, size uint32) asm.Instructions {
 	b.exit("unsupported", st, CountUnsupported, ActionDrop)
 	b.exit("fragmiss", st, CountFragMiss, ActionDrop)
 	b.exit("nobackend", st, CountNoBackend, ActionDrop)
+	b.exit("tunnelfail", st, CountTunnelFail, ActionDrop)
 	return b.insns
 }

@@ -34,6 +34,14 @@
 // question. Backends must hold the VIP without answering for it or
 // soliciting from it (as with direct server return anywhere). Other NDP
 // messages for a VIP go to every backend (broadcast MAC).
+//
+// A backend may be on another host (Backend.Tunnel): its packets leave the
+// interface again (XDP_TX) inside an IPv4 header to that host (IP-in-IP,
+// protocol 41 for IPv6 packets), as Katran sends them; the balancer there,
+// with that address as a tunnel endpoint (AddTunnelEndpoint), removes the
+// header and steers the packet to one of its own backends, which reply to
+// the client directly. The outer header adds 20 bytes: the path between
+// the hosts needs an MTU 20 bytes above the clients'.
 package xdp
 
 import (
@@ -113,15 +121,66 @@ type Backend struct {
 	Weight uint32
 	// State is Up or Draining.
 	State State
+	// Tunnel, if set, makes this a backend on another host: its packets
+	// leave the interface again (XDP_TX) inside an IPv4 header (IP-in-IP,
+	// or protocol 41 for IPv6) from Tunnel.Src to Tunnel.Dst, in a frame
+	// to MAC (the next hop towards Tunnel.Dst) from Tunnel.SrcMAC. The
+	// balancer there (AddTunnelEndpoint) removes the header and steers the
+	// packet to one of its own backends, which reply directly.
+	Tunnel *Tunnel
+}
+
+// Tunnel is the outer header of packets for a backend on another host.
+type Tunnel struct {
+	// Src and Dst are IPv4 addresses: this host's and the other's tunnel
+	// endpoint.
+	Src, Dst netip.Addr
+	// SrcMAC is the source of the outer frame (the interface's MAC).
+	SrcMAC net.HardwareAddr
+}
+
+// value is the backend's entry in the backend map (see prog.go).
+func (x Backend) value() ([backendValue]byte, error) {
+	var v [backendValue]byte
+	copy(v[beMAC:], x.MAC)
+	v[beState] = byte(x.State)
+	if x.Tunnel == nil {
+		return v, nil
+	}
+	t := x.Tunnel
+	if !t.Src.Is4() || !t.Dst.Is4() || t.Src.IsUnspecified() || t.Dst.IsUnspecified() || t.Dst.IsMulticast() {
+		return v, fmt.Errorf("lb/xdp: backend %d: tunnel %v -> %v: want IPv4 unicast addresses", x.ID, t.Src, t.Dst)
+	}
+	if len(t.SrcMAC) != 6 {
+		return v, fmt.Errorf("lb/xdp: backend %d: tunnel source MAC %v is not 6 bytes", x.ID, t.SrcMAC)
+	}
+	v[beKind] = kindTunnel
+	s, d := t.Src.As4(), t.Dst.As4()
+	copy(v[beTunSrc:], s[:])
+	copy(v[beTunDst:], d[:])
+	copy(v[beTunSrcMAC:], t.SrcMAC)
+	// The outer header's words that do not change: version and length,
+	// the DF flag and both addresses (TTL, protocol and total length are
+	// added per packet).
+	sum := uint32(0x4500) + 0x4000
+	for _, a := range [][4]byte{s, d} {
+		sum += uint32(a[0])<<8 | uint32(a[1])
+		sum += uint32(a[2])<<8 | uint32(a[3])
+	}
+	for sum > 0xffff {
+		sum = sum>>16 + sum&0xffff
+	}
+	binary.NativeEndian.PutUint16(v[beTunSum:], uint16(sum))
+	return v, nil
 }
 
 // Balancer is the loaded program with its maps.
 type Balancer struct {
 	cfg Config
 
-	vips, est, new, frags, ctl, table, backends, bstats, stats *ebpf.Map
-	prog                                                       *ebpf.Program
-	mem                                                        *ebpf.Memory
+	vips, est, new, frags, ctl, table, backends, bstats, stats, tunnels *ebpf.Map
+	prog                                                                *ebpf.Program
+	mem                                                                 *ebpf.Memory
 
 	mu      sync.Mutex
 	active  uint32
@@ -174,7 +233,8 @@ func New(cfg Config) (_ *Balancer, err error) {
 		{&b.frags, ebpf.MapSpec{Name: "lb_frags", Type: ebpf.LRUHash, KeySize: KeySize, ValueSize: 4, MaxEntries: uint32(cfg.FragEntries)}},
 		{&b.ctl, ebpf.MapSpec{Name: "lb_ctl", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1}},
 		{&b.table, ebpf.MapSpec{Name: "lb_table", Type: ebpf.Array, KeySize: 4, ValueSize: tableValue, MaxEntries: uint32(2 * cfg.TableSize), Flags: mmapable}},
-		{&b.backends, ebpf.MapSpec{Name: "lb_backends", Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: uint32(cfg.MaxBackends)}},
+		{&b.backends, ebpf.MapSpec{Name: "lb_backends", Type: ebpf.Array, KeySize: 4, ValueSize: backendValue, MaxEntries: uint32(cfg.MaxBackends)}},
+		{&b.tunnels, ebpf.MapSpec{Name: "lb_tunnels", Type: ebpf.Hash, KeySize: 16, ValueSize: 8, MaxEntries: maxVIPs}},
 		{&b.bstats, ebpf.MapSpec{Name: "lb_bstats", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: uint32(cfg.MaxBackends)}},
 		{&b.stats, ebpf.MapSpec{Name: "lb_stats", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: NumCounters}},
 	}
@@ -196,7 +256,7 @@ func New(cfg Config) (_ *Balancer, err error) {
 		return nil, fmt.Errorf("lb/xdp: clear the table: %w", err)
 	}
 	fds := mapFDs{vips: b.vips.FD(), est: b.est.FD(), new: b.new.FD(), frags: b.frags.FD(), ctl: b.ctl.FD(),
-		table: b.table.FD(), backends: b.backends.FD(), bstats: b.bstats.FD(), stats: b.stats.FD()}
+		table: b.table.FD(), backends: b.backends.FD(), bstats: b.bstats.FD(), stats: b.stats.FD(), tunnels: b.tunnels.FD()}
 	b.prog, err = ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name:         "mpshim_lb",
 		Type:         ebpf.XDP,
@@ -260,6 +320,20 @@ func (b *Balancer) AddVIP(a netip.Addr, mac net.HardwareAddr) error {
 	return nil
 }
 
+// AddTunnelEndpoint makes a (IPv4) a tunnel endpoint of this host: IP-in-IP
+// and IPv6-in-IPv4 packets to it that arrive on the interface lose their
+// outer header and are steered to this balancer's backends (an LB host in
+// front chose this host for them; see Tunnel).
+func (b *Balancer) AddTunnelEndpoint(a netip.Addr) error {
+	if !a.Is4() || a.IsUnspecified() || a.IsMulticast() {
+		return fmt.Errorf("lb/xdp: tunnel endpoint %v: want an IPv4 unicast address", a)
+	}
+	if err := b.tunnels.Update(a.As16(), [8]byte{}, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("lb/xdp: add tunnel endpoint %v: %w", a, err)
+	}
+	return nil
+}
+
 // RemoveVIP stops steering for a; its packets pass untouched.
 func (b *Balancer) RemoveVIP(a netip.Addr) error {
 	k, err := vipKey(a)
@@ -305,11 +379,14 @@ func (b *Balancer) SetBackends(bs []Backend) error {
 	if err != nil {
 		return fmt.Errorf("lb/xdp: %w", err)
 	}
-	for _, x := range bs {
-		var v [8]byte
-		copy(v[:6], x.MAC)
-		v[6] = byte(x.State)
-		if err := b.backends.Update(x.ID, v, ebpf.UpdateAny); err != nil {
+	vals := make([][backendValue]byte, len(bs))
+	for i, x := range bs {
+		if vals[i], err = x.value(); err != nil {
+			return err
+		}
+	}
+	for i, x := range bs {
+		if err := b.backends.Update(x.ID, vals[i], ebpf.UpdateAny); err != nil {
 			return fmt.Errorf("lb/xdp: backend %d: %w", x.ID, err)
 		}
 	}
@@ -331,7 +408,7 @@ func (b *Balancer) SetBackends(bs []Backend) error {
 	b.active = idle
 	for _, old := range b.current {
 		if !seen[old.ID] {
-			if err := b.backends.Update(old.ID, [8]byte{}, ebpf.UpdateAny); err != nil {
+			if err := b.backends.Update(old.ID, [backendValue]byte{}, ebpf.UpdateAny); err != nil {
 				return fmt.Errorf("lb/xdp: remove backend %d: %w", old.ID, err)
 			}
 		}
@@ -452,7 +529,7 @@ func (b *Balancer) Close() error {
 	if b.prog != nil {
 		errs = append(errs, b.prog.Close())
 	}
-	for _, m := range []*ebpf.Map{b.vips, b.est, b.new, b.frags, b.ctl, b.table, b.backends, b.bstats, b.stats} {
+	for _, m := range []*ebpf.Map{b.vips, b.est, b.new, b.frags, b.ctl, b.table, b.backends, b.bstats, b.stats, b.tunnels} {
 		if m != nil {
 			errs = append(errs, m.Close())
 		}

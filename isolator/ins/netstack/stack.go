@@ -93,6 +93,12 @@ type UplinkConfig struct {
 	// GSO lets TCP hand segments of up to 64 KiB to the kernel, which
 	// splits them into frames (PACKET_VNET_HDR on the sending socket).
 	GSO bool
+	// VIPs are service addresses a load balancer in front of the INS
+	// steers to this uplink: the INS accepts packets for them and replies
+	// from them, but never answers ARP for them nor sends a neighbour
+	// request from them (see vipGuard). They are never the source address
+	// of a flow the INS opens.
+	VIPs []netip.Addr
 	// Endpoint, if set, is used as the NIC's link endpoint instead of an
 	// AF_PACKET socket on Interface (tests, other link types).
 	Endpoint stack.LinkEndpoint
@@ -300,6 +306,11 @@ func validateUplink(u UplinkConfig) error {
 	if _, err := link.ParseBackend(string(u.Backend)); err != nil {
 		return fmt.Errorf("uplink %q: %w", u.Name, err)
 	}
+	for _, v := range u.VIPs {
+		if !validVIP(v, u.Addr4, u.Addr6) {
+			return fmt.Errorf("uplink %q: VIP %v: want a unicast address, not the uplink's own, of a family the uplink has an address of", u.Name, v)
+		}
+	}
 	return nil
 }
 
@@ -350,6 +361,9 @@ func (s *Stack) addUplink(u UplinkConfig, f *os.File) (err error) {
 			return fmt.Errorf("add uplink %q: %w", u.Name, err)
 		}
 	}
+	if len(u.VIPs) > 0 {
+		ep = newVIPGuard(ep, u)
+	}
 	// Every NIC goes through the taps (flow accounting, rules).
 	l.tap = link.Tapped(u.Name, ep, &s.taps)
 	opts := stack.NICOptions{Name: u.Name}
@@ -383,6 +397,16 @@ func (s *Stack) addUplink(u UplinkConfig, f *os.File) (err error) {
 			return fmt.Errorf("add uplink %q: address %v: %s", u.Name, p, terr)
 		}
 	}
+	for _, v := range u.VIPs {
+		v = v.Unmap()
+		pa := tcpip.ProtocolAddress{
+			Protocol:          protoOf(v),
+			AddressWithPrefix: tcpip.AddressWithPrefix{Address: tcpAddr(v), PrefixLen: v.BitLen()},
+		}
+		if terr := s.ns.AddProtocolAddress(l.nic, pa, stack.AddressProperties{PEB: stack.NeverPrimaryEndpoint}); terr != nil {
+			return fmt.Errorf("add uplink %q: VIP %v: %s", u.Name, v, terr)
+		}
+	}
 	if err := s.set.Add(u.Name, u.Weight); err != nil {
 		return fmt.Errorf("add uplink: %w", err)
 	}
@@ -400,7 +424,7 @@ func (s *Stack) addUplink(u UplinkConfig, f *os.File) (err error) {
 			s.monitor(ctx, l)
 		}()
 	}
-	s.log.Info("uplink added", "uplink", u.Name, "nic", l.nic, "if", u.Interface, "addr4", u.Addr4, "addr6", u.Addr6, "weight", u.Weight, "backend", u.Backend, "gso", u.GSO)
+	s.log.Info("uplink added", "uplink", u.Name, "nic", l.nic, "if", u.Interface, "addr4", u.Addr4, "addr6", u.Addr6, "weight", u.Weight, "backend", u.Backend, "gso", u.GSO, "vips", u.VIPs)
 	return nil
 }
 
