@@ -44,6 +44,9 @@ type Daemon struct {
 	runCtx   context.Context     // Run's context: the lifetime of replacements
 	spawnMu  sync.Mutex          // one spawn batch, or one uplink change, at a time
 
+	stateMu   sync.Mutex // one state file write at a time (adopt.go)
+	lastState []byte     // what the state file says
+
 	// onSpawn is called for every INS that comes up (listener replication).
 	onSpawn func(Backend)
 
@@ -94,18 +97,30 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return fmt.Errorf("api socket: %w", err)
 	}
 	defer os.Remove(d.cfg.API)
+	defer d.removeState()
 	defer d.stopAll()
 	d.mu.Lock()
 	d.runCtx = ctx
 	d.mu.Unlock()
-	// Namespaces left by daemons killed before they could clean up.
+	// INS of a daemon that died serve on: take them over.
+	adopted, groups, err := d.adoptAll(ctx)
+	if err != nil {
+		apiLn.Close()
+		return err
+	}
+	// Namespaces left by daemons killed before they could clean up (and
+	// whose INS are gone too).
 	if _, err := netns.Reap(ctx, d.log); err != nil {
 		d.log.Warn("namespaces of gone daemons", "err", err)
 	}
 	go d.watchCarrier(ctx)
+	go d.keepStateFresh(ctx)
 
-	if d.cfg.INS > 0 {
-		if _, err := d.Spawn(ctx, d.cfg.INS); err != nil {
+	d.mu.Lock()
+	more := d.cfg.INS - len(d.ins)
+	d.mu.Unlock()
+	if more > 0 {
+		if _, err := d.Spawn(ctx, more); err != nil {
 			apiLn.Close()
 			return err
 		}
@@ -115,6 +130,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		apiLn.Close()
 		return err
 	}
+	d.app.Adopt(ctx, adopted, groups)
 	stopMonitoring, err := d.startMonitoring(ctx)
 	if err != nil {
 		apiLn.Close()
@@ -170,6 +186,7 @@ func (d *Daemon) Spawn(ctx context.Context, n int) ([]int, error) {
 		d.mu.Lock()
 		d.ins[id] = p
 		d.mu.Unlock()
+		d.saveState()
 		d.catchUp(ctx, p)
 		p.kickCarrier() // a carrier change seen while it started
 		ids = append(ids, id)
@@ -194,6 +211,7 @@ func (d *Daemon) Kill(id int) error {
 	if !ok {
 		return fmt.Errorf("no INS %d (see `isolator ls`)", id)
 	}
+	d.saveState()
 	p.stop(2 * time.Second)
 	return nil
 }
