@@ -212,7 +212,7 @@ func (d *Daemon) Kill(id int) error {
 		return fmt.Errorf("no INS %d (see `isolator ls`)", id)
 	}
 	d.saveState()
-	p.stop(2 * time.Second)
+	p.stop(insStopGrace)
 	return nil
 }
 
@@ -227,7 +227,7 @@ func (d *Daemon) stopAll() {
 	var wg sync.WaitGroup
 	for _, p := range procs {
 		wg.Add(1)
-		go func() { defer wg.Done(); p.stop(2 * time.Second) }()
+		go func() { defer wg.Done(); p.stop(insStopGrace) }()
 	}
 	wg.Wait()
 }

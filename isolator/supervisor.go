@@ -186,6 +186,7 @@ func (d *Daemon) startINS(ctx context.Context, id int, total int, keep []netstac
 		Mitigation: d.mit.config(id),
 		Flows:      d.flowTableConfig(),
 		Successor:  ins.SuccessorConfig{Socket: d.successorPath(id), DaemonUID: os.Getuid(), OrphanTimeout: orphanTimeout},
+		Drain:      insDrain,
 	}
 	if pc.Successor.Socket != "" {
 		if err := os.MkdirAll(filepath.Dir(pc.Successor.Socket), 0o700); err != nil {
@@ -362,6 +363,14 @@ func (p *insProc) stop(grace time.Duration) {
 		p.log.Error("INS did not exit; left running", "pid", p.pid())
 	}
 }
+
+// insDrain is how long an INS told to stop lets its open connections
+// finish; insStopGrace is how long the daemon waits for it to exit before
+// SIGKILL.
+const (
+	insDrain     = 5 * time.Second
+	insStopGrace = insDrain + 2*time.Second
+)
 
 // noFileLimit is the descriptor limit for an INS: the sandbox default,
 // unless this process's hard limit is lower (an INS cannot raise it where

@@ -54,6 +54,9 @@ type ProcessConfig struct {
 	// Successor is where the INS waits for a successor daemon once its
 	// daemon is gone; without a socket it exits with its daemon.
 	Successor SuccessorConfig
+	// Drain is how long open connections may go on after SIGTERM (see
+	// Server.SetDrain); 0 ends them at once.
+	Drain time.Duration
 }
 
 // ConfigEnv names the environment variable holding an INS process's
@@ -153,6 +156,44 @@ type Server struct {
 	succ *Successor
 	// stopSelf ends the process as SIGTERM does (ManageStop).
 	stopSelf func()
+	// drainGrace is how long open connections may go on once the INS is
+	// told to stop (SetDrain); 0 ends them at once.
+	drainGrace time.Duration
+}
+
+// SetDrain makes the INS, when Serve's context ends (SIGTERM), stop
+// accepting and let open connections finish for up to grace before Serve
+// returns.
+func (s *Server) SetDrain(grace time.Duration) { s.drainGrace = grace }
+
+// drain stops every listener of the INS (new connections are refused with
+// a reset; the app's listeners go on being served by the other INS, which
+// have replicas), then waits until no stream connection is left or the
+// drain grace is over.
+func (s *Server) drain() {
+	if s.drainGrace <= 0 {
+		return
+	}
+	start := time.Now()
+	ls := s.eng.Listeners()
+	for _, l := range ls {
+		l.Seq.Close()
+		s.eng.Shutdown(l.ID, unix.SHUT_RDWR)
+	}
+	open := func() int { st := s.eng.Stats(); return st.Connected + st.Connecting }
+	n := open()
+	s.log.Info("INS draining: listeners closed, waiting for open connections", "listeners", len(ls), "connections", n, "grace", s.drainGrace)
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for n > 0 && time.Since(start) < s.drainGrace {
+		<-t.C
+		n = open()
+	}
+	if n > 0 {
+		s.log.Warn("INS drain: grace over, ending the remaining connections", "connections", n, "after", time.Since(start).Round(time.Millisecond))
+		return
+	}
+	s.log.Info("INS drained", "after", time.Since(start).Round(time.Millisecond))
 }
 
 // NewServer builds the engine on st and serves the daemon on ch; dns
@@ -210,6 +251,11 @@ func (s *Server) Serve(ctx context.Context) error {
 	})
 	defer stop()
 	defer s.eng.Stop()
+	defer func() {
+		if ctx.Err() != nil {
+			s.drain()
+		}
+	}()
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go s.reportLoad(lctx)
@@ -655,6 +701,7 @@ func RunProcess(ctx context.Context, ctrlFile *os.File, log *slog.Logger) error 
 		return fmt.Errorf("ins %d: %w", cfg.Stack.ID, err)
 	}
 	srv.EnableFlows(cfg.Flows)
+	srv.SetDrain(cfg.Drain)
 	if cfg.Successor.Socket != "" {
 		sc, err := ListenSuccessor(cfg.Successor)
 		if err != nil {

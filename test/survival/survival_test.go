@@ -527,8 +527,8 @@ func TestAddressConflict(t *testing.T) {
 // 0 (no SIGKILL after the grace period), an INS stopped on purpose is not
 // replaced, and no INS process is left.
 //
-// What the app would see: the connections of a stopped INS end as those of
-// a dead one; there is no draining of established connections yet.
+// What the app would see: no new connection on the stopped INS, its open
+// connections drained (TestINSDrain).
 func TestINSStop(t *testing.T) {
 	topo.RequireRoot(t)
 	tp := topo.New(t, topo.Config{Uplinks: 1})
