@@ -190,7 +190,8 @@ func (d *Daemon) startINS(ctx context.Context, id int, total int, keep []netstac
 	}
 	if pc.Successor.Socket != "" {
 		if err := os.MkdirAll(filepath.Dir(pc.Successor.Socket), 0o700); err != nil {
-			return nil, fmt.Errorf("INS %d: successor socket directory: %w", id, err)
+			log.Warn("no successor socket directory: the INS will not outlive the daemon", "err", err)
+			pc.Successor = ins.SuccessorConfig{}
 		}
 	}
 	var ups []insUplink

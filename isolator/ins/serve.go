@@ -705,10 +705,12 @@ func RunProcess(ctx context.Context, ctrlFile *os.File, log *slog.Logger) error 
 	if cfg.Successor.Socket != "" {
 		sc, err := ListenSuccessor(cfg.Successor)
 		if err != nil {
-			return fmt.Errorf("ins %d: %w", cfg.Stack.ID, err)
+			// Served all the same, but it ends with its daemon.
+			log.Warn("no successor socket: this INS will not outlive its daemon", "err", err)
 		}
-		srv.SetSuccessor(sc, cancel)
-		cfg.Sandbox.AcceptFD = sc.FD()
+		if sc != nil {
+			cfg.Sandbox.AcceptFD = sc.FD()
+		}
 		// The log pipe's reader dies with the daemon: a write must fail
 		// with EPIPE, not end the process with SIGPIPE.
 		signal.Ignore(unix.SIGPIPE)

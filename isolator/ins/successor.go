@@ -77,6 +77,9 @@ func ListenSuccessor(cfg SuccessorConfig) (*Successor, error) {
 	if cfg.Socket == "" {
 		return nil, errors.New("successor socket: no path")
 	}
+	if len(cfg.Socket) >= len(unix.RawSockaddrUnix{}.Path) {
+		return nil, fmt.Errorf("successor socket: path %s is too long for a unix socket", cfg.Socket)
+	}
 	if err := os.Remove(cfg.Socket); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("successor socket: %w", err)
 	}
@@ -109,6 +112,7 @@ func (sc *Successor) close() { sc.once.Do(func() { sc.ln.Close() }) }
 
 // SetSuccessor makes Serve wait for a successor daemon on sc when the
 // daemon hangs up, and stop end the process as SIGTERM does.
+// A nil sc leaves the INS ending with its daemon.
 func (s *Server) SetSuccessor(sc *Successor, stop func()) {
 	s.succ, s.stopSelf = sc, stop
 }
