@@ -452,6 +452,9 @@ func (s *AppServer) register(ctx context.Context, conn *net.UnixConn, cred *unix
 		return
 	}
 	c.log.Info("app: registered", "group", group, "flags", reg.Flags)
+	if reg.Flags == msgproto.RegRejoin {
+		go s.rejoined(c)
+	}
 	c.run(ctx)
 	s.mu.Lock()
 	delete(s.clients, id)

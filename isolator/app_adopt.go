@@ -84,12 +84,14 @@ func (s *AppServer) Adopt(ctx context.Context, adopted []adoptedListeners, group
 		l := &listenRec{sock: own.info.Sock, group: own.info.Group, domain: own.info.Domain, typ: own.info.Type,
 			proto: own.info.Proto, addr: msgproto.AddrFromNetip(own.info.addr), backlog: own.info.Backlog, seq: own.f,
 			replicas: map[int]uint64{}}
+		l.adopted = true
 		for _, m := range ms[1:] {
 			if m.info.Group == l.group {
 				l.replicas[m.ins] = m.info.Sock
 			}
 			m.f.Close()
 		}
+		l.opts = s.adoptedOpts(ctx, own.ins, l)
 		s.mu.Lock()
 		if _, dup := s.lsns[l.sock]; dup {
 			s.mu.Unlock()
@@ -104,6 +106,57 @@ func (s *AppServer) Adopt(ctx context.Context, adopted []adoptedListeners, group
 	}
 	if len(groups) > 0 {
 		time.AfterFunc(adoptedGroupGrace, func() { s.releaseAbsentGroups(groups) })
+	}
+}
+
+// listenerOpts are the options of a listener that decide how it is
+// replicated and how its kernel loopback listeners are made.
+var listenerOpts = []struct{ level, name int32 }{
+	{unix.SOL_SOCKET, unix.SO_REUSEADDR}, {unix.SOL_SOCKET, unix.SO_REUSEPORT}, {unix.IPPROTO_IPV6, unix.IPV6_V6ONLY},
+}
+
+// adoptedOpts asks the INS that holds l for the options of listenerOpts
+// that are set, as the daemon records them at setsockopt.
+func (s *AppServer) adoptedOpts(ctx context.Context, insID int, l *listenRec) []*msgproto.Setsockopt {
+	b, ok := s.backends.Get(insID)
+	if !ok {
+		return nil
+	}
+	var opts []*msgproto.Setsockopt
+	for _, o := range listenerOpts {
+		if o.level == unix.IPPROTO_IPV6 && l.domain != unix.AF_INET6 {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, replicaTimeout)
+		r, err := b.Call(cctx, l.group, &msgproto.Getsockopt{Sock: l.sock, Level: o.level, Name: o.name, MaxLen: 4})
+		cancel()
+		if or, ok := r.(*msgproto.OptReply); err == nil && ok && slices.ContainsFunc(or.Value, func(c byte) bool { return c != 0 }) {
+			opts = append(opts, &msgproto.Setsockopt{Level: o.level, Name: o.name, Value: or.Value})
+		}
+	}
+	return opts
+}
+
+// rejoined makes the kernel loopback listeners of the adopted listeners
+// of c's group, in c's network namespace, once: they lived in the daemon
+// that died.
+func (s *AppServer) rejoined(c *client) {
+	s.mu.Lock()
+	var ls []*listenRec
+	for _, l := range s.lsns {
+		if l.group == c.group {
+			ls = append(ls, l)
+		}
+	}
+	s.mu.Unlock()
+	for _, l := range ls {
+		l.mu.Lock()
+		try := l.adopted && !l.kernTried
+		l.kernTried = true
+		l.mu.Unlock()
+		if try {
+			s.kernelLoopback(c, l)
+		}
 	}
 }
 

@@ -39,6 +39,10 @@ type listenRec struct {
 	// ownLost: the INS that made sock died; its replacement (same id)
 	// gets a replica like any other INS.
 	ownLost bool
+	// adopted: taken over from an INS of a daemon that died (Adopt); its
+	// kernel loopback listeners are made again when a process of its group
+	// rejoins (kernTried once that was tried).
+	adopted, kernTried bool
 }
 
 func (l *listenRec) close() {

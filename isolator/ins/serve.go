@@ -709,6 +709,7 @@ func RunProcess(ctx context.Context, ctrlFile *os.File, log *slog.Logger) error 
 			log.Warn("no successor socket: this INS will not outlive its daemon", "err", err)
 		}
 		if sc != nil {
+			srv.SetSuccessor(sc, cancel)
 			cfg.Sandbox.AcceptFD = sc.FD()
 		}
 		// The log pipe's reader dies with the daemon: a write must fail

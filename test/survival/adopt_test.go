@@ -120,6 +120,13 @@ func TestDaemonRestartAdopts(t *testing.T) {
 			t.Errorf("round %d: %d INS after the restart, want %d", round, len(after), len(infos))
 		}
 	}
+	// Loopback connections of the app's namespace reach nginx again (the
+	// kernel loopback listeners lived in the daemon that was killed).
+	for _, u := range []string{"http://127.0.0.1/1k.bin", "http://[::1]/1k.bin"} {
+		if d := serveAgain(t, tp.App, []string{u}, want, 10*time.Second); d > time.Second {
+			t.Logf("%s from the app's namespace served after %v", u, d.Round(time.Millisecond))
+		}
+	}
 	if n := prematureCloses(s); n != 0 {
 		t.Errorf("nginx saw %d connections closed early by their client (an INS lost them)", n)
 	}
