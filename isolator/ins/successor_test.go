@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
 
@@ -186,3 +187,81 @@ func TestServeOutlivesDaemon(t *testing.T) {
 func netip4(s string) netip.Addr { return netip.MustParseAddr(s) }
 
 func netip4Any(port uint16) netip.AddrPort { return netip.AddrPortFrom(netip.IPv4Unspecified(), port) }
+
+// dialAs connects to the unixpacket socket path with the effective uid
+// of the calling thread switched to uid for the connect (SO_PEERCRED
+// records the connecting thread's credentials), then switched back.
+func dialAs(t *testing.T, path string, uid int) (*net.UnixConn, error) {
+	t.Helper()
+	runtime.LockOSThread()
+	if _, _, e := unix.RawSyscall(unix.SYS_SETRESUID, ^uintptr(0), uintptr(uid), ^uintptr(0)); e != 0 {
+		runtime.UnlockOSThread()
+		t.Skipf("setresuid: %v", e)
+	}
+	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: path, Net: "unixpacket"})
+	if _, _, e := unix.RawSyscall(unix.SYS_SETRESUID, ^uintptr(0), 0, ^uintptr(0)); e != 0 {
+		t.Fatalf("setresuid back: %v", e) // the thread stays locked and dies with the test
+	}
+	runtime.UnlockOSThread()
+	return c, err
+}
+
+// TestSuccessorRefusesStrangers: a peer that is neither root nor the
+// daemon's uid is hung up on, and the INS still waits for its successor;
+// one that never comes ends Serve after the orphan timeout.
+func TestSuccessorRefusesStrangers(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: connects as another uid")
+	}
+	m := instest.NewMemNet(t, "wrr", 1, 1, -1)
+	mine, theirs, err := ctrl.Pair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := NewServer(1, m.INS, resolve.Config{}, ctrl.New(theirs), slog.Default())
+	dir, err := os.MkdirTemp("", "mpshim-succ-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	path := filepath.Join(dir, "1.sock")
+	sc, err := ListenSuccessor(SuccessorConfig{Socket: path, DaemonUID: 0, OrphanTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("successor socket mode %v, %v; want 0600", fi.Mode(), err)
+	}
+	os.Chmod(path, 0o666) // let the stranger reach it: the credential check is what is tested
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	srv.SetSuccessor(sc, cancel)
+	served := make(chan error, 1)
+	start := time.Now()
+	go func() { served <- srv.Serve(ctx) }()
+	mine.Close() // the daemon dies
+
+	c, err := dialAs(t, path, 65534)
+	if err != nil {
+		t.Fatalf("stranger's connect: %v", err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := c.Read(make([]byte, 16)); n != 0 || (err != nil && err != io.EOF) {
+		t.Errorf("stranger read %d bytes, %v; want a hang-up", n, err)
+	}
+	select {
+	case err := <-served:
+		t.Fatalf("Serve returned after a stranger knocked: %v", err)
+	default:
+	}
+	select {
+	case err := <-served:
+		if err == nil || time.Since(start) < time.Second {
+			t.Errorf("Serve without a successor: %v after %v; want the orphan timeout's error after 2 s", err, time.Since(start))
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve still running 10 s into a 2 s orphan timeout")
+	}
+}
