@@ -211,37 +211,46 @@ type adoptedListeners struct {
 	files []*os.File
 }
 
-// adoptAll takes over the INS the state file names. It returns the
-// listeners they reported (for the app server) and the socket groups
-// that own sockets in them. INS that cannot be taken over are stopped and
-// replaced. It fails only when the daemon that wrote the file still runs.
-func (d *Daemon) adoptAll(ctx context.Context) ([]adoptedListeners, []uint64, error) {
+// adoption is what adoptAll found: the listeners the adopted INS reported
+// (for the app server), the socket groups that own sockets in them, and
+// the replacements of the INS that could not be adopted, to be started
+// once the app server has the listeners (so that the replacements get
+// them).
+type adoption struct {
+	listeners []adoptedListeners
+	groups    []uint64
+	replace   []func()
+}
+
+// adoptAll takes over the INS the state file names. INS that cannot be
+// taken over are stopped, and their replacements returned. It fails only
+// when the daemon that wrote the file still runs.
+func (d *Daemon) adoptAll(ctx context.Context) (adoption, error) {
 	path := d.statePath()
 	if path == "" {
-		return nil, nil, nil
+		return adoption{}, nil
 	}
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil, nil
+		return adoption{}, nil
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("state file: %w", err)
+		return adoption{}, fmt.Errorf("state file: %w", err)
 	}
 	b, err := readAtMost(f, maxStateFile)
 	f.Close()
 	if err != nil {
-		return nil, nil, fmt.Errorf("state file %s: %w", path, err)
+		return adoption{}, fmt.Errorf("state file %s: %w", path, err)
 	}
 	st, err := parseState(b)
 	if err != nil {
 		d.log.Warn("state file unusable; no INS adopted", "path", path, "err", err)
-		return nil, nil, nil
+		return adoption{}, nil
 	}
 	if st.DaemonPID != os.Getpid() && procstat.Alive(st.DaemonPID, st.DaemonStart) {
-		return nil, nil, fmt.Errorf("the daemon with pid %d still runs with state directory %s", st.DaemonPID, d.cfg.StateDir)
+		return adoption{}, fmt.Errorf("the daemon with pid %d still runs with state directory %s", st.DaemonPID, d.cfg.StateDir)
 	}
-	var lsns []adoptedListeners
-	var groups []uint64
+	var a adoption
 	for _, e := range st.INS {
 		d.mu.Lock()
 		h := d.historyLocked(e.ID)
@@ -253,20 +262,21 @@ func (d *Daemon) adoptAll(ctx context.Context) ([]adoptedListeners, []uint64, er
 			d.log.Warn("INS not adopted; replacing it", "ins", e.ID, "pid", e.PID, "err", err)
 			d.retire(e)
 			keep := d.reserve(e.Uplinks)
-			go d.replace(e.ID, keep, "not adopted: "+err.Error(), stableUptime)
+			id, why := e.ID, "not adopted: "+err.Error()
+			a.replace = append(a.replace, func() { go d.replace(id, keep, why, stableUptime) })
 			continue
 		}
-		lsns = append(lsns, al)
+		a.listeners = append(a.listeners, al)
 		for _, g := range gs {
-			if !slices.Contains(groups, g) {
-				groups = append(groups, g)
+			if !slices.Contains(a.groups, g) {
+				a.groups = append(a.groups, g)
 			}
 		}
 		p.log.Info("INS adopted", "pid", p.pid(), "netns", p.ns.Name, "listeners", len(al.list), "groups", len(gs),
 			"uplinks", addrList(p.uplinkConfigs()))
 	}
 	d.saveState()
-	return lsns, groups, nil
+	return a, nil
 }
 
 func readAtMost(f *os.File, n int64) ([]byte, error) {

@@ -103,7 +103,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.runCtx = ctx
 	d.mu.Unlock()
 	// INS of a daemon that died serve on: take them over.
-	adopted, groups, err := d.adoptAll(ctx)
+	adopted, err := d.adoptAll(ctx)
 	if err != nil {
 		apiLn.Close()
 		return err
@@ -117,7 +117,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	go d.keepStateFresh(ctx)
 
 	d.mu.Lock()
-	more := d.cfg.INS - len(d.ins)
+	more := d.cfg.INS - len(d.ins) - len(adopted.replace)
 	d.mu.Unlock()
 	if more > 0 {
 		if _, err := d.Spawn(ctx, more); err != nil {
@@ -130,7 +130,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 		apiLn.Close()
 		return err
 	}
-	d.app.Adopt(ctx, adopted, groups)
+	d.app.Adopt(ctx, adopted.listeners, adopted.groups)
+	for _, r := range adopted.replace {
+		r()
+	}
 	stopMonitoring, err := d.startMonitoring(ctx)
 	if err != nil {
 		apiLn.Close()

@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -34,8 +36,10 @@ func insPIDs(infos []api.INSInfo) map[int]int {
 // the restart. What the app sees: nothing either; nginx is never restarted
 // and logs no client that closed early. What the operator sees: the
 // restarted daemon adopts the same INS processes (same pids, the same
-// restart counts), and an INS spawned after the restart gets the adopted
-// listeners.
+// restart counts); an INS killed while no daemon ran is replaced by the
+// next daemon (same id and address, LAST EXIT "not adopted") and serves
+// nginx's listeners again; an INS spawned after the restart gets the
+// adopted listeners.
 func TestDaemonRestartAdopts(t *testing.T) {
 	needTools(t)
 	tp := topo.New(t, topo.Config{Uplinks: 1})
@@ -133,6 +137,34 @@ func TestDaemonRestartAdopts(t *testing.T) {
 	if s.MasterPID() != master || !samePIDs(s.Workers(), workers) {
 		t.Errorf("nginx processes changed: master %d workers %v, were %d %v", s.MasterPID(), s.Workers(), master, workers)
 	}
+	// An INS that dies while no daemon runs is replaced by the next one,
+	// with its id and address, and gets the adopted listeners; the other
+	// is adopted.
+	iso.Kill(t)
+	gone := infos[1]
+	if err := syscall.Kill(gone.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); syscall.Kill(gone.PID, 0) == nil; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("INS pid %d still there after SIGKILL", gone.PID)
+		}
+	}
+	iso.Restart(t)
+	back := serveAgain(t, tp.WAN, []string{urls[1]}, want, 10*time.Second)
+	now, err := iso.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in, ok := insByID(now, gone.ID); !ok || in.PID == gone.PID || addr4(in) != addr4(gone) || !strings.Contains(in.LastExit, "not adopted") {
+		t.Errorf("INS %d killed while no daemon ran: now %+v; want a replacement on %s whose last exit says it was not adopted", gone.ID, in, addr4(gone))
+	}
+	if in, ok := insByID(now, infos[0].ID); !ok || in.PID != infos[0].PID {
+		t.Errorf("INS %d not adopted after the second restart: %+v", infos[0].ID, in)
+	}
+	t.Logf("INS %d, killed while no daemon ran, replaced on %s and serving %v after the restart", gone.ID, addr4(gone), back.Round(time.Millisecond))
+	pids = insPIDs(now)
+
 	// An INS started by the restarted daemon gets the adopted listeners.
 	if out, err := iso.CLI("spawn", "-n", "1"); err != nil {
 		t.Fatalf("isolator spawn: %v\n%s", err, out)
