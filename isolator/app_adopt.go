@@ -19,7 +19,7 @@ import (
 // wait for a process of theirs to rejoin (the shim tries every 100 ms)
 // before their sockets are released: a group whose processes all exited
 // while no daemon ran never comes back.
-const adoptedGroupGrace = 30 * time.Second
+var adoptedGroupGrace = 30 * time.Second
 
 // groupOf is the socket group id of a group key. The id is derived from
 // the key so that a restarted daemon gives a group that rejoins
@@ -158,6 +158,36 @@ func (s *AppServer) rejoined(c *client) {
 			s.kernelLoopback(c, l)
 		}
 	}
+}
+
+// adoptedPair reports whether f is the SOCK_SEQPACKET pair of an adopted
+// listener of group.
+func (s *AppServer) adoptedPair(group uint64, f *os.File) bool {
+	id, ok := identityOf(f)
+	if !ok {
+		return false
+	}
+	s.mu.Lock()
+	var ls []*listenRec
+	for _, l := range s.lsns {
+		if l.group == group && l.adopted {
+			ls = append(ls, l)
+		}
+	}
+	s.mu.Unlock()
+	for _, l := range ls {
+		l.mu.Lock()
+		same := false
+		if !l.closed {
+			lid, ok := identityOf(l.seq)
+			same = ok && lid == id
+		}
+		l.mu.Unlock()
+		if same {
+			return true
+		}
+	}
+	return false
 }
 
 // adoptedListener is an INS's listener with its address parsed.

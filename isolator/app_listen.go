@@ -79,6 +79,13 @@ func (s *AppServer) listen(ctx context.Context, c *client, m *msgproto.Listen, f
 		closeFiles(files)
 		return nil, unix.EINVAL
 	}
+	if s.adoptedPair(c.group, files[0]) {
+		// A shim re-making its listener after a daemon restart, on
+		// the pair of a listener the INS kept (with SO_REUSEPORT its
+		// Bind succeeded): that listener serves it already.
+		closeFiles(files)
+		return nil, unix.EADDRINUSE
+	}
 	seq, err := dupFile(files[0])
 	if err != nil {
 		closeFiles(files)
