@@ -81,7 +81,7 @@ func TestDaemonRestartAdopts(t *testing.T) {
 			}
 		}
 		for _, u := range urls {
-			if !curlOK(tp.WAN, u, want, 2*time.Second) {
+			if !curlOK(tp.WAN, u, want, 5*time.Second) {
 				t.Errorf("round %d: %s not served while no daemon runs", round, u)
 			}
 		}
