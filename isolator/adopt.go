@@ -247,7 +247,7 @@ func (d *Daemon) adoptAll(ctx context.Context) (adoption, error) {
 		d.log.Warn("state file unusable; no INS adopted", "path", path, "err", err)
 		return adoption{}, nil
 	}
-	if st.DaemonPID != os.Getpid() && procstat.Alive(st.DaemonPID, st.DaemonStart) {
+	if st.DaemonPID != os.Getpid() && running(st.DaemonPID, st.DaemonStart) {
 		return adoption{}, fmt.Errorf("the daemon with pid %d still runs with state directory %s", st.DaemonPID, d.cfg.StateDir)
 	}
 	var a adoption
@@ -311,9 +311,9 @@ func (d *Daemon) reserve(ups []netstack.UplinkConfig) []netstack.UplinkConfig {
 // retire ends an INS of the state file that is not adopted, if it still
 // runs, and deletes its namespace.
 func (d *Daemon) retire(e insState) {
-	if procstat.Alive(e.PID, e.Start) {
+	if running(e.PID, e.Start) {
 		if pfd, err := unix.PidfdOpen(e.PID, 0); err == nil {
-			if procstat.Alive(e.PID, e.Start) {
+			if running(e.PID, e.Start) {
 				_ = unix.PidfdSendSignal(pfd, unix.SIGKILL, nil, 0)
 				waitPidfd(pfd, 3*time.Second)
 			}
@@ -347,11 +347,19 @@ func waitPidfd(pfd int, limit time.Duration) bool {
 	}
 }
 
+// running reports whether the process pid that started at start still
+// runs: not a zombie (an INS whose daemon died is reparented, and its exit
+// may not be reaped at once).
+func running(pid int, start uint64) bool {
+	st, err := procstat.Read(pid)
+	return err == nil && st.StartTime == start && st.State != 'Z' && st.State != 'X'
+}
+
 // adopt takes over the running INS e: it checks the pid is that INS,
 // connects to its successor socket (whose peer must be that pid), asks what
 // it serves and gives it a log pipe.
 func (d *Daemon) adopt(ctx context.Context, e insState) (_ *insProc, _ adoptedListeners, _ []uint64, err error) {
-	if !procstat.Alive(e.PID, e.Start) {
+	if !running(e.PID, e.Start) {
 		return nil, adoptedListeners{}, nil, errors.New("the process is gone")
 	}
 	pfd, err := unix.PidfdOpen(e.PID, 0)
@@ -360,7 +368,7 @@ func (d *Daemon) adopt(ctx context.Context, e insState) (_ *insProc, _ adoptedLi
 	}
 	// The pidfd names the process for good; the start time is checked
 	// again so that the pid was not recycled in between.
-	if !procstat.Alive(e.PID, e.Start) {
+	if !running(e.PID, e.Start) {
 		unix.Close(pfd)
 		return nil, adoptedListeners{}, nil, errors.New("the process is gone")
 	}
