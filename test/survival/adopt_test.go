@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mpshim/mpshim/internal/procstat"
 	"github.com/mpshim/mpshim/isolator/api"
 	"github.com/mpshim/mpshim/test/harness"
 	"github.com/mpshim/mpshim/test/topo"
@@ -145,7 +146,10 @@ func TestDaemonRestartAdopts(t *testing.T) {
 	if err := syscall.Kill(gone.PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(5 * time.Second); syscall.Kill(gone.PID, 0) == nil; time.Sleep(10 * time.Millisecond) {
+	// Its parent is gone: whoever reaps orphans may leave it a zombie
+	// for a while, which is as dead.
+	exited := func(pid int) bool { st, err := procstat.Read(pid); return err != nil || st.State == 'Z' }
+	for deadline := time.Now().Add(5 * time.Second); !exited(gone.PID); time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("INS pid %d still there after SIGKILL", gone.PID)
 		}
