@@ -3,9 +3,10 @@ package netns
 // INS network namespaces carry their owner in their name,
 // mpins-<pid>-<start>-<ins>: the pid and start time (clock ticks after boot,
 // /proc/PID/stat field 22) of the daemon that made them, then the INS id. A
-// daemon killed by SIGKILL cannot delete its namespaces (its INS die with it
-// by PDEATHSIG, the namespaces stay bound under /run/netns); the next daemon
-// deletes those whose owner is gone, and only those: a pid that is running
+// daemon killed by SIGKILL cannot delete its namespaces; its INS outlive it
+// and a successor adopts them, binding each namespace under its own name
+// (Adopt). The next daemon deletes the namespaces whose owner is gone and
+// in which no process runs any more, and only those: a pid that is running
 // with the recorded start time is a live daemon whatever it is doing, and a
 // recycled pid has another start time.
 
