@@ -209,6 +209,10 @@ type adoptedListeners struct {
 	ins   int
 	list  []ins.AdoptListener
 	files []*os.File
+	// orphaned is how long the INS served without a daemon; refused
+	// counts the strangers it hung up on meanwhile.
+	orphaned time.Duration
+	refused  int
 }
 
 // adoption is what adoptAll found: the listeners the adopted INS reported
@@ -273,7 +277,10 @@ func (d *Daemon) adoptAll(ctx context.Context) (adoption, error) {
 			}
 		}
 		p.log.Info("INS adopted", "pid", p.pid(), "netns", p.ns.Name, "listeners", len(al.list), "groups", len(gs),
-			"uplinks", addrList(p.uplinkConfigs()))
+			"served_without_daemon", al.orphaned.Round(time.Millisecond), "uplinks", addrList(p.uplinkConfigs()))
+		if al.refused > 0 {
+			p.log.Warn("INS refused strangers on its successor socket while no daemon ran", "peers", al.refused)
+		}
 	}
 	d.saveState()
 	return a, nil
@@ -430,7 +437,7 @@ func (d *Daemon) adopt(ctx context.Context, e insState) (_ *insProc, _ adoptedLi
 		return nil, adoptedListeners{}, nil, fmt.Errorf("adopt: INS of another version or a malformed answer (version %d, id %d, %d listeners, %d descriptors, %v)",
 			rep.Version, rep.ID, len(rep.Listeners), len(r.Files), err)
 	}
-	al := adoptedListeners{ins: e.ID, list: rep.Listeners, files: r.Files}
+	al := adoptedListeners{ins: e.ID, list: rep.Listeners, files: r.Files, orphaned: rep.Orphaned, refused: rep.Refused}
 	// Its output comes to this daemon's log from now on.
 	if pr, pw, err := os.Pipe(); err == nil {
 		lb, _ := json.Marshal(ins.ManageRequest{Op: ins.ManageLog})

@@ -57,7 +57,11 @@ type AdoptReply struct {
 	ID        int             `json:"id"`
 	Listeners []AdoptListener `json:"listeners,omitempty"`
 	Groups    []uint64        `json:"groups,omitempty"`
-	Error     string          `json:"error,omitempty"`
+	// Orphaned is how long the INS served without a daemon before this
+	// one connected; Refused counts the peers it hung up on meanwhile.
+	Orphaned time.Duration `json:"orphaned,omitempty"`
+	Refused  int           `json:"refused,omitempty"`
+	Error    string        `json:"error,omitempty"`
 }
 
 // Successor is the socket a successor daemon connects on.
@@ -67,6 +71,10 @@ type Successor struct {
 	daemonUID int
 	orphan    time.Duration
 	once      sync.Once
+
+	mu       sync.Mutex
+	orphaned time.Duration // how long the last wait for a successor took
+	refused  int           // peers hung up on during it
 }
 
 // ListenSuccessor binds the successor socket of cfg (replacing a stale
@@ -124,6 +132,7 @@ func (s *Server) SetSuccessor(sc *Successor, stop func()) {
 func (s *Server) awaitSuccessor(ctx context.Context, why error) (*ctrl.Conn, error) {
 	s.log.Warn("daemon gone: serving on, waiting for a successor", "err", why, "orphan_timeout", s.succ.orphan)
 	since := time.Now()
+	refused := 0
 	if s.succ.orphan > 0 {
 		_ = s.succ.ln.SetDeadline(since.Add(s.succ.orphan))
 	}
@@ -147,6 +156,7 @@ func (s *Server) awaitSuccessor(ctx context.Context, why error) (*ctrl.Conn, err
 		if err != nil || (cred.Uid != 0 && int(cred.Uid) != s.succ.daemonUID) {
 			s.log.Warn("successor socket: refused a peer", "uid", credUID(cred), "pid", credPID(cred), "err", err)
 			c.Close()
+			refused++
 			continue
 		}
 		f, err := c.File()
@@ -156,6 +166,9 @@ func (s *Server) awaitSuccessor(ctx context.Context, why error) (*ctrl.Conn, err
 			continue
 		}
 		_ = s.succ.ln.SetDeadline(time.Time{})
+		s.succ.mu.Lock()
+		s.succ.orphaned, s.succ.refused = time.Since(since), refused
+		s.succ.mu.Unlock()
 		s.log.Info("successor daemon connected", "pid", cred.Pid, "uid", cred.Uid, "after", time.Since(since).Round(time.Millisecond))
 		return ctrl.New(f), nil
 	}
@@ -194,6 +207,11 @@ func credPID(c *unix.Ucred) int64 {
 // returned files are the listeners' SOCK_SEQPACKET ends, in order.
 func (s *Server) adoptReply() (AdoptReply, []*os.File) {
 	rep := AdoptReply{Version: AdoptVersion, ID: s.id}
+	if s.succ != nil {
+		s.succ.mu.Lock()
+		rep.Orphaned, rep.Refused = s.succ.orphaned, s.succ.refused
+		s.succ.mu.Unlock()
+	}
 	s.mu.Lock()
 	owner := make(map[engine.SockID]uint64, len(s.owner))
 	for id, g := range s.owner {

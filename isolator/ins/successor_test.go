@@ -158,7 +158,7 @@ func TestServeOutlivesDaemon(t *testing.T) {
 	if err := json.Unmarshal(r.Payload, &ar); err != nil {
 		t.Fatal(err)
 	}
-	if ar.Version != AdoptVersion || ar.ID != 1 || len(ar.Listeners) != 1 || len(r.Files) != 1 ||
+	if ar.Version != AdoptVersion || ar.ID != 1 || len(ar.Listeners) != 1 || len(r.Files) != 1 || ar.Orphaned < 200*time.Millisecond ||
 		ar.Listeners[0].Group != group || ar.Listeners[0].Addr != "0.0.0.0:80" || len(ar.Groups) == 0 || ar.Groups[0] != group {
 		t.Fatalf("adopt reply %+v with %d descriptors", ar, len(r.Files))
 	}
