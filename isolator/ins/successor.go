@@ -146,8 +146,9 @@ func (s *Server) awaitSuccessor(ctx context.Context, why error) (*ctrl.Conn, err
 			if errors.As(err, &ne) && ne.Timeout() {
 				return nil, fmt.Errorf("no successor daemon within %v", s.succ.orphan)
 			}
-			if errors.As(err, &ne) && !errors.Is(err, net.ErrClosed) {
-				time.Sleep(10 * time.Millisecond)
+			if errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) || errors.Is(err, unix.ENOBUFS) ||
+				errors.Is(err, unix.ENOMEM) || errors.Is(err, unix.ECONNABORTED) {
+				time.Sleep(50 * time.Millisecond) // passing: descriptors or memory short
 				continue
 			}
 			return nil, fmt.Errorf("successor socket: %w", err)
