@@ -188,7 +188,10 @@ func insCmd() *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
-			return ins.RunProcess(ctx, ctrl, newLogger("info"))
+			// ins.Output keeps the lines written while no daemon reads
+			// them, for the successor.
+			log := slog.New(slog.NewTextHandler(ins.Output, &slog.HandlerOptions{Level: slog.LevelInfo}))
+			return ins.RunProcess(ctx, ctrl, log)
 		},
 	}
 }

@@ -249,5 +249,6 @@ func redirectOutput(f *os.File) error {
 			return fmt.Errorf("log: dup onto %d: %w", to, err)
 		}
 	}
+	output.flush()
 	return nil
 }

@@ -96,6 +96,11 @@ func TestDaemonRestartAdopts(t *testing.T) {
 			if _, _, ok := iso.WaitLog(since, 5*time.Second, "INS adopted", "ins="+strconv.Itoa(in.ID)+" "); !ok {
 				t.Errorf("round %d: no \"INS adopted\" line for INS %d", round, in.ID)
 			}
+			// What the INS logged while no daemon ran reaches the
+			// successor's log.
+			if _, _, ok := iso.WaitLog(since, 5*time.Second, "ins["+strconv.Itoa(in.ID)+"]", "daemon gone: serving on"); !ok {
+				t.Errorf("round %d: INS %d's log of the daemon's death did not reach the successor", round, in.ID)
+			}
 		}
 		r := wrkDone(t, w)
 		t.Logf("round %d: wrk -c 64 through the kill and restart: %d responses, %d socket errors, %d non-2xx", round, r.Requests, r.SocketErrors(), r.Non2xx)
