@@ -19,6 +19,7 @@ import (
 	"github.com/mpshim/mpshim/internal/procstat"
 	"github.com/mpshim/mpshim/isolator/ctrl"
 	"github.com/mpshim/mpshim/isolator/ins"
+	"github.com/mpshim/mpshim/isolator/ins/mitigate"
 	"github.com/mpshim/mpshim/isolator/ins/netns"
 	"github.com/mpshim/mpshim/isolator/ins/netstack"
 )
@@ -128,6 +129,10 @@ func (d *Daemon) saveState() {
 		p := b.(*insProc)
 		e := insState{ID: p.id, PID: p.pid(), Start: p.startTicks, Started: p.started, NetNS: p.ns, Config: p.cfg,
 			Uplinks: p.uplinkConfigs(), Restarts: p.restarts}
+		// Rules are kept in the state directory on their own (and may be
+		// many): an adopted INS is brought up to date by catchUp, which
+		// sends the whole set to an INS whose starting set is unknown.
+		e.Config.Mitigation = mitigate.Mitigation{}
 		d.mu.Lock()
 		if h := d.hist[p.id]; h != nil {
 			e.Restarts, e.LastExit = h.restarts, h.lastExit
