@@ -452,6 +452,9 @@ func (s *AppServer) register(ctx context.Context, conn *net.UnixConn, cred *unix
 		return
 	}
 	c.log.Info("app: registered", "group", group, "flags", reg.Flags)
+	if reg.Flags == msgproto.RegRejoin {
+		go s.rejoined(c)
+	}
 	c.run(ctx)
 	s.mu.Lock()
 	delete(s.clients, id)
@@ -482,12 +485,19 @@ func (s *AppServer) admit(pid int32, reg *msgproto.Register) (uint64, uint64, un
 		if reg.Parent != 0 || reg.Key != 0 {
 			return 0, 0, unix.EINVAL, "Parent or Key without RegForked/RegExeced"
 		}
-		group = s.nextID.Add(1) | 1<<63 // group ids never collide with client ids
-		var b [8]byte
-		if _, err := rand.Read(b[:]); err != nil {
-			return 0, 0, unix.ENOMEM, "no randomness for a group key"
+		// The group id follows from the key (groupOf), so that the group
+		// keeps its id when it rejoins a restarted daemon.
+		for {
+			var b [8]byte
+			if _, err := rand.Read(b[:]); err != nil {
+				return 0, 0, unix.ENOMEM, "no randomness for a group key"
+			}
+			key := binary.LittleEndian.Uint64(b[:]) | 1
+			if group = groupOf(key); s.keys[group] == 0 {
+				s.keys[group] = key
+				break
+			}
 		}
-		s.keys[group] = binary.LittleEndian.Uint64(b[:]) | 1
 	case msgproto.RegForked, msgproto.RegExeced:
 		var memberPID int32
 		if p, ok := s.clients[reg.Parent]; ok {
@@ -516,15 +526,13 @@ func (s *AppServer) admit(pid int32, reg *msgproto.Register) (uint64, uint64, un
 		if reg.Parent != 0 || reg.Key == 0 {
 			return 0, 0, unix.EINVAL, "RegRejoin needs Key and no Parent"
 		}
-		for g, k := range s.keys {
-			if subtle.ConstantTimeCompare(le64(k), le64(reg.Key)) == 1 {
-				group = g
-				break
-			}
-		}
-		if group == 0 {
-			group = s.nextID.Add(1) | 1<<63
+		// Its id is the one the group had under the dead daemon, which
+		// its sockets in INS that outlived that daemon carry.
+		group = groupOf(reg.Key)
+		if k, ok := s.keys[group]; !ok {
 			s.keys[group] = reg.Key
+		} else if subtle.ConstantTimeCompare(le64(k), le64(reg.Key)) != 1 {
+			return 0, 0, unix.EACCES, "RegRejoin: a group of another key has this id"
 		}
 	default:
 		return 0, 0, unix.EINVAL, fmt.Sprintf("registration flags %#x", reg.Flags)

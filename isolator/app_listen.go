@@ -39,6 +39,10 @@ type listenRec struct {
 	// ownLost: the INS that made sock died; its replacement (same id)
 	// gets a replica like any other INS.
 	ownLost bool
+	// adopted: taken over from an INS of a daemon that died (Adopt); its
+	// kernel loopback listeners are made again when a process of its group
+	// rejoins (kernTried once that was tried).
+	adopted, kernTried bool
 }
 
 func (l *listenRec) close() {
@@ -74,6 +78,13 @@ func (s *AppServer) listen(ctx context.Context, c *client, m *msgproto.Listen, f
 	if len(files) != 1 {
 		closeFiles(files)
 		return nil, unix.EINVAL
+	}
+	if s.adoptedPair(c.group, files[0]) {
+		// A shim re-making its listener after a daemon restart, on
+		// the pair of a listener the INS kept (with SO_REUSEPORT its
+		// Bind succeeded): that listener serves it already.
+		closeFiles(files)
+		return nil, unix.EADDRINUSE
 	}
 	seq, err := dupFile(files[0])
 	if err != nil {

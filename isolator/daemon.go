@@ -45,6 +45,9 @@ type Daemon struct {
 	runCtx   context.Context     // Run's context: the lifetime of replacements
 	spawnMu  sync.Mutex          // one spawn batch, or one uplink change, at a time
 
+	stateMu   sync.Mutex // one state file write at a time (adopt.go)
+	lastState []byte     // what the state file says
+
 	// onSpawn is called for every INS that comes up (listener replication).
 	onSpawn func(Backend)
 
@@ -99,6 +102,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	defer os.Remove(d.cfg.API)
 	defer d.lb.Close()
+	defer d.removeState()
 	defer d.stopAll()
 	if err := d.startLB(ctx); err != nil {
 		apiLn.Close()
@@ -107,14 +111,25 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.mu.Lock()
 	d.runCtx = ctx
 	d.mu.Unlock()
-	// Namespaces left by daemons killed before they could clean up.
+	// INS of a daemon that died serve on: take them over.
+	adopted, err := d.adoptAll(ctx)
+	if err != nil {
+		apiLn.Close()
+		return err
+	}
+	// Namespaces left by daemons killed before they could clean up (and
+	// whose INS are gone too).
 	if _, err := netns.Reap(ctx, d.log); err != nil {
 		d.log.Warn("namespaces of gone daemons", "err", err)
 	}
 	go d.watchCarrier(ctx)
+	go d.keepStateFresh(ctx)
 
-	if d.cfg.INS > 0 {
-		if _, err := d.Spawn(ctx, d.cfg.INS); err != nil {
+	d.mu.Lock()
+	more := d.cfg.INS - len(d.ins) - len(adopted.replace)
+	d.mu.Unlock()
+	if more > 0 {
+		if _, err := d.Spawn(ctx, more); err != nil {
 			apiLn.Close()
 			return err
 		}
@@ -124,6 +139,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err != nil {
 		apiLn.Close()
 		return err
+	}
+	d.app.Adopt(ctx, adopted.listeners, adopted.groups)
+	for _, r := range adopted.replace {
+		r()
 	}
 	stopMonitoring, err := d.startMonitoring(ctx)
 	if err != nil {
@@ -180,6 +199,7 @@ func (d *Daemon) Spawn(ctx context.Context, n int) ([]int, error) {
 		d.mu.Lock()
 		d.ins[id] = p
 		d.mu.Unlock()
+		d.saveState()
 		d.catchUp(ctx, p)
 		p.kickCarrier() // a carrier change seen while it started
 		ids = append(ids, id)
@@ -206,7 +226,8 @@ func (d *Daemon) Kill(id int) error {
 		return fmt.Errorf("no INS %d (see `isolator ls`)", id)
 	}
 	d.lb.INSGone(id, false) // no new flows to it from here on
-	p.stop(2 * time.Second)
+	d.saveState()
+	p.stop(insStopGrace)
 	return nil
 }
 
@@ -221,7 +242,7 @@ func (d *Daemon) stopAll() {
 	var wg sync.WaitGroup
 	for _, p := range procs {
 		wg.Add(1)
-		go func() { defer wg.Done(); p.stop(2 * time.Second) }()
+		go func() { defer wg.Done(); p.stop(insStopGrace) }()
 	}
 	wg.Wait()
 }

@@ -131,15 +131,14 @@ func (p *insProc) rss() uint64 {
 	return 0
 }
 
-// insSysProcAttr is how every INS is started: dying with the daemon
-// (Pdeathsig; the INS also exits when its control channel hangs up): a
-// restarted daemon cannot adopt running INS yet, so none may be left behind
+// insSysProcAttr is how every INS is started: with no parent-death
+// signal, as it outlives a daemon that dies and waits for a successor
 // (docs/design.md, "Survival"); in a process group of its own (a
 // terminal's ^C goes to the daemon, which stops its INS in order); and in
 // mount, pid, ipc and uts namespaces of its own (sandbox.Cloneflags),
 // which the INS seals with an empty root.
 func insSysProcAttr() *syscall.SysProcAttr {
-	return &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true, Cloneflags: sandbox.Cloneflags}
+	return &syscall.SysProcAttr{Setpgid: true, Cloneflags: sandbox.Cloneflags}
 }
 
 // sandboxProbe answers the hidden API op sandbox-probe: every INS attempts

@@ -54,3 +54,13 @@ func (p *addrPool) put(a netip.Prefix) {
 	delete(p.used, a.Addr())
 	p.mu.Unlock()
 }
+
+// take marks address a used, as an INS adopted from a dead daemon holds it.
+func (p *addrPool) take(a netip.Prefix) {
+	if p == nil || !a.IsValid() {
+		return
+	}
+	p.mu.Lock()
+	p.used[a.Addr()] = true
+	p.mu.Unlock()
+}

@@ -149,6 +149,7 @@ func (d *Daemon) replace(id int, keep []netstack.UplinkConfig, reason string, up
 		d.ins[id] = p
 		onSpawn := d.onSpawn
 		d.mu.Unlock()
+		d.saveState()
 		d.catchUp(ctx, p)
 		p.kickCarrier()
 		d.spawnMu.Unlock()

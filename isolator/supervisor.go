@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -16,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/mpshim/mpshim/internal/procstat"
 	"github.com/mpshim/mpshim/isolator/ctrl"
 	"github.com/mpshim/mpshim/isolator/ins"
 	"github.com/mpshim/mpshim/isolator/ins/link"
@@ -28,14 +30,19 @@ import (
 
 // insProc is one running INS process as the daemon supervises it.
 type insProc struct {
-	id      int
-	cmd     *exec.Cmd
-	ch      *ctrl.Conn
-	ns      *netns.NS
-	cfg     ins.ProcessConfig // as started; uplinks change (ups)
-	started time.Time
-	done    chan struct{} // closed when the process has exited
-	log     *slog.Logger
+	id    int
+	cmd   *exec.Cmd   // nil for an INS adopted from a dead daemon (adopt.go)
+	proc  *os.Process // the process, started or adopted
+	pidfd int         // an adopted INS's pidfd (its exit is polled); -1 otherwise
+	// startTicks is the process's start time (procstat), which with its
+	// pid names it in the state file.
+	startTicks uint64
+	ch         *ctrl.Conn
+	ns         *netns.NS
+	cfg        ins.ProcessConfig // as started; uplinks change (ups)
+	started    time.Time
+	done       chan struct{} // closed when the process has exited
+	log        *slog.Logger
 
 	// placed counts the sockets placed on this INS (Socket calls that
 	// succeeded); load is its last load notice (see liveSockets).
@@ -52,7 +59,20 @@ type insProc struct {
 
 func (p *insProc) ID() int { return p.id }
 
-func (p *insProc) pid() int { return p.cmd.Process.Pid }
+func (p *insProc) pid() int { return p.proc.Pid }
+
+// wait waits for the process to exit and says how it ended. A started INS
+// is this daemon's child; an adopted one is not, so its exit is seen on
+// its pidfd and its status is unknown.
+func (p *insProc) wait() string {
+	if p.cmd != nil {
+		err := p.cmd.Wait()
+		return exitReason(p.cmd.ProcessState, err)
+	}
+	waitPidfd(p.pidfd, -1)
+	unix.Close(p.pidfd)
+	return "exited (adopted: status unknown)"
+}
 
 // Call forwards one socket request to the INS and decodes its reply.
 func (p *insProc) Call(ctx context.Context, group uint64, m msgproto.Message, files ...*os.File) (msgproto.Message, error) {
@@ -165,6 +185,14 @@ func (d *Daemon) startINS(ctx context.Context, id int, total int, keep []netstac
 		// Rules and tunings in force from the first packet.
 		Mitigation: d.mit.config(id),
 		Flows:      d.flowTableConfig(),
+		Successor:  ins.SuccessorConfig{Socket: d.successorPath(id), DaemonUID: os.Getuid(), OrphanTimeout: orphanTimeout},
+		Drain:      insDrain,
+	}
+	if pc.Successor.Socket != "" {
+		if err := os.MkdirAll(filepath.Dir(pc.Successor.Socket), 0o700); err != nil {
+			log.Warn("no successor socket directory: the INS will not outlive the daemon", "err", err)
+			pc.Successor = ins.SuccessorConfig{}
+		}
 	}
 	var ups []insUplink
 	claims := make([]*claim, len(uplinks))
@@ -238,8 +266,11 @@ func (d *Daemon) startINS(ctx context.Context, id int, total int, keep []netstac
 		return nil, fmt.Errorf("INS %d: start: %w", id, err)
 	}
 	go relayINSOutput(id, out)
-	p := &insProc{id: id, cmd: cmd, ch: ctrl.New(mine), ns: ns, cfg: pc, started: time.Now(), done: make(chan struct{}), log: log,
+	p := &insProc{id: id, cmd: cmd, proc: cmd.Process, pidfd: -1, ch: ctrl.New(mine), ns: ns, cfg: pc, started: time.Now(), done: make(chan struct{}), log: log,
 		ups: ups, carrierKick: make(chan struct{}, 1)}
+	if st, err := procstat.Read(cmd.Process.Pid); err == nil {
+		p.startTicks = st.StartTime
+	}
 	// From here the process owns the addresses (reap returns them).
 	release = nil
 	go p.readCtrl()
@@ -264,7 +295,7 @@ func (d *Daemon) startINS(ctx context.Context, id int, total int, keep []netstac
 // or at shutdown) is replaced (restart.go): its addresses stay reserved for
 // the replacement.
 func (d *Daemon) reap(p *insProc, closeNS func()) {
-	err := p.cmd.Wait()
+	status := p.wait()
 	p.ch.Close()
 	d.mu.Lock()
 	cur, known := d.ins[p.id]
@@ -277,7 +308,6 @@ func (d *Daemon) reap(p *insProc, closeNS func()) {
 	if known && !stopping {
 		d.lb.INSGone(p.id, true) // new flows elsewhere at once
 	}
-	status := exitReason(p.cmd.ProcessState, err)
 	uptime := time.Since(p.started)
 	died := known && !stopping
 	if died {
@@ -288,6 +318,12 @@ func (d *Daemon) reap(p *insProc, closeNS func()) {
 	// The namespace goes first: its macvlans carry the MACs the
 	// replacement takes again.
 	closeNS()
+	if path := d.successorPath(p.id); path != "" && !died {
+		_ = os.Remove(path)
+	}
+	if known && !stopping {
+		d.saveState()
+	}
 	var keep []netstack.UplinkConfig
 	if died {
 		keep = p.uplinkConfigs()
@@ -301,29 +337,45 @@ func (d *Daemon) reap(p *insProc, closeNS func()) {
 	}
 }
 
-// stop ends an INS: SIGTERM, then SIGKILL after grace.
+// stop ends an INS: SIGTERM (or, where the daemon may not signal it, a
+// stop request on its channel), then SIGKILL after grace.
 func (p *insProc) stop(grace time.Duration) {
-	if err := p.cmd.Process.Signal(unix.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
+	if err := p.proc.Signal(unix.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
 		// An INS runs as another user: without CAP_KILL the daemon
-		// cannot signal it. Hanging up its control channel ends it too.
-		p.log.Warn("INS stop: SIGTERM failed; closing its control channel", "pid", p.cmd.Process.Pid, "err", err)
-		p.ch.Close()
+		// cannot signal it. It is asked to stop on its channel instead;
+		// a hang-up alone would leave it waiting for a successor.
+		p.log.Warn("INS stop: SIGTERM failed; asking on its control channel", "pid", p.pid(), "err", err)
+		ctx, cancel := context.WithTimeout(context.Background(), grace)
+		if _, err := p.manage(ctx, ins.ManageRequest{Op: ins.ManageStop}); err != nil {
+			p.log.Warn("INS stop request", "err", err)
+		}
+		cancel()
 	}
 	select {
 	case <-p.done:
 		return
 	case <-time.After(grace):
 	}
-	if err := p.cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		p.log.Error("INS stop: SIGKILL failed; closing its control channel", "pid", p.cmd.Process.Pid, "err", err)
-		p.ch.Close()
+	if err := p.proc.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		p.log.Error("INS stop: SIGKILL failed; asking on its control channel", "pid", p.pid(), "err", err)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, _ = p.manage(ctx, ins.ManageRequest{Op: ins.ManageStop})
+		cancel()
 	}
 	select {
 	case <-p.done:
 	case <-time.After(grace):
-		p.log.Error("INS did not exit; left running", "pid", p.cmd.Process.Pid)
+		p.log.Error("INS did not exit; left running", "pid", p.pid())
 	}
 }
+
+// insDrain is how long an INS told to stop lets its open connections
+// finish; insStopGrace is how long the daemon waits for it to exit before
+// SIGKILL.
+const (
+	insDrain     = 5 * time.Second
+	insStopGrace = insDrain + 2*time.Second
+)
 
 // noFileLimit is the descriptor limit for an INS: the sandbox default,
 // unless this process's hard limit is lower (an INS cannot raise it where

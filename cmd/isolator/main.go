@@ -177,7 +177,7 @@ is a host interface whose macvlan children become the INS NICs, e.g.
 	f.StringVar(&socketMode, "socket-mode", "", "permission of the registration socket, octal (default 0600); processes that drop privileges re-register through it after a daemon restart")
 	f.StringVar(&c.SocketGroup, "socket-group", c.SocketGroup, "group (name or gid) of the registration socket")
 	f.StringVar(&c.NetNS, "netns", c.NetNS, "network namespace of the uplink interfaces (default: the daemon's)")
-	f.StringVar(&c.StateDir, "state-dir", c.StateDir, "directory of the state kept across restarts (mitigation rules)")
+	f.StringVar(&c.StateDir, "state-dir", c.StateDir, "directory of the state kept across restarts (mitigation rules, the running INS a restarted daemon adopts)")
 	f.StringArrayVar(&c.DNS, "dns", nil, "nameserver the INS resolve the apps' host names with: ADDR or ADDR:PORT (repeatable, asked in order)")
 	f.DurationVar(&c.DNSTimeout, "dns-timeout", 0, "timeout of one query to one nameserver (default 2s; two rounds over the nameservers)")
 	f.UintSliceVar(&allowUIDs, "allow-uid", nil, "uids allowed to register apps (default: the daemon's own)")
@@ -201,7 +201,10 @@ func insCmd() *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
-			return ins.RunProcess(ctx, ctrl, newLogger("info"))
+			// ins.Output keeps the lines written while no daemon reads
+			// them, for the successor.
+			log := slog.New(slog.NewTextHandler(ins.Output, &slog.HandlerOptions{Level: slog.LevelInfo}))
+			return ins.RunProcess(ctx, ctrl, log)
 		},
 	}
 }

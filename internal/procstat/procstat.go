@@ -18,6 +18,9 @@ const userHZ = 100
 
 // Stat holds the fields of /proc/PID/stat the project uses.
 type Stat struct {
+	// State is the process state (field 3): 'R', 'S', 'D', 'Z' (a zombie:
+	// exited, not yet reaped), …
+	State byte
 	// PPID is the parent's pid (field 4).
 	PPID int32
 	// UTime and STime are the user and system time of all the process's
@@ -64,7 +67,7 @@ func Parse(s string) (Stat, error) {
 			return Stat{}, fmt.Errorf("proc stat: field %d: %w", n, err)
 		}
 	}
-	return Stat{PPID: int32(ppid), UTime: ticks[0], STime: ticks[1], StartTime: ticks[2]}, nil
+	return Stat{State: f[0][0], PPID: int32(ppid), UTime: ticks[0], STime: ticks[1], StartTime: ticks[2]}, nil
 }
 
 // CPU is the user and system CPU time the process has used.

@@ -11,8 +11,8 @@ import (
 func TestParse(t *testing.T) {
 	line := "4242 (a) b) (c d) S 17 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10 18446744073709551615"
 	st, err := Parse(line)
-	if err != nil || st.PPID != 17 || st.StartTime != 987654 || st.UTime != 1 || st.STime != 2 {
-		t.Fatalf("Parse = %+v, %v; want ppid 17, utime 1, stime 2, start 987654", st, err)
+	if err != nil || st.State != 'S' || st.PPID != 17 || st.StartTime != 987654 || st.UTime != 1 || st.STime != 2 {
+		t.Fatalf("Parse = %+v, %v; want state S, ppid 17, utime 1, stime 2, start 987654", st, err)
 	}
 	if st.CPU() != 30*time.Millisecond {
 		t.Errorf("CPU() = %v, want 30ms (3 ticks)", st.CPU())

@@ -67,7 +67,8 @@ type Config struct {
 	// MaxINS bounds the number of INS processes (spawn refuses more).
 	MaxINS int `yaml:"max_ins"`
 	// StateDir keeps state across restarts: the mitigation rules and
-	// tunings (mitigation.json).
+	// tunings (mitigation.json), the running INS a restarted daemon adopts
+	// (ins.json) and their successor sockets (ins/).
 	StateDir string `yaml:"state_dir"`
 	// DNS lists the nameservers the INS resolve the apps' host names with,
 	// asked in order: an address, or address:port (port 53 by default;

@@ -43,7 +43,7 @@ func (s *Server) replyFlows(req ctrl.Frame) {
 	} else {
 		b = s.flows.Collect(time.Now(), maxFlowBatch, s.flowOwners)
 	}
-	if err := s.ch.Reply(req, b); err != nil {
+	if err := s.conn().Reply(req, b); err != nil {
 		s.log.Debug("flow batch reply", "err", err)
 	}
 }

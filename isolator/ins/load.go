@@ -79,10 +79,13 @@ func (s *Server) reportLoad(ctx context.Context) {
 		l := Load{Sockets: s.eng.Live(), Placed: s.placed.Load()}
 		if l != last {
 			b, _ := json.Marshal(Notice{Load: &l})
-			if err := s.ch.Send(ctrl.Frame{Kind: ctrl.KindNotify}.Append(nil, b)); err != nil {
-				return // the daemon is gone; Serve ends too
+			if err := s.conn().Send(ctrl.Frame{Kind: ctrl.KindNotify}.Append(nil, b)); err != nil {
+				// The daemon is gone: a successor gets the load once
+				// it connects (Serve kicks it).
+				last = Load{}
+			} else {
+				last = l
 			}
-			last = l
 		}
 		gap.Reset(LoadReportGap)
 		select {

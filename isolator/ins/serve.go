@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"os/signal"
 	"runtime/pprof"
 	"sync"
 	"sync/atomic"
@@ -50,6 +51,12 @@ type ProcessConfig struct {
 	Mitigation mitigate.Mitigation
 	// Flows sizes the flow table (see EnableFlows).
 	Flows flowtable.Config
+	// Successor is where the INS waits for a successor daemon once its
+	// daemon is gone; without a socket it exits with its daemon.
+	Successor SuccessorConfig
+	// Drain is how long open connections may go on after SIGTERM (see
+	// Server.SetDrain); 0 ends them at once.
+	Drain time.Duration
 }
 
 // ConfigEnv names the environment variable holding an INS process's
@@ -74,6 +81,17 @@ const (
 	// refused unless sandbox.ProbeEnv was set in the INS's environment,
 	// which only tests do.
 	ManageSandboxProbe = "sandbox-probe"
+	// ManageAdopt asks a running INS, by a daemon that adopts it, for what
+	// it serves: AdoptReply, with the SOCK_SEQPACKET end of each listener
+	// attached in order.
+	ManageAdopt = "adopt"
+	// ManageLog carries one descriptor, the write end of a pipe: the INS
+	// writes its standard output and error there from now on (a daemon
+	// that adopted it reads it).
+	ManageLog = "log"
+	// ManageStop makes the INS drain and exit as on SIGTERM; a daemon that
+	// cannot signal it (the INS runs as another user) asks this way.
+	ManageStop = "stop"
 )
 
 // MaxProfileSeconds bounds a CPU profile.
@@ -119,7 +137,7 @@ type Server struct {
 	base uint64
 	st   *netstack.Stack
 	eng  *engine.Engine
-	ch   *ctrl.Conn
+	chp  atomic.Pointer[ctrl.Conn] // the daemon's channel; a successor's replaces it (conn)
 	log  *slog.Logger
 	mit  *mitigate.Mitigator // rules, resets and tunings
 	res  *resolve.Resolver
@@ -132,13 +150,58 @@ type Server struct {
 
 	placed   atomic.Uint64 // sockets created by Socket requests (Load)
 	loadKick chan struct{} // a load notice is due (reportLoad)
+
+	// succ is where a successor daemon connects once the daemon hangs
+	// up; nil: the INS ends with its daemon's channel (successor.go).
+	succ *Successor
+	// stopSelf ends the process as SIGTERM does (ManageStop).
+	stopSelf func()
+	// drainGrace is how long open connections may go on once the INS is
+	// told to stop (SetDrain); 0 ends them at once.
+	drainGrace time.Duration
+}
+
+// SetDrain makes the INS, when Serve's context ends (SIGTERM), stop
+// accepting and let open connections finish for up to grace before Serve
+// returns.
+func (s *Server) SetDrain(grace time.Duration) { s.drainGrace = grace }
+
+// drain stops every listener of the INS (new connections are refused with
+// a reset; the app's listeners go on being served by the other INS, which
+// have replicas), then waits until no stream connection is left or the
+// drain grace is over.
+func (s *Server) drain() {
+	if s.drainGrace <= 0 {
+		return
+	}
+	start := time.Now()
+	ls := s.eng.Listeners()
+	for _, l := range ls {
+		l.Seq.Close()
+		s.eng.Shutdown(l.ID, unix.SHUT_RDWR)
+	}
+	open := func() int { st := s.eng.Stats(); return st.Connected + st.Connecting }
+	n := open()
+	s.log.Info("INS draining: listeners closed, waiting for open connections", "listeners", len(ls), "connections", n, "grace", s.drainGrace)
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for n > 0 && time.Since(start) < s.drainGrace {
+		<-t.C
+		n = open()
+	}
+	if n > 0 {
+		s.log.Warn("INS drain: grace over, ending the remaining connections", "connections", n, "after", time.Since(start).Round(time.Millisecond))
+		return
+	}
+	s.log.Info("INS drained", "after", time.Since(start).Round(time.Millisecond))
 }
 
 // NewServer builds the engine on st and serves the daemon on ch; dns
 // configures the resolver.
 func NewServer(id int, st *netstack.Stack, dns resolve.Config, ch *ctrl.Conn, log *slog.Logger) *Server {
-	s := &Server{id: id, st: st, ch: ch, log: log, owner: map[engine.SockID]uint64{}, pending: map[engine.SockID]*os.File{},
+	s := &Server{id: id, st: st, log: log, owner: map[engine.SockID]uint64{}, pending: map[engine.SockID]*os.File{},
 		loadKick: make(chan struct{}, 1)}
+	s.chp.Store(ch)
 	var b [8]byte
 	if _, err := rand.Read(b[:]); err == nil {
 		s.base = binary.LittleEndian.Uint64(b[:]) & localMask
@@ -172,15 +235,31 @@ func (s *Server) encodeAccept(listener, sock engine.SockID, local, peer netip.Ad
 	return b
 }
 
-// Serve handles frames until the daemon hangs up or ctx ends.
+// conn is the channel to the daemon that serves this INS now.
+func (s *Server) conn() *ctrl.Conn { return s.chp.Load() }
+
+// Serve handles frames until ctx ends or the daemon hangs up. With a
+// successor socket (SetSuccessor) a hang-up does not end it: the sockets go
+// on being served without a daemon, and the first daemon that connects on
+// that socket is served next (successor.go).
 func (s *Server) Serve(ctx context.Context) error {
-	stop := context.AfterFunc(ctx, func() { s.ch.Close() })
+	stop := context.AfterFunc(ctx, func() {
+		s.conn().Close()
+		if s.succ != nil {
+			s.succ.close()
+		}
+	})
 	defer stop()
 	defer s.eng.Stop()
+	defer func() {
+		if ctx.Err() != nil {
+			s.drain()
+		}
+	}()
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go s.reportLoad(lctx)
-	return s.ch.ReadLoop(func(m ctrl.Msg) {
+	handle := func(m ctrl.Msg) {
 		switch m.Kind {
 		case ctrl.KindSocket:
 			// A call may block (connect); each runs on its own.
@@ -191,13 +270,34 @@ func (s *Server) Serve(ctx context.Context) error {
 			m.CloseFiles()
 			s.log.Warn("unknown frame kind from daemon", "kind", m.Kind)
 		}
-	})
+	}
+	for {
+		err := s.conn().ReadLoop(handle)
+		if ctx.Err() != nil || s.succ == nil {
+			return err
+		}
+		ch, werr := s.awaitSuccessor(ctx, err)
+		if werr != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return werr
+		}
+		s.chp.Store(ch)
+		s.loadChanged()
+	}
 }
 
 func (s *Server) manage(m ctrl.Msg) {
 	defer m.CloseFiles()
 	var req ManageRequest
 	var out any
+	var files []*os.File // sent with the reply, then closed
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
 	if err := json.Unmarshal(m.Payload, &req); err != nil {
 		out = Status{Error: fmt.Sprintf("bad management request: %v", err)}
 	} else if req.Op == ManageFlows {
@@ -217,6 +317,22 @@ func (s *Server) manage(m ctrl.Msg) {
 		case ManageForget:
 			s.forget(req.Group)
 			out = Status{}
+		case ManageAdopt:
+			var rep AdoptReply
+			rep, files = s.adoptReply()
+			out = rep
+		case ManageLog:
+			out = Status{}
+			if err := redirectOutput(oneFile(&m)); err != nil {
+				out = Status{Error: err.Error()}
+			}
+		case ManageStop:
+			out = Status{}
+			if s.stopSelf == nil {
+				out = Status{Error: "stop: not a process"}
+			} else {
+				defer s.stopSelf()
+			}
 		case ManageMitigate:
 			out = s.mitigate(req.Mitigate)
 		case ManageSandboxProbe:
@@ -234,7 +350,7 @@ func (s *Server) manage(m ctrl.Msg) {
 		}
 	}
 	b, _ := json.Marshal(out)
-	if err := s.ch.Reply(m.Frame, b); err != nil {
+	if err := s.conn().Reply(m.Frame, b, files...); err != nil {
 		s.log.Debug("management reply", "err", err)
 	}
 }
@@ -325,7 +441,7 @@ func (s *Server) socketCall(ctx context.Context, m ctrl.Msg) {
 		s.log.Error("encode reply", "err", err)
 		b, _ = msgproto.Append(nil, 0, 0, &msgproto.Reply{Errno: int32(unix.EIO)})
 	}
-	if err := s.ch.Reply(m.Frame, b); err != nil {
+	if err := s.conn().Reply(m.Frame, b); err != nil {
 		s.log.Debug("reply", "err", err)
 	}
 }
@@ -560,6 +676,8 @@ func (s *Server) socket(group uint64, r *msgproto.Socket, f *os.File) msgproto.M
 // builds the stack on the link interfaces of its network namespace, confines
 // itself and serves the daemon on ctrlFile until the daemon hangs up.
 func RunProcess(ctx context.Context, ctrlFile *os.File, log *slog.Logger) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	var cfg ProcessConfig
 	if err := json.Unmarshal([]byte(os.Getenv(ConfigEnv)), &cfg); err != nil {
 		return fmt.Errorf("ins: config from %s: %w", ConfigEnv, err)
@@ -583,6 +701,21 @@ func RunProcess(ctx context.Context, ctrlFile *os.File, log *slog.Logger) error 
 		return fmt.Errorf("ins %d: %w", cfg.Stack.ID, err)
 	}
 	srv.EnableFlows(cfg.Flows)
+	srv.SetDrain(cfg.Drain)
+	if cfg.Successor.Socket != "" {
+		sc, err := ListenSuccessor(cfg.Successor)
+		if err != nil {
+			// Served all the same, but it ends with its daemon.
+			log.Warn("no successor socket: this INS will not outlive its daemon", "err", err)
+		}
+		if sc != nil {
+			srv.SetSuccessor(sc, cancel)
+			cfg.Sandbox.AcceptFD = sc.FD()
+		}
+		// The log pipe's reader dies with the daemon: a write must fail
+		// with EPIPE, not end the process with SIGPIPE.
+		signal.Ignore(unix.SIGPIPE)
+	}
 	if !cfg.NoSandbox {
 		if err := sandbox.Enter(cfg.Sandbox); err != nil {
 			return fmt.Errorf("ins %d: %w", cfg.Stack.ID, err)

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mpshim/mpshim/internal/procstat"
 	"github.com/mpshim/mpshim/isolator/api"
 	"github.com/mpshim/mpshim/test/topo"
 )
@@ -117,6 +118,7 @@ type Isolator struct {
 	exited           chan struct{}
 	ns               *topo.NS // where it runs
 	args             []string // of `isolator run`, for Restart
+	stateDir         string   // its --state-dir (see killOrphans)
 
 	mu     sync.Mutex
 	lines  []string
@@ -166,7 +168,12 @@ func StartIsolator(t testing.TB, tp *topo.Topology, o Options) *Isolator {
 		args = append(args, "--uplink", u.Arg(fmt.Sprintf("up%d", i)))
 	}
 	args = append(args, o.Args...)
-	d.ns, d.args = tp.GW, args
+	d.ns, d.args, d.stateDir = tp.GW, args, filepath.Join(dir, "state")
+	for i, a := range o.Args {
+		if a == "--state-dir" && i+1 < len(o.Args) {
+			d.stateDir = o.Args[i+1]
+		}
+	}
 	d.launch(t)
 	t.Cleanup(func() {
 		d.Stop(t)
@@ -269,11 +276,13 @@ func (d *Isolator) Exited() <-chan struct{} {
 }
 
 // Stop sends SIGTERM and waits up to 10 s, then kills the process group.
-// It reports a daemon that needed SIGKILL.
+// It reports a daemon that needed SIGKILL. A daemon that was killed
+// before leaves its INS running, waiting for a successor: they are killed.
 func (d *Isolator) Stop(t testing.TB) {
 	exited, pid := d.Exited(), d.PID()
 	select {
 	case <-exited:
+		d.killOrphans()
 		return
 	default:
 	}
@@ -338,5 +347,29 @@ func (d *Isolator) WaitLog(since time.Time, timeout time.Duration, words ...stri
 			return "", time.Time{}, false
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// killOrphans kills the INS the daemon's state file names that still run
+// (pid and start time as recorded): a daemon killed without a successor
+// leaves them waiting for one.
+func (d *Isolator) killOrphans() {
+	b, err := os.ReadFile(filepath.Join(d.stateDir, "ins.json"))
+	if err != nil {
+		return
+	}
+	var st struct {
+		INS []struct {
+			PID   int    `json:"pid"`
+			Start uint64 `json:"start"`
+		} `json:"ins"`
+	}
+	if json.Unmarshal(b, &st) != nil {
+		return
+	}
+	for _, in := range st.INS {
+		if in.PID > 1 && procstat.Alive(in.PID, in.Start) {
+			_ = syscall.Kill(in.PID, syscall.SIGKILL)
+		}
 	}
 }

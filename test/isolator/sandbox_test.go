@@ -119,6 +119,9 @@ func TestINSSandbox(t *testing.T) {
 				t.Errorf("INS %d did not try to %s", p.ID, a)
 			}
 		}
+		if r := acts[sandbox.ProbeAcceptOther]; r != "EPERM" {
+			t.Errorf("INS %d: %s: %q, want EPERM from the seccomp filter", p.ID, sandbox.ProbeAcceptOther, r)
+		}
 		t.Logf("INS %d: %v", p.ID, acts)
 	}
 	// The remote API itself still answers a client with the token.

@@ -380,10 +380,9 @@ func serveAgain(t *testing.T, ns *topo.NS, urls []string, want []byte, limit tim
 // makes its listeners again on the same descriptors: nginx is never
 // restarted and serves again within about a second of the restart.
 //
-// What the clients see: the INS die with the daemon (a restarted daemon
-// cannot adopt running INS yet), so the connections open at the kill are
-// lost; new connections are served once the daemon is back, on the same
-// addresses with the same MACs.
+// What the clients see: the INS outlive the daemon and the restarted one
+// adopts them (TestDaemonRestartAdopts checks that no connection is lost);
+// here new connections are served once the daemon is back.
 func TestDaemonKilled(t *testing.T) {
 	needTools(t)
 	tp := topo.New(t, topo.Config{Uplinks: 1})
@@ -440,7 +439,7 @@ func TestDaemonKilled(t *testing.T) {
 	back := serveAgain(t, tp.WAN, urls, want, 30*time.Second)
 	t.Logf("daemon restarted 1 s after the kill: every address served again %v after the restart", back.Round(time.Millisecond))
 	r := wrkDone(t, w)
-	t.Logf("wrk -c 64 through the kill: %d responses, %d socket errors (connections lost with the INS)", r.Requests, r.SocketErrors())
+	t.Logf("wrk -c 64 through the kill: %d responses, %d socket errors", r.Requests, r.SocketErrors())
 	_ = restarted
 	// After the restart nginx serves as before: no error, whatever the
 	// calls it makes on the sockets of the dead session (closes of its
@@ -528,8 +527,8 @@ func TestAddressConflict(t *testing.T) {
 // 0 (no SIGKILL after the grace period), an INS stopped on purpose is not
 // replaced, and no INS process is left.
 //
-// What the app would see: the connections of a stopped INS end as those of
-// a dead one; there is no draining of established connections yet.
+// What the app would see: no new connection on the stopped INS, its open
+// connections drained (TestINSDrain).
 func TestINSStop(t *testing.T) {
 	topo.RequireRoot(t)
 	tp := topo.New(t, topo.Config{Uplinks: 1})

@@ -322,6 +322,9 @@ func ValidIfName(s string) bool {
 	return len(s) > 0 && len(s) < unix.IFNAMSIZ && validName(s)
 }
 
+// ValidName reports whether s is a namespace name this package accepts.
+func ValidName(s string) bool { return validName(s) }
+
 func validName(s string) bool {
 	if s == "" || s == "." || s == ".." {
 		return false

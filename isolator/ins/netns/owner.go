@@ -3,9 +3,10 @@ package netns
 // INS network namespaces carry their owner in their name,
 // mpins-<pid>-<start>-<ins>: the pid and start time (clock ticks after boot,
 // /proc/PID/stat field 22) of the daemon that made them, then the INS id. A
-// daemon killed by SIGKILL cannot delete its namespaces (its INS die with it
-// by PDEATHSIG, the namespaces stay bound under /run/netns); the next daemon
-// deletes those whose owner is gone, and only those: a pid that is running
+// daemon killed by SIGKILL cannot delete its namespaces; its INS outlive it
+// and a successor adopts them, binding each namespace under its own name
+// (Adopt). The next daemon deletes the namespaces whose owner is gone and
+// in which no process runs any more, and only those: a pid that is running
 // with the recorded start time is a live daemon whatever it is doing, and a
 // recycled pid has another start time.
 
@@ -18,6 +19,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/mpshim/mpshim/internal/procstat"
 )
@@ -74,8 +77,9 @@ func parseNetNSName(name string) (o netnsOwner, insID int, ok bool) {
 
 // Reap deletes the INS namespaces left by daemons that are no longer
 // running (see the naming above) and returns their names. Namespaces of
-// live daemons, this one included, and names it did not make are never
-// touched. A namespace that cannot be deleted is reported in the error and
+// live daemons, this one included, names it did not make, and namespaces a
+// process still runs in (an INS that outlived its daemon and waits for a
+// successor, or was adopted by one) are never touched. A namespace that cannot be deleted is reported in the error and
 // the others are still reaped.
 func Reap(ctx context.Context, log *slog.Logger) ([]string, error) {
 	if log == nil {
@@ -93,6 +97,7 @@ func Reap(ctx context.Context, log *slog.Logger) ([]string, error) {
 		return nil, fmt.Errorf("reap namespaces: %w", err)
 	}
 	alive := map[netnsOwner]bool{self: true}
+	var used map[uint64]bool // network namespaces processes run in
 	var reaped []string
 	var errs []error
 	for _, e := range ents {
@@ -108,6 +113,12 @@ func Reap(ctx context.Context, log *slog.Logger) ([]string, error) {
 		if live {
 			continue
 		}
+		if used == nil {
+			used = namespacesInUse()
+		}
+		if ino, ok := nsInode(Dir + "/" + e.Name()); ok && used[ino] {
+			continue
+		}
 		if _, err := RunIP(ctx, "", "netns", "del", e.Name()); err != nil {
 			errs = append(errs, err)
 			continue
@@ -119,4 +130,73 @@ func Reap(ctx context.Context, log *slog.Logger) ([]string, error) {
 		return reaped, fmt.Errorf("reap namespaces: %w", err)
 	}
 	return reaped, nil
+}
+
+// nsInode is the inode of the namespace file at path.
+func nsInode(path string) (uint64, bool) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0, false
+	}
+	return st.Ino, true
+}
+
+// namespacesInUse returns the inodes of the network namespaces of every
+// process.
+func namespacesInUse() map[uint64]bool {
+	used := map[uint64]bool{}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return used
+	}
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		if ino, ok := nsInode("/proc/" + e.Name() + "/ns/net"); ok {
+			used[ino] = true
+		}
+	}
+	return used
+}
+
+// Adopt names the network namespace process pid runs in as INS insID's of
+// the calling daemon (mpins-<pid>-<start>-<insID>, see the naming above)
+// and drops the name old it had under the daemon that died: a successor
+// that takes over a running INS owns its namespace from then on, and no
+// other daemon reaps it as a dead daemon's. The namespace is reached
+// through /proc/PID/ns/net, so this works also where the dead daemon's
+// mount of the old name is not visible (another mount namespace). links
+// are the namespace's macvlans as they were recorded.
+func Adopt(ctx context.Context, insID, pid int, old string, links []Link) (*NS, error) {
+	owner, err := selfOwner()
+	if err != nil {
+		return nil, fmt.Errorf("adopt netns: %w", err)
+	}
+	n := &NS{Name: netnsName(owner, insID), Links: links, log: slog.Default().With("ins", insID)}
+	n.Path = Dir + "/" + n.Name
+	src := "/proc/" + strconv.Itoa(pid) + "/ns/net"
+	if old == n.Name {
+		return n, nil
+	}
+	if err := os.MkdirAll(Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("adopt netns: %w", err)
+	}
+	f, err := os.OpenFile(n.Path, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0)
+	if err != nil {
+		return nil, fmt.Errorf("adopt netns %s: %w", n.Name, err)
+	}
+	f.Close()
+	if err := unix.Mount(src, n.Path, "none", unix.MS_BIND, ""); err != nil {
+		os.Remove(n.Path)
+		return nil, fmt.Errorf("adopt netns %s: bind %s: %w", n.Name, src, err)
+	}
+	if old != "" && validName(old) {
+		if _, err := RunIP(ctx, "", "netns", "del", old); err != nil {
+			// Gone already (reaped by another daemon, or its mount
+			// not visible here and the file removed).
+			n.log.Debug("adopt netns: old name", "netns", old, "err", err)
+		}
+	}
+	return n, nil
 }

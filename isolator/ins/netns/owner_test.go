@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -121,5 +122,66 @@ func TestReapNetNS(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(Dir, n)); err != nil {
 			t.Errorf("%s removed: %v", n, err)
 		}
+	}
+}
+
+// TestReapKeepsUsedAndAdopt: a namespace named for a daemon that exited
+// but in which a process still runs (an INS waiting for a successor) is
+// not reaped; Adopt binds it under this process's name from the process's
+// /proc entry and drops the old name.
+func TestReapKeepsUsedAndAdopt(t *testing.T) {
+	topo.RequireRoot(t)
+	ctx := context.Background()
+	gone := exec.Command("sleep", "60")
+	if err := gone.Start(); err != nil {
+		t.Fatal(err)
+	}
+	goneSt, err := procstat.Read(gone.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = gone.Process.Kill()
+	_ = gone.Wait()
+	id := 910000 + int(time.Now().UnixNano()%1000)
+	old := netnsName(netnsOwner{pid: gone.Process.Pid, start: goneSt.StartTime}, id)
+	if _, err := RunIP(ctx, "", "netns", "add", old); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = RunIP(context.Background(), "", "netns", "del", old) })
+	ins := exec.Command("ip", "netns", "exec", old, "sleep", "60")
+	if err := ins.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ins.Process.Kill(); _ = ins.Wait() })
+	want, ok := uint64(0), false
+	for deadline := time.Now().Add(5 * time.Second); !ok || want == 0; time.Sleep(10 * time.Millisecond) {
+		nsIno, _ := nsInode(Dir + "/" + old)
+		want, ok = nsInode("/proc/" + strconv.Itoa(ins.Process.Pid) + "/ns/net")
+		ok = ok && want == nsIno
+		if time.Now().After(deadline) {
+			t.Fatal("the process did not enter the namespace")
+		}
+	}
+	reaped, err := Reap(ctx, nil)
+	if err != nil {
+		t.Logf("reap: %v", err) // other namespaces of the machine
+	}
+	if slices.Contains(reaped, old) {
+		t.Fatalf("namespace %s reaped while a process runs in it", old)
+	}
+	n, err := Adopt(ctx, id, ins.Process.Pid, old, []Link{{Name: "up0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = n.Close() })
+	self, _ := selfOwner()
+	if n.Name != netnsName(self, id) || len(n.Links) != 1 {
+		t.Errorf("adopted as %+v, want %s", n, netnsName(self, id))
+	}
+	if got, _ := nsInode(n.Path); got != want {
+		t.Errorf("%s is namespace %d, want the process's %d", n.Path, got, want)
+	}
+	if _, err := os.Stat(Dir + "/" + old); err == nil {
+		t.Errorf("old name %s still there", old)
 	}
 }

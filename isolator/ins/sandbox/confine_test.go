@@ -52,7 +52,10 @@ func TestPolicyTable(t *testing.T) {
 	}
 }
 
-const childEnv = "MPSHIM_SANDBOX_TEST_CHILD"
+const (
+	childEnv     = "MPSHIM_SANDBOX_TEST_CHILD"
+	childSuccEnv = "MPSHIM_SANDBOX_TEST_SUCCESSOR"
+)
 
 // TestConfine starts a child the way the daemon starts an INS (its own
 // mount, pid, ipc, uts and network namespaces), has it enter the sandbox
@@ -84,7 +87,8 @@ func TestConfine(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestConfineChild$")
-	cmd.Env = append(os.Environ(), childEnv+"="+api)
+	succ := t.TempDir() + "/succ.sock"
+	cmd.Env = append(os.Environ(), childEnv+"="+api, childSuccEnv+"="+succ)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: Cloneflags | syscall.CLONE_NEWNET, Pdeathsig: syscall.SIGKILL}
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
@@ -120,7 +124,20 @@ func TestConfine(t *testing.T) {
 	if ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/root/", pid)); err != nil || len(ents) != 0 {
 		t.Errorf("child's root holds %d entries (%v), want an empty root", len(ents), err)
 	}
+	// The successor socket, bound before the seal, still accepts.
+	c, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(c)
+	if err := unix.Connect(c, &unix.SockaddrUnix{Name: succ}); err != nil {
+		t.Errorf("connect to the child's successor socket: %v", err)
+	}
 	io.WriteString(stdin, "probe\n")
+	line, err = rd.ReadString('\n')
+	if err != nil || strings.TrimSpace(line) != "accept: ok" {
+		t.Errorf("sealed child accepting on its successor socket: %q, %v", line, err)
+	}
 	line, err = rd.ReadString('\n')
 	if err != nil {
 		t.Fatalf("child's probe: %v", err)
@@ -130,6 +147,11 @@ func TestConfine(t *testing.T) {
 		t.Fatalf("child's probe %q: %v", line, err)
 	}
 	checkProbe(t, res, true)
+	for _, r := range res {
+		if r.Act == ProbeAcceptOther && r.Result != "EPERM" {
+			t.Errorf("%s: %s, want EPERM from the filter", r.Act, r.Result)
+		}
+	}
 }
 
 // checkProbe fails t for every act that succeeded and, with api, when the
@@ -177,13 +199,31 @@ func TestConfineChild(t *testing.T) {
 	if api == "" {
 		t.Skip("helper process of TestConfine, not a test")
 	}
-	if err := Enter(Options{NoFile: 1024, UID: 65534, GID: 65534, EmptyRoot: true}); err != nil {
+	// A successor socket as an INS binds one, the one descriptor accept4
+	// stays allowed on.
+	ln, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err == nil {
+		if err = unix.Bind(ln, &unix.SockaddrUnix{Name: os.Getenv(childSuccEnv)}); err == nil {
+			err = unix.Listen(ln, 4)
+		}
+	}
+	if err != nil {
+		fmt.Println("successor socket:", err)
+		os.Exit(1)
+	}
+	if err := Enter(Options{NoFile: 1024, UID: 65534, GID: 65534, EmptyRoot: true, AcceptFD: ln}); err != nil {
 		fmt.Println("confine:", err)
 		os.Exit(1)
 	}
 	fmt.Println("sealed")
 	if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
 		os.Exit(1)
+	}
+	if c, _, err := unix.Accept4(ln, unix.SOCK_CLOEXEC); err != nil {
+		fmt.Println("accept:", err)
+	} else {
+		unix.Close(c)
+		fmt.Println("accept: ok")
 	}
 	b, _ := json.Marshal(Probe(ProbeTarget{API: api, Remote: "127.0.0.1:1"}))
 	fmt.Println(string(b))

@@ -21,6 +21,11 @@ const ProbeEnv = "MPSHIM_SANDBOX_PROBE"
 // ProbeEnabled reports whether ProbeEnv is set in this process.
 func ProbeEnabled() bool { return os.Getenv(ProbeEnv) == "1" }
 
+// ProbeAcceptOther is the probe act that calls accept4 on a descriptor
+// other than the successor socket: the seccomp filter must refuse it with
+// EPERM.
+const ProbeAcceptOther = "accept4 on a descriptor other than the successor socket"
+
 // ProbeTarget says what Probe tries to reach besides fixed host paths.
 type ProbeTarget struct {
 	// API is the daemon's API socket path.
@@ -109,6 +114,10 @@ func Probe(t ProbeTarget) []ProbeResult {
 		return nil
 	}())
 	add("mount tmpfs", unix.Mount("none", "/", "tmpfs", 0, ""))
+	// accept4 is allowed on the successor socket's descriptor alone
+	// (Options.AcceptFD); on any other the filter answers, not the kernel
+	// (which would say ENOTSOCK for stdin).
+	add(ProbeAcceptOther, func() error { _, _, err := unix.Accept4(0, 0); return err }())
 	return out
 }
 

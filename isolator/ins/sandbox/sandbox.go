@@ -49,14 +49,18 @@ type Options struct {
 	// shared mount namespace would move every process's root, so Enter
 	// refuses EmptyRoot otherwise.
 	EmptyRoot bool `json:"empty_root,omitempty"`
+	// AcceptFD, if non-zero, is the one descriptor accept4 is allowed on:
+	// the unix socket the INS bound before sealing, on which a successor
+	// daemon reaches it (docs/design.md, "Survival"). The filter compares
+	// the descriptor number, so no other socket can be accepted on.
+	AcceptFD int `json:"accept_fd,omitempty"`
 }
 
 // Enter confines the calling INS process. Call it after the link sockets are
-// open and the stack is built; the sockets keep working. In order it:
+// open and the stack is built; the sockets keep working. It sets no
+// parent-death signal: an INS outlives the daemon that started it and
+// waits for a successor (docs/design.md, "Survival"). In order it:
 //
-//   - sets PR_SET_PDEATHSIG(SIGKILL), so the INS dies with the daemon. The
-//     kernel tracks the parent *thread*, so the daemon also sets Pdeathsig in
-//     SysProcAttr and spawns from a thread locked for the child's life;
 //   - sets RLIMIT_NOFILE to opts.NoFile and RLIMIT_CORE to 0 (no core file
 //     can leak connection data);
 //   - with opts.EmptyRoot, makes every mount private and pivots into an
@@ -78,9 +82,6 @@ func Enter(opts Options) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 
-	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0, 0, 0); err != nil {
-		return fmt.Errorf("sandbox: PR_SET_PDEATHSIG: %w", err)
-	}
 	nofile := opts.NoFile
 	if nofile == 0 {
 		nofile = DefaultNoFile
@@ -144,7 +145,10 @@ func Enter(opts Options) error {
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("sandbox: PR_SET_NO_NEW_PRIVS: %w", err)
 	}
-	if err := installSeccomp(); err != nil {
+	if opts.AcceptFD < 0 {
+		return fmt.Errorf("sandbox: accept descriptor %d", opts.AcceptFD)
+	}
+	if err := installSeccomp(opts.AcceptFD); err != nil {
 		return fmt.Errorf("sandbox: %w", err)
 	}
 	return nil

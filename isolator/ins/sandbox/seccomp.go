@@ -3,6 +3,7 @@ package sandbox
 import (
 	"fmt"
 	"runtime"
+	"slices"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -38,8 +39,8 @@ func Policy() ([]Rule, uint32, error) {
 	return policy, auditArch, nil
 }
 
-func installSeccomp() error {
-	prog, err := program()
+func installSeccomp(acceptFD int) error {
+	prog, err := program(acceptFD)
 	if err != nil {
 		return err
 	}
@@ -69,12 +70,24 @@ const (
 	retEPERM        = unix.SECCOMP_RET_ERRNO | uint32(unix.EPERM)
 )
 
+// acceptRule allows accept4 on descriptor fd only: the successor socket
+// of an INS (Options.AcceptFD). It is not in the policy table, which has no
+// accept at all.
+func acceptRule(fd int) Rule {
+	return Rule{Name: "accept4", NR: unix.SYS_ACCEPT4, Check: true, Arg: 0, Mask: 0xffffffff, Want: uint32(fd),
+		Why: "a successor daemon connects on the unix socket bound before sealing; no other descriptor"}
+}
+
 // program builds the filter: wrong architecture -> kill; x32 ABI -> EPERM;
 // each rule -> allow (if its argument matches); everything else -> EPERM.
-func program() ([]unix.SockFilter, error) {
+// acceptFD, if non-zero, adds acceptRule(acceptFD).
+func program(acceptFD int) ([]unix.SockFilter, error) {
 	rules, arch, err := Policy()
 	if err != nil {
 		return nil, err
+	}
+	if acceptFD > 0 {
+		rules = append(slices.Clip(rules), acceptRule(acceptFD))
 	}
 	p := []unix.SockFilter{
 		stmt(unix.BPF_LD|unix.BPF_W|unix.BPF_ABS, seccompDataArch),
