@@ -115,6 +115,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 		apiLn.Close()
 		return err
 	}
+	if err := d.startSplit(ctx); err != nil {
+		apiLn.Close()
+		return err
+	}
 	stopMonitoring, err := d.startMonitoring(ctx)
 	if err != nil {
 		apiLn.Close()

@@ -1,9 +1,10 @@
 // Package gateway runs an isolator's split tunnels as configured by
 // config.Split: one session per peer over UDP subflows (re-established
 // when it ends), yamux streams inside it, TCP listeners whose connections
-// are carried to a destination behind a peer, the peer's streams connected
-// to the destinations it may reach here, and a status socket for
-// `isolator peer ls`.
+// are carried to a destination behind a peer, the connections of apps
+// under the shim that the isolator daemon hands over (handoff.go), the
+// peer's streams connected to the destinations it may reach here, and a
+// status socket for `isolator peer ls`.
 //
 // Of two peers, the one whose public key sorts first starts the handshake;
 // the other answers. Both therefore use the same configuration shape.
@@ -44,6 +45,7 @@ type Gateway struct {
 	key   seal.KeyPair
 	log   *slog.Logger
 	peers map[string]*peer
+	shim  []shimRoute // routes without a listener, longest prefix first
 }
 
 type peer struct {
@@ -101,6 +103,7 @@ func New(cfg config.Split, log *slog.Logger) (*Gateway, error) {
 		pre, _ := netip.ParsePrefix(e.Dst)
 		g.peers[e.Peer].allow = append(g.peers[e.Peer].allow, pre.Masked())
 	}
+	g.shim = g.shimRoutesOf()
 	return g, nil
 }
 
@@ -119,7 +122,19 @@ func (g *Gateway) Run(ctx context.Context) error {
 		wg.Go(func() { g.serveStatus(ln) })
 		context.AfterFunc(ctx, func() { ln.Close() })
 	}
+	if g.cfg.Handoff != "" {
+		ln, err := listenHandoff(g.cfg.Handoff)
+		if err != nil {
+			return err
+		}
+		defer ln.Close()
+		context.AfterFunc(ctx, func() { ln.Close() })
+		wg.Go(func() { g.serveHandoff(ctx, ln) })
+	}
 	for _, r := range g.cfg.Routes {
+		if r.Listen == "" {
+			continue // carried for apps under the shim (handoff.go)
+		}
 		ln, err := net.Listen("tcp", r.Listen)
 		if err != nil {
 			return fmt.Errorf("gateway: split %s: %w", r.Dst, err)
