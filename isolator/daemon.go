@@ -51,6 +51,7 @@ type Daemon struct {
 	// app serves the registered apps; flows is the flow collector.
 	app   *AppServer
 	flows *flowService
+	split *splitState // the split gateway, if the configuration has one (split.go)
 }
 
 // New validates cfg and prepares a daemon; Run starts it.
@@ -352,10 +353,12 @@ func (d *Daemon) handle(ctx context.Context, req api.Request) api.Response {
 		return d.handleUplink(ctx, req)
 	case api.OpSandboxProbe:
 		return d.sandboxProbe(ctx)
+	case api.OpPeerAdd:
+		return d.peerAdd(ctx, req.PeerAdd)
 	default:
 		if resp, ok := d.handleMitigation(ctx, req); ok {
 			return resp
 		}
-		return api.Errorf("unknown operation %q (spawn, ls, kill, uplink-add, uplink-del, uplink-ls, flows, and the mitigation ops)", req.Op)
+		return api.Errorf("unknown operation %q (spawn, ls, kill, uplink-add, uplink-del, uplink-ls, flows, peer-add, and the mitigation ops)", req.Op)
 	}
 }

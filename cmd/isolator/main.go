@@ -43,7 +43,7 @@ func rootCmd() *cobra.Command {
 	root.PersistentFlags().StringVar(&apiPath, "api", config.DefaultAPI, "the daemon's API socket")
 	client := func(ctx context.Context) (*api.Client, error) { return api.Dial(ctx, apiPath) }
 	root.AddCommand(runCmd(), insCmd(), spawnCmd(client), lsCmd(client), killCmd(client), uplinkCmd(client))
-	root.AddCommand(tuneCmd(client), splitCmd(), peerCmd())
+	root.AddCommand(tuneCmd(client), splitCmd(), peerCmd(client))
 	return root
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/mpshim/mpshim/isolator/api"
 	"github.com/mpshim/mpshim/isolator/config"
 	"github.com/mpshim/mpshim/isolator/split/gateway"
 	"github.com/mpshim/mpshim/isolator/split/seal"
@@ -101,13 +102,40 @@ Of two peers, the one whose public key sorts first starts the handshake.`,
 	return cmd
 }
 
-func peerCmd() *cobra.Command {
+func peerCmd(d dialer) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "peer",
-		Short: "Show the split tunnel's peers",
+		Short: "Show the split tunnel's peers, or join one to the running daemon",
 	}
-	cmd.AddCommand(peerLsCmd())
+	cmd.AddCommand(peerLsCmd(), peerAddCmd(d))
 	return cmd
+}
+
+func peerAddCmd(d dialer) *cobra.Command {
+	return &cobra.Command{
+		Use:   "add NAME key=BASE64,local=ADDR:PORT,endpoint=ADDR:PORT[,local=…,endpoint=…][,split=PREFIX][,expose=PREFIX]",
+		Short: "Join another isolator to the running daemon's split tunnel",
+		Long: `Join a peer to the split gateway of the running daemon (one whose
+configuration has split_key). key is the peer's public key; each local and
+endpoint pair is one path (the n-th local goes with the n-th endpoint): this
+site's UDP address on one uplink and the peer's on the other end, listed in the
+same order on both sites. Connections that apps under the shim make to an address
+inside a split prefix are carried through the peer; the peer may reach the
+destinations inside an expose prefix through this site. The peer stays until the
+daemon stops; "isolator peer ls" shows it.`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p, split, expose, err := config.ParsePeerFlag(args[0], args[1])
+			if err != nil {
+				return err
+			}
+			if _, err := call(d, api.Request{Op: api.OpPeerAdd, PeerAdd: &api.PeerAddRequest{Peer: p, Split: split, Expose: expose}}); err != nil {
+				return err
+			}
+			fmt.Printf("peer %s added: %d paths\n", p.Name, len(p.Paths))
+			return nil
+		},
+	}
 }
 
 func peerLsCmd() *cobra.Command {

@@ -50,6 +50,8 @@ type Request struct {
 	// TimeoutMS bounds the drain of uplink-del (0: DefaultDrainTimeout).
 	TimeoutMS int64      `json:"timeout_ms,omitempty"`
 	Flows     *FlowQuery `json:"flows,omitempty"`
+	// PeerAdd carries the arguments of OpPeerAdd (split.go).
+	PeerAdd *PeerAddRequest `json:"peer_add,omitempty"`
 }
 
 // Response answers one request.

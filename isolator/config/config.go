@@ -82,8 +82,9 @@ type Config struct {
 	// SplitStatus is the split gateway's status socket (`isolator peer
 	// ls`, `isolator peer add`); empty means DefaultSplitStatus.
 	SplitStatus string `yaml:"split_status"`
-	// Peers are the other isolators of the split tunnel. With peers the
-	// daemon runs the split gateway.
+	// Peers are the other isolators of the split tunnel. With peers (or
+	// a SplitKey, for peers added at run time) the daemon runs the split
+	// gateway.
 	Peers []Peer `yaml:"peers"`
 	// Split lists the destinations carried through a peer: a route
 	// without listen sends the connections apps under the shim make to
@@ -94,9 +95,9 @@ type Config struct {
 }
 
 // SplitTunnel returns the split gateway's configuration, and false when
-// the daemon has no peers and runs no gateway.
+// the daemon has neither a split key nor peers and runs no gateway.
 func (c *Config) SplitTunnel() (Split, bool) {
-	if len(c.Peers) == 0 && len(c.Split) == 0 && len(c.Expose) == 0 {
+	if c.SplitKey == "" && len(c.Peers) == 0 && len(c.Split) == 0 && len(c.Expose) == 0 {
 		return Split{}, false
 	}
 	st := c.SplitStatus

@@ -196,3 +196,54 @@ func (s *Split) ShimPrefixes() map[netip.Prefix]string {
 	}
 	return out
 }
+
+// ParsePeerFlag parses the command-line form of a peer (`isolator peer add
+// NAME SPEC`): SPEC is key=BASE64,local=ADDR:PORT,endpoint=ADDR:PORT,... with
+// one local and one endpoint per path (the n-th local goes with the n-th
+// endpoint), then any number of split=PREFIX (destinations of apps under
+// the shim carried through the peer) and expose=PREFIX (what the peer may
+// reach here). The peer is checked as a configuration's would be.
+func ParsePeerFlag(name, spec string) (p Peer, split, expose []string, err error) {
+	p.Name = name
+	var locals, endpoints []string
+	for _, kv := range strings.Split(spec, ",") {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || v == "" {
+			return p, nil, nil, fmt.Errorf("peer %s: %q: want KEY=VALUE", name, kv)
+		}
+		switch k {
+		case "key":
+			if p.Key != "" {
+				return p, nil, nil, fmt.Errorf("peer %s: key given twice", name)
+			}
+			p.Key = v
+		case "local":
+			locals = append(locals, v)
+		case "endpoint":
+			endpoints = append(endpoints, v)
+		case "split":
+			split = append(split, v)
+		case "expose":
+			expose = append(expose, v)
+		default:
+			return p, nil, nil, fmt.Errorf("peer %s: unknown key %q (key, local, endpoint, split, expose)", name, k)
+		}
+	}
+	if len(locals) != len(endpoints) {
+		return p, nil, nil, fmt.Errorf("peer %s: %d local and %d endpoint: want one of each per path", name, len(locals), len(endpoints))
+	}
+	for i := range locals {
+		p.Paths = append(p.Paths, PeerPath{Local: locals[i], Endpoint: endpoints[i]})
+	}
+	s := Split{Key: "-", Peers: []Peer{p}}
+	for _, d := range split {
+		s.Routes = append(s.Routes, SplitRoute{Dst: d, Peer: name})
+	}
+	for _, d := range expose {
+		s.Expose = append(s.Expose, Expose{Dst: d, Peer: name})
+	}
+	if err := s.Validate(); err != nil {
+		return p, nil, nil, err
+	}
+	return p, split, expose, nil
+}

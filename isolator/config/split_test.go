@@ -99,3 +99,52 @@ func TestDaemonSplitTunnel(t *testing.T) {
 		t.Fatalf("error %v, want one naming the unknown peer and the missing key", err)
 	}
 }
+
+func TestParsePeerFlag(t *testing.T) {
+	kp, _ := seal.GenerateKeyPair()
+	key := kp.Public.String()
+	for _, c := range []struct{ spec, err string }{
+		{"key=" + key + ",local=10.77.0.2:7000,endpoint=10.77.0.1:7000", ""},
+		{"key=" + key + ",local=10.77.0.2:7000,endpoint=10.77.0.1:7000,local=10.77.1.2:7000,endpoint=10.77.1.1:7000,split=10.20.0.0/16,expose=10.30.0.0/16", ""},
+		{"key=" + key + ",local=10.77.0.2:7000", "one of each"},
+		{"key=" + key, "paths"},
+		{"local=10.77.0.2:7000,endpoint=10.77.0.1:7000", "public key"},
+		{"key=" + key + ",key=" + key + ",local=10.77.0.2:7000,endpoint=10.77.0.1:7000", "twice"},
+		{"key=" + key + ",local=10.77.0.2:7000,endpoint=10.77.0.1:7000,split=10.20.0.5:80", "prefix"},
+		{"key=" + key + ",local=10.77.0.2:7000,endpoint=10.77.0.1:7000,expose=nowhere", "prefix"},
+		{"key=" + key + ",local=10.77.0.2:7000,endpoint=10.77.0.1:7000,bogus=1", "unknown key"},
+		{"key", "KEY=VALUE"},
+	} {
+		p, split, expose, err := ParsePeerFlag("b", c.spec)
+		switch {
+		case c.err == "" && err != nil:
+			t.Errorf("%s: %v", c.spec, err)
+		case c.err != "" && (err == nil || !strings.Contains(err.Error(), c.err)):
+			t.Errorf("%s: error %v, want one mentioning %q", c.spec, err, c.err)
+		case c.err == "" && (p.Name != "b" || p.Key != key || len(p.Paths) == 0 || len(split) != len(expose)):
+			t.Errorf("%s: %+v %v %v", c.spec, p, split, expose)
+		}
+	}
+}
+
+func FuzzParsePeerFlag(f *testing.F) {
+	f.Add("b", "key=AAAA,local=10.77.0.2:7000,endpoint=10.77.0.1:7000,split=10.20.0.0/16")
+	f.Add("b", "local=[fd00::1]:7000,endpoint=[fd00::2]:7000,expose=fd00::/8")
+	f.Add("", ",,,=")
+	f.Fuzz(func(t *testing.T, name, spec string) {
+		p, split, expose, err := ParsePeerFlag(name, spec)
+		if err != nil {
+			return
+		}
+		s := Split{Key: "-", Peers: []Peer{p}}
+		for _, d := range split {
+			s.Routes = append(s.Routes, SplitRoute{Dst: d, Peer: name})
+		}
+		for _, d := range expose {
+			s.Expose = append(s.Expose, Expose{Dst: d, Peer: name})
+		}
+		if err := s.Validate(); err != nil {
+			t.Fatalf("accepted %q %q, but the configuration is invalid: %v", name, spec, err)
+		}
+	})
+}

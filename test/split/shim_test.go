@@ -18,8 +18,9 @@ import (
 )
 
 // TestShimSplit runs site A as an isolator daemon in the gw namespace
-// whose YAML has `peers:` and `split: [{dst: 10.20.0.0/16, peer: b}]`, and
-// site B as `isolator split run` in the wan namespace with nginx on
+// whose YAML has `peers:` and `split: [{dst: 10.20.0.0/16, peer: b}]` (or
+// only `split_key:`, and the peer comes with `isolator peer add` at run
+// time), and site B as `isolator split run` in the wan namespace with nginx on
 // 10.20.0.5 (an address of B's loopback) exposed to A. curl under the shim
 // in the app namespace, which has no way out but the isolator, fetches a
 // file from 10.20.0.5: the daemon hands the connection to its split
@@ -29,8 +30,17 @@ import (
 // `isolator peer ls` on A shows the three paths up and carrying bytes.
 func TestShimSplit(t *testing.T) {
 	topo.RequireRoot(t)
-	bin := harness.Binary(t, "isolator")
 	harness.NeedFiles(t, "/usr/bin/curl", "/usr/sbin/nginx")
+	for _, c := range []struct {
+		name    string
+		peerAdd bool
+	}{{"yaml", false}, {"peer add", true}} {
+		t.Run(c.name, func(t *testing.T) { testShimSplit(t, c.peerAdd) })
+	}
+}
+
+func testShimSplit(t *testing.T, peerAdd bool) {
+	bin := harness.Binary(t, "isolator")
 	tp := topo.New(t, topo.Config{Uplinks: len(shapes), Shape: shapes, NoIPv6: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 180*time.Second)
 	defer cancel()
@@ -74,6 +84,9 @@ peers:
 %[3]ssplit:
   - {dst: 10.20.0.0/16, peer: b}
 `, dir, pubB, paths(true))
+	if peerAdd {
+		cfgA = fmt.Sprintf("split_key: %[1]s/a.key\nsplit_status: %[1]s/a.sock\n", dir)
+	}
 	cfgB := fmt.Sprintf(`key: %[1]s/b.key
 status: %[1]s/b.sock
 peers:
@@ -94,6 +107,19 @@ peers:
 	}})
 	iso := harness.StartIsolator(t, tp, harness.Options{INS: 1, Args: []string{"--config", filepath.Join(dir, "a.yaml")}})
 	startGateway(t, ctx, tp.WAN, bin, filepath.Join(dir, "b.yaml"))
+	if peerAdd {
+		spec := "key=" + pubB
+		for i, u := range tp.Uplinks {
+			spec += fmt.Sprintf(",local=%s:%d,endpoint=%s:%d", addrB(i), tunnelPort, u.WANAddr4, tunnelPort)
+		}
+		spec += ",split=10.20.0.0/16"
+		if out, err := iso.CLI("peer", "add", "b", spec); err != nil {
+			t.Fatalf("peer add: %v: %s", err, out)
+		}
+		if out, err := iso.CLI("peer", "add", "b", spec); err == nil || !strings.Contains(out, "used twice") {
+			t.Fatalf("a second peer b was added: %v: %s", err, out)
+		}
+	}
 
 	var st []gateway.PeerStatus
 	deadline := time.Now().Add(20 * time.Second)

@@ -65,6 +65,8 @@ func (g *Gateway) shimRoutesOf() []shimRoute {
 
 // routeFor returns the peer that carries connections to dst.
 func (g *Gateway) routeFor(dst netip.AddrPort) *peer {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
 	a := dst.Addr().Unmap()
 	for _, r := range g.shim {
 		if r.prefix.Contains(a) {

@@ -1,0 +1,16 @@
+package api
+
+import "github.com/mpshim/mpshim/isolator/config"
+
+// OpPeerAdd joins another isolator to the daemon's split tunnel while it
+// runs (Request.PeerAdd).
+const OpPeerAdd = "peer-add"
+
+// PeerAddRequest is the argument of OpPeerAdd: the peer, the prefixes
+// whose connections of apps under the shim go through it and those it may
+// reach through this isolator.
+type PeerAddRequest struct {
+	Peer   config.Peer `json:"peer"`
+	Split  []string    `json:"split,omitempty"`
+	Expose []string    `json:"expose,omitempty"`
+}
