@@ -102,7 +102,14 @@ func (d *Daemon) startSplit(ctx context.Context) error {
 
 // runSplit runs the gateway process once, until it exits or ctx ends.
 func (d *Daemon) runSplit(ctx context.Context, file string) error {
-	cmd := exec.Command(d.self, "split", "run", "--config", file)
+	// It runs as the INS user (ins_user) once its sockets are open.
+	c := d.cfg
+	c.INSUIDs = ""
+	id, err := c.INSIdentity(1)
+	if err != nil {
+		return fmt.Errorf("split gateway user: %w", err)
+	}
+	cmd := exec.Command(d.self, "split", "run", "--config", file, "--user", fmt.Sprintf("%d:%d", id.UID, id.GID))
 	out, started, err := insStdio(cmd)
 	if err != nil {
 		return err

@@ -186,4 +186,42 @@ peers:
 		t.Fatal(err)
 	}
 	checkShares(t, stB)
+	checkGatewayConfined(t, iso)
+}
+
+// checkGatewayConfined finds the daemon's split gateway among its children
+// and checks that it runs as a user other than root, without
+// capabilities, with no_new_privs.
+func checkGatewayConfined(t *testing.T, iso *harness.Isolator) {
+	t.Helper()
+	for _, pid := range harness.Children(iso.PID()) {
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if !strings.Contains(string(cmdline), "split\x00run") {
+			continue
+		}
+		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]func(string) bool{
+			"Uid:":        func(v string) bool { return !strings.HasPrefix(v, "0\t") && !strings.Contains(v, "\t0\t") },
+			"CapEff:":     func(v string) bool { return strings.Trim(v, "0") == "" },
+			"CapPrm:":     func(v string) bool { return strings.Trim(v, "0") == "" },
+			"NoNewPrivs:": func(v string) bool { return v == "1" },
+		}
+		for _, l := range strings.Split(string(status), "\n") {
+			f, v, _ := strings.Cut(l, "\t")
+			if ok, has := want[f]; has {
+				if !ok(strings.TrimSpace(v)) {
+					t.Errorf("split gateway (pid %d): %s", pid, l)
+				}
+				delete(want, f)
+			}
+		}
+		if len(want) != 0 {
+			t.Errorf("split gateway (pid %d): status lacks %v", pid, want)
+		}
+		return
+	}
+	t.Errorf("no split gateway among the daemon's children %v", harness.Children(iso.PID()))
 }

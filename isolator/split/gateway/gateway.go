@@ -42,6 +42,11 @@ const muxWait = 5 * time.Second
 
 // Gateway is a running split configuration.
 type Gateway struct {
+	// Ready, if set, is called by Run once the key is read and the status
+	// and hand-off sockets are open, before any peer's packet is read; an
+	// error ends Run. The daemon's gateway drops its privileges there.
+	Ready func() error
+
 	key seal.KeyPair
 	log *slog.Logger
 
@@ -201,6 +206,12 @@ func (g *Gateway) Run(ctx context.Context) error {
 		dst, _ := netip.ParseAddrPort(r.Dst)
 		p := g.peers[r.Peer]
 		wg.Go(func() { g.serveRoute(ctx, ln, p, dst) })
+	}
+	if g.Ready != nil {
+		if err := g.Ready(); err != nil {
+			cancel()
+			return fmt.Errorf("gateway: %w", err)
+		}
 	}
 	g.mu.RLock()
 	for _, p := range g.peers {
