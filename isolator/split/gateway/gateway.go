@@ -59,15 +59,16 @@ type Gateway struct {
 }
 
 type peer struct {
-	cfg    config.Peer
-	pub    seal.PublicKey
-	allow  []netip.Prefix
-	mu     sync.Mutex
-	cond   *sync.Cond
-	sess   *tunnel.Session
-	mux    *yamux.Session
-	since  time.Time
-	starts int
+	cfg     config.Peer
+	pub     seal.PublicKey
+	allow   []netip.Prefix
+	mu      sync.Mutex
+	cond    *sync.Cond
+	sess    *tunnel.Session
+	mux     *yamux.Session
+	since   time.Time
+	starts  int
+	streams map[uint64]*streamRec // carried connections (streams.go)
 }
 
 // ReadKey reads a private key file written by WriteKey.
@@ -287,7 +288,15 @@ func (g *Gateway) session(ctx context.Context, p *peer, initiator bool, log *slo
 	p.cond.Broadcast()
 	p.mu.Unlock()
 	served := make(chan error, 1)
-	go func() { served <- forward.Serve(ctx, mux, p.allows, nil, log) }()
+	dial := func(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", dst.String())
+		if err != nil {
+			return nil, err
+		}
+		return p.track(DirIn, dst, c), nil
+	}
+	go func() { served <- forward.Serve(ctx, mux, p.allows, dial, log) }()
 	select {
 	case <-ctx.Done():
 		err = ctx.Err()
@@ -352,7 +361,7 @@ func (g *Gateway) serveRoute(ctx context.Context, ln net.Listener, p *peer, dst 
 				c.Close()
 				return
 			}
-			forward.Pipe(c, st)
+			forward.Pipe(p.track(DirOut, dst, c), st)
 		}()
 	}
 }
@@ -367,6 +376,9 @@ type PeerStatus struct {
 	Streams  int                `json:"streams"`
 	Paths    []tunnel.PathStats `json:"paths"`
 	Counters tunnel.Counters    `json:"counters"`
+	// Carried are the connections carried as streams (at most 1,000,
+	// oldest first), both directions.
+	Carried []StreamStatus `json:"carried,omitempty"`
 }
 
 // Status returns the state of every peer.
@@ -377,7 +389,7 @@ func (g *Gateway) Status() []PeerStatus {
 	for _, pc := range g.cfg.Peers {
 		p := g.peers[pc.Name]
 		p.mu.Lock()
-		st := PeerStatus{Name: pc.Name, Key: pc.Key, Sessions: p.starts, Since: p.since}
+		st := PeerStatus{Name: pc.Name, Key: pc.Key, Sessions: p.starts, Since: p.since, Carried: p.streamListLocked()}
 		sess, mux := p.sess, p.mux
 		p.mu.Unlock()
 		if sess != nil {

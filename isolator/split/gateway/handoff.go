@@ -149,7 +149,7 @@ func (g *Gateway) handoff(ctx context.Context, c *net.UnixConn) {
 		g.log.Warn("split: bad hand-off", "err", err)
 		return
 	}
-	st, errno := g.carry(ctx, req.Dst)
+	p, st, errno := g.carry(ctx, req.Dst)
 	reply, _ := json.Marshal(HandoffReply{Errno: errno})
 	if _, err := c.Write(reply); err != nil || errno != 0 {
 		f.Close()
@@ -177,31 +177,31 @@ func (g *Gateway) handoff(ctx context.Context, c *net.UnixConn) {
 		st.Close()
 		return
 	}
-	forward.Pipe(app, st)
+	forward.Pipe(p.track(DirOut, req.Dst, app), st)
 }
 
 // carry opens a stream to dst through the peer of its route and returns
-// the stream or the errno the app sees.
-func (g *Gateway) carry(ctx context.Context, dst netip.AddrPort) (net.Conn, unix.Errno) {
+// the peer and the stream, or the errno the app sees.
+func (g *Gateway) carry(ctx context.Context, dst netip.AddrPort) (*peer, net.Conn, unix.Errno) {
 	p := g.routeFor(dst)
 	if p == nil {
-		return nil, unix.ENETUNREACH
+		return nil, nil, unix.ENETUNREACH
 	}
 	m := p.currentMux(ctx)
 	if m == nil {
 		g.log.Info("split: no session", "peer", p.cfg.Name, "dst", dst)
-		return nil, unix.ENETUNREACH
+		return p, nil, unix.ENETUNREACH
 	}
 	st, err := forward.Dial(m, dst)
 	switch {
 	case err == nil:
-		return st, 0
+		return p, st, 0
 	case errors.Is(err, forward.ErrRefused), errors.Is(err, forward.ErrDialFailed):
 		g.log.Info("split: stream", "peer", p.cfg.Name, "err", err)
-		return nil, unix.ECONNREFUSED
+		return p, nil, unix.ECONNREFUSED
 	default:
 		g.log.Info("split: stream", "peer", p.cfg.Name, "err", err)
-		return nil, unix.ETIMEDOUT
+		return p, nil, unix.ETIMEDOUT
 	}
 }
 
