@@ -355,10 +355,12 @@ func (d *Daemon) handle(ctx context.Context, req api.Request) api.Response {
 		return d.sandboxProbe(ctx)
 	case api.OpPeerAdd:
 		return d.peerAdd(ctx, req.PeerAdd)
+	case api.OpSplitStatus:
+		return d.splitStatus(ctx)
 	default:
 		if resp, ok := d.handleMitigation(ctx, req); ok {
 			return resp
 		}
-		return api.Errorf("unknown operation %q (spawn, ls, kill, uplink-add, uplink-del, uplink-ls, flows, peer-add, and the mitigation ops)", req.Op)
+		return api.Errorf("unknown operation %q (spawn, ls, kill, uplink-add, uplink-del, uplink-ls, flows, peer-add, split-status, and the mitigation ops)", req.Op)
 	}
 }

@@ -197,3 +197,23 @@ func (d *Daemon) peerAdd(ctx context.Context, req *api.PeerAddRequest) api.Respo
 	d.log.Info("split: peer added", "peer", req.Peer.Name, "paths", len(req.Peer.Paths), "split", req.Split, "expose", req.Expose)
 	return api.Response{OK: true}
 }
+
+// splitStatus answers api.OpSplitStatus from the gateway's status socket.
+func (d *Daemon) splitStatus(ctx context.Context) api.Response {
+	d.mu.Lock()
+	st := d.split
+	d.mu.Unlock()
+	if st == nil {
+		return api.Response{OK: true}
+	}
+	st.mu.Lock()
+	path := st.cfg.Status
+	st.mu.Unlock()
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	peers, err := gateway.ReadStatus(cctx, path)
+	if err != nil {
+		return api.Errorf("split gateway: %v", err)
+	}
+	return api.Response{OK: true, Split: peers}
+}

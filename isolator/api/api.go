@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/mpshim/mpshim/isolator/config"
+	"github.com/mpshim/mpshim/isolator/split/gateway"
 )
 
 // Operations understood by the daemon.
@@ -67,6 +68,8 @@ type Response struct {
 	Flows  *FlowPage     `json:"flows,omitempty"`
 	// Probes answers OpSandboxProbe, one per INS.
 	Probes []SandboxProbe `json:"probes,omitempty"`
+	// Split answers OpSplitStatus (split.go).
+	Split []gateway.PeerStatus `json:"split,omitempty"`
 }
 
 // SandboxProbe is what one INS reported for OpSandboxProbe: each act it

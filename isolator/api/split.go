@@ -2,6 +2,11 @@ package api
 
 import "github.com/mpshim/mpshim/isolator/config"
 
+// OpSplitStatus returns the split gateway's peers, with their paths and the
+// connections carried inside their sessions (Response.Split); empty when
+// the daemon runs no split gateway.
+const OpSplitStatus = "split-status"
+
 // OpPeerAdd joins another isolator to the daemon's split tunnel while it
 // runs (Request.PeerAdd).
 const OpPeerAdd = "peer-add"

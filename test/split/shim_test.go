@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -38,6 +39,9 @@ func TestShimSplit(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) { testShimSplit(t, c.peerAdd) })
 	}
 }
+
+// streamLine is netflow watch's line of a stream to nginx behind B.
+var streamLine = regexp.MustCompile(`(?m)^\d+\s+out\s+10\.20\.0\.5:8080\s`)
 
 func testShimSplit(t *testing.T, peerAdd bool) {
 	bin := harness.Binary(t, "isolator")
@@ -163,6 +167,30 @@ peers:
 	if !errors.As(err, &ee) || ee.ExitCode() != 7 {
 		t.Fatalf("curl to a destination B does not expose: %v, want exit 7 (refused): %.300s", err, res)
 	}
+
+	// netflow watch on A shows the tunnel's subflows and, while curl
+	// fetches slowly, its stream.
+	slow := tp.App.Command(ctx, "curl", "-sS", "--limit-rate", "200k", "-o", "/dev/null", "http://10.20.0.5:8080/f")
+	slow.Env = env
+	if err := slow.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { slow.Process.Kill(); slow.Wait() })
+	var watch string
+	deadline = time.Now().Add(20 * time.Second)
+	for {
+		b, err := exec.Command(harness.Binary(t, "netflow"), "--api", iso.API, "watch", "--count", "1").CombinedOutput()
+		watch = string(b)
+		if err == nil && strings.Contains(watch, "SPLIT PEER b") && streamLine.MatchString(watch) && strings.Count(watch, ":7000->") == len(shapes) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("netflow watch does not show the tunnel's subflows and the stream: %v\n%s", err, watch)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("netflow watch on A:\n%s", watch[strings.Index(watch, "SPLIT PEER"):])
+	slow.Process.Kill()
 
 	table, err := tp.GW.Run(ctx, bin, "peer", "ls", "--status", filepath.Join(dir, "a.sock"))
 	if err != nil {
