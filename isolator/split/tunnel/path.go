@@ -43,6 +43,7 @@ type path struct {
 	id   int
 	link Link
 	kick chan struct{}
+	hs   hsBucket // handshake work allowed (hsguard.go)
 
 	up        bool
 	suspect   bool // see PathStats.Suspect

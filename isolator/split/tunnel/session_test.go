@@ -418,3 +418,111 @@ func TestHostileAck(t *testing.T) {
 	}
 	transfer(t, pr, 1<<20, nil)
 }
+
+// TestHandshakeFlood floods a responder waiting for its peer, from the
+// peer's own address, with INITs of random bytes and with INITs whose
+// mac1 is right (made by someone who knows the responder's public key)
+// but whose Noise message is not: the first are dropped by mac1, the second
+// mostly by the per-path rate limit, before any Diffie-Hellman; the real
+// initiator still gets its session.
+func TestHandshakeFlood(t *testing.T) {
+	ka, _ := seal.GenerateKeyPair()
+	kb, _ := seal.GenerateKeyPair()
+	x, err := ListenUDP(netip.MustParseAddrPort("127.0.0.1:0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	y, err := ListenUDP(netip.MustParseAddrPort("127.0.0.1:0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	x.SetRemote(y.LocalAddr())
+	y.SetRemote(x.LocalAddr())
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	type accepted struct {
+		s   *Session
+		err error
+	}
+	acc := make(chan accepted, 1)
+	go func() {
+		s, err := Accept(ctx, Config{Local: kb, Peer: ka.Public, Links: []Link{y}})
+		acc <- accepted{s, err}
+	}()
+	const n = 300
+	junk := func(withMac bool) []byte {
+		b := make([]byte, 4+96)
+		rand.Read(b[4:])
+		b[0] = typeInit
+		if withMac {
+			return withMac1(mac1Key(kb.Public), b)
+		}
+		return append(b, make([]byte, mac1Len)...)
+	}
+	for i := range 2 * n {
+		x.WritePacket(junk(i >= n))
+		if i%25 == 0 {
+			time.Sleep(time.Millisecond) // no loss in the socket buffer
+		}
+	}
+	sa, err := Dial(ctx, Config{Local: ka, Peer: kb.Public, Links: []Link{x}})
+	if err != nil {
+		t.Fatalf("no session after the flood: %v", err)
+	}
+	defer sa.Close()
+	r := <-acc
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	defer r.s.Close()
+	_, c := r.s.Stats()
+	t.Logf("responder's handshake drops: %+v", c.Handshake)
+	if c.Handshake.Mac < n*9/10 {
+		t.Errorf("%d INITs dropped for their mac1, want about %d", c.Handshake.Mac, n)
+	}
+	// The flood took a few ms: the bucket let through its burst and
+	// little more.
+	if c.Handshake.Limited < n*8/10 {
+		t.Errorf("%d INITs with a valid mac1 dropped by the rate limit, want most of %d", c.Handshake.Limited, n)
+	}
+	// The session works.
+	go sa.Write([]byte("after the flood"))
+	got := make([]byte, len("after the flood"))
+	r.s.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(r.s, got); err != nil || string(got) != "after the flood" {
+		t.Fatalf("read %q, %v", got, err)
+	}
+}
+
+func TestMac1(t *testing.T) {
+	k, _ := seal.GenerateKeyPair()
+	other, _ := seal.GenerateKeyPair()
+	pkt := withMac1(mac1Key(k.Public), []byte{typeInit, 0, 0, 0, 1, 2, 3})
+	if body, ok := checkMac1(mac1Key(k.Public), pkt); !ok || !bytes.Equal(body, []byte{typeInit, 0, 0, 0, 1, 2, 3}) {
+		t.Fatal("a packet with its mac1 refused")
+	}
+	for name, bad := range map[string][]byte{
+		"other key": withMac1(mac1Key(other.Public), []byte{typeInit, 0, 0, 0, 1, 2, 3}),
+		"changed":   append([]byte{typeInit, 0, 0, 0, 1, 2, 4}, pkt[7:]...),
+		"short":     pkt[:4+mac1Len-1],
+		"empty":     nil,
+	} {
+		if _, ok := checkMac1(mac1Key(k.Public), bad); ok {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	var b hsBucket
+	now := testNow
+	took := 0
+	for range 100 {
+		if b.take(now) {
+			took++
+		}
+	}
+	if took != hsBurst {
+		t.Fatalf("%d at once, want the burst %d", took, hsBurst)
+	}
+	if !b.take(now.Add(time.Second/hsRate)) || b.take(now.Add(time.Second/hsRate)) {
+		t.Fatal("the bucket does not refill at hsRate")
+	}
+}
