@@ -31,6 +31,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -58,7 +59,19 @@ func main() {
 	size := flag.Int("size", 200, "file size in MiB")
 	runs := flag.Int("runs", 1, "runs of each measurement (the best counts)")
 	only := flag.String("only", "", "\"tunnel\": only the tunnel's goodput, with a breakdown per path")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of this process (both ends of the tunnel) to the file")
 	flag.Parse()
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "split bench: cpu profile:", err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	if *only != "" && *only != "tunnel" {
 		fmt.Fprintf(os.Stderr, "split bench: --only %q: want tunnel\n", *only)
@@ -66,6 +79,7 @@ func main() {
 	}
 	if err := run(*size<<20, *runs, *only == "tunnel"); err != nil {
 		fmt.Fprintln(os.Stderr, "split bench:", err)
+		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
 }
