@@ -115,13 +115,20 @@ func (s *AppServer) splitConnect(ctx context.Context, c *client, sock uint64, m 
 		}
 	}
 	c.log.Debug("app: connect carried by the split tunnel", "sock", sock, "split", id, "dst", ap)
+	nonblock := m.Flags&msgproto.ConnectNonblock != 0
 	result := make(chan unix.Errno, 1)
 	go func() {
 		errno, over := gateway.Handoff(s.baseCtx, routes.handoff, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), int(m.Filler), f, func() {
 			s.setSplitState(id, splitConnected, 0)
 		})
 		if errno != 0 {
-			s.setSplitState(id, splitFailed, errno)
+			// A blocking connect reports its error itself; a
+			// nonblocking one through SO_ERROR, once.
+			soErr := errno
+			if !nonblock {
+				soErr = 0
+			}
+			s.setSplitState(id, splitFailed, soErr)
 		}
 		result <- errno
 		if over != nil {
@@ -129,7 +136,7 @@ func (s *AppServer) splitConnect(ctx context.Context, c *client, sock uint64, m 
 			s.setSplitState(id, splitOver, 0)
 		}
 	}()
-	if m.Flags&msgproto.ConnectNonblock != 0 {
+	if nonblock {
 		return &msgproto.Reply{Errno: int32(unix.EINPROGRESS)}, 0, true
 	}
 	return &msgproto.Reply{Errno: int32(<-result)}, 0, true
