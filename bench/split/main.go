@@ -230,7 +230,7 @@ func (b *bench) tunnelOnly(ctx context.Context, runs int) error {
 		return err
 	}
 	defer stop()
-	fmt.Printf("%-5s %10s %9s  %-50s %s\n", "run", "Mbit/s", "of sum", "per path: Mbit/s (of its link) share loss resent", "retransmits duplicates over-window")
+	fmt.Printf("%-5s %10s %9s %9s  %-50s %s\n", "run", "Mbit/s", "of sum", "B/packet", "per path: Mbit/s (of its link) share loss resent", "retransmits duplicates over-window")
 	for r := range runs {
 		before, c0 := b.sender.Stats()
 		start := time.Now()
@@ -241,9 +241,10 @@ func (b *bench) tunnelOnly(ctx context.Context, runs int) error {
 		secs := time.Since(start).Seconds()
 		after, c1 := b.sender.Stats()
 		var paths []string
-		var total uint64
+		var total, packets uint64
 		for i := range after {
 			total += after[i].DataBytes - before[i].DataBytes
+			packets += after[i].Packets - before[i].Packets
 		}
 		for i := range after {
 			d := after[i].DataBytes - before[i].DataBytes
@@ -253,7 +254,7 @@ func (b *bench) tunnelOnly(ctx context.Context, runs int) error {
 			paths = append(paths, fmt.Sprintf("%.1f (%.2f) %.0f%% %.2f%% %d", mbit, mbit/shapes[i].RateMbit,
 				100*float64(d)/float64(max(total, 1)), 100*float64(lost)/float64(max(pk, 1)), after[i].Resent-before[i].Resent))
 		}
-		fmt.Printf("%-5d %10.1f %9.3f  %-50s %d %d %d\n", r+1, v, v/sumMbit, strings.Join(paths, " | "),
+		fmt.Printf("%-5d %10.1f %9.3f %9.0f  %-50s %d %d %d\n", r+1, v, v/sumMbit, float64(total)/float64(max(packets, 1)), strings.Join(paths, " | "),
 			c1.Retransmits-c0.Retransmits, c1.Duplicates-c0.Duplicates, c1.OverWindow-c0.OverWindow)
 	}
 	return nil

@@ -110,6 +110,7 @@ type Session struct {
 	paths []*path
 
 	// Send side.
+	tail      *sframe // the frame enqueued last (Write adds to it while unsent)
 	nextDSN   uint64
 	unacked   map[uint64]*sframe
 	queued    int
@@ -1109,8 +1110,25 @@ func (s *Session) Write(b []byte) (int, error) {
 		if s.peerGone {
 			return n, io.ErrClosedPipe
 		}
+		// Bytes written while the last frame still waits unsent join it,
+		// so that small writes (yamux's 12-byte frame headers, the tails
+		// of reads) do not take a packet each.
+		if f := s.tail; f != nil && f.sends == 0 && !f.acked && !f.fin && f.dsn+1 == s.nextDSN && len(f.data) < MaxFrame {
+			c := min(len(b)-n, MaxFrame-len(f.data))
+			f.data = append(f.data, b[n:n+c]...)
+			s.paths[f.path].queueBytes += c
+			n += c
+			continue
+		}
 		c := min(len(b)-n, MaxFrame)
-		s.enqueue(&sframe{dsn: s.nextDSN, data: append([]byte(nil), b[n:n+c]...)})
+		data := append([]byte(nil), b[n:n+c]...)
+		if c < MaxFrame {
+			// Room for what the next writes add.
+			data = append(make([]byte, 0, MaxFrame), b[n:n+c]...)
+		}
+		f := &sframe{dsn: s.nextDSN, data: data}
+		s.enqueue(f)
+		s.tail = f
 		n += c
 	}
 	return n, nil

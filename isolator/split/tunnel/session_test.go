@@ -526,3 +526,47 @@ func TestMac1(t *testing.T) {
 		t.Fatal("the bucket does not refill at hsRate")
 	}
 }
+
+// TestSmallWritesCoalesce writes 1 MiB in writes of 12 and 500 bytes (a
+// yamux header, a short read) while the paths are kept busy: the bytes
+// arrive intact and in order, in far fewer packets than writes.
+func TestSmallWritesCoalesce(t *testing.T) {
+	pr := newPair(t, 2, nil)
+	const total = 1 << 20
+	src := make([]byte, total)
+	rand.Read(src)
+	done := make(chan error, 1)
+	go func() {
+		got := make([]byte, total)
+		_, err := io.ReadFull(pr.b, got)
+		if err == nil && !bytes.Equal(got, src) {
+			err = errors.New("bytes differ")
+		}
+		done <- err
+	}()
+	writes := 0
+	for off := 0; off < total; writes++ {
+		n := min(total-off, []int{12, 500}[writes%2])
+		if _, err := pr.a.Write(src[off : off+n]); err != nil {
+			t.Fatal(err)
+		}
+		off += n
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("transfer stuck")
+	}
+	st, _ := pr.a.Stats()
+	var packets uint64
+	for _, p := range st {
+		packets += p.Packets
+	}
+	t.Logf("%d writes went out in %d packets (%d full frames' worth)", writes, packets, total/MaxFrame)
+	if packets > uint64(writes)/4 {
+		t.Errorf("%d packets for %d small writes: they were not put together", packets, writes)
+	}
+}
