@@ -10,11 +10,13 @@
 // the link rates and ≥ MPTCP, with loss ≥ 0.8 × without, stalls < 1 s.
 // Needs root.
 //
-//	go run ./bench/split [--size 200] [--runs 1] [--only tunnel]
+//	go run ./bench/split [--size 200] [--runs 1] [--only tunnel|shim] [--bin bin]
 //
 // --only tunnel measures the tunnel alone, and prints what each path of
 // the sending side (B) carried during the run: its share of the link sum
 // against its share of the stream, its loss, the frames sent again.
+// --only shim measures the acceptance path instead: curl under the shim
+// (bin/libmpshim.so) through an isolator daemon and its split gateway.
 package main
 
 import (
@@ -58,7 +60,8 @@ func addrB(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, 77, byte(i), 2
 func main() {
 	size := flag.Int("size", 200, "file size in MiB")
 	runs := flag.Int("runs", 1, "runs of each measurement (the best counts)")
-	only := flag.String("only", "", "\"tunnel\": only the tunnel's goodput, with a breakdown per path")
+	only := flag.String("only", "", "\"tunnel\": only the tunnel's goodput, with a breakdown per path; \"shim\": curl under the shim through an isolator daemon and its split gateway")
+	bin := flag.String("bin", "bin", "where isolator and libmpshim.so are (--only shim)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of this process (both ends of the tunnel) to the file")
 	flag.Parse()
 	if *cpuprofile != "" {
@@ -73,11 +76,11 @@ func main() {
 		defer pprof.StopCPUProfile()
 	}
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
-	if *only != "" && *only != "tunnel" {
-		fmt.Fprintf(os.Stderr, "split bench: --only %q: want tunnel\n", *only)
+	if *only != "" && *only != "tunnel" && *only != "shim" {
+		fmt.Fprintf(os.Stderr, "split bench: --only %q: want tunnel or shim\n", *only)
 		os.Exit(2)
 	}
-	if err := run(*size<<20, *runs, *only == "tunnel"); err != nil {
+	if err := run(*size<<20, *runs, *only, *bin); err != nil {
 		fmt.Fprintln(os.Stderr, "split bench:", err)
 		pprof.StopCPUProfile()
 		os.Exit(1)
@@ -92,7 +95,7 @@ type bench struct {
 	sender *tunnel.Session // B's session: B sends the file
 }
 
-func run(size, runs int, onlyTunnel bool) error {
+func run(size, runs int, only, bin string) error {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root for network namespaces")
 	}
@@ -130,6 +133,14 @@ func run(size, runs int, onlyTunnel bool) error {
 		return err
 	}
 	body = nil
+	if only == "shim" {
+		bin, err := filepath.Abs(bin)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("split tunnel benchmark: %d MiB, curl under the shim on A from nginx behind B, over links of %v Mbit/s (sum %v)\n\n", size>>20, []float64{100, 50, 20}, sumMbit)
+		return b.shimOnly(ctx, bin, runs)
+	}
 	if err := b.nginx(ctx, false); err != nil {
 		return err
 	}
@@ -146,7 +157,7 @@ func run(size, runs int, onlyTunnel bool) error {
 		}
 		return m, nil
 	}
-	if onlyTunnel {
+	if only == "tunnel" {
 		return b.tunnelOnly(ctx, runs)
 	}
 	tcp, err := best(func() (float64, error) { return b.curl(ctx, nil, "http://"+addrB(0).String()+":8080/f") })
