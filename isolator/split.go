@@ -71,6 +71,11 @@ func (d *Daemon) startSplit(ctx context.Context) error {
 	if !ok {
 		return nil
 	}
+	// A key that cannot be read would only make the gateway exit again
+	// and again: say so now.
+	if _, err := gateway.ReadKey(sc.Key); err != nil {
+		return fmt.Errorf("split_key: %w", err)
+	}
 	dir := filepath.Dir(d.cfg.API)
 	sc.Handoff = filepath.Join(dir, "split-handoff.sock")
 	st := &splitState{cfg: sc, file: filepath.Join(dir, "split.yaml")}
