@@ -115,14 +115,17 @@ bench: build $(BIN)/udpecho $(if $(findstring runsc,$(ARGS)),runsc)
 	$(BIN)/mpbench --bin $(BIN) --runsc $(BIN)/runsc $(ARGS)
 	$(GO) run ./bench/lb
 	$(GO) run ./bench/split --size $(SIZE)
+	$(GO) run ./bench/split --size $(SIZE) --runs 2 --only shim --bin $(BIN)
 
 # bench-split (also the last part of bench) compares the split tunnel with
 # one TCP connection over the best link and with Linux MPTCP over three
-# shaped links (needs root and Debian's mptcpd for the MPTCP row); SIZE is
-# the file in MiB.
-bench-split:
+# shaped links (needs root and Debian's mptcpd for the MPTCP row), then
+# measures curl under the shim through an isolator daemon and its split
+# gateway; SIZE is the file in MiB.
+bench-split: build
 	@scripts/deps.sh bench
 	$(GO) run ./bench/split --size $(SIZE)
+	$(GO) run ./bench/split --size $(SIZE) --runs 2 --only shim --bin $(BIN)
 
 # install puts the binaries, libmpshim.so (LIBDIR/mpshim, where mpshim
 # finds it), the systemd unit, shell completions and the README in place,

@@ -113,6 +113,12 @@ type AppServer struct {
 	lsns    map[uint64]*listenRec
 	moved   map[uint64]movedSock // socket the app names -> where it was moved
 
+	// split, when set, sends connections to its prefixes through the
+	// split tunnel; splitSocks are the sockets it carries (app_split.go).
+	split      *splitRoutes
+	splitSocks map[uint64]*splitSock
+	nextSplit  uint64
+
 	// pending counts admitted connections that have not registered yet,
 	// in total and per uid (admission.go).
 	pending      int
@@ -586,6 +592,7 @@ func (s *AppServer) releaseGroup(group uint64) {
 				delete(s.moved, id)
 			}
 		}
+		s.releaseSplitLocked(group)
 	}
 	s.mu.Unlock()
 	if !last || s.backends == nil {

@@ -167,6 +167,16 @@ func (s *AppServer) dispatch(ctx context.Context, c *client, m msgproto.Message,
 		sock = moved
 		setSock(m, sock)
 	}
+	if SockINS(sock) == SplitINS {
+		closeFiles(files)
+		return s.splitCall(c, sock, m)
+	}
+	if cm, ok := m.(*msgproto.Connect); ok {
+		if reply, errno, ok := s.splitConnect(ctx, c, sock, cm); ok {
+			closeFiles(files)
+			return reply, errno
+		}
+	}
 	// The first bind, connect or send places the socket for good: on the
 	// INS that owns the address it names, if one does (see moveFor). A
 	// socket bound to the wildcard stays where it is: its first send may

@@ -57,6 +57,7 @@ type Daemon struct {
 	// app serves the registered apps; flows is the flow collector.
 	app   *AppServer
 	flows *flowService
+	split *splitState // the split gateway, if the configuration has one (split.go)
 }
 
 // New validates cfg and prepares a daemon; Run starts it.
@@ -143,6 +144,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.app.Adopt(ctx, adopted.listeners, adopted.groups)
 	for _, r := range adopted.replace {
 		r()
+	}
+	if err := d.startSplit(ctx); err != nil {
+		apiLn.Close()
+		return err
 	}
 	stopMonitoring, err := d.startMonitoring(ctx)
 	if err != nil {
@@ -383,10 +388,14 @@ func (d *Daemon) handle(ctx context.Context, req api.Request) api.Response {
 		return d.sandboxProbe(ctx)
 	case api.OpLBStatus, api.OpLBWeight, api.OpLBDrain, api.OpLBUndrain:
 		return d.handleLB(req)
+	case api.OpPeerAdd:
+		return d.peerAdd(ctx, req.PeerAdd)
+	case api.OpSplitStatus:
+		return d.splitStatus(ctx)
 	default:
 		if resp, ok := d.handleMitigation(ctx, req); ok {
 			return resp
 		}
-		return api.Errorf("unknown operation %q (spawn, ls, kill, uplink-add, uplink-del, uplink-ls, flows, and the mitigation ops)", req.Op)
+		return api.Errorf("unknown operation %q (spawn, ls, kill, uplink-add, uplink-del, uplink-ls, flows, peer-add, split-status, and the mitigation ops)", req.Op)
 	}
 }

@@ -73,10 +73,13 @@ const maxINSLine = 4096
 // error into the daemon's log, line by line, each prefixed "ins[ID] " so
 // that an INS cannot pass its lines off as the daemon's, with control
 // characters replaced, until the INS closes the pipe; then it closes r.
-func relayINSOutput(id int, r *os.File) {
+func relayINSOutput(id int, r *os.File) { relayOutput("ins["+strconv.Itoa(id)+"] ", r) }
+
+// relayOutput copies r to the daemon's log as relayINSOutput does, each
+// line prefixed with prefix.
+func relayOutput(prefix string, r *os.File) {
 	defer r.Close()
 	br := bufio.NewReaderSize(r, maxINSLine)
-	prefix := "ins[" + strconv.Itoa(id) + "] "
 	skip := false // the rest of a line already cut
 	for {
 		line, err := br.ReadSlice('\n')

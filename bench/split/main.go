@@ -10,7 +10,13 @@
 // the link rates and ≥ MPTCP, with loss ≥ 0.8 × without, stalls < 1 s.
 // Needs root.
 //
-//	go run ./bench/split [--size 200] [--runs 1]
+//	go run ./bench/split [--size 200] [--runs 1] [--only tunnel|shim] [--bin bin]
+//
+// --only tunnel measures the tunnel alone, and prints what each path of
+// the sending side (B) carried during the run: its share of the link sum
+// against its share of the stream, its loss, the frames sent again.
+// --only shim measures the acceptance path instead: curl under the shim
+// (bin/libmpshim.so) through an isolator daemon and its split gateway.
 package main
 
 import (
@@ -27,6 +33,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -53,22 +60,42 @@ func addrB(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, 77, byte(i), 2
 func main() {
 	size := flag.Int("size", 200, "file size in MiB")
 	runs := flag.Int("runs", 1, "runs of each measurement (the best counts)")
+	only := flag.String("only", "", "\"tunnel\": only the tunnel's goodput, with a breakdown per path; \"shim\": curl under the shim through an isolator daemon and its split gateway")
+	bin := flag.String("bin", "bin", "where isolator and libmpshim.so are (--only shim)")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of this process (both ends of the tunnel) to the file")
 	flag.Parse()
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "split bench: cpu profile:", err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
-	if err := run(*size<<20, *runs); err != nil {
+	if *only != "" && *only != "tunnel" && *only != "shim" {
+		fmt.Fprintf(os.Stderr, "split bench: --only %q: want tunnel or shim\n", *only)
+		os.Exit(2)
+	}
+	if err := run(*size<<20, *runs, *only, *bin); err != nil {
 		fmt.Fprintln(os.Stderr, "split bench:", err)
+		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
 }
 
 type bench struct {
-	tp    *topo.Topology
-	dir   string
-	sum   string
-	procs []*topo.Proc
+	tp     *topo.Topology
+	dir    string
+	sum    string
+	procs  []*topo.Proc
+	sender *tunnel.Session // B's session: B sends the file
 }
 
-func run(size, runs int) error {
+func run(size, runs int, only, bin string) error {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root for network namespaces")
 	}
@@ -106,6 +133,14 @@ func run(size, runs int) error {
 		return err
 	}
 	body = nil
+	if only == "shim" {
+		bin, err := filepath.Abs(bin)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("split tunnel benchmark: %d MiB, curl under the shim on A from nginx behind B, over links of %v Mbit/s (sum %v)\n\n", size>>20, []float64{100, 50, 20}, sumMbit)
+		return b.shimOnly(ctx, bin, runs)
+	}
 	if err := b.nginx(ctx, false); err != nil {
 		return err
 	}
@@ -121,6 +156,9 @@ func run(size, runs int) error {
 			m = max(m, v)
 		}
 		return m, nil
+	}
+	if only == "tunnel" {
+		return b.tunnelOnly(ctx, runs)
 	}
 	tcp, err := best(func() (float64, error) { return b.curl(ctx, nil, "http://"+addrB(0).String()+":8080/f") })
 	if err != nil {
@@ -192,6 +230,44 @@ func run(size, runs int) error {
 	goal("tunnel with 1% loss ≥ 0.8 × loss-free", tunLoss >= 0.8*tun)
 	goal(fmt.Sprintf("longest stall, link cut (%v) < 1 s", stalls[0].Round(time.Millisecond)), stalls[0] < time.Second)
 	goal(fmt.Sprintf("longest stall, link black-holed (%v) < 1 s", stalls[1].Round(time.Millisecond)), stalls[1] < time.Second)
+	return nil
+}
+
+// tunnelOnly measures the tunnel's goodput runs times and, per run, what
+// each of B's paths carried.
+func (b *bench) tunnelOnly(ctx context.Context, runs int) error {
+	local, _, _, stop, err := b.tunnel(ctx)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	fmt.Printf("%-5s %10s %9s %9s  %-50s %s\n", "run", "Mbit/s", "of sum", "B/packet", "per path: Mbit/s (of its link) share loss resent", "retransmits duplicates over-window")
+	for r := range runs {
+		before, c0 := b.sender.Stats()
+		start := time.Now()
+		v, err := b.curl(ctx, nil, "http://"+local+"/f")
+		if err != nil {
+			return fmt.Errorf("tunnel: %w", err)
+		}
+		secs := time.Since(start).Seconds()
+		after, c1 := b.sender.Stats()
+		var paths []string
+		var total, packets uint64
+		for i := range after {
+			total += after[i].DataBytes - before[i].DataBytes
+			packets += after[i].Packets - before[i].Packets
+		}
+		for i := range after {
+			d := after[i].DataBytes - before[i].DataBytes
+			mbit := float64(d) * 8 / secs / 1e6
+			lost := after[i].Lost - before[i].Lost
+			pk := after[i].Packets - before[i].Packets
+			paths = append(paths, fmt.Sprintf("%.1f (%.2f) %.0f%% %.2f%% %d", mbit, mbit/shapes[i].RateMbit,
+				100*float64(d)/float64(max(total, 1)), 100*float64(lost)/float64(max(pk, 1)), after[i].Resent-before[i].Resent))
+		}
+		fmt.Printf("%-5d %10.1f %9.3f %9.0f  %-50s %d %d %d\n", r+1, v, v/sumMbit, float64(total)/float64(max(packets, 1)), strings.Join(paths, " | "),
+			c1.Retransmits-c0.Retransmits, c1.Duplicates-c0.Duplicates, c1.OverWindow-c0.OverWindow)
+	}
 	return nil
 }
 
@@ -289,6 +365,7 @@ func (b *bench) tunnel(ctx context.Context) (string, *yamux.Session, *yamux.Sess
 	if err != nil || errB != nil {
 		return "", nil, nil, nil, fmt.Errorf("handshake: %v %v", err, errB)
 	}
+	b.sender = sb
 	ma, err := tunnel.Mux(sa)
 	if err != nil {
 		return "", nil, nil, nil, err

@@ -43,7 +43,7 @@ func rootCmd() *cobra.Command {
 	root.PersistentFlags().StringVar(&apiPath, "api", config.DefaultAPI, "the daemon's API socket")
 	client := func(ctx context.Context) (*api.Client, error) { return api.Dial(ctx, apiPath) }
 	root.AddCommand(runCmd(), insCmd(), spawnCmd(client), lsCmd(client), killCmd(client), uplinkCmd(client))
-	root.AddCommand(tuneCmd(client), splitCmd(), peerCmd(), lbCmd(client))
+	root.AddCommand(tuneCmd(client), splitCmd(), peerCmd(client), lbCmd(client))
 	return root
 }
 
@@ -76,7 +76,12 @@ func runCmd() *cobra.Command {
 Configuration comes from --config (YAML) with flags layered on top. Each uplink
 is a host interface whose macvlan children become the INS NICs, e.g.
 
-  isolator run --uplink up0=eth1,pool4=10.77.0.10/24,gw4=10.77.0.1,weight=2`,
+  isolator run --uplink up0=eth1,pool4=10.77.0.10/24,gw4=10.77.0.1,weight=2
+
+With split_key, peers, split and expose in the file (the keys of "isolator
+split run --help", split_key and split_status for key and status) the daemon
+also runs the split tunnel gateway, and connections that apps under the shim
+make to a split prefix are carried through the peer.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if file != "" {

@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
+	"github.com/mpshim/mpshim/isolator/api"
 	"github.com/mpshim/mpshim/isolator/config"
 	"github.com/mpshim/mpshim/isolator/split/gateway"
 	"github.com/mpshim/mpshim/isolator/split/seal"
@@ -58,7 +60,7 @@ func splitKeygenCmd() *cobra.Command {
 }
 
 func splitRunCmd() *cobra.Command {
-	var file, logLevel string
+	var file, logLevel, user string
 	cmd := &cobra.Command{
 		Use:   "run --config FILE",
 		Short: "Run the split tunnel gateway in the foreground",
@@ -91,6 +93,13 @@ Of two peers, the one whose public key sorts first starts the handshake.`,
 			if err != nil {
 				return err
 			}
+			if user != "" {
+				var uid, gid int
+				if n, err := fmt.Sscanf(user, "%d:%d", &uid, &gid); err != nil || n != 2 || uid <= 0 || gid <= 0 {
+					return fmt.Errorf("--user %q: want UID:GID, neither 0", user)
+				}
+				g.Ready = func() error { return dropPrivileges(uid, gid) }
+			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			return g.Run(ctx)
@@ -98,16 +107,73 @@ Of two peers, the one whose public key sorts first starts the handshake.`,
 	}
 	cmd.Flags().StringVar(&file, "config", "", "YAML configuration file")
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	cmd.Flags().StringVar(&user, "user", "", "UID:GID to run as once the key is read and the sockets are open (the daemon passes its INS user)")
 	return cmd
 }
 
-func peerCmd() *cobra.Command {
+// dropPrivileges leaves root for uid and gid on every thread (which clears
+// every capability), without supplementary groups, with no_new_privs and
+// without core dumps (they would hold keys).
+func dropPrivileges(uid, gid int) error {
+	if err := unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{}); err != nil {
+		return fmt.Errorf("RLIMIT_CORE: %w", err)
+	}
+	if err := syscall.Setgroups(nil); err != nil {
+		return fmt.Errorf("setgroups: %w", err)
+	}
+	if err := syscall.Setresgid(gid, gid, gid); err != nil {
+		return fmt.Errorf("setresgid %d: %w", gid, err)
+	}
+	if err := syscall.Setresuid(uid, uid, uid); err != nil {
+		return fmt.Errorf("setresuid %d: %w", uid, err)
+	}
+	// no_new_privs is a per-thread attribute: every thread of the
+	// runtime gets it (new threads inherit it).
+	if _, _, e := syscall.AllThreadsSyscall(syscall.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0); e != 0 {
+		if e != syscall.ENOTSUP {
+			return fmt.Errorf("no_new_privs: %w", e)
+		}
+		if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+			return fmt.Errorf("no_new_privs: %w", err)
+		}
+	}
+	return nil
+}
+
+func peerCmd(d dialer) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "peer",
-		Short: "Show the split tunnel's peers",
+		Short: "Show the split tunnel's peers, or join one to the running daemon",
 	}
-	cmd.AddCommand(peerLsCmd())
+	cmd.AddCommand(peerLsCmd(), peerAddCmd(d))
 	return cmd
+}
+
+func peerAddCmd(d dialer) *cobra.Command {
+	return &cobra.Command{
+		Use:   "add NAME key=BASE64,local=ADDR:PORT,endpoint=ADDR:PORT[,local=…,endpoint=…][,split=PREFIX][,expose=PREFIX]",
+		Short: "Join another isolator to the running daemon's split tunnel",
+		Long: `Join a peer to the split gateway of the running daemon (one whose
+configuration has split_key). key is the peer's public key; each local and
+endpoint pair is one path (the n-th local goes with the n-th endpoint): this
+site's UDP address on one uplink and the peer's on the other end, listed in the
+same order on both sites. Connections that apps under the shim make to an address
+inside a split prefix are carried through the peer; the peer may reach the
+destinations inside an expose prefix through this site. The peer stays until the
+daemon stops; "isolator peer ls" shows it.`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p, split, expose, err := config.ParsePeerFlag(args[0], args[1])
+			if err != nil {
+				return err
+			}
+			if _, err := call(d, api.Request{Op: api.OpPeerAdd, PeerAdd: &api.PeerAddRequest{Peer: p, Split: split, Expose: expose}}); err != nil {
+				return err
+			}
+			fmt.Printf("peer %s added: %d paths\n", p.Name, len(p.Paths))
+			return nil
+		},
+	}
 }
 
 func peerLsCmd() *cobra.Command {

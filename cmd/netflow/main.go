@@ -22,6 +22,7 @@ import (
 
 	"github.com/mpshim/mpshim/isolator/api"
 	"github.com/mpshim/mpshim/isolator/config"
+	"github.com/mpshim/mpshim/isolator/split/gateway"
 	"github.com/mpshim/mpshim/netflow"
 	"github.com/mpshim/mpshim/netflow/query"
 	"github.com/mpshim/mpshim/netflow/watch"
@@ -206,7 +207,9 @@ func watchCmd(dial dialer) *cobra.Command {
 		Short: "Watch the flows live",
 		Long: `Watch the flows, refreshed every --interval: totals per uplink and per INS,
 then the top flows by rate, bytes or packets, or the top talkers with
---aggregate-by. On a terminal the view is redrawn in place; otherwise a table
+--aggregate-by, then the split tunnel (when the isolator has peers): per peer
+its subflows (state, RTT, rate, loss, share) and the streams carried inside
+its session. On a terminal the view is redrawn in place; otherwise a table
 is printed per refresh.
 
 -o json streams one JSON object per flow update instead, for jq and log
@@ -257,6 +260,8 @@ type output struct {
 	opts  watch.Options
 	view  *watch.View
 	first bool
+	// split is the split tunnel's state, shown under the flows.
+	split []gateway.PeerStatus
 }
 
 func newOutput(w io.Writer, json bool, o watch.Options) *output {
@@ -286,6 +291,9 @@ func (o *output) update(at time.Time, updates []netflow.Flow) error {
 	if err := watch.Render(o.w, o.view.Flows(), o.opts, at); err != nil {
 		return err
 	}
+	if err := watch.RenderSplit(o.w, o.split, at); err != nil {
+		return err
+	}
 	return o.w.Flush()
 }
 
@@ -311,6 +319,14 @@ func live(ctx context.Context, dial dialer, interval time.Duration, flt *query.F
 			return err
 		}
 		since = gen
+		if !out.json {
+			// The split tunnel's subflows and streams; a daemon without a
+			// split gateway has none, one whose gateway is restarting
+			// shows none this time.
+			fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			out.split, _ = watch.FetchSplit(fctx, c)
+			cancel()
+		}
 		if err := out.update(time.Now(), updates); err != nil {
 			return err
 		}

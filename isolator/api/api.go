@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/mpshim/mpshim/isolator/config"
+	"github.com/mpshim/mpshim/isolator/split/gateway"
 )
 
 // Operations understood by the daemon.
@@ -50,6 +51,8 @@ type Request struct {
 	// TimeoutMS bounds the drain of uplink-del (0: DefaultDrainTimeout).
 	TimeoutMS int64      `json:"timeout_ms,omitempty"`
 	Flows     *FlowQuery `json:"flows,omitempty"`
+	// PeerAdd carries the arguments of OpPeerAdd (split.go).
+	PeerAdd *PeerAddRequest `json:"peer_add,omitempty"`
 }
 
 // Response answers one request.
@@ -67,6 +70,8 @@ type Response struct {
 	Probes []SandboxProbe `json:"probes,omitempty"`
 	// LB answers OpLBStatus (lb.go).
 	LB *LBStatus `json:"lb,omitempty"`
+	// Split answers OpSplitStatus (split.go).
+	Split []gateway.PeerStatus `json:"split,omitempty"`
 }
 
 // SandboxProbe is what one INS reported for OpSandboxProbe: each act it

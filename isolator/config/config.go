@@ -83,6 +83,36 @@ type Config struct {
 	MetricsListen string `yaml:"metrics_listen"`
 	// RemoteAPI, if its Listen is set, serves the API on TCP with TLS.
 	RemoteAPI RemoteAPI `yaml:"remote_api"`
+
+	// SplitKey is the file with this isolator's split tunnel private key
+	// (`isolator split keygen`); needed when Peers is set.
+	SplitKey string `yaml:"split_key"`
+	// SplitStatus is the split gateway's status socket (`isolator peer
+	// ls`, `isolator peer add`); empty means DefaultSplitStatus.
+	SplitStatus string `yaml:"split_status"`
+	// Peers are the other isolators of the split tunnel. With peers (or
+	// a SplitKey, for peers added at run time) the daemon runs the split
+	// gateway.
+	Peers []Peer `yaml:"peers"`
+	// Split lists the destinations carried through a peer: a route
+	// without listen sends the connections apps under the shim make to
+	// its prefix through the peer.
+	Split []SplitRoute `yaml:"split"`
+	// Expose lists what each peer may reach through this isolator.
+	Expose []Expose `yaml:"expose"`
+}
+
+// SplitTunnel returns the split gateway's configuration, and false when
+// the daemon has neither a split key nor peers and runs no gateway.
+func (c *Config) SplitTunnel() (Split, bool) {
+	if c.SplitKey == "" && len(c.Peers) == 0 && len(c.Split) == 0 && len(c.Expose) == 0 {
+		return Split{}, false
+	}
+	st := c.SplitStatus
+	if st == "" {
+		st = DefaultSplitStatus
+	}
+	return Split{Key: c.SplitKey, Status: st, Peers: c.Peers, Routes: c.Split, Expose: c.Expose}, true
 }
 
 // MaxDNSTimeout is the largest DNSTimeout accepted.
@@ -369,6 +399,11 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("autoscale max=%d above max_ins %d", as.Max, c.MaxINS))
 		} else if !slices.ContainsFunc(c.Uplinks, func(u Uplink) bool { return len(u.VIPs) > 0 }) {
 			errs = append(errs, errors.New("autoscale: no uplink has VIPs (--vip or vips:) to balance"))
+		}
+	}
+	if st, ok := c.SplitTunnel(); ok {
+		if err := st.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("split tunnel: %w", err))
 		}
 	}
 	seen := map[string]bool{}

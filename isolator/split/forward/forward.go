@@ -41,6 +41,14 @@ const (
 	dialWait = 10 * time.Second
 )
 
+// Errors of Dial that say what the far side answered.
+var (
+	// ErrRefused: the far side's policy does not allow the destination.
+	ErrRefused = errors.New("refused by the peer's policy")
+	// ErrDialFailed: the far side could not connect to the destination.
+	ErrDialFailed = errors.New("the peer could not connect")
+)
+
 // StreamOpener opens a stream of the tunnel (yamux.Session.Open).
 type StreamOpener interface {
 	Open() (net.Conn, error)
@@ -108,10 +116,10 @@ func Dial(o StreamOpener, dst netip.AddrPort) (net.Conn, error) {
 		return st, nil
 	case StatusRefused:
 		st.Close()
-		return nil, fmt.Errorf("forward: %s: refused by the peer's policy", dst)
+		return nil, fmt.Errorf("forward: %s: %w", dst, ErrRefused)
 	default:
 		st.Close()
-		return nil, fmt.Errorf("forward: %s: the peer could not connect", dst)
+		return nil, fmt.Errorf("forward: %s: %w", dst, ErrDialFailed)
 	}
 }
 

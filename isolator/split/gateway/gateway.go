@@ -1,9 +1,10 @@
 // Package gateway runs an isolator's split tunnels as configured by
 // config.Split: one session per peer over UDP subflows (re-established
 // when it ends), yamux streams inside it, TCP listeners whose connections
-// are carried to a destination behind a peer, the peer's streams connected
-// to the destinations it may reach here, and a status socket for
-// `isolator peer ls`.
+// are carried to a destination behind a peer, the connections of apps
+// under the shim that the isolator daemon hands over (handoff.go), the
+// peer's streams connected to the destinations it may reach here, and a
+// status socket for `isolator peer ls`.
 //
 // Of two peers, the one whose public key sorts first starts the handshake;
 // the other answers. Both therefore use the same configuration shape.
@@ -15,6 +16,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -40,22 +42,33 @@ const muxWait = 5 * time.Second
 
 // Gateway is a running split configuration.
 type Gateway struct {
-	cfg   config.Split
-	key   seal.KeyPair
-	log   *slog.Logger
-	peers map[string]*peer
+	// Ready, if set, is called by Run once the key is read and the status
+	// and hand-off sockets are open, before any peer's packet is read; an
+	// error ends Run. The daemon's gateway drops its privileges there.
+	Ready func() error
+
+	key seal.KeyPair
+	log *slog.Logger
+
+	mu     sync.RWMutex
+	cfg    config.Split
+	peers  map[string]*peer
+	shim   []shimRoute // routes without a listener, longest prefix first
+	runCtx context.Context
+	wg     sync.WaitGroup // peers added at run time (AddPeer)
 }
 
 type peer struct {
-	cfg    config.Peer
-	pub    seal.PublicKey
-	allow  []netip.Prefix
-	mu     sync.Mutex
-	cond   *sync.Cond
-	sess   *tunnel.Session
-	mux    *yamux.Session
-	since  time.Time
-	starts int
+	cfg     config.Peer
+	pub     seal.PublicKey
+	allow   []netip.Prefix
+	mu      sync.Mutex
+	cond    *sync.Cond
+	sess    *tunnel.Session
+	mux     *yamux.Session
+	since   time.Time
+	starts  int
+	streams map[uint64]*streamRec // carried connections (streams.go)
 }
 
 // ReadKey reads a private key file written by WriteKey.
@@ -89,19 +102,69 @@ func New(cfg config.Split, log *slog.Logger) (*Gateway, error) {
 	}
 	g := &Gateway{cfg: cfg, key: key, log: log, peers: map[string]*peer{}}
 	for _, pc := range cfg.Peers {
-		pub, _ := seal.ParsePublicKey(pc.Key)
-		if pub == key.Public {
-			return nil, fmt.Errorf("gateway: peer %q has this isolator's own key", pc.Name)
+		p, err := g.newPeer(pc, cfg.Expose)
+		if err != nil {
+			return nil, err
 		}
-		p := &peer{cfg: pc, pub: pub}
-		p.cond = sync.NewCond(&p.mu)
 		g.peers[pc.Name] = p
 	}
-	for _, e := range cfg.Expose {
-		pre, _ := netip.ParsePrefix(e.Dst)
-		g.peers[e.Peer].allow = append(g.peers[e.Peer].allow, pre.Masked())
-	}
+	g.shim = g.shimRoutesOf()
 	return g, nil
+}
+
+// newPeer prepares peer pc with what expose lets it reach here.
+func (g *Gateway) newPeer(pc config.Peer, expose []config.Expose) (*peer, error) {
+	pub, err := seal.ParsePublicKey(pc.Key)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: peer %q: %w", pc.Name, err)
+	}
+	if pub == g.key.Public {
+		return nil, fmt.Errorf("gateway: peer %q has this isolator's own key", pc.Name)
+	}
+	p := &peer{cfg: pc, pub: pub}
+	p.cond = sync.NewCond(&p.mu)
+	for _, e := range expose {
+		if e.Peer == pc.Name {
+			pre, _ := netip.ParsePrefix(e.Dst)
+			p.allow = append(p.allow, pre.Masked())
+		}
+	}
+	return p, nil
+}
+
+// AddPeer joins another isolator while the gateway runs, with the prefixes
+// whose connections of apps under the shim go through it (split, routes
+// without a listener) and those it may reach here (expose).
+func (g *Gateway) AddPeer(pc config.Peer, split, expose []netip.Prefix) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.runCtx == nil || g.runCtx.Err() != nil {
+		return errors.New("gateway: not running")
+	}
+	cfg := g.cfg
+	cfg.Peers = append(append([]config.Peer(nil), cfg.Peers...), pc)
+	cfg.Routes = append([]config.SplitRoute(nil), cfg.Routes...)
+	cfg.Expose = append([]config.Expose(nil), cfg.Expose...)
+	for _, pre := range split {
+		cfg.Routes = append(cfg.Routes, config.SplitRoute{Dst: pre.String(), Peer: pc.Name})
+	}
+	for _, pre := range expose {
+		cfg.Expose = append(cfg.Expose, config.Expose{Dst: pre.String(), Peer: pc.Name})
+	}
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("gateway: peer %q: %w", pc.Name, err)
+	}
+	p, err := g.newPeer(pc, cfg.Expose)
+	if err != nil {
+		return err
+	}
+	g.cfg = cfg
+	g.peers[pc.Name] = p
+	g.shim = g.shimRoutesOf()
+	ctx := g.runCtx
+	g.wg.Go(func() { g.runPeer(ctx, p) })
+	g.log.Info("split: peer added", "peer", pc.Name, "paths", len(pc.Paths), "split", len(split), "expose", len(expose))
+	return nil
 }
 
 // Run serves until ctx ends.
@@ -110,6 +173,10 @@ func (g *Gateway) Run(ctx context.Context) error {
 	defer cancel()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	defer g.wg.Wait()
+	g.mu.Lock()
+	g.runCtx = ctx
+	g.mu.Unlock()
 	if g.cfg.Status != "" {
 		ln, err := listenStatus(g.cfg.Status)
 		if err != nil {
@@ -119,7 +186,19 @@ func (g *Gateway) Run(ctx context.Context) error {
 		wg.Go(func() { g.serveStatus(ln) })
 		context.AfterFunc(ctx, func() { ln.Close() })
 	}
+	if g.cfg.Handoff != "" {
+		ln, err := listenHandoff(g.cfg.Handoff)
+		if err != nil {
+			return err
+		}
+		defer ln.Close()
+		context.AfterFunc(ctx, func() { ln.Close() })
+		wg.Go(func() { g.serveHandoff(ctx, ln) })
+	}
 	for _, r := range g.cfg.Routes {
+		if r.Listen == "" {
+			continue // carried for apps under the shim (handoff.go)
+		}
 		ln, err := net.Listen("tcp", r.Listen)
 		if err != nil {
 			return fmt.Errorf("gateway: split %s: %w", r.Dst, err)
@@ -129,15 +208,25 @@ func (g *Gateway) Run(ctx context.Context) error {
 		p := g.peers[r.Peer]
 		wg.Go(func() { g.serveRoute(ctx, ln, p, dst) })
 	}
+	if g.Ready != nil {
+		if err := g.Ready(); err != nil {
+			cancel()
+			return fmt.Errorf("gateway: %w", err)
+		}
+	}
+	g.mu.RLock()
 	for _, p := range g.peers {
 		wg.Go(func() { g.runPeer(ctx, p) })
 	}
+	g.mu.RUnlock()
 	<-ctx.Done()
+	g.mu.RLock()
 	for _, p := range g.peers {
 		p.mu.Lock()
 		p.cond.Broadcast()
 		p.mu.Unlock()
 	}
+	g.mu.RUnlock()
 	return nil
 }
 
@@ -199,7 +288,15 @@ func (g *Gateway) session(ctx context.Context, p *peer, initiator bool, log *slo
 	p.cond.Broadcast()
 	p.mu.Unlock()
 	served := make(chan error, 1)
-	go func() { served <- forward.Serve(ctx, mux, p.allows, nil, log) }()
+	dial := func(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", dst.String())
+		if err != nil {
+			return nil, err
+		}
+		return p.track(DirIn, dst, c), nil
+	}
+	go func() { served <- forward.Serve(ctx, mux, p.allows, dial, log) }()
 	select {
 	case <-ctx.Done():
 		err = ctx.Err()
@@ -264,7 +361,7 @@ func (g *Gateway) serveRoute(ctx context.Context, ln net.Listener, p *peer, dst 
 				c.Close()
 				return
 			}
-			forward.Pipe(c, st)
+			forward.Pipe(p.track(DirOut, dst, c), st)
 		}()
 	}
 }
@@ -279,15 +376,20 @@ type PeerStatus struct {
 	Streams  int                `json:"streams"`
 	Paths    []tunnel.PathStats `json:"paths"`
 	Counters tunnel.Counters    `json:"counters"`
+	// Carried are the connections carried as streams (at most 1,000,
+	// oldest first), both directions.
+	Carried []StreamStatus `json:"carried,omitempty"`
 }
 
 // Status returns the state of every peer.
 func (g *Gateway) Status() []PeerStatus {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
 	var out []PeerStatus
 	for _, pc := range g.cfg.Peers {
 		p := g.peers[pc.Name]
 		p.mu.Lock()
-		st := PeerStatus{Name: pc.Name, Key: pc.Key, Sessions: p.starts, Since: p.since}
+		st := PeerStatus{Name: pc.Name, Key: pc.Key, Sessions: p.starts, Since: p.since, Carried: p.streamListLocked()}
 		sess, mux := p.sess, p.mux
 		p.mu.Unlock()
 		if sess != nil {
@@ -323,33 +425,95 @@ func listenStatus(path string) (net.Listener, error) {
 	return ln, nil
 }
 
-// serveStatus writes the status as JSON to every connection.
+// Control requests on the status socket.
+const (
+	// OpStatus asks for every peer's status.
+	OpStatus = "ls"
+	// OpAddPeer joins a peer (AddPeer).
+	OpAddPeer = "add"
+)
+
+// ControlRequest is one request on the status socket: one JSON line.
+type ControlRequest struct {
+	Op string `json:"op"`
+	// Peer, Split and Expose are the arguments of OpAddPeer.
+	Peer   config.Peer    `json:"peer,omitzero"`
+	Split  []netip.Prefix `json:"split,omitempty"`
+	Expose []netip.Prefix `json:"expose,omitempty"`
+}
+
+// ControlReply answers a ControlRequest.
+type ControlReply struct {
+	Error string       `json:"error,omitempty"`
+	Peers []PeerStatus `json:"peers,omitempty"`
+}
+
+// maxControl bounds a control request.
+const maxControl = 64 << 10
+
+// serveStatus answers one request per connection.
 func (g *Gateway) serveStatus(ln net.Listener) {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			return
 		}
-		_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-		_ = json.NewEncoder(c).Encode(g.Status())
-		c.Close()
+		go func() {
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+			var req ControlRequest
+			var reply ControlReply
+			if err := json.NewDecoder(io.LimitReader(c, maxControl)).Decode(&req); err != nil {
+				reply.Error = fmt.Sprintf("bad request: %v", err)
+			} else {
+				switch req.Op {
+				case OpStatus:
+					reply.Peers = g.Status()
+				case OpAddPeer:
+					if err := g.AddPeer(req.Peer, req.Split, req.Expose); err != nil {
+						reply.Error = err.Error()
+					}
+				default:
+					reply.Error = fmt.Sprintf("unknown operation %q (ls, add)", req.Op)
+				}
+			}
+			_ = json.NewEncoder(c).Encode(reply)
+		}()
 	}
 }
 
-// ReadStatus asks a gateway's status socket.
-func ReadStatus(ctx context.Context, path string) ([]PeerStatus, error) {
+// control sends req to the gateway's status socket at path.
+func control(ctx context.Context, path string, req ControlRequest) (ControlReply, error) {
 	var d net.Dialer
+	var reply ControlReply
 	c, err := d.DialContext(ctx, "unix", path)
 	if err != nil {
-		return nil, fmt.Errorf("split gateway status %s: %w", path, err)
+		return reply, fmt.Errorf("split gateway %s: %w", path, err)
 	}
 	defer c.Close()
 	if dl, ok := ctx.Deadline(); ok {
 		_ = c.SetDeadline(dl)
 	}
-	var st []PeerStatus
-	if err := json.NewDecoder(c).Decode(&st); err != nil {
-		return nil, fmt.Errorf("split gateway status %s: %w", path, err)
+	if err := json.NewEncoder(c).Encode(req); err != nil {
+		return reply, fmt.Errorf("split gateway %s: %w", path, err)
 	}
-	return st, nil
+	if err := json.NewDecoder(c).Decode(&reply); err != nil {
+		return reply, fmt.Errorf("split gateway %s: %w", path, err)
+	}
+	if reply.Error != "" {
+		return reply, errors.New(reply.Error)
+	}
+	return reply, nil
+}
+
+// ReadStatus asks a gateway's status socket.
+func ReadStatus(ctx context.Context, path string) ([]PeerStatus, error) {
+	r, err := control(ctx, path, ControlRequest{Op: OpStatus})
+	return r.Peers, err
+}
+
+// RequestAddPeer asks the gateway at path to join a peer (AddPeer).
+func RequestAddPeer(ctx context.Context, path string, pc config.Peer, split, expose []netip.Prefix) error {
+	_, err := control(ctx, path, ControlRequest{Op: OpAddPeer, Peer: pc, Split: split, Expose: expose})
+	return err
 }

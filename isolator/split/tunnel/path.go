@@ -43,6 +43,7 @@ type path struct {
 	id   int
 	link Link
 	kick chan struct{}
+	hs   hsBucket // handshake work allowed (hsguard.go)
 
 	up        bool
 	suspect   bool // see PathStats.Suspect
@@ -195,18 +196,27 @@ func (p *path) rate() float64 {
 }
 
 // updateCwnd sets the window to twice the estimated bandwidth-delay
-// product plus cwndSlack at the estimated rate: enough to keep the
-// bottleneck busy and to let the delivery rate show more capacity when
-// there is some, even when ACKs come late (delayed ACKs, a busy machine,
-// a sender that is not scheduled), without filling the bottleneck's queue
-// much beyond one BDP. Random loss does not shrink it; the rate does.
+// product, the second BDP at most maxQueueTime long, plus cwndSlack at the
+// estimated rate: enough to keep the bottleneck busy and to let the
+// delivery rate show more capacity when there is some, even when ACKs
+// come late (delayed ACKs, a busy machine, a sender that is not
+// scheduled), without filling the bottleneck's queue much beyond one BDP,
+// nor, on a long path, beyond maxQueueTime. Random loss does not shrink
+// it; the rate does.
 func (p *path) updateCwnd() {
 	bw := p.btlbw()
 	if bw == 0 || !p.hasRTT {
 		return
 	}
-	p.cwnd = max(int(bw*(2*p.minRTT+cwndSlack).Seconds()), initialCwnd)
+	p.cwnd = max(int(bw*(p.minRTT+min(p.minRTT, maxQueueTime)+cwndSlack).Seconds()), initialCwnd)
 }
+
+// maxQueueTime bounds the queue a path's window lets build at its
+// bottleneck (besides cwndSlack): a full BDP of queue on a path of 80 ms
+// is more than common bottleneck buffers hold (tbf's latency 100 ms in
+// the test topology overflowed at 80 + 25 ms), and a queue beyond what
+// covers late ACKs only delays the frames behind it.
+const maxQueueTime = 50 * time.Millisecond
 
 // cwndSlack is the window's allowance, in time at the path's rate, for
 // ACKs that arrive late or in bursts.

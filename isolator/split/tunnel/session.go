@@ -110,6 +110,7 @@ type Session struct {
 	paths []*path
 
 	// Send side.
+	tail      *sframe // the frame enqueued last (Write adds to it while unsent)
 	nextDSN   uint64
 	unacked   map[uint64]*sframe
 	queued    int
@@ -140,6 +141,7 @@ type Session struct {
 	initTime       uint64    // responder: the accepted INIT's clock
 	lastInitCheck  time.Time // responder: last time a different INIT was verified
 	established    atomic.Bool
+	macIn, macOut  [32]byte // mac1 keys of handshake packets to us and to the peer (hsguard.go)
 
 	lastTick time.Time // timer loop: previous round
 	lastLate time.Time // timer loop: last round that ran late
@@ -164,6 +166,8 @@ type Counters struct {
 	OverWindow uint64
 	// PathDown counts paths taken out.
 	PathDown uint64
+	// Handshake counts handshake packets dropped unread (hsguard.go).
+	Handshake HandshakeDrops
 }
 
 var errClosed = errors.New("tunnel: session closed")
@@ -191,6 +195,8 @@ func newSession(cfg Config, initiator bool) (*Session, error) {
 		hsDone:    make(chan struct{}),
 		done:      make(chan struct{}),
 		stopped:   make(chan struct{}),
+		macIn:     mac1Key(cfg.Local.Public),
+		macOut:    mac1Key(cfg.Peer),
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -238,7 +244,7 @@ func Dial(ctx context.Context, cfg Config) (*Session, error) {
 	s.mu.Lock()
 	s.initiatorState = h
 	s.mu.Unlock()
-	pkt := append([]byte{typeInit, 0, 0, 0}, msg...)
+	pkt := withMac1(s.macOut, append([]byte{typeInit, 0, 0, 0}, msg...))
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
 	for {
@@ -277,17 +283,32 @@ func Accept(ctx context.Context, cfg Config) (*Session, error) {
 // Handshake packets travel in the clear (Noise protects their content):
 //
 //	INIT: 0x01, 3 zero bytes, Noise IK message 1 (payload: initiator's
-//	      session id u32, unix time ns u64)
+//	      session id u32, unix time ns u64), mac1 (16 bytes, hsguard.go)
 //	RESP: 0x02, 3 zero bytes, Noise IK message 2 (payload: responder's
-//	      session id u32)
+//	      session id u32), mac1
 const (
 	typeInit = 1
 	typeResp = 2
 )
 
 func (s *Session) handshakePacket(p *path, pkt []byte) {
-	if len(pkt) < 4 || pkt[1]|pkt[2]|pkt[3] != 0 {
+	pkt, ok := checkMac1(s.macIn, pkt)
+	if !ok || pkt[1]|pkt[2]|pkt[3] != 0 {
+		s.mu.Lock()
+		s.counters.Handshake.Mac++
+		s.mu.Unlock()
 		return
+	}
+	// Past mac1, a message costs Diffie-Hellman: at most hsRate a second
+	// per path get that far.
+	limited := func() bool {
+		if p.hs.take(time.Now()) {
+			return false
+		}
+		s.mu.Lock()
+		s.counters.Handshake.Limited++
+		s.mu.Unlock()
+		return true
 	}
 	msg := pkt[4:]
 	switch pkt[0] {
@@ -312,6 +333,9 @@ func (s *Session) handshakePacket(p *path, pkt []byte) {
 			return
 		}
 		s.mu.Unlock()
+		if limited() {
+			return
+		}
 		acc, err := seal.ReadHandshake(s.cfg.Local, msg)
 		if err != nil {
 			s.log.Debug("split: handshake refused", "link", p.link, "err", err)
@@ -327,7 +351,7 @@ func (s *Session) handshakePacket(p *path, pkt []byte) {
 		if err != nil {
 			return
 		}
-		resp := append([]byte{typeResp, 0, 0, 0}, out...)
+		resp := withMac1(s.macOut, append([]byte{typeResp, 0, 0, 0}, out...))
 		s.mu.Lock()
 		if s.initMsg != nil {
 			s.mu.Unlock()
@@ -341,9 +365,12 @@ func (s *Session) handshakePacket(p *path, pkt []byte) {
 		_ = p.link.WritePacket(resp)
 		s.hsOnce.Do(func() { close(s.hsDone) })
 	case typeResp:
+		if !s.initiator || limited() {
+			return
+		}
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		if !s.initiator || s.initiatorState == nil {
+		if s.initiatorState == nil {
 			return
 		}
 		payload, keys, err := s.initiatorState.Finish(msg)
@@ -1083,8 +1110,25 @@ func (s *Session) Write(b []byte) (int, error) {
 		if s.peerGone {
 			return n, io.ErrClosedPipe
 		}
+		// Bytes written while the last frame still waits unsent join it,
+		// so that small writes (yamux's 12-byte frame headers, the tails
+		// of reads) do not take a packet each.
+		if f := s.tail; f != nil && f.sends == 0 && !f.acked && !f.fin && f.dsn+1 == s.nextDSN && len(f.data) < MaxFrame {
+			c := min(len(b)-n, MaxFrame-len(f.data))
+			f.data = append(f.data, b[n:n+c]...)
+			s.paths[f.path].queueBytes += c
+			n += c
+			continue
+		}
 		c := min(len(b)-n, MaxFrame)
-		s.enqueue(&sframe{dsn: s.nextDSN, data: append([]byte(nil), b[n:n+c]...)})
+		data := append([]byte(nil), b[n:n+c]...)
+		if c < MaxFrame {
+			// Room for what the next writes add.
+			data = append(make([]byte, 0, MaxFrame), b[n:n+c]...)
+		}
+		f := &sframe{dsn: s.nextDSN, data: data}
+		s.enqueue(f)
+		s.tail = f
 		n += c
 	}
 	return n, nil

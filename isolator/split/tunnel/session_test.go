@@ -418,3 +418,155 @@ func TestHostileAck(t *testing.T) {
 	}
 	transfer(t, pr, 1<<20, nil)
 }
+
+// TestHandshakeFlood floods a responder waiting for its peer, from the
+// peer's own address, with INITs of random bytes and with INITs whose
+// mac1 is right (made by someone who knows the responder's public key)
+// but whose Noise message is not: the first are dropped by mac1, the second
+// mostly by the per-path rate limit, before any Diffie-Hellman; the real
+// initiator still gets its session.
+func TestHandshakeFlood(t *testing.T) {
+	ka, _ := seal.GenerateKeyPair()
+	kb, _ := seal.GenerateKeyPair()
+	x, err := ListenUDP(netip.MustParseAddrPort("127.0.0.1:0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	y, err := ListenUDP(netip.MustParseAddrPort("127.0.0.1:0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	x.SetRemote(y.LocalAddr())
+	y.SetRemote(x.LocalAddr())
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	type accepted struct {
+		s   *Session
+		err error
+	}
+	acc := make(chan accepted, 1)
+	go func() {
+		s, err := Accept(ctx, Config{Local: kb, Peer: ka.Public, Links: []Link{y}})
+		acc <- accepted{s, err}
+	}()
+	const n = 300
+	junk := func(withMac bool) []byte {
+		b := make([]byte, 4+96)
+		rand.Read(b[4:])
+		b[0] = typeInit
+		if withMac {
+			return withMac1(mac1Key(kb.Public), b)
+		}
+		return append(b, make([]byte, mac1Len)...)
+	}
+	for i := range 2 * n {
+		x.WritePacket(junk(i >= n))
+		if i%25 == 0 {
+			time.Sleep(time.Millisecond) // no loss in the socket buffer
+		}
+	}
+	sa, err := Dial(ctx, Config{Local: ka, Peer: kb.Public, Links: []Link{x}})
+	if err != nil {
+		t.Fatalf("no session after the flood: %v", err)
+	}
+	defer sa.Close()
+	r := <-acc
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	defer r.s.Close()
+	_, c := r.s.Stats()
+	t.Logf("responder's handshake drops: %+v", c.Handshake)
+	if c.Handshake.Mac < n*9/10 {
+		t.Errorf("%d INITs dropped for their mac1, want about %d", c.Handshake.Mac, n)
+	}
+	// The flood took a few ms: the bucket let through its burst and
+	// little more.
+	if c.Handshake.Limited < n*8/10 {
+		t.Errorf("%d INITs with a valid mac1 dropped by the rate limit, want most of %d", c.Handshake.Limited, n)
+	}
+	// The session works.
+	go sa.Write([]byte("after the flood"))
+	got := make([]byte, len("after the flood"))
+	r.s.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(r.s, got); err != nil || string(got) != "after the flood" {
+		t.Fatalf("read %q, %v", got, err)
+	}
+}
+
+func TestMac1(t *testing.T) {
+	k, _ := seal.GenerateKeyPair()
+	other, _ := seal.GenerateKeyPair()
+	pkt := withMac1(mac1Key(k.Public), []byte{typeInit, 0, 0, 0, 1, 2, 3})
+	if body, ok := checkMac1(mac1Key(k.Public), pkt); !ok || !bytes.Equal(body, []byte{typeInit, 0, 0, 0, 1, 2, 3}) {
+		t.Fatal("a packet with its mac1 refused")
+	}
+	for name, bad := range map[string][]byte{
+		"other key": withMac1(mac1Key(other.Public), []byte{typeInit, 0, 0, 0, 1, 2, 3}),
+		"changed":   append([]byte{typeInit, 0, 0, 0, 1, 2, 4}, pkt[7:]...),
+		"short":     pkt[:4+mac1Len-1],
+		"empty":     nil,
+	} {
+		if _, ok := checkMac1(mac1Key(k.Public), bad); ok {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	var b hsBucket
+	now := testNow
+	took := 0
+	for range 100 {
+		if b.take(now) {
+			took++
+		}
+	}
+	if took != hsBurst {
+		t.Fatalf("%d at once, want the burst %d", took, hsBurst)
+	}
+	if !b.take(now.Add(time.Second/hsRate)) || b.take(now.Add(time.Second/hsRate)) {
+		t.Fatal("the bucket does not refill at hsRate")
+	}
+}
+
+// TestSmallWritesCoalesce writes 1 MiB in writes of 12 and 500 bytes (a
+// yamux header, a short read) while the paths are kept busy: the bytes
+// arrive intact and in order, in far fewer packets than writes.
+func TestSmallWritesCoalesce(t *testing.T) {
+	pr := newPair(t, 2, nil)
+	const total = 1 << 20
+	src := make([]byte, total)
+	rand.Read(src)
+	done := make(chan error, 1)
+	go func() {
+		got := make([]byte, total)
+		_, err := io.ReadFull(pr.b, got)
+		if err == nil && !bytes.Equal(got, src) {
+			err = errors.New("bytes differ")
+		}
+		done <- err
+	}()
+	writes := 0
+	for off := 0; off < total; writes++ {
+		n := min(total-off, []int{12, 500}[writes%2])
+		if _, err := pr.a.Write(src[off : off+n]); err != nil {
+			t.Fatal(err)
+		}
+		off += n
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("transfer stuck")
+	}
+	st, _ := pr.a.Stats()
+	var packets uint64
+	for _, p := range st {
+		packets += p.Packets
+	}
+	t.Logf("%d writes went out in %d packets (%d full frames' worth)", writes, packets, total/MaxFrame)
+	if packets > uint64(writes)/4 {
+		t.Errorf("%d packets for %d small writes: they were not put together", packets, writes)
+	}
+}
