@@ -22,9 +22,16 @@ for side in "${order[@]}"; do
 	k=$((k + 1))
 	bin=$a
 	[[ $side == B ]] && bin=$b
-	# shellcheck disable=SC2086
-	"$mpbench" --bin "$bin" --rounds 1 --doc "" --out "$out/$k-$side" $flags >"$out/$k-$side.log" 2>&1 ||
-		{ echo "run $k ($side) failed: $out/$k-$side.log" >&2; exit 1; }
+	# A run that fails (a warm-up starved by other work) is retried once.
+	for try in 1 2; do
+		rm -rf "${out:?}/$k-$side"
+		# shellcheck disable=SC2086
+		if "$mpbench" --bin "$bin" --rounds 1 --doc "" --out "$out/$k-$side" $flags >"$out/$k-$side.log" 2>&1; then
+			break
+		fi
+		echo "run $k ($side) failed (try $try): $(tail -1 "$out/$k-$side.log")" >&2
+		((try == 2)) && exit 1
+	done
 	echo "== run $k side $side ($(cut -d' ' -f1-3 /proc/loadavg))"
 	grep -E "^\| " "$out/$k-$side"/*.md | grep -E -- "$rows" | awk -F'|' '{print "  " $2 "|" $5}' || true
 done
