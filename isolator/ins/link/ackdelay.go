@@ -95,13 +95,12 @@ func newAckDelayer(lower stack.LinkWriter, mtu uint32, delay time.Duration) *ack
 
 // tcpSeg is what the delayer reads of an outgoing TCP segment.
 type tcpSeg struct {
-	key      ackKey
-	flags    header.TCPFlags
-	ack      uint32
-	wnd      uint16
-	payload  int
-	onlyTS   bool // no option but timestamps (and padding)
-	hasFlags bool
+	key     ackKey
+	flags   header.TCPFlags
+	ack     uint32
+	wnd     uint16
+	payload int
+	onlyTS  bool // no option but timestamps (and padding)
 }
 
 // parseSeg reads an outgoing IP packet's TCP header; ok is false for

@@ -276,3 +276,23 @@ func TestOnlyTimestamps(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParseSeg: any bytes as the headers of an outgoing packet parse or
+// are refused without a panic, and options are read within their bounds.
+func FuzzParseSeg(f *testing.F) {
+	f.Add(make([]byte, 20), []byte{0, 80, 3, 232, 0, 0, 0, 1, 0, 0, 0, 100, 0x80, 0x10, 1, 244, 0, 0, 0, 0, 1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2})
+	f.Add([]byte{0x45}, []byte{0, 80, 3, 232, 0, 0, 0, 1, 0, 0, 0, 100, 0xf0, 0x10})
+	f.Fuzz(func(t *testing.T, nh, th []byte) {
+		pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{ReserveHeaderBytes: len(nh) + len(th)})
+		defer pkt.DecRef()
+		copy(pkt.TransportHeader().Push(len(th)), th)
+		copy(pkt.NetworkHeader().Push(len(nh)), nh)
+		pkt.NetworkProtocolNumber = header.IPv4ProtocolNumber
+		pkt.TransportProtocolNumber = header.TCPProtocolNumber
+		s, ok := parseSeg(pkt)
+		if ok && (len(nh) < header.IPv4MinimumSize || len(th) < header.TCPMinimumSize || s.payload < 0) {
+			t.Fatalf("parsed %+v from %d network and %d transport header bytes", s, len(nh), len(th))
+		}
+		onlyTimestamps(th)
+	})
+}
