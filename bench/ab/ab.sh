@@ -38,7 +38,9 @@ done
 echo "== medians of the mpshim column, A then B (values of each run in order); logs in $out"
 for side in A B; do
 	for f in "$out"/*-"$side"/*.md; do
-		grep -E "^\| " "$f" | grep -E -- "$rows" | awk -F'|' '{print $2 "|" $5}'
+		# Rows of the same name (the CPU rows of redis -P1 and -P16)
+		# are told apart by their rank among their namesakes.
+		grep -E "^\| " "$f" | grep -E -- "$rows" | awk -F'|' '{n[$2]++; print $2 "#" n[$2] "|" $5}'
 	done | python3 -c '
 import sys, statistics, re
 side = sys.argv[1]
@@ -49,6 +51,9 @@ for line in sys.stdin:
     if m:
         vals.setdefault(k.strip(), []).append(float(m.group(1)))
 for k, vs in vals.items():
-    print(f"{side} | {k} | {statistics.median(vs):.4g} | {vs}")
+    name, rank = k.rsplit("#", 1)
+    if rank != "1":
+        name = f"{name.strip()} ({rank})"
+    print(f"{side} | {name.strip()} | {statistics.median(vs):.4g} | {vs}")
 ' "$side"
 done
