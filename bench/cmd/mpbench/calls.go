@@ -56,9 +56,15 @@ func (c *callCounter) stop() error {
 	if err != nil && !errors.As(err, &ee) {
 		return fmt.Errorf("perf stat: %w", err)
 	}
+	c.syscalls, c.switches, err = parseCounts(c.out.String())
+	return err
+}
+
+// parseCounts reads the system call and context switch counts from perf
+// stat's CSV output (-x ,: value,unit,event,...).
+func parseCounts(out string) (syscalls, switches uint64, err error) {
 	found := 0
-	for _, line := range strings.Split(c.out.String(), "\n") {
-		// value,unit,event,...
+	for _, line := range strings.Split(out, "\n") {
 		f := strings.Split(line, ",")
 		if len(f) < 3 {
 			continue
@@ -69,13 +75,13 @@ func (c *callCounter) stop() error {
 		}
 		switch f[2] {
 		case evSyscalls:
-			c.syscalls, found = v, found+1
+			syscalls, found = v, found|1
 		case evSwitches:
-			c.switches, found = v, found+1
+			switches, found = v, found|2
 		}
 	}
-	if found != 2 {
-		return fmt.Errorf("perf stat: no counts in %q", tail(c.out.String(), 300))
+	if found != 3 {
+		return 0, 0, fmt.Errorf("perf stat: no counts in %q", tail(out, 300))
 	}
-	return nil
+	return syscalls, switches, nil
 }
