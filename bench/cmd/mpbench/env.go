@@ -725,6 +725,7 @@ type cpuMeter struct {
 	ins, server []int
 	i0, s0      time.Duration
 	tx0, rx0    uint64
+	calls       *callCounter // with --count-calls, on INS sides
 }
 
 func (e *env) startCPU(side string) *cpuMeter {
@@ -737,6 +738,12 @@ func (e *env) startCPU(side string) *cpuMeter {
 			m.ins = append(m.ins, in.PID)
 		}
 		m.tx0, m.rx0 = e.iso.frames()
+		if e.o.countCalls {
+			var err error
+			if m.calls, err = startCallCounter(m.ins); err != nil {
+				e.note("counting the INS system calls: %v", err)
+			}
+		}
 	}
 	m.i0, m.s0 = sumCPU(m.ins), sumCPU(m.server)
 	return m
@@ -745,7 +752,14 @@ func (e *env) startCPU(side string) *cpuMeter {
 // stop returns the CPU used by the INS and by the side's other processes
 // since start.
 func (m *cpuMeter) stop() (ins, server time.Duration) {
-	return sumCPU(m.ins) - m.i0, sumCPU(m.server) - m.s0
+	ins, server = sumCPU(m.ins)-m.i0, sumCPU(m.server)-m.s0
+	if m.calls != nil {
+		if err := m.calls.stop(); err != nil {
+			m.e.note("counting the INS system calls: %v", err)
+			m.calls = nil
+		}
+	}
+	return ins, server
 }
 
 // frames returns the frames the INS sent and received since start.

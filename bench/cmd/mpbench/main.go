@@ -68,6 +68,7 @@ func main() {
 	flag.StringVar(&o.bin, "bin", "bin", "directory of the built isolator and libmpshim.so")
 	flag.StringVar(&o.only, "only", "", "comma-separated phases to run (http,ab,bulk,small,scale,scale20,ring); default all")
 	flag.StringVar(&o.peers, "peers", "", "comma-separated peers measured besides native and mpshim: runsc (gVisor, --network=sandbox), netstack (a Go server through mpnet)")
+	flag.BoolVar(&o.countCalls, "count-calls", false, "count the INS's system calls and context switches per request in the wrk runs (perf stat on tracepoints; the VM has no instruction counter)")
 	flag.StringVar(&o.runsc, "runsc", "bin/runsc", "runsc binary for --peers runsc (make bench builds it from the pinned gVisor module)")
 	defServer, defClient := "1", "0"
 	if runtime.NumCPU() < 2 {
@@ -104,6 +105,7 @@ func exit(err error) {
 // options are the flags of a run.
 type options struct {
 	quick, profile       bool
+	countCalls           bool
 	rounds, abN, scaleN  int
 	duration             time.Duration
 	out, doc, bin, only  string

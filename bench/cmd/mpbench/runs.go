@@ -86,6 +86,8 @@ type httpMetrics struct {
 	srvCPU, insCPU []*report.Metric // CPU per request, by wrkConns
 	txFrames       []*report.Metric // INS frames sent per request, by wrkConns
 	rxFrames       []*report.Metric // INS frames received per request
+	sysCalls       []*report.Metric // INS system calls per request (--count-calls)
+	switches       []*report.Metric // INS context switches per request (--count-calls)
 	conns          *report.Metric
 	connSrv        *report.Metric // server side's CPU per connection (ab)
 	connINS        *report.Metric // of which INS
@@ -108,6 +110,8 @@ func newHTTPMetrics() *httpMetrics {
 		h.insCPU = append(h.insCPU, &report.Metric{Key: fmt.Sprintf("nginx-c%d-inscpu", c), Name: fmt.Sprintf("… -c%d of which INS", c), Unit: "µs"})
 		h.txFrames = append(h.txFrames, &report.Metric{Key: fmt.Sprintf("nginx-c%d-txframes", c), Name: fmt.Sprintf("… -c%d INS frames sent per request", c), Unit: "frames"})
 		h.rxFrames = append(h.rxFrames, &report.Metric{Key: fmt.Sprintf("nginx-c%d-rxframes", c), Name: fmt.Sprintf("… -c%d INS frames received per request", c), Unit: "frames"})
+		h.sysCalls = append(h.sysCalls, &report.Metric{Key: fmt.Sprintf("nginx-c%d-syscalls", c), Name: fmt.Sprintf("… -c%d INS system calls per request", c), Unit: "calls"})
+		h.switches = append(h.switches, &report.Metric{Key: fmt.Sprintf("nginx-c%d-switches", c), Name: fmt.Sprintf("… -c%d INS context switches per request", c), Unit: "switches"})
 	}
 	h.conns = &report.Metric{Key: "nginx-newconn", Name: "nginx, new connection per request (ab -c64, -t as wrk's -d)", Unit: "conn/s", Kind: report.Throughput}
 	h.connSrv = &report.Metric{Key: "nginx-newconn-cpu", Name: "… " + serverSide + " per connection", Unit: "µs", Kind: report.CPU}
@@ -120,6 +124,9 @@ func (h *httpMetrics) wrkList() []*report.Metric {
 	var out []*report.Metric
 	for i := range wrkConns {
 		out = append(out, h.rps[i], h.p50[i], h.p99[i], h.srvCPU[i], h.insCPU[i], h.txFrames[i], h.rxFrames[i])
+		if len(h.sysCalls[i].Samples) > 0 {
+			out = append(out, h.sysCalls[i], h.switches[i])
+		}
 	}
 	return out
 }
@@ -166,6 +173,10 @@ func (e *env) runHTTP(ctx context.Context, h *httpMetrics) error {
 					tx, rx := cpu.frames()
 					h.txFrames[i].Add(side, float64(tx)/float64(w.Requests))
 					h.rxFrames[i].Add(side, float64(rx)/float64(w.Requests))
+				}
+				if cpu.calls != nil {
+					h.sysCalls[i].Add(side, float64(cpu.calls.syscalls)/float64(w.Requests))
+					h.switches[i].Add(side, float64(cpu.calls.switches)/float64(w.Requests))
 				}
 				slog.Info("wrk", "side", side, "conns", c, "round", r+1, "req/s", int(w.RPS), "p50", w.P50, "p99", w.P99)
 				h.rps[i].Add(side, w.RPS)

@@ -302,6 +302,9 @@ type streamConn struct {
 	fd    int
 	entry waiter.Entry
 	hup   atomic.Bool // EPOLLHUP/EPOLLERR seen on fd: no app end is left reading and writing
+	// rdhup is set by EPOLLRDHUP (the app end shut its write side or is
+	// closed): appToNet then reads until EAGAIN or EOF.
+	rdhup atomic.Bool
 
 	connecting bool
 	nonblock   bool
@@ -331,6 +334,9 @@ func newStreamConn(s *sock, fd int) *streamConn {
 func (c *streamConn) fdEvent(ev uint32) {
 	if ev&(unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		c.hup.Store(true)
+	}
+	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		c.rdhup.Store(true)
 	}
 }
 
@@ -537,6 +543,14 @@ func (c *streamConn) appToNet(w *worker) bool {
 				return false
 			}
 			return c.writeFailed(terr)
+		}
+		if n < len(w.buf) && len(c.pend) == 0 && !c.rdhup.Load() {
+			// A read of an AF_UNIX stream socket returns less than
+			// asked only when it took everything queued, and bytes
+			// queued after it raise a new edge: skip the read that
+			// would only say EAGAIN. An end of stream raises
+			// EPOLLRDHUP, after which reads go on until EOF.
+			return false
 		}
 	}
 	if c.appEOF && len(c.pend) == 0 && !c.finSent {

@@ -3,6 +3,7 @@ package link
 import (
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -84,6 +85,8 @@ type TapEndpoint struct {
 	// from then on received packets are dropped here, and the child is
 	// stopped by Release.
 	detached atomic.Bool
+	// acks, when set (DelayAcks), holds pure ACKs before the taps.
+	acks *ackDelayer
 }
 
 // Tapped wraps ep, the NIC of the uplink named name, with the chain c.
@@ -91,6 +94,29 @@ func Tapped(name string, ep stack.LinkEndpoint, c *Taps) *TapEndpoint {
 	t := &TapEndpoint{uplink: name, taps: c}
 	t.Init(ep, t)
 	return t
+}
+
+// DelayAcks gives the NIC Linux's delayed ACK (see ackDelayer): a pure ACK
+// that a response may carry instead is held up to d. It must be called
+// before the NIC sends anything.
+func (t *TapEndpoint) DelayAcks(d time.Duration) {
+	t.acks = newAckDelayer(tapWriter{t}, t.Endpoint.MTU(), d)
+}
+
+// AckStats returns the counts of the NIC's ACK delayer (zero without
+// DelayAcks).
+func (t *TapEndpoint) AckStats() AckStats {
+	if t.acks == nil {
+		return AckStats{}
+	}
+	return t.acks.stats()
+}
+
+// tapWriter is the part of WritePackets below the ACK delayer.
+type tapWriter struct{ t *TapEndpoint }
+
+func (w tapWriter) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	return w.t.writePackets(pkts)
 }
 
 // Malformed returns the number of received IP packets whose headers did
@@ -164,6 +190,9 @@ func (t *TapEndpoint) Wait() {
 // exit, after which its sockets may be closed. It must not be called with a
 // netstack lock held: the reader may be finishing a packet that needs one.
 func (t *TapEndpoint) Release() {
+	if t.acks != nil {
+		t.acks.close()
+	}
 	t.detached.Store(true)
 	t.Endpoint.Attach(nil)
 	t.Endpoint.Wait()
@@ -171,8 +200,17 @@ func (t *TapEndpoint) Release() {
 
 // WritePackets implements stack.LinkEndpoint: packets on their way out,
 // link header already added. Packets a tap drops are reported as written
-// (as a firewall's silent drop: the sender sees no error).
+// (as a firewall's silent drop: the sender sees no error), as are ACKs the
+// delayer holds.
 func (t *TapEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	if t.acks != nil {
+		return t.acks.WritePackets(pkts)
+	}
+	return t.writePackets(pkts)
+}
+
+// writePackets shows pkts to the taps and writes what they pass.
+func (t *TapEndpoint) writePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	if t.taps.chain.Load() == nil {
 		return t.Endpoint.WritePackets(pkts)
 	}

@@ -373,6 +373,8 @@ func (s *Stack) addUplink(u UplinkConfig, f *os.File) (err error) {
 		// transport would otherwise make one system call per frame. It
 		// writes through the taps.
 		opts.QDisc = fifo.New(l.tap, 1, txQueueLen)
+		// A request's ACK rides on its response (Linux's delayed ACK).
+		l.tap.DelayAcks(link.AckDelay)
 	}
 	if terr := s.ns.CreateNICWithOptions(l.nic, l.tap, opts); terr != nil {
 		if opts.QDisc != nil {
@@ -678,6 +680,11 @@ func (s *Stack) Counters() []UplinkCounters {
 		}
 		if l.tap != nil {
 			c.RxDrops += l.tap.Malformed()
+			// The NIC counted the ACKs the link then dropped because
+			// they rode on a later segment; they never left.
+			a := l.tap.AckStats()
+			c.TxPackets -= min(a.Dropped, c.TxPackets)
+			c.TxBytes -= min(a.DroppedBytes, c.TxBytes)
 		}
 		if l.pkt != nil {
 			l.dropMu.Lock()
