@@ -111,6 +111,97 @@ static int cork_get(const struct mp_fd *e, void *val, socklen_t *len)
 	return 0;
 }
 
+/* Options of a connected stream set while no isolator runs. An app that
+ * accepts a connection while the daemon restarts (the INS serve on: docs/
+ * design.md, "Survival") sets options on it at once: nginx sets
+ * TCP_NODELAY when a connection turns keep-alive and closes the connection
+ * if that fails. The boolean options below are kept in the entry's optmask
+ * (free on a stream) and the call succeeds; the shim sets them on the INS
+ * socket once the process has rejoined (mp_opt_flush) or at the stream's
+ * next option call. Any other option fails with the daemon's absence
+ * (ENETUNREACH) as before. */
+static const struct {
+	int level, name;
+} deferrable[] = {
+	{ IPPROTO_TCP, TCP_NODELAY },
+	{ SOL_SOCKET, SO_KEEPALIVE },
+	{ IPPROTO_TCP, TCP_QUICKACK },
+};
+
+/* Bit 2i: option i is deferred; bit 2i+1: its value is non-zero. */
+#define DEFER_SET(i) (1u << (2 * (i)))
+#define DEFER_VAL(i) (1u << (2 * (i) + 1))
+
+static int deferred_any; /* some stream may hold deferred options */
+
+static int defer_index(int level, int name)
+{
+	for (unsigned i = 0; i < sizeof deferrable / sizeof deferrable[0]; i++)
+		if (deferrable[i].level == level && deferrable[i].name == name)
+			return (int)i;
+	return -1;
+}
+
+/* defer records option (level, name) = val on stream e; 0 when it did,
+ * -1 when the option is not one that may wait. */
+static int defer(struct mp_fd *e, int level, int name, const void *val, socklen_t len)
+{
+	int i = defer_index(level, name), v;
+
+	if (i < 0 || e->kind != MPK_STREAM || len < sizeof v || !val)
+		return -1;
+	memcpy(&v, val, sizeof v);
+	e->optmask |= DEFER_SET(i);
+	if (v)
+		e->optmask |= DEFER_VAL(i);
+	else
+		e->optmask &= ~DEFER_VAL(i);
+	__atomic_store_n(&deferred_any, 1, __ATOMIC_RELEASE);
+	return 0;
+}
+
+/* flush_one sets e's deferred options on its INS socket; the ones the
+ * isolator cannot take yet stay deferred. */
+static void flush_one(unsigned int fd, struct mp_fd *e)
+{
+	for (unsigned i = 0; i < sizeof deferrable / sizeof deferrable[0]; i++) {
+		int v, rc;
+
+		if (!(e->optmask & DEFER_SET(i)))
+			continue;
+		v = !!(e->optmask & DEFER_VAL(i));
+		rc = mps_setsockopt(e->sock, deferrable[i].level, deferrable[i].name, &v, sizeof v);
+		if (rc == -MP_FAIL_ERRNO)
+			continue;
+		if (rc < 0)
+			MPLOG("setsockopt(%u): deferred option %d/%d: %s", fd, deferrable[i].level,
+			      deferrable[i].name, mp_errname(-rc));
+		e->optmask &= ~(DEFER_SET(i) | DEFER_VAL(i));
+	}
+}
+
+void mp_opt_flush(void)
+{
+	int left = 0;
+	MP_SAVE;
+
+	if (!__atomic_exchange_n(&deferred_any, 0, __ATOMIC_ACQ_REL)) {
+		MP_RESTORE;
+		return;
+	}
+	for (unsigned int fd = 0; fd < mp_table_hiwat && fd < mp_table_size; fd++) {
+		struct mp_fd *e = &mp_table[fd];
+
+		if (e->kind != MPK_STREAM || !e->optmask)
+			continue;
+		flush_one(fd, e);
+		left |= e->optmask != 0;
+	}
+	if (left)
+		__atomic_store_n(&deferred_any, 1, __ATOMIC_RELEASE);
+	MP_RESTORE;
+}
+
 int mp_opt_replay(int kfd, struct mp_fd *e, uint64_t sock, int newfd)
 {
 	unsigned char buf[256];
@@ -172,7 +263,11 @@ MP_EXPORT int setsockopt(int fd, int level, int name, const void *val, socklen_t
 		if (len && !val)
 			rc = mp_fail(EFAULT);
 		else {
+			if (e->kind == MPK_STREAM && e->optmask)
+				flush_one((unsigned int)fd, e);
 			rc = mps_setsockopt(e->sock, level, name, val, len);
+			if (rc == -MP_FAIL_ERRNO && defer(e, level, name, val, len) == 0)
+				rc = 0;
 			rc = rc < 0 ? mp_fail(-rc) : 0;
 		}
 	}

@@ -556,6 +556,7 @@ static void relisten_pending(void)
 	    __atomic_exchange_n(&S.relisten, 0, __ATOMIC_ACQ_REL)) {
 		mp_relisten();
 		MPLOG("listeners made again under client %llu", (unsigned long long)S.client);
+		mp_opt_flush();
 	}
 }
 

@@ -343,5 +343,8 @@ void mp_opt_note(struct mp_fd *e, int level, int name);
  * MPF_* flags the converted entry takes from them (MPF_CORK). */
 int mp_opt_replay(int kfd, struct mp_fd *e, uint64_t sock, int newfd);
 int mp_opt_local(int level, int name);
+/* Sets the options streams took while no isolator ran (opts.c, deferrable)
+ * on their INS sockets; run after a rejoin. */
+void mp_opt_flush(void);
 
 #endif /* MPSHIM_SHIM_H */

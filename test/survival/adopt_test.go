@@ -81,10 +81,18 @@ func TestDaemonRestartAdopts(t *testing.T) {
 				t.Errorf("round %d: held connection %d, no daemon running: %v", round, i, err)
 			}
 		}
+		// New keep-alive connections while no daemon runs: nginx sets
+		// TCP_NODELAY on a connection that turns keep-alive and closes
+		// it if that fails (the shim defers the option until a daemon
+		// runs again).
+		ka := startWrk(t, tp.WAN, urls[1], 8, time.Second)
 		for _, u := range urls {
 			if !curlOK(tp.WAN, u, want, 5*time.Second) {
 				t.Errorf("round %d: %s not served while no daemon runs", round, u)
 			}
+		}
+		if r := wrkDone(t, ka); r.Connect+r.Read+r.Write != 0 || r.Non2xx != 0 || r.Requests == 0 {
+			t.Errorf("round %d: wrk -c8 on new keep-alive connections while no daemon runs: %+v", round, r)
 		}
 		time.Sleep(time.Until(killed.Add(time.Second)))
 		since := time.Now()
