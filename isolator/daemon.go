@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"time"
@@ -318,7 +319,11 @@ func (d *Daemon) All() []Backend {
 }
 
 // List describes every INS.
-func (d *Daemon) List(ctx context.Context) []api.INSInfo {
+func (d *Daemon) List(ctx context.Context) []api.INSInfo { return d.list(ctx, false) }
+
+// list describes every INS; with gc each collects garbage and returns the
+// freed memory to the system before it answers (api.Request.GC).
+func (d *Daemon) list(ctx context.Context, gc bool) []api.INSInfo {
 	var out []api.INSInfo
 	for _, b := range d.All() {
 		p := b.(*insProc)
@@ -329,7 +334,7 @@ func (d *Daemon) List(ctx context.Context) []api.INSInfo {
 		}
 		d.mu.Unlock()
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		st, err := p.manage(ctx, ins.ManageRequest{Op: ins.ManageStats})
+		st, err := p.manage(ctx, ins.ManageRequest{Op: ins.ManageStats, GC: gc})
 		cancel()
 		if err != nil {
 			info.State = "unresponsive"
@@ -374,7 +379,10 @@ func (d *Daemon) handle(ctx context.Context, req api.Request) api.Response {
 		}
 		return resp
 	case api.OpList:
-		return api.Response{OK: true, INS: d.List(ctx)}
+		if req.GC {
+			debug.FreeOSMemory()
+		}
+		return api.Response{OK: true, INS: d.list(ctx, req.GC)}
 	case api.OpFlows:
 		return d.flowsOp(req)
 	case api.OpKill:

@@ -250,6 +250,7 @@ func spawnCmd(d dialer) *cobra.Command {
 
 func lsCmd(d dialer) *cobra.Command {
 	var output string
+	var gc bool
 	cmd := &cobra.Command{
 		Use:   "ls",
 		Short: "List the INS processes",
@@ -258,7 +259,7 @@ func lsCmd(d dialer) *cobra.Command {
 			if output != "table" && output != "json" {
 				return fmt.Errorf("-o %q: want table or json", output)
 			}
-			resp, err := call(d, api.Request{Op: api.OpList})
+			resp, err := call(d, api.Request{Op: api.OpList, GC: gc})
 			if err != nil {
 				return err
 			}
@@ -288,6 +289,7 @@ func lsCmd(d dialer) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "table or json")
+	cmd.Flags().BoolVar(&gc, "gc", false, "have the daemon and every INS collect garbage and return freed memory first, so RSS shows what is live (a leak check)")
 	return cmd
 }
 

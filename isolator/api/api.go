@@ -53,6 +53,11 @@ type Request struct {
 	Flows     *FlowQuery `json:"flows,omitempty"`
 	// PeerAdd carries the arguments of OpPeerAdd (split.go).
 	PeerAdd *PeerAddRequest `json:"peer_add,omitempty"`
+	// GC, on OpList, has the daemon and every INS collect garbage and
+	// return the freed memory to the system first, so that RSS shows what
+	// is live (a leak check, not a thing to do often: it costs a full
+	// collection in each process).
+	GC bool `json:"gc,omitempty"`
 }
 
 // Response answers one request.

@@ -18,6 +18,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"runtime/pprof"
 	"sync"
 	"sync/atomic"
@@ -108,6 +109,9 @@ type ManageRequest struct {
 	Seconds int       `json:"seconds,omitempty"`
 	// Probe says what ManageSandboxProbe tries to reach.
 	Probe *sandbox.ProbeTarget `json:"probe,omitempty"`
+	// GC, on ManageStats, collects garbage and returns the freed memory
+	// to the system before the answer (isolator ls --gc).
+	GC bool `json:"gc,omitempty"`
 }
 
 // ProbeReply answers ManageSandboxProbe.
@@ -313,6 +317,9 @@ func (s *Server) manage(m ctrl.Msg) {
 				out = Status{Error: err.Error()}
 			}
 		case ManageStats:
+			if req.GC {
+				debug.FreeOSMemory()
+			}
 			out = Status{Engine: s.eng.Stats(), Uplinks: s.st.Counters()}
 		case ManageForget:
 			s.forget(req.Group)

@@ -303,8 +303,14 @@ func (d *Isolator) CLI(args ...string) (string, error) {
 }
 
 // List is `isolator ls -o json`.
-func (d *Isolator) List() ([]api.INSInfo, error) {
-	out, err := exec.Command(d.Bin, "--api", d.API, "ls", "-o", "json").Output()
+func (d *Isolator) List() ([]api.INSInfo, error) { return d.list() }
+
+// ListGC is `isolator ls --gc -o json`: every process collects garbage and
+// returns freed memory first, so RSS shows what is live.
+func (d *Isolator) ListGC() ([]api.INSInfo, error) { return d.list("--gc") }
+
+func (d *Isolator) list(flags ...string) ([]api.INSInfo, error) {
+	out, err := exec.Command(d.Bin, append([]string{"--api", d.API, "ls", "-o", "json"}, flags...)...).Output()
 	if err != nil {
 		return nil, fmt.Errorf("isolator ls: %w", err)
 	}
