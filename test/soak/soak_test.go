@@ -30,6 +30,9 @@ const (
 	phaseLen = 60 * time.Second
 	eventAt  = 20 * time.Second
 	settle   = 8 * time.Second
+	// quietLimit bounds the wait for the INS to hold no connection
+	// after a phase, before the sample (TIME_WAIT is not a connection).
+	quietLimit = 60 * time.Second
 	// fdGrowth bounds nginx's descriptors after a phase over the base,
 	// in percent, and memGrowth the RSS of the daemon and of each INS.
 	// Both are Go programs whose heap stays grown for minutes after a
@@ -69,6 +72,28 @@ func take(t *testing.T, iso *harness.Isolator, n *harness.Nginx) sample {
 		s.insRSS[in.ID] = in.RSS
 	}
 	return s
+}
+
+// quiet waits up to limit for every INS to hold no connection; it logs
+// what is left when the limit passes.
+func quiet(t *testing.T, iso *harness.Isolator, limit time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		infos, err := iso.List()
+		left := 0
+		for _, in := range infos {
+			left += in.Connections
+		}
+		if err == nil && left == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Logf("after %v the INS still hold %d connections (%v)", limit, left, err)
+			return
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 }
 
 func within(after, base, pct int64) bool { return after <= base+base*pct/100 }
@@ -144,7 +169,10 @@ http {
 			}
 			out[id] = r
 		}
+		// Samples compare a pool at rest: the connections wrk left
+		// (a timed-out one is closed late) end before the reading.
 		time.Sleep(settle)
+		quiet(t, iso, quietLimit)
 		return out
 	}
 
