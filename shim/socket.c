@@ -840,10 +840,14 @@ MP_EXPORT int shutdown(int fd, int how)
 		rc = mps_shutdown(e->sock, how);
 		if (rc < 0) {
 			rc = mp_fail(-rc);
-		} else if (e->kind == MPK_LISTEN) {
-			/* Wakes the threads blocked in accept. */
+		} else if (e->kind == MPK_LISTEN && how != SHUT_WR) {
+			/* Wakes the threads blocked in accept. Only the read
+			 * half: a write shutdown of this end would show the
+			 * isolator and the INS a hang-up, the listener's last
+			 * close, where Linux's shutdown(SHUT_WR) of a listener
+			 * does nothing. */
 			MP_SAVE;
-			REAL(shutdown)(fd, how);
+			REAL(shutdown)(fd, SHUT_RD);
 			MP_RESTORE;
 		} else if (e->kind == MPK_STREAM && how != SHUT_RD) {
 			/* The stream's own end carries the half-close in order
