@@ -120,8 +120,8 @@ func loopbackListener(domain int, a netip.AddrPort, reuseport bool, backlog int,
 	if err := unix.Bind(fd, sa); err != nil {
 		return nil, fmt.Errorf("bind: %w", err)
 	}
-	if backlog <= 0 {
-		backlog = 128
+	if backlog < 0 {
+		backlog = 4096 // Linux takes a negative backlog for somaxconn
 	}
 	if err := unix.Listen(fd, backlog); err != nil {
 		return nil, fmt.Errorf("listen: %w", err)
@@ -203,6 +203,16 @@ func (l *listenRec) hand(conn net.Conn) error {
 	}
 	defer f.Close()
 	fd := int(f.Fd()) // blocking mode, as accept(2) gives it
+	// Until the app accepts it (the shim then clears the option), the
+	// connection is closed by a reset, as Linux resets what is still in a
+	// listener's accept queue when the listener is closed. A listener whose
+	// app set SO_LINGER keeps its own value.
+	l.mu.Lock()
+	ownLinger := optSet(l.opts, unix.SOL_SOCKET, unix.SO_LINGER)
+	l.mu.Unlock()
+	if !ownLinger {
+		_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	}
 	local, err1 := sockAddrPort(unix.Getsockname(fd))
 	peer, err2 := sockAddrPort(unix.Getpeername(fd))
 	if err1 != nil || err2 != nil {

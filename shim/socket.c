@@ -538,7 +538,19 @@ static int accept_ins(int fd, struct mp_fd *e, struct sockaddr *sa, socklen_t *l
 	}
 	if (sock == 0) {
 		/* A kernel connection (the isolator's loopback listener for a
-		 * wildcard listener): the descriptor is the kernel's socket. */
+		 * wildcard listener): the descriptor is the kernel's socket.
+		 * The isolator hands it over with SO_LINGER {1, 0}, so that a
+		 * listener closed before accepting it resets it as Linux resets
+		 * its accept queue; accepted, it closes normally again. */
+		struct linger lg;
+		socklen_t ll = sizeof lg;
+		MP_SAVE;
+		if (REAL(getsockopt)(nfd, SOL_SOCKET, SO_LINGER, &lg, &ll) == 0 && lg.l_onoff &&
+		    !lg.l_linger) {
+			lg.l_onoff = 0;
+			REAL(setsockopt)(nfd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+		}
+		MP_RESTORE;
 		mp_clear(nfd);
 	} else if ((ne = mp_slot(nfd))) {
 		memset(ne, 0, sizeof *ne);
