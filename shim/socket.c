@@ -837,6 +837,40 @@ MP_EXPORT int getpeername(int fd, struct sockaddr *sa, socklen_t *len)
 	return getname(fd, sa, len, 1);
 }
 
+/* Closes every connection queued on listener fd's SEQPACKET end: a kernel
+ * connection of the isolator's loopback listener is reset (it comes with
+ * SO_LINGER {1, 0}), an INS one is closed by its INS once the app's end is. */
+static void drop_queued(int fd)
+{
+	unsigned char buf[MPS_ACCEPT_MSG_MAX];
+	union {
+		struct cmsghdr h;
+		char b[CMSG_SPACE(sizeof(int) * 4)];
+	} cm;
+	struct iovec iov = { buf, sizeof buf };
+	struct msghdr mh;
+	struct cmsghdr *c;
+
+	for (int k = 0; k < 4096; k++) {
+		memset(&mh, 0, sizeof mh);
+		mh.msg_iov = &iov;
+		mh.msg_iovlen = 1;
+		mh.msg_control = cm.b;
+		mh.msg_controllen = sizeof cm.b;
+		if (REAL(recvmsg)(fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC) <= 0)
+			return;
+		for (c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+			if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+				continue;
+			for (size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
+				int f;
+				memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof f);
+				REAL(close)(f);
+			}
+		}
+	}
+}
+
 MP_EXPORT int shutdown(int fd, int how)
 {
 	struct mp_fd *e = mp_get(fd);
@@ -853,12 +887,15 @@ MP_EXPORT int shutdown(int fd, int how)
 		if (rc < 0) {
 			rc = mp_fail(-rc);
 		} else if (e->kind == MPK_LISTEN && how != SHUT_WR) {
-			/* Wakes the threads blocked in accept. Only the read
-			 * half: a write shutdown of this end would show the
-			 * isolator and the INS a hang-up, the listener's last
-			 * close, where Linux's shutdown(SHUT_WR) of a listener
-			 * does nothing. */
+			/* Resets the connections not yet accepted, as Linux
+			 * resets its accept queue, then wakes the threads
+			 * blocked in accept. Only the read half: a write
+			 * shutdown of this end would show the isolator and the
+			 * INS a hang-up, the listener's last close, where
+			 * Linux's shutdown(SHUT_WR) of a listener does
+			 * nothing. */
 			MP_SAVE;
+			drop_queued(fd);
 			REAL(shutdown)(fd, SHUT_RD);
 			MP_RESTORE;
 		} else if (e->kind == MPK_STREAM && how != SHUT_RD) {
