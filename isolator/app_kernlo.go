@@ -5,6 +5,9 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
+	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -27,20 +30,23 @@ func (s *AppServer) kernelLoopback(c *client, l *listenRec) {
 	if err != nil || !ap.Addr().Unmap().IsUnspecified() || ap.Port() == 0 {
 		return
 	}
+	l.mu.Lock()
+	opts := slices.Clone(l.opts)
+	l.mu.Unlock()
 	var addrs []netip.Addr
 	if l.domain == unix.AF_INET {
 		addrs = []netip.Addr{netip.AddrFrom4([4]byte{127, 0, 0, 1})}
 	} else {
 		addrs = []netip.Addr{netip.IPv6Loopback()}
-		if !optSet(l.opts, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY) {
+		if !optSet(opts, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY) {
 			addrs = append(addrs, netip.AddrFrom16([16]byte{10: 0xff, 11: 0xff, 12: 127, 15: 1}))
 		}
 	}
-	reuseport := optSet(l.opts, unix.SOL_SOCKET, unix.SO_REUSEPORT)
+	reuseport := optSet(opts, unix.SOL_SOCKET, unix.SO_REUSEPORT)
 	var lns []net.Listener
 	err = netns.Do(fmt.Sprintf("/proc/%d/ns/net", c.pid), func() error {
 		for _, a := range addrs {
-			ln, err := loopbackListener(int(l.domain), netip.AddrPortFrom(a, ap.Port()), reuseport, int(l.backlog))
+			ln, err := loopbackListener(int(l.domain), netip.AddrPortFrom(a, ap.Port()), reuseport, int(l.backlog), opts)
 			if err != nil {
 				c.log.Info("app: no kernel loopback listener", "addr", netip.AddrPortFrom(a, ap.Port()), "err", err)
 				continue
@@ -83,8 +89,10 @@ func optSet(opts []*msgproto.Setsockopt, level, name int32) bool {
 }
 
 // loopbackListener opens a kernel TCP listener of family domain on a in
-// the calling thread's network namespace.
-func loopbackListener(domain int, a netip.AddrPort, reuseport bool, backlog int) (net.Listener, error) {
+// the calling thread's network namespace, with the socket and TCP options
+// the app set on its listener (TCP_DEFER_ACCEPT, TCP_USER_TIMEOUT and the
+// others its accepted connections inherit on Linux).
+func loopbackListener(domain int, a netip.AddrPort, reuseport bool, backlog int, opts []*msgproto.Setsockopt) (net.Listener, error) {
 	fd, err := unix.Socket(domain, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("socket: %w", err)
@@ -94,6 +102,13 @@ func loopbackListener(domain int, a netip.AddrPort, reuseport bool, backlog int)
 	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
 	if reuseport {
 		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+	}
+	for _, o := range opts {
+		if kernelOpt(o) {
+			// Best effort, as the INS replays them: one the kernel
+			// refuses here was refused to the app already.
+			_ = unix.SetsockoptString(fd, int(o.Level), int(o.Name), string(o.Value))
+		}
 	}
 	var sa unix.Sockaddr
 	if domain == unix.AF_INET {
@@ -105,8 +120,8 @@ func loopbackListener(domain int, a netip.AddrPort, reuseport bool, backlog int)
 	if err := unix.Bind(fd, sa); err != nil {
 		return nil, fmt.Errorf("bind: %w", err)
 	}
-	if backlog <= 0 {
-		backlog = 128
+	if backlog < 0 {
+		backlog = 4096 // Linux takes a negative backlog for somaxconn
 	}
 	if err := unix.Listen(fd, backlog); err != nil {
 		return nil, fmt.Errorf("listen: %w", err)
@@ -116,9 +131,17 @@ func loopbackListener(domain int, a netip.AddrPort, reuseport bool, backlog int)
 
 // handKernel accepts on kernel listener ln until it is closed and passes
 // each connection to the app on l's SEQPACKET end. When the app's queue is
-// full the connection is closed, as a full backlog would refuse it.
+// full the connection is closed, as a full backlog would refuse it. It
+// accepts only once the app has taken everything handed to it before:
+// until then connections wait in ln's own accept queue, bounded by the
+// app's backlog, where a listener that is shut down or closed resets them,
+// as Linux does with its accept queue.
 func (s *AppServer) handKernel(c *client, l *listenRec, ln net.Listener) {
 	for {
+		if !l.waitTaken(ln) {
+			ln.Close()
+			return
+		}
 		conn, err := ln.Accept()
 		if err != nil {
 			return
@@ -127,6 +150,44 @@ func (s *AppServer) handKernel(c *client, l *listenRec, ln net.Listener) {
 			c.log.Debug("app: kernel loopback connection not handed over", "sock", l.sock, "err", err)
 		}
 		conn.Close()
+	}
+}
+
+// kernelOpt reports whether a listener's option is applied to its kernel
+// loopback listeners: socket and TCP options, except the port sharing ones
+// that loopbackListener sets itself.
+func kernelOpt(o *msgproto.Setsockopt) bool {
+	return (o.Level == unix.SOL_SOCKET && o.Name != unix.SO_REUSEADDR && o.Name != unix.SO_REUSEPORT) ||
+		o.Level == unix.IPPROTO_TCP
+}
+
+// waitTaken waits until the app has read everything queued on l's
+// SEQPACKET end (the socket's unread output, SIOCOUTQ, is zero), polling
+// from 50 µs up to every 2 ms. It reports false once l is closed or ln is
+// no longer one of its kernel listeners.
+func (l *listenRec) waitTaken(ln net.Listener) bool {
+	delay := 50 * time.Microsecond
+	for {
+		l.mu.Lock()
+		if l.closed || !slices.Contains(l.kern, ln) {
+			l.mu.Unlock()
+			return false
+		}
+		queued := -1
+		if sc, err := l.seq.SyscallConn(); err == nil {
+			_ = sc.Control(func(fd uintptr) {
+				if n, err := unix.IoctlGetInt(int(fd), unix.SIOCOUTQ); err == nil {
+					queued = n
+				}
+			})
+		}
+		l.mu.Unlock()
+		if queued <= 0 {
+			// Nothing unread, or no way to tell: hand on.
+			return true
+		}
+		time.Sleep(delay)
+		delay = min(2*delay, 2*time.Millisecond)
 	}
 }
 
@@ -142,6 +203,16 @@ func (l *listenRec) hand(conn net.Conn) error {
 	}
 	defer f.Close()
 	fd := int(f.Fd()) // blocking mode, as accept(2) gives it
+	// Until the app accepts it (the shim then clears the option), the
+	// connection is closed by a reset, as Linux resets what is still in a
+	// listener's accept queue when the listener is closed. A listener whose
+	// app set SO_LINGER keeps its own value.
+	l.mu.Lock()
+	ownLinger := optSet(l.opts, unix.SOL_SOCKET, unix.SO_LINGER)
+	l.mu.Unlock()
+	if !ownLinger {
+		_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	}
 	local, err1 := sockAddrPort(unix.Getsockname(fd))
 	peer, err2 := sockAddrPort(unix.Getpeername(fd))
 	if err1 != nil || err2 != nil {
@@ -185,9 +256,10 @@ func sockAddrPort(sa unix.Sockaddr, err error) (netip.AddrPort, error) {
 	return netip.AddrPort{}, fmt.Errorf("address family of %T", sa)
 }
 
-// kernelFollow applies a listener's shutdown or second listen to its
-// kernel loopback listeners: shutdown(2) stops a Linux listener (new
-// connections are refused) and listen(2) again restarts it.
+// kernelFollow applies a listener's shutdown, second listen or socket
+// and TCP options to its kernel loopback listeners: shutdown(2) stops a
+// Linux listener (new connections are refused), listen(2) again restarts
+// it, and the options are the ones its connections inherit.
 func (s *AppServer) kernelFollow(c *client, sock uint64, m msgproto.Message) {
 	s.mu.Lock()
 	l := s.lsns[sock]
@@ -196,6 +268,20 @@ func (s *AppServer) kernelFollow(c *client, sock uint64, m msgproto.Message) {
 		return
 	}
 	switch m := m.(type) {
+	case *msgproto.Setsockopt:
+		if !kernelOpt(m) {
+			return
+		}
+		l.mu.Lock()
+		kern := slices.Clone(l.kern)
+		l.mu.Unlock()
+		for _, k := range kern {
+			if sc, err := k.(syscall.Conn).SyscallConn(); err == nil {
+				_ = sc.Control(func(fd uintptr) {
+					_ = unix.SetsockoptString(int(fd), int(m.Level), int(m.Name), string(m.Value))
+				})
+			}
+		}
 	case *msgproto.Shutdown:
 		if m.How == unix.SHUT_WR {
 			return

@@ -223,6 +223,7 @@ func (s *AppServer) dispatch(ctx context.Context, c *client, m msgproto.Message,
 		if recordable(m.Level) {
 			s.recordOpt(ctx, c.group, m)
 		}
+		s.kernelFollow(c, sock, m)
 	case *msgproto.Connect:
 		s.mu.Lock()
 		if r := s.socks[sock]; r != nil && r.group == c.group {

@@ -238,11 +238,87 @@ int mp_opt_replay(int kfd, struct mp_fd *e, uint64_t sock, int newfd)
 	return flags;
 }
 
+/* Whether an option joins a multicast group on, or sends multicast
+ * through, the loopback (ifindex 1, which lo has in every namespace, or an
+ * address of 127/8), read as Linux reads each form of the value. */
+static int mcast_on_loopback(int level, int name, const void *val, socklen_t len)
+{
+	struct ip_mreqn m;
+	uint32_t ifindex;
+
+	if (!val)
+		return 0;
+	memset(&m, 0, sizeof m);
+	if (level == IPPROTO_IP) {
+		switch (name) {
+		case IP_ADD_MEMBERSHIP:
+		case IP_MULTICAST_IF:
+		case IP_ADD_SOURCE_MEMBERSHIP:
+			if (len >= sizeof(struct ip_mreqn) && name != IP_ADD_SOURCE_MEMBERSHIP)
+				memcpy(&m, val, sizeof m);
+			else if (len >= sizeof(struct ip_mreq))
+				memcpy(&m, val, sizeof(struct ip_mreq));
+			else if (name == IP_MULTICAST_IF && len >= sizeof(struct in_addr))
+				memcpy(&m.imr_address, val, sizeof(struct in_addr));
+			else
+				return 0;
+			if (m.imr_ifindex)
+				return m.imr_ifindex == 1;
+			return (ntohl(m.imr_address.s_addr) >> 24) == 127;
+		case MCAST_JOIN_GROUP:
+		case MCAST_JOIN_SOURCE_GROUP:
+			break;
+		default:
+			return 0;
+		}
+	} else if (level == IPPROTO_IPV6) {
+		switch (name) {
+		case IPV6_ADD_MEMBERSHIP:
+			if (len < sizeof(struct ipv6_mreq))
+				return 0;
+			return ((const struct ipv6_mreq *)val)->ipv6mr_interface == 1;
+		case IPV6_MULTICAST_IF:
+			if (len < sizeof ifindex)
+				return 0;
+			memcpy(&ifindex, val, sizeof ifindex);
+			return ifindex == 1;
+		case MCAST_JOIN_GROUP:
+		case MCAST_JOIN_SOURCE_GROUP:
+			break;
+		default:
+			return 0;
+		}
+	} else {
+		return 0;
+	}
+	/* group_req and group_source_req start with the interface index. */
+	if (len < sizeof ifindex)
+		return 0;
+	memcpy(&ifindex, val, sizeof ifindex);
+	return ifindex == 1;
+}
+
 MP_EXPORT int setsockopt(int fd, int level, int name, const void *val, socklen_t len)
 {
 	struct mp_fd *e = mp_get(fd);
 	int rc;
 
+	/* With loopback on the kernel, multicast on the loopback is the
+	 * kernel's, as Linux loops it back: an undecided socket settles on the
+	 * kernel, a wildcard-bound INS UDP socket moves to the kernel. */
+	if (e && !mp_conf.loopback_ins && (e->kind == MPK_PENDING || e->kind == MPK_DGRAM) &&
+	    e->type == SOCK_DGRAM && mcast_on_loopback(level, name, val, len)) {
+		MP_SAVE;
+		if (e->kind == MPK_PENDING) {
+			memset(e, 0, sizeof *e);
+			e = NULL;
+		} else if (mp_dgram_to_kernel(fd, e, NULL, 0) == 0) {
+			e = NULL;
+		}
+		MP_RESTORE;
+		if (!e)
+			MPLOG("setsockopt(%d, %d, %d): multicast on the loopback, on the kernel", fd, level, name);
+	}
 	if (!e) {
 		rc = REAL(setsockopt)(fd, level, name, val, len);
 	} else if (e->kind == MPK_INTERNAL) {

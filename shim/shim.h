@@ -190,6 +190,10 @@ void mp_copy(int from, int to); /* to becomes what from is (cleared if not ours)
 void mp_clear_range(unsigned int first, unsigned int last);
 int mp_is_ins(const struct mp_fd *e);
 
+/* Moves an INS UDP socket bound to the wildcard to a kernel socket on the
+ * same port, connected to sa when set (socket.c). 0 when moved, else -1. */
+int mp_dgram_to_kernel(int fd, struct mp_fd *e, const struct sockaddr *sa, socklen_t len);
+
 /* ---- policy and environment (symbols.c) -------------------------------- */
 
 struct mp_conf {

@@ -538,7 +538,19 @@ static int accept_ins(int fd, struct mp_fd *e, struct sockaddr *sa, socklen_t *l
 	}
 	if (sock == 0) {
 		/* A kernel connection (the isolator's loopback listener for a
-		 * wildcard listener): the descriptor is the kernel's socket. */
+		 * wildcard listener): the descriptor is the kernel's socket.
+		 * The isolator hands it over with SO_LINGER {1, 0}, so that a
+		 * listener closed before accepting it resets it as Linux resets
+		 * its accept queue; accepted, it closes normally again. */
+		struct linger lg;
+		socklen_t ll = sizeof lg;
+		MP_SAVE;
+		if (REAL(getsockopt)(nfd, SOL_SOCKET, SO_LINGER, &lg, &ll) == 0 && lg.l_onoff &&
+		    !lg.l_linger) {
+			lg.l_onoff = 0;
+			REAL(setsockopt)(nfd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+		}
+		MP_RESTORE;
 		mp_clear(nfd);
 	} else if ((ne = mp_slot(nfd))) {
 		memset(ne, 0, sizeof *ne);
@@ -681,28 +693,47 @@ MP_EXPORT int accept(int fd, struct sockaddr *sa, socklen_t *len)
 	return ret_log(rc, "accept", fd, NULL);
 }
 
-/* A UDP socket the INS serves, bound to the wildcard, that connects to a
- * destination of the kernel (loopback on the kernel): Linux sends from the
- * loopback then, so the socket moves to a kernel socket bound to the
- * wildcard with the same port and connected there. Returns 0 when moved,
- * -1 when the INS keeps it (not wildcard-bound, or the kernel refused). */
-static int dgram_to_kernel(int fd, struct mp_fd *e, const struct sockaddr *sa, socklen_t len)
+/* Options of an INS UDP socket that a kernel socket taking its place gets
+ * before its bind: the ones that decide whether the bind shares the port
+ * and what the socket receives and sends. */
+static const struct {
+	int level, name;
+} dgram_carried[] = {
+	{ SOL_SOCKET, SO_REUSEADDR }, { SOL_SOCKET, SO_REUSEPORT }, { SOL_SOCKET, SO_BROADCAST },
+	{ SOL_SOCKET, SO_RCVBUF },    { SOL_SOCKET, SO_SNDBUF },    { IPPROTO_IP, IP_TTL },
+	{ IPPROTO_IP, IP_TOS },       { IPPROTO_IP, IP_MULTICAST_TTL },
+	{ IPPROTO_IP, IP_MULTICAST_LOOP },
+};
+
+/* Moves a UDP socket the INS serves, bound to the wildcard, to a kernel
+ * socket bound to the wildcard with the same port (carrying the options
+ * above) and, when sa is set, connected there. That is where Linux has it
+ * when it connects to a destination of the kernel (loopback on the kernel:
+ * Linux sends from the loopback then) or joins a multicast group on the
+ * loopback (a socket bound to a multicast group moves then too). Returns 0
+ * when moved, -1 when the INS keeps it (bound elsewhere, or the kernel
+ * refused). */
+int mp_dgram_to_kernel(int fd, struct mp_fd *e, const struct sockaddr *sa, socklen_t len)
 {
 	struct sockaddr_storage ss;
 	socklen_t sl = sizeof ss;
-	int ks;
+	int ks, v;
+	socklen_t vl;
 	MP_SAVE;
 
-	if (!sa || len < sizeof(sa_family_t) || sa->sa_family == AF_UNSPEC ||
-	    !mp_dst_kernel(sa, len) || mps_getname(e->sock, 0, (struct sockaddr *)&ss, &sl) < 0)
+	if (e->kind != MPK_DGRAM || (sa && (len < sizeof(sa_family_t) || sa->sa_family == AF_UNSPEC ||
+					    !mp_dst_kernel(sa, len))) ||
+	    mps_getname(e->sock, 0, (struct sockaddr *)&ss, &sl) < 0)
 		goto keep;
 	if (ss.ss_family == AF_INET) {
 		struct sockaddr_in *in = (struct sockaddr_in *)&ss;
-		if (in->sin_addr.s_addr != 0 || in->sin_port == 0)
+		if ((in->sin_addr.s_addr != 0 && (sa || !IN_MULTICAST(ntohl(in->sin_addr.s_addr)))) ||
+		    in->sin_port == 0)
 			goto keep;
 	} else if (ss.ss_family == AF_INET6) {
 		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
-		if (!IN6_IS_ADDR_UNSPECIFIED(&in6->sin6_addr) || in6->sin6_port == 0)
+		if ((!IN6_IS_ADDR_UNSPECIFIED(&in6->sin6_addr) && (sa || !IN6_IS_ADDR_MULTICAST(&in6->sin6_addr))) ||
+		    in6->sin6_port == 0)
 			goto keep;
 	} else {
 		goto keep;
@@ -710,7 +741,19 @@ static int dgram_to_kernel(int fd, struct mp_fd *e, const struct sockaddr *sa, s
 	ks = REAL(socket)(e->domain, SOCK_DGRAM | SOCK_CLOEXEC, e->protocol);
 	if (ks < 0)
 		goto keep;
-	if (REAL(bind)(ks, (struct sockaddr *)&ss, sl) < 0 || REAL(connect)(ks, sa, len) < 0) {
+	for (unsigned i = 0; i < sizeof dgram_carried / sizeof dgram_carried[0]; i++) {
+		if (dgram_carried[i].level == IPPROTO_IP && e->domain != AF_INET)
+			continue;
+		vl = sizeof v;
+		if (mps_getsockopt(e->sock, dgram_carried[i].level, dgram_carried[i].name, &v, &vl) < 0 ||
+		    vl != sizeof v)
+			continue;
+		if (dgram_carried[i].level == SOL_SOCKET &&
+		    (dgram_carried[i].name == SO_RCVBUF || dgram_carried[i].name == SO_SNDBUF))
+			v /= 2; /* reported doubled, as Linux does */
+		REAL(setsockopt)(ks, dgram_carried[i].level, dgram_carried[i].name, &v, sizeof v);
+	}
+	if (REAL(bind)(ks, (struct sockaddr *)&ss, sl) < 0 || (sa && REAL(connect)(ks, sa, len) < 0)) {
 		REAL(close)(ks);
 		goto keep;
 	}
@@ -746,7 +789,7 @@ MP_EXPORT int connect(int fd, const struct sockaddr *sa, socklen_t len)
 			return ret_log(rc, "connect", fd, mp_conf.log ? LOGADDR(a, sa, len) : NULL);
 		}
 	}
-	if (e->kind == MPK_DGRAM && dgram_to_kernel(fd, e, sa, len) == 0)
+	if (e->kind == MPK_DGRAM && sa && mp_dgram_to_kernel(fd, e, sa, len) == 0)
 		return ret_log(0, "connect[kernel]", fd, mp_conf.log ? LOGADDR(a, sa, len) : NULL);
 	if (e->kind == MPK_STREAM) {
 		rc = connect_stream(fd, e, sa, len);
@@ -794,6 +837,40 @@ MP_EXPORT int getpeername(int fd, struct sockaddr *sa, socklen_t *len)
 	return getname(fd, sa, len, 1);
 }
 
+/* Closes every connection queued on listener fd's SEQPACKET end: a kernel
+ * connection of the isolator's loopback listener is reset (it comes with
+ * SO_LINGER {1, 0}), an INS one is closed by its INS once the app's end is. */
+static void drop_queued(int fd)
+{
+	unsigned char buf[MPS_ACCEPT_MSG_MAX];
+	union {
+		struct cmsghdr h;
+		char b[CMSG_SPACE(sizeof(int) * 4)];
+	} cm;
+	struct iovec iov = { buf, sizeof buf };
+	struct msghdr mh;
+	struct cmsghdr *c;
+
+	for (int k = 0; k < 4096; k++) {
+		memset(&mh, 0, sizeof mh);
+		mh.msg_iov = &iov;
+		mh.msg_iovlen = 1;
+		mh.msg_control = cm.b;
+		mh.msg_controllen = sizeof cm.b;
+		if (REAL(recvmsg)(fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC) <= 0)
+			return;
+		for (c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+			if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+				continue;
+			for (size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
+				int f;
+				memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof f);
+				REAL(close)(f);
+			}
+		}
+	}
+}
+
 MP_EXPORT int shutdown(int fd, int how)
 {
 	struct mp_fd *e = mp_get(fd);
@@ -809,10 +886,17 @@ MP_EXPORT int shutdown(int fd, int how)
 		rc = mps_shutdown(e->sock, how);
 		if (rc < 0) {
 			rc = mp_fail(-rc);
-		} else if (e->kind == MPK_LISTEN) {
-			/* Wakes the threads blocked in accept. */
+		} else if (e->kind == MPK_LISTEN && how != SHUT_WR) {
+			/* Resets the connections not yet accepted, as Linux
+			 * resets its accept queue, then wakes the threads
+			 * blocked in accept. Only the read half: a write
+			 * shutdown of this end would show the isolator and the
+			 * INS a hang-up, the listener's last close, where
+			 * Linux's shutdown(SHUT_WR) of a listener does
+			 * nothing. */
 			MP_SAVE;
-			REAL(shutdown)(fd, how);
+			drop_queued(fd);
+			REAL(shutdown)(fd, SHUT_RD);
 			MP_RESTORE;
 		} else if (e->kind == MPK_STREAM && how != SHUT_RD) {
 			/* The stream's own end carries the half-close in order
