@@ -56,6 +56,13 @@ type Manager struct {
 	log   *slog.Logger
 	netNS string // the uplinks' network namespace ("" the daemon's)
 
+	// PinRoot is where balancers are pinned (DefaultPinRoot; "" pins
+	// nothing): PinRoot/<namespace>/<interface>, see PinDir.
+	PinRoot string
+	// StaleGrace is how long a taken-over balancer keeps the INS of the
+	// previous daemon that have not been adopted (DefaultStaleGrace).
+	StaleGrace time.Duration
+
 	mu      sync.Mutex
 	uplinks map[string]*balanced
 	// down are INS that died and whose replacement is not up yet.
@@ -73,10 +80,28 @@ type balanced struct {
 	pool *lb.Pool
 }
 
+// DefaultPinRoot is where a Manager pins its balancers: the XDP program
+// and its maps outlive a killed daemon there, and the next daemon takes
+// them over with their connection table.
+const DefaultPinRoot = xdp.BPFFS + "/mpshim"
+
+// DefaultStaleGrace is Manager.StaleGrace's default.
+const DefaultStaleGrace = 30 * time.Second
+
+// PinDir is where the balancer of interface ifname in network namespace
+// netNS ("" the daemon's) is pinned under root.
+func PinDir(root, netNS, ifname string) string {
+	ns := "host"
+	if netNS != "" {
+		ns = strings.ReplaceAll(filepath.Clean(netNS), "/", "_")
+	}
+	return filepath.Join(root, ns, ifname)
+}
+
 // New returns a manager without uplinks; netNS names the network namespace
 // of the uplink interfaces ("" is the caller's).
 func New(log *slog.Logger, netNS string) *Manager {
-	return &Manager{log: log, netNS: netNS, uplinks: map[string]*balanced{}, down: map[int]bool{}, weights: map[int]uint32{}}
+	return &Manager{log: log, netNS: netNS, PinRoot: DefaultPinRoot, StaleGrace: DefaultStaleGrace, uplinks: map[string]*balanced{}, down: map[int]bool{}, weights: map[int]uint32{}}
 }
 
 // inNS runs f in the uplinks' network namespace.
@@ -104,7 +129,15 @@ func (m *Manager) AddUplink(ctx context.Context, u Uplink) (err error) {
 	if dup {
 		return fmt.Errorf("lb: uplink %s is balanced already", u.Name)
 	}
-	bal, err := xdp.New(xdp.Config{})
+	var cfg xdp.Config
+	if m.PinRoot != "" {
+		if err := xdp.MountBPFFS(); err != nil {
+			m.log.Warn("lb: balancer not pinned: it stops with the daemon", "uplink", u.Name, "err", err)
+		} else {
+			cfg.PinDir = PinDir(m.PinRoot, m.netNS, u.Interface)
+		}
+	}
+	bal, err := xdp.New(cfg)
 	if err != nil {
 		return fmt.Errorf("lb: uplink %s: %w", u.Name, err)
 	}
@@ -144,7 +177,13 @@ func (m *Manager) AddUplink(ctx context.Context, u Uplink) (err error) {
 	m.mu.Lock()
 	m.uplinks[u.Name] = b
 	m.mu.Unlock()
-	m.log.Info("load balancer on", "uplink", u.Name, "interface", u.Interface, "vips", u.VIPs, "mac", mac.String(), "tunnel4", u.Tunnel4)
+	m.log.Info("load balancer on", "uplink", u.Name, "interface", u.Interface, "vips", u.VIPs, "mac", mac.String(), "tunnel4", u.Tunnel4,
+		"pinned", cfg.PinDir, "taken_over", bal.TookOver())
+	if bal.TookOver() {
+		// INS of the previous daemon that are not adopted by then lose
+		// their flows to the table.
+		time.AfterFunc(m.StaleGrace, func() { m.dropStale(b) })
+	}
 	for i, r := range u.Remotes {
 		go m.addRemote(ctx, b, RemoteIDBase+1+i, r, mac)
 	}
@@ -388,6 +427,44 @@ func (m *Manager) INSUp(id int, macs map[string]net.HardwareAddr) {
 	}
 }
 
+// Adopt puts INS id, which a previous daemon started and this one adopted
+// (its MAC on each uplink in macs), behind the balancers: a balancer taken
+// over from that daemon gives it the backend slot it had, so the
+// connections it holds stay its own. Call AdoptionDone after the last.
+func (m *Manager) Adopt(id int, macs map[string]net.HardwareAddr) {
+	m.INSUp(id, macs)
+}
+
+// AdoptionDone tells the balancers that every INS of the previous daemon
+// that will be adopted has been: the flows of the others fall back to the
+// table now rather than after StaleGrace.
+func (m *Manager) AdoptionDone() {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	bs := make([]*balanced, 0, len(m.uplinks))
+	for _, b := range m.uplinks {
+		bs = append(bs, b)
+	}
+	m.mu.Unlock()
+	for _, b := range bs {
+		m.dropStale(b)
+	}
+}
+
+func (m *Manager) dropStale(b *balanced) {
+	m.mu.Lock()
+	live := m.uplinks[b.Name] == b
+	m.mu.Unlock()
+	if !live {
+		return
+	}
+	if err := b.bal.DropStale(); err != nil {
+		m.log.Error("lb: drop the previous daemon's INS", "uplink", b.Name, "err", err)
+	}
+}
+
 // INSGone takes INS id out of every pool: its flows fall back to the
 // table, which no longer names it. died marks it down until INSUp (its
 // replacement) or Forget.
@@ -518,7 +595,7 @@ func (m *Manager) Status() (*api.LBStatus, error) {
 	return st, nil
 }
 
-// Close detaches every program.
+// Close detaches every program and removes its pins.
 func (m *Manager) Close() error {
 	if m == nil {
 		return nil

@@ -1,8 +1,10 @@
 package xdp
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 
@@ -91,14 +93,14 @@ func (b *Balancer) takeOver(dir string, specs map[string]ebpf.MapSpec) (bool, er
 	b.active = active & 1
 	// Backends the previous owner had: kept (their flows stay theirs)
 	// until SetBackends names them or DropStale.
-	b.stale = map[uint32]bool{}
+	b.stale = map[uint32]net.HardwareAddr{}
 	var v [backendValue]byte
 	for id := range uint32(b.cfg.MaxBackends) {
 		if err := b.backends.Lookup(id, &v); err != nil {
 			return false, fmt.Errorf("read backend %d: %w", id, err)
 		}
 		if v[beState] != stateDown {
-			b.stale[id] = true
+			b.stale[id] = net.HardwareAddr(v[beMAC : beMAC+6 : beMAC+6])
 		}
 	}
 	return true, nil
@@ -139,6 +141,20 @@ func (b *Balancer) DropStale() error {
 		delete(b.stale, id)
 	}
 	return errors.Join(errs...)
+}
+
+// StaleSlot returns the id of a backend with frames to mac that a
+// taken-over balancer had and no SetBackends has named since: giving the
+// INS with that MAC the same id keeps its established flows its own.
+func (b *Balancer) StaleSlot(mac net.HardwareAddr) (uint32, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for id, m := range b.stale {
+		if bytes.Equal(m, mac) {
+			return id, true
+		}
+	}
+	return 0, false
 }
 
 // Release closes the balancer's descriptors but leaves what is pinned in

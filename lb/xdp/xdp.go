@@ -198,7 +198,7 @@ type Balancer struct {
 	links    []link.Link
 	tookOver bool
 	// stale are the backends of a taken-over balancer not named since.
-	stale map[uint32]bool
+	stale map[uint32]net.HardwareAddr
 }
 
 // New creates the maps and loads the program, without attaching it.
@@ -460,7 +460,7 @@ func (b *Balancer) SetBackends(bs []Backend) error {
 		}
 	}
 	for _, old := range b.current {
-		if !seen[old.ID] && !b.stale[old.ID] {
+		if !seen[old.ID] && b.stale[old.ID] == nil {
 			if err := b.backends.Update(old.ID, [backendValue]byte{}, ebpf.UpdateAny); err != nil {
 				return fmt.Errorf("lb/xdp: remove backend %d: %w", old.ID, err)
 			}
