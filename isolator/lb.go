@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -15,11 +16,20 @@ import (
 	"github.com/mpshim/mpshim/isolator/ins"
 	"github.com/mpshim/mpshim/isolator/lbctl"
 	"github.com/mpshim/mpshim/lb/autoscale"
+	"github.com/mpshim/mpshim/lb/xdp"
 )
 
 // startLB loads a balancer on every uplink that has VIPs (package lbctl);
 // the INS join as they come up.
+//
+// The balancers are pinned under /sys/fs/bpf/mpshim, or under
+// <state dir>/bpf/mpshim when a BPF file system is mounted on
+// <state dir>/bpf (a daemon whose /sys is private to it, as under
+// `ip netns exec`, pins there so that the pins outlive it).
 func (d *Daemon) startLB(ctx context.Context) error {
+	if alt := filepath.Join(d.cfg.StateDir, "bpf"); d.cfg.StateDir != "" && xdp.IsBPFFS(alt) {
+		d.lb.PinRoot = filepath.Join(alt, "mpshim")
+	}
 	d.mu.Lock()
 	ups := append([]*uplinkState(nil), d.uplinks...)
 	d.mu.Unlock()

@@ -19,6 +19,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/mpshim/mpshim/isolator/api"
 	"github.com/mpshim/mpshim/isolator/ins/netns"
 	"github.com/mpshim/mpshim/lb"
@@ -88,14 +90,21 @@ const DefaultPinRoot = xdp.BPFFS + "/mpshim"
 // DefaultStaleGrace is Manager.StaleGrace's default.
 const DefaultStaleGrace = 30 * time.Second
 
-// PinDir is where the balancer of interface ifname in network namespace
-// netNS ("" the daemon's) is pinned under root.
-func PinDir(root, netNS, ifname string) string {
-	ns := "host"
-	if netNS != "" {
-		ns = strings.ReplaceAll(filepath.Clean(netNS), "/", "_")
+// PinDir is where the balancer of interface ifname in the network
+// namespace with inode nsInode is pinned under root: two daemons in
+// different namespaces never share one, a restarted daemon in the same
+// namespace finds its predecessor's.
+func PinDir(root string, nsInode uint64, ifname string) string {
+	return filepath.Join(root, fmt.Sprintf("netns-%d", nsInode), ifname)
+}
+
+// nsInode is the inode of the calling thread's network namespace.
+func nsInode() (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
+		return 0, fmt.Errorf("network namespace: %w", err)
 	}
-	return filepath.Join(root, ns, ifname)
+	return st.Ino, nil
 }
 
 // New returns a manager without uplinks; netNS names the network namespace
@@ -131,10 +140,20 @@ func (m *Manager) AddUplink(ctx context.Context, u Uplink) (err error) {
 	}
 	var cfg xdp.Config
 	if m.PinRoot != "" {
-		if err := xdp.MountBPFFS(); err != nil {
+		var ino uint64
+		var err error
+		if strings.HasPrefix(m.PinRoot, xdp.BPFFS+"/") {
+			err = xdp.MountBPFFS()
+		} else if !xdp.IsBPFFS(filepath.Dir(m.PinRoot)) {
+			err = fmt.Errorf("%s is not on a BPF file system", m.PinRoot)
+		}
+		if err == nil {
+			err = m.inNS(func() (err error) { ino, err = nsInode(); return err })
+		}
+		if err != nil {
 			m.log.Warn("lb: balancer not pinned: it stops with the daemon", "uplink", u.Name, "err", err)
 		} else {
-			cfg.PinDir = PinDir(m.PinRoot, m.netNS, u.Interface)
+			cfg.PinDir = PinDir(m.PinRoot, ino, u.Interface)
 		}
 	}
 	bal, err := xdp.New(cfg)

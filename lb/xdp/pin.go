@@ -16,10 +16,15 @@ import (
 // BPFFS is where the BPF file system is mounted.
 const BPFFS = "/sys/fs/bpf"
 
+// IsBPFFS reports whether dir is on a BPF file system.
+func IsBPFFS(dir string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(dir, &st) == nil && uint32(st.Type) == unix.BPF_FS_MAGIC
+}
+
 // MountBPFFS mounts the BPF file system on BPFFS unless it is there.
 func MountBPFFS() error {
-	var st unix.Statfs_t
-	if err := unix.Statfs(BPFFS, &st); err == nil && uint32(st.Type) == unix.BPF_FS_MAGIC {
+	if IsBPFFS(BPFFS) {
 		return nil
 	}
 	if err := os.MkdirAll(BPFFS, 0o700); err != nil {
