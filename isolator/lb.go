@@ -78,6 +78,7 @@ func (d *Daemon) handleLB(req api.Request) api.Response {
 		if err != nil {
 			return api.Errorf("%v", err)
 		}
+		d.lbLiveConns(st)
 		return api.Response{OK: true, LB: st}
 	case api.OpLBWeight:
 		err = d.lb.SetWeight(req.ID, req.N)
@@ -92,6 +93,29 @@ func (d *Daemon) handleLB(req api.Request) api.Response {
 		return api.Errorf("%v", err)
 	}
 	return api.Response{OK: true}
+}
+
+// lbLiveConns fills in the live connections of every local INS in st,
+// asking each INS once (its count covers all its uplinks).
+func (d *Daemon) lbLiveConns(st *api.LBStatus) {
+	live := map[int]int{}
+	for _, u := range st.Uplinks {
+		for i := range u.Members {
+			m := &u.Members[i]
+			if m.ID >= lbctl.RemoteIDBase || m.State == "down" {
+				continue
+			}
+			n, ok := live[m.ID]
+			if !ok {
+				n = -1
+				if c, _, err := (lbFleet{d}).Load(context.Background(), m.ID); err == nil {
+					n = c
+				}
+				live[m.ID] = n
+			}
+			m.Connections = n
+		}
+	}
 }
 
 // startAutoscale runs the autoscaler of cfg.Autoscale (validated) until

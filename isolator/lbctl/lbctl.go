@@ -595,7 +595,7 @@ func (m *Manager) Status() (*api.LBStatus, error) {
 		}
 		for _, x := range ms {
 			lm := api.LBMember{ID: x.ID, Name: x.Name, MAC: x.MAC.String(), Weight: x.Weight,
-				State: string(x.State), Share: x.Share, Connections: x.Connections, NewFlows: x.NewFlows, NewFlowsPerSec: x.NewFlowsPerSec}
+				State: string(x.State), Share: x.Share, Connections: -1, Flows: x.Connections, NewFlows: x.NewFlows, NewFlowsPerSec: x.NewFlowsPerSec}
 			if x.Tunnel != nil {
 				lm.Remote = x.Tunnel.Dst.String()
 			}
@@ -603,7 +603,7 @@ func (m *Manager) Status() (*api.LBStatus, error) {
 		}
 		for id := range m.down {
 			if !slices.ContainsFunc(u.Members, func(x api.LBMember) bool { return x.ID == id }) {
-				u.Members = append(u.Members, api.LBMember{ID: id, Name: fmt.Sprintf("ins-%d", id), State: "down"})
+				u.Members = append(u.Members, api.LBMember{ID: id, Name: fmt.Sprintf("ins-%d", id), State: "down", Connections: -1})
 			}
 		}
 		slices.SortFunc(u.Members, func(a, b api.LBMember) int { return a.ID - b.ID })

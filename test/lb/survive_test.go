@@ -87,6 +87,20 @@ func pinnedFlows(t *testing.T, dir string, keys [][xdp.KeySize]byte) int {
 	return n
 }
 
+// connsFlows sums the members' live connections and established flows in
+// `isolator lb status`.
+func (e *env) connsFlows(t *testing.T) (conns, flows int) {
+	t.Helper()
+	for _, m := range e.status(t).Uplinks[0].Members {
+		if m.Connections < 0 {
+			t.Fatalf("lb status: no live connection count of INS %d", m.ID)
+		}
+		conns += m.Connections
+		flows += m.Flows
+	}
+	return conns, flows
+}
+
 // TestBalancerSurvivesDaemon: VIP served by 2 INS with 20 established
 // keep-alive connections through it, then the daemon is killed with
 // SIGKILL. Checked: the XDP program stays attached to the uplink (the same
@@ -95,7 +109,9 @@ func pinnedFlows(t *testing.T, dir string, keys [][xdp.KeySize]byte) int {
 // not outlive their daemon, so the test kills any left itself); a
 // restarted daemon takes the pinned program over without loading one (same
 // id, "taken_over" in its log), keeps the connections' entries, and serves
-// new connections through the VIP; a stopped daemon (SIGTERM) detaches the
+// new connections through the VIP; `lb status` counts the INS's live
+// connections (20 before, 0 on the new INS) apart from the table's flows
+// (20 before and after); a stopped daemon (SIGTERM) detaches the
 // program and removes the pins. Established connections surviving the
 // restart need INS that outlive the daemon; they are not checked here.
 func TestBalancerSurvivesDaemon(t *testing.T) {
@@ -147,6 +163,11 @@ func TestBalancerSurvivesDaemon(t *testing.T) {
 	if n := pinnedFlows(t, dir, keys); n != len(keys) {
 		t.Fatalf("%d of %d connections in the established-flow table", n, len(keys))
 	}
+	// lb status: CONNS is the INS's live count, FLOWS the table's.
+	live, flows := e.connsFlows(t)
+	if live != len(keys) || flows < len(keys) {
+		t.Fatalf("lb status: %d live connections, %d established flows; want %d and ≥ %d", live, flows, len(keys), len(keys))
+	}
 	pids := []int{e.insPID(t, 1), e.insPID(t, 2)}
 
 	e.iso.Kill(t)
@@ -177,6 +198,11 @@ func TestBalancerSurvivesDaemon(t *testing.T) {
 	e.waitMembers(t, 30*time.Second, map[int]string{1: "up", 2: "up"})
 	if st := e.status(t); st.Uplinks[0].Established < len(keys) {
 		t.Fatalf("lb status after restart: %d established flows, want ≥ %d", st.Uplinks[0].Established, len(keys))
+	}
+	// The new INS have none of the old connections; the table still
+	// names them.
+	if live, flows := e.connsFlows(t); live != 0 || flows < len(keys) {
+		t.Fatalf("lb status after restart: %d live connections, %d established flows; want 0 and ≥ %d", live, flows, len(keys))
 	}
 	e.load(t, e.clients4, "http://"+vip4+"/1k.bin", 40)
 
