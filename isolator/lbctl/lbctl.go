@@ -482,6 +482,23 @@ func (m *Manager) dropStale(b *balanced) {
 	if err := b.bal.DropStale(); err != nil {
 		m.log.Error("lb: drop the previous daemon's INS", "uplink", b.Name, "err", err)
 	}
+	m.sweep(b)
+}
+
+// sweep deletes b's established flows of INS no longer in its pool.
+func (m *Manager) sweep(b *balanced) {
+	m.mu.Lock()
+	live := m.uplinks[b.Name] == b
+	m.mu.Unlock()
+	if !live {
+		return
+	}
+	n, err := b.bal.Sweep()
+	if err != nil {
+		m.log.Debug("lb: sweep established flows", "uplink", b.Name, "err", err)
+		return
+	}
+	m.log.Debug("lb: established flows of removed INS deleted", "uplink", b.Name, "flows", n)
 }
 
 // INSGone takes INS id out of every pool: its flows fall back to the
@@ -503,6 +520,7 @@ func (m *Manager) INSGone(id int, died bool) {
 		}
 		removed = true
 		m.log.Info("lb: INS removed", "uplink", name, "ins", id, "died", died)
+		go m.sweep(b)
 	}
 	if died && removed {
 		m.down[id] = true

@@ -129,3 +129,37 @@ func TestPinTakeOver(t *testing.T) {
 		t.Fatalf("program still attached after Close (%v): %s", err, out)
 	}
 }
+
+// TestSweep: the established entries of removed backends go, the others
+// stay and keep their backend.
+func TestSweep(t *testing.T) {
+	b := newBalancer(t, Config{EstEntries: 1024, NewEntries: 1024, FragEntries: 64}, 4)
+	kept := 0
+	for i := range 200 {
+		src := ap(client4, uint16(1000+i))
+		steer(t, b, tcp4(src, ap(vip4, 80), tcpSYN))
+		if steer(t, b, tcp4(src, ap(vip4, 80), tcpACK)) < 2 {
+			kept++
+		}
+	}
+	if n, err := b.Sweep(); err != nil || n != 0 {
+		t.Fatalf("sweep with every backend up: %d deleted, %v", n, err)
+	}
+	if err := b.SetBackends(backends(2)); err != nil {
+		t.Fatal(err)
+	}
+	n, err := b.Sweep()
+	if err != nil {
+		t.Fatal(err)
+	}
+	est, _, per, err := b.Flows()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 200-kept || est != kept || per[2] != 0 || per[3] != 0 {
+		t.Fatalf("sweep deleted %d, left %d (%v); want %d deleted, %d left on backends 0 and 1", n, est, per, 200-kept, kept)
+	}
+	if kept == 0 || kept == 200 {
+		t.Fatalf("%d of 200 flows on backends 0 and 1: the test did not test the sweep", kept)
+	}
+}

@@ -601,3 +601,38 @@ func (b *Balancer) close(unpin bool) error {
 	}
 	return errors.Join(errs...)
 }
+
+// Sweep deletes the established-table entries of flows whose backend is
+// down (removed, or dropped after a take-over): their next packet would go
+// by the table anyway, and until then they would count as flows. It
+// returns how many it deleted.
+func (b *Balancer) Sweep() (int, error) {
+	down := map[uint32]bool{}
+	var k [KeySize]byte
+	var v uint32
+	var dead [][KeySize]byte
+	it := b.est.Iterate()
+	for it.Next(&k, &v) {
+		d, ok := down[v]
+		if !ok {
+			var be [backendValue]byte
+			d = int(v) >= b.cfg.MaxBackends || b.backends.Lookup(v, &be) != nil || be[beState] == stateDown
+			down[v] = d
+		}
+		if d {
+			dead = append(dead, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("lb/xdp: walk established flows: %w", err)
+	}
+	n := 0
+	for _, k := range dead {
+		if err := b.est.Delete(k); err == nil {
+			n++
+		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return n, fmt.Errorf("lb/xdp: delete an established flow: %w", err)
+		}
+	}
+	return n, nil
+}
