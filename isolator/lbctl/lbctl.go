@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -78,8 +79,9 @@ type Manager struct {
 
 type balanced struct {
 	Uplink
-	bal  *xdp.Balancer
-	pool *lb.Pool
+	bal    *xdp.Balancer
+	pool   *lb.Pool
+	pinDir string // "" when not pinned
 }
 
 // DefaultPinRoot is where a Manager pins its balancers: the XDP program
@@ -192,7 +194,7 @@ func (m *Manager) AddUplink(ctx context.Context, u Uplink) (err error) {
 			return fmt.Errorf("lb: uplink %s: %w", u.Name, err)
 		}
 	}
-	b := &balanced{Uplink: u, bal: bal, pool: lb.NewPool(bal, 0)}
+	b := &balanced{Uplink: u, bal: bal, pool: lb.NewPool(bal, 0), pinDir: cfg.PinDir}
 	m.mu.Lock()
 	m.uplinks[u.Name] = b
 	m.mu.Unlock()
@@ -642,6 +644,9 @@ func (m *Manager) Close() error {
 	var errs []error
 	for _, b := range m.uplinks {
 		errs = append(errs, b.bal.Close())
+		if b.pinDir != "" {
+			_ = os.Remove(filepath.Dir(b.pinDir)) // the namespace's, once empty
+		}
 	}
 	m.uplinks = map[string]*balanced{}
 	return errors.Join(errs...)
