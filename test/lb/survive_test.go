@@ -176,7 +176,15 @@ func TestBalancerSurvivesDaemon(t *testing.T) {
 			t.Fatalf("kill INS pid %d: %v", pid, err)
 		}
 	}
-	time.Sleep(500 * time.Millisecond)
+	// The old INS gone before the restart: their replacements take the
+	// same MACs, and a dying INS's macvlan must not take their frames.
+	for _, pid := range pids {
+		for deadline := time.Now().Add(10 * time.Second); syscall.Kill(pid, 0) == nil; time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("INS pid %d still there 10 s after SIGKILL", pid)
+			}
+		}
+	}
 	if got := e.xdpProgID(t); got != prog {
 		t.Fatalf("XDP program %d on the uplink after the daemon was killed, want %d", got, prog)
 	}
@@ -203,6 +211,11 @@ func TestBalancerSurvivesDaemon(t *testing.T) {
 	// names them.
 	if live, flows := e.connsFlows(t); live != 0 || flows < len(keys) {
 		t.Fatalf("lb status after restart: %d live connections, %d established flows; want 0 and ≥ %d", live, flows, len(keys))
+	}
+	// nginx registers its listeners with the new daemon again (the shim
+	// reconnects); new connections need them.
+	if _, _, ok := e.iso.WaitLog(since, 15*time.Second, "app: listening", "addr=0.0.0.0:80"); !ok {
+		t.Fatal("nginx's listener did not come back to the restarted daemon")
 	}
 	e.load(t, e.clients4, "http://"+vip4+"/1k.bin", 40)
 
