@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -15,11 +16,20 @@ import (
 	"github.com/mpshim/mpshim/isolator/ins"
 	"github.com/mpshim/mpshim/isolator/lbctl"
 	"github.com/mpshim/mpshim/lb/autoscale"
+	"github.com/mpshim/mpshim/lb/xdp"
 )
 
 // startLB loads a balancer on every uplink that has VIPs (package lbctl);
 // the INS join as they come up.
+//
+// The balancers are pinned under /sys/fs/bpf/mpshim, or under
+// <state dir>/bpf/mpshim when a BPF file system is mounted on
+// <state dir>/bpf (a daemon whose /sys is private to it, as under
+// `ip netns exec`, pins there so that the pins outlive it).
 func (d *Daemon) startLB(ctx context.Context) error {
+	if alt := filepath.Join(d.cfg.StateDir, "bpf"); d.cfg.StateDir != "" && xdp.IsBPFFS(alt) {
+		d.lb.PinRoot = filepath.Join(alt, "mpshim")
+	}
 	d.mu.Lock()
 	ups := append([]*uplinkState(nil), d.uplinks...)
 	d.mu.Unlock()
@@ -68,6 +78,7 @@ func (d *Daemon) handleLB(req api.Request) api.Response {
 		if err != nil {
 			return api.Errorf("%v", err)
 		}
+		d.lbLiveConns(st)
 		return api.Response{OK: true, LB: st}
 	case api.OpLBWeight:
 		err = d.lb.SetWeight(req.ID, req.N)
@@ -82,6 +93,29 @@ func (d *Daemon) handleLB(req api.Request) api.Response {
 		return api.Errorf("%v", err)
 	}
 	return api.Response{OK: true}
+}
+
+// lbLiveConns fills in the live connections of every local INS in st,
+// asking each INS once (its count covers all its uplinks).
+func (d *Daemon) lbLiveConns(st *api.LBStatus) {
+	live := map[int]int{}
+	for _, u := range st.Uplinks {
+		for i := range u.Members {
+			m := &u.Members[i]
+			if m.ID >= lbctl.RemoteIDBase || m.State == "down" {
+				continue
+			}
+			n, ok := live[m.ID]
+			if !ok {
+				n = -1
+				if c, _, err := (lbFleet{d}).Load(context.Background(), m.ID); err == nil {
+					n = c
+				}
+				live[m.ID] = n
+			}
+			m.Connections = n
+		}
+	}
 }
 
 // startAutoscale runs the autoscaler of cfg.Autoscale (validated) until

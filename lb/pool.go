@@ -110,8 +110,16 @@ func (p *Pool) Add(m Member) error {
 	// Slots are taken round-robin so that a slot freed by a dead INS is
 	// reused as late as possible (flow entries still naming it fall back
 	// to the table while it is free).
+	// A balancer taken over from a previous daemon may have had this INS:
+	// the same slot keeps its established flows pointing at it.
 	slot := -1
+	if s, ok := p.bal.StaleSlot(m.MAC); ok && int(s) < len(p.slots) && !p.slots[s] {
+		slot = int(s)
+	}
 	for i := range p.slots {
+		if slot >= 0 {
+			break
+		}
 		s := (p.nextSlot + i) % len(p.slots)
 		if !p.slots[s] {
 			slot = s

@@ -96,14 +96,18 @@ func lbCmd(d dialer) *cobra.Command {
 				fmt.Printf("uplink %s on %s, VIPs %s: %d established and %d new flows in the tables\n",
 					u.Name, u.Interface, strings.Join(u.VIPs, " "), u.Established, u.New)
 				w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(w, "  ID\tSTATE\tWEIGHT\tSHARE\tCONNS\tNEW FLOWS/S\tNEW FLOWS\tMAC\tREMOTE")
+				fmt.Fprintln(w, "  ID\tSTATE\tWEIGHT\tSHARE\tCONNS\tFLOWS\tNEW FLOWS/S\tNEW FLOWS\tMAC\tREMOTE")
 				for _, m := range u.Members {
 					remote := "-"
 					if m.Remote != "" {
 						remote = m.Name + " via " + m.Remote
 					}
-					fmt.Fprintf(w, "  %d\t%s\t%d\t%.1f%%\t%d\t%.1f\t%d\t%s\t%s\n", m.ID, m.State, m.Weight, 100*m.Share,
-						m.Connections, m.NewFlowsPerSec, m.NewFlows, m.MAC, remote)
+					conns := "-"
+					if m.Connections >= 0 {
+						conns = strconv.Itoa(m.Connections)
+					}
+					fmt.Fprintf(w, "  %d\t%s\t%d\t%.1f%%\t%s\t%d\t%.1f\t%d\t%s\t%s\n", m.ID, m.State, m.Weight, 100*m.Share,
+						conns, m.Flows, m.NewFlowsPerSec, m.NewFlows, m.MAC, remote)
 				}
 				if err := w.Flush(); err != nil {
 					return err

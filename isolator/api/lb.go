@@ -42,8 +42,13 @@ type LBMember struct {
 	State string `json:"state"`
 	// Share is its fraction of the Maglev table.
 	Share float64 `json:"share"`
-	// Connections counts its flows in the established-flow table.
+	// Connections counts the INS's live connections (its engine's count,
+	// over all its uplinks); -1 when it could not be asked (a remote host,
+	// a dead INS).
 	Connections int `json:"connections"`
+	// Flows counts its entries in the established-flow table (flows past
+	// their first packet, not yet evicted).
+	Flows int `json:"flows"`
 	// NewFlows counts the new flows the table gave it since it joined;
 	// NewFlowsPerSec is their rate since the previous status.
 	NewFlows       uint64  `json:"new_flows"`

@@ -13,11 +13,14 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/mpshim/mpshim/isolator/api"
 	"github.com/mpshim/mpshim/isolator/ins/netns"
@@ -56,6 +59,13 @@ type Manager struct {
 	log   *slog.Logger
 	netNS string // the uplinks' network namespace ("" the daemon's)
 
+	// PinRoot is where balancers are pinned (DefaultPinRoot; "" pins
+	// nothing): PinRoot/<namespace>/<interface>, see PinDir.
+	PinRoot string
+	// StaleGrace is how long a taken-over balancer keeps the INS of the
+	// previous daemon that have not been adopted (DefaultStaleGrace).
+	StaleGrace time.Duration
+
 	mu      sync.Mutex
 	uplinks map[string]*balanced
 	// down are INS that died and whose replacement is not up yet.
@@ -69,14 +79,40 @@ type Manager struct {
 
 type balanced struct {
 	Uplink
-	bal  *xdp.Balancer
-	pool *lb.Pool
+	bal    *xdp.Balancer
+	pool   *lb.Pool
+	pinDir string // "" when not pinned
+}
+
+// DefaultPinRoot is where a Manager pins its balancers: the XDP program
+// and its maps outlive a killed daemon there, and the next daemon takes
+// them over with their connection table.
+const DefaultPinRoot = xdp.BPFFS + "/mpshim"
+
+// DefaultStaleGrace is Manager.StaleGrace's default.
+const DefaultStaleGrace = 30 * time.Second
+
+// PinDir is where the balancer of interface ifname in the network
+// namespace with inode nsInode is pinned under root: two daemons in
+// different namespaces never share one, a restarted daemon in the same
+// namespace finds its predecessor's.
+func PinDir(root string, nsInode uint64, ifname string) string {
+	return filepath.Join(root, fmt.Sprintf("netns-%d", nsInode), ifname)
+}
+
+// nsInode is the inode of the calling thread's network namespace.
+func nsInode() (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
+		return 0, fmt.Errorf("network namespace: %w", err)
+	}
+	return st.Ino, nil
 }
 
 // New returns a manager without uplinks; netNS names the network namespace
 // of the uplink interfaces ("" is the caller's).
 func New(log *slog.Logger, netNS string) *Manager {
-	return &Manager{log: log, netNS: netNS, uplinks: map[string]*balanced{}, down: map[int]bool{}, weights: map[int]uint32{}}
+	return &Manager{log: log, netNS: netNS, PinRoot: DefaultPinRoot, StaleGrace: DefaultStaleGrace, uplinks: map[string]*balanced{}, down: map[int]bool{}, weights: map[int]uint32{}}
 }
 
 // inNS runs f in the uplinks' network namespace.
@@ -104,7 +140,25 @@ func (m *Manager) AddUplink(ctx context.Context, u Uplink) (err error) {
 	if dup {
 		return fmt.Errorf("lb: uplink %s is balanced already", u.Name)
 	}
-	bal, err := xdp.New(xdp.Config{})
+	var cfg xdp.Config
+	if m.PinRoot != "" {
+		var ino uint64
+		var err error
+		if strings.HasPrefix(m.PinRoot, xdp.BPFFS+"/") {
+			err = xdp.MountBPFFS()
+		} else if !xdp.IsBPFFS(filepath.Dir(m.PinRoot)) {
+			err = fmt.Errorf("%s is not on a BPF file system", m.PinRoot)
+		}
+		if err == nil {
+			err = m.inNS(func() (err error) { ino, err = nsInode(); return err })
+		}
+		if err != nil {
+			m.log.Warn("lb: balancer not pinned: it stops with the daemon", "uplink", u.Name, "err", err)
+		} else {
+			cfg.PinDir = PinDir(m.PinRoot, ino, u.Interface)
+		}
+	}
+	bal, err := xdp.New(cfg)
 	if err != nil {
 		return fmt.Errorf("lb: uplink %s: %w", u.Name, err)
 	}
@@ -140,11 +194,17 @@ func (m *Manager) AddUplink(ctx context.Context, u Uplink) (err error) {
 			return fmt.Errorf("lb: uplink %s: %w", u.Name, err)
 		}
 	}
-	b := &balanced{Uplink: u, bal: bal, pool: lb.NewPool(bal, 0)}
+	b := &balanced{Uplink: u, bal: bal, pool: lb.NewPool(bal, 0), pinDir: cfg.PinDir}
 	m.mu.Lock()
 	m.uplinks[u.Name] = b
 	m.mu.Unlock()
-	m.log.Info("load balancer on", "uplink", u.Name, "interface", u.Interface, "vips", u.VIPs, "mac", mac.String(), "tunnel4", u.Tunnel4)
+	m.log.Info("load balancer on", "uplink", u.Name, "interface", u.Interface, "vips", u.VIPs, "mac", mac.String(), "tunnel4", u.Tunnel4,
+		"pinned", cfg.PinDir, "taken_over", bal.TookOver())
+	if bal.TookOver() {
+		// INS of the previous daemon that are not adopted by then lose
+		// their flows to the table.
+		time.AfterFunc(m.StaleGrace, func() { m.dropStale(b) })
+	}
 	for i, r := range u.Remotes {
 		go m.addRemote(ctx, b, RemoteIDBase+1+i, r, mac)
 	}
@@ -388,6 +448,61 @@ func (m *Manager) INSUp(id int, macs map[string]net.HardwareAddr) {
 	}
 }
 
+// Adopt puts INS id, which a previous daemon started and this one adopted
+// (its MAC on each uplink in macs), behind the balancers: a balancer taken
+// over from that daemon gives it the backend slot it had, so the
+// connections it holds stay its own. Call AdoptionDone after the last.
+func (m *Manager) Adopt(id int, macs map[string]net.HardwareAddr) {
+	m.INSUp(id, macs)
+}
+
+// AdoptionDone tells the balancers that every INS of the previous daemon
+// that will be adopted has been: the flows of the others fall back to the
+// table now rather than after StaleGrace.
+func (m *Manager) AdoptionDone() {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	bs := make([]*balanced, 0, len(m.uplinks))
+	for _, b := range m.uplinks {
+		bs = append(bs, b)
+	}
+	m.mu.Unlock()
+	for _, b := range bs {
+		m.dropStale(b)
+	}
+}
+
+func (m *Manager) dropStale(b *balanced) {
+	m.mu.Lock()
+	live := m.uplinks[b.Name] == b
+	m.mu.Unlock()
+	if !live {
+		return
+	}
+	if err := b.bal.DropStale(); err != nil {
+		m.log.Error("lb: drop the previous daemon's INS", "uplink", b.Name, "err", err)
+	}
+	m.sweep(b)
+}
+
+// sweep deletes b's established flows of INS no longer in its pool.
+func (m *Manager) sweep(b *balanced) {
+	m.mu.Lock()
+	live := m.uplinks[b.Name] == b
+	m.mu.Unlock()
+	if !live {
+		return
+	}
+	n, err := b.bal.Sweep()
+	if err != nil {
+		m.log.Debug("lb: sweep established flows", "uplink", b.Name, "err", err)
+		return
+	}
+	m.log.Debug("lb: established flows of removed INS deleted", "uplink", b.Name, "flows", n)
+}
+
 // INSGone takes INS id out of every pool: its flows fall back to the
 // table, which no longer names it. died marks it down until INSUp (its
 // replacement) or Forget.
@@ -407,6 +522,7 @@ func (m *Manager) INSGone(id int, died bool) {
 		}
 		removed = true
 		m.log.Info("lb: INS removed", "uplink", name, "ins", id, "died", died)
+		go m.sweep(b)
 	}
 	if died && removed {
 		m.down[id] = true
@@ -499,7 +615,7 @@ func (m *Manager) Status() (*api.LBStatus, error) {
 		}
 		for _, x := range ms {
 			lm := api.LBMember{ID: x.ID, Name: x.Name, MAC: x.MAC.String(), Weight: x.Weight,
-				State: string(x.State), Share: x.Share, Connections: x.Connections, NewFlows: x.NewFlows, NewFlowsPerSec: x.NewFlowsPerSec}
+				State: string(x.State), Share: x.Share, Connections: -1, Flows: x.Connections, NewFlows: x.NewFlows, NewFlowsPerSec: x.NewFlowsPerSec}
 			if x.Tunnel != nil {
 				lm.Remote = x.Tunnel.Dst.String()
 			}
@@ -507,7 +623,7 @@ func (m *Manager) Status() (*api.LBStatus, error) {
 		}
 		for id := range m.down {
 			if !slices.ContainsFunc(u.Members, func(x api.LBMember) bool { return x.ID == id }) {
-				u.Members = append(u.Members, api.LBMember{ID: id, Name: fmt.Sprintf("ins-%d", id), State: "down"})
+				u.Members = append(u.Members, api.LBMember{ID: id, Name: fmt.Sprintf("ins-%d", id), State: "down", Connections: -1})
 			}
 		}
 		slices.SortFunc(u.Members, func(a, b api.LBMember) int { return a.ID - b.ID })
@@ -518,7 +634,7 @@ func (m *Manager) Status() (*api.LBStatus, error) {
 	return st, nil
 }
 
-// Close detaches every program.
+// Close detaches every program and removes its pins.
 func (m *Manager) Close() error {
 	if m == nil {
 		return nil
@@ -528,6 +644,9 @@ func (m *Manager) Close() error {
 	var errs []error
 	for _, b := range m.uplinks {
 		errs = append(errs, b.bal.Close())
+		if b.pinDir != "" {
+			_ = os.Remove(filepath.Dir(b.pinDir)) // the namespace's, once empty
+		}
 	}
 	m.uplinks = map[string]*balanced{}
 	return errors.Join(errs...)

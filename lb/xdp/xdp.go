@@ -50,6 +50,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 
@@ -85,6 +87,13 @@ type Config struct {
 	// EstEntries bounds the established-flow table, NewEntries the
 	// new-flow table, FragEntries the fragment map.
 	EstEntries, NewEntries, FragEntries int
+	// PinDir, if set, is a directory on the BPF file system (see
+	// MountBPFFS) where the maps, the program and the XDP link are
+	// pinned, so that the program stays attached and the connection table
+	// survives the process. New takes over a balancer pinned there (see
+	// TookOver) instead of loading one; Close removes the pins and
+	// detaches, Release keeps them.
+	PinDir string
 }
 
 // State is a backend's state.
@@ -182,11 +191,14 @@ type Balancer struct {
 	prog                                                                *ebpf.Program
 	mem                                                                 *ebpf.Memory
 
-	mu      sync.Mutex
-	active  uint32
-	current []Backend
-	tab     *maglev.Table
-	links   []link.Link
+	mu       sync.Mutex
+	active   uint32
+	current  []Backend
+	tab      *maglev.Table
+	links    []link.Link
+	tookOver bool
+	// stale are the backends of a taken-over balancer not named since.
+	stale map[uint32]net.HardwareAddr
 }
 
 // New creates the maps and loads the program, without attaching it.
@@ -223,27 +235,41 @@ func New(cfg Config) (_ *Balancer, err error) {
 			b.Close()
 		}
 	}()
-	specs := []struct {
-		m    **ebpf.Map
-		spec ebpf.MapSpec
-	}{
-		{&b.vips, ebpf.MapSpec{Name: "lb_vips", Type: ebpf.Hash, KeySize: 16, ValueSize: 8, MaxEntries: maxVIPs}},
-		{&b.est, ebpf.MapSpec{Name: "lb_est", Type: ebpf.LRUHash, KeySize: KeySize, ValueSize: 4, MaxEntries: uint32(cfg.EstEntries)}},
-		{&b.new, ebpf.MapSpec{Name: "lb_new", Type: ebpf.LRUHash, KeySize: KeySize, ValueSize: 4, MaxEntries: uint32(cfg.NewEntries)}},
-		{&b.frags, ebpf.MapSpec{Name: "lb_frags", Type: ebpf.LRUHash, KeySize: KeySize, ValueSize: 4, MaxEntries: uint32(cfg.FragEntries)}},
-		{&b.ctl, ebpf.MapSpec{Name: "lb_ctl", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1}},
-		{&b.table, ebpf.MapSpec{Name: "lb_table", Type: ebpf.Array, KeySize: 4, ValueSize: tableValue, MaxEntries: uint32(2 * cfg.TableSize), Flags: mmapable}},
-		{&b.backends, ebpf.MapSpec{Name: "lb_backends", Type: ebpf.Array, KeySize: 4, ValueSize: backendValue, MaxEntries: uint32(cfg.MaxBackends)}},
-		{&b.tunnels, ebpf.MapSpec{Name: "lb_tunnels", Type: ebpf.Hash, KeySize: 16, ValueSize: 8, MaxEntries: maxVIPs}},
-		{&b.bstats, ebpf.MapSpec{Name: "lb_bstats", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: uint32(cfg.MaxBackends)}},
-		{&b.stats, ebpf.MapSpec{Name: "lb_stats", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: NumCounters}},
+	specs := map[string]ebpf.MapSpec{
+		"vips":     {Name: "lb_vips", Type: ebpf.Hash, KeySize: 16, ValueSize: 8, MaxEntries: maxVIPs},
+		"est":      {Name: "lb_est", Type: ebpf.LRUHash, KeySize: KeySize, ValueSize: 4, MaxEntries: uint32(cfg.EstEntries)},
+		"new":      {Name: "lb_new", Type: ebpf.LRUHash, KeySize: KeySize, ValueSize: 4, MaxEntries: uint32(cfg.NewEntries)},
+		"frags":    {Name: "lb_frags", Type: ebpf.LRUHash, KeySize: KeySize, ValueSize: 4, MaxEntries: uint32(cfg.FragEntries)},
+		"ctl":      {Name: "lb_ctl", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1},
+		"table":    {Name: "lb_table", Type: ebpf.Array, KeySize: 4, ValueSize: tableValue, MaxEntries: uint32(2 * cfg.TableSize), Flags: mmapable},
+		"backends": {Name: "lb_backends", Type: ebpf.Array, KeySize: 4, ValueSize: backendValue, MaxEntries: uint32(cfg.MaxBackends)},
+		"tunnels":  {Name: "lb_tunnels", Type: ebpf.Hash, KeySize: 16, ValueSize: 8, MaxEntries: maxVIPs},
+		"bstats":   {Name: "lb_bstats", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: uint32(cfg.MaxBackends)},
+		"stats":    {Name: "lb_stats", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: NumCounters},
 	}
-	for _, s := range specs {
-		m, err := ebpf.NewMap(&s.spec)
-		if err != nil {
-			return nil, fmt.Errorf("lb/xdp: create map %s: %w", s.spec.Name, err)
+	if cfg.PinDir != "" {
+		ok, err := b.takeOver(cfg.PinDir, specs)
+		if err == nil && ok {
+			if b.mem, err = b.table.Memory(); err != nil {
+				return nil, fmt.Errorf("lb/xdp: map the table: %w", err)
+			}
+			b.tookOver = true
+			return b, nil
 		}
-		*s.m = m
+		// Nothing pinned, or something that does not fit: start afresh.
+		b.close(false)
+		*b = Balancer{cfg: cfg}
+		if err := os.RemoveAll(cfg.PinDir); err != nil {
+			return nil, fmt.Errorf("lb/xdp: remove stale pins: %w", err)
+		}
+	}
+	for _, p := range b.pinned() {
+		s := specs[p.name]
+		m, err := ebpf.NewMap(&s)
+		if err != nil {
+			return nil, fmt.Errorf("lb/xdp: create map %s: %w", s.Name, err)
+		}
+		*p.m = m
 	}
 	if b.mem, err = b.table.Memory(); err != nil {
 		return nil, fmt.Errorf("lb/xdp: map the table: %w", err)
@@ -267,6 +293,11 @@ func New(cfg Config) (_ *Balancer, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("lb/xdp: load program: %w", err)
 	}
+	if cfg.PinDir != "" {
+		if err := b.pin(cfg.PinDir); err != nil {
+			return nil, fmt.Errorf("lb/xdp: %w", err)
+		}
+	}
 	return b, nil
 }
 
@@ -276,8 +307,17 @@ func (b *Balancer) Program() *ebpf.Program { return b.prog }
 // Attach attaches the program to the interface with index ifindex in the
 // calling thread's network namespace, in generic (socket buffer) mode when
 // generic is set, else in the driver's native mode. The program stays
-// attached until Close.
+// attached until Close. A taken-over balancer whose pinned link is on
+// ifindex already stays as it is.
 func (b *Balancer) Attach(ifindex int, generic bool) error {
+	b.mu.Lock()
+	for _, l := range b.links {
+		if info, err := l.Info(); err == nil && info.XDP() != nil && int(info.XDP().Ifindex) == ifindex {
+			b.mu.Unlock()
+			return nil
+		}
+	}
+	b.mu.Unlock()
 	opts := link.XDPOptions{Program: b.prog, Interface: ifindex}
 	if generic {
 		opts.Flags = link.XDPGenericMode
@@ -285,6 +325,14 @@ func (b *Balancer) Attach(ifindex int, generic bool) error {
 	l, err := link.AttachXDP(opts)
 	if err != nil {
 		return fmt.Errorf("lb/xdp: attach to interface %d: %w", ifindex, err)
+	}
+	if b.cfg.PinDir != "" {
+		p := filepath.Join(b.cfg.PinDir, pinLink)
+		_ = os.Remove(p) // a link whose interface is gone
+		if err := l.Pin(p); err != nil {
+			l.Close()
+			return fmt.Errorf("lb/xdp: pin link: %w", err)
+		}
 	}
 	b.mu.Lock()
 	b.links = append(b.links, l)
@@ -406,8 +454,13 @@ func (b *Balancer) SetBackends(bs []Backend) error {
 		return fmt.Errorf("lb/xdp: switch table: %w", err)
 	}
 	b.active = idle
+	for id := range b.stale {
+		if seen[id] {
+			delete(b.stale, id)
+		}
+	}
 	for _, old := range b.current {
-		if !seen[old.ID] {
+		if !seen[old.ID] && b.stale[old.ID] == nil {
 			if err := b.backends.Update(old.ID, [backendValue]byte{}, ebpf.UpdateAny); err != nil {
 				return fmt.Errorf("lb/xdp: remove backend %d: %w", old.ID, err)
 			}
@@ -517,14 +570,26 @@ func (b *Balancer) Flows() (est, new int, perBackend map[uint32]int, err error) 
 	return est, new, perBackend, nil
 }
 
-// Close detaches the program and releases everything.
+// Close detaches the program, removes the pins and releases everything.
 func (b *Balancer) Close() error {
+	return b.close(true)
+}
+
+func (b *Balancer) close(unpin bool) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	var errs []error
+	if unpin && b.cfg.PinDir != "" {
+		// Removing a pin of the link detaches it once its descriptor
+		// closes below.
+		if err := os.RemoveAll(b.cfg.PinDir); err != nil {
+			errs = append(errs, fmt.Errorf("lb/xdp: remove pins: %w", err))
+		}
+	}
 	for _, l := range b.links {
 		errs = append(errs, l.Close())
 	}
+
 	b.links = nil
 	if b.prog != nil {
 		errs = append(errs, b.prog.Close())
@@ -535,4 +600,39 @@ func (b *Balancer) Close() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Sweep deletes the established-table entries of flows whose backend is
+// down (removed, or dropped after a take-over): their next packet would go
+// by the table anyway, and until then they would count as flows. It
+// returns how many it deleted.
+func (b *Balancer) Sweep() (int, error) {
+	down := map[uint32]bool{}
+	var k [KeySize]byte
+	var v uint32
+	var dead [][KeySize]byte
+	it := b.est.Iterate()
+	for it.Next(&k, &v) {
+		d, ok := down[v]
+		if !ok {
+			var be [backendValue]byte
+			d = int(v) >= b.cfg.MaxBackends || b.backends.Lookup(v, &be) != nil || be[beState] == stateDown
+			down[v] = d
+		}
+		if d {
+			dead = append(dead, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("lb/xdp: walk established flows: %w", err)
+	}
+	n := 0
+	for _, k := range dead {
+		if err := b.est.Delete(k); err == nil {
+			n++
+		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return n, fmt.Errorf("lb/xdp: delete an established flow: %w", err)
+		}
+	}
+	return n, nil
 }
