@@ -286,9 +286,12 @@ func (d *Daemon) adoptAll(ctx context.Context) (adoption, error) {
 		if al.refused > 0 {
 			p.log.Warn("INS refused strangers on its successor socket while no daemon ran", "peers", al.refused)
 		}
-		// Its listeners are there already: it may take flows for the VIPs.
+		// Its listeners are there already: it may take flows for the VIPs
+		// (a balancer taken over gives it back its backend slot).
 		d.lbUp(p)
 	}
+	// The previous daemon's INS not adopted leave the balancers now.
+	d.lb.AdoptionDone()
 	d.saveState()
 	return a, nil
 }
