@@ -1,13 +1,13 @@
 package isolator
 
 import (
-	"fmt"
 	"net"
 	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/mpshim/mpshim/internal/peercred"
 	"github.com/mpshim/mpshim/msgproto"
 )
 
@@ -26,7 +26,7 @@ var registerSize = msgproto.Size(&msgproto.Register{})
 // the small refusal, so a flood of connections from a stranger costs the
 // daemon one descriptor for the time it takes to refuse each.
 func (s *AppServer) admitConn(c *net.UnixConn) (*unix.Ucred, bool) {
-	cred, err := peerCred(c)
+	cred, err := peercred.Of(c)
 	if err != nil {
 		s.refusedLog.warn(s, "app: registration without credentials", "err", err)
 		c.Close()
@@ -94,25 +94,6 @@ func sendNow(c *net.UnixConn, m msgproto.Message) {
 	rc.Control(func(fd uintptr) {
 		unix.Sendto(int(fd), b, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL, nil)
 	})
-}
-
-// peerCred returns the credentials of the process at the other end of c.
-func peerCred(c *net.UnixConn) (*unix.Ucred, error) {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	var cred *unix.Ucred
-	var cerr error
-	if err := rc.Control(func(fd uintptr) {
-		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return nil, err
-	}
-	if cerr != nil {
-		return nil, fmt.Errorf("SO_PEERCRED: %w", cerr)
-	}
-	return cred, nil
 }
 
 // rateLog writes at most one warning per interval and counts the ones it

@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/mpshim/mpshim/internal/peercred"
 	"github.com/mpshim/mpshim/internal/procstat"
 	"github.com/mpshim/mpshim/isolator/ctrl"
 	"github.com/mpshim/mpshim/isolator/ins"
@@ -403,7 +404,7 @@ func (d *Daemon) adopt(ctx context.Context, e insState) (_ *insProc, _ adoptedLi
 	if err != nil {
 		return nil, adoptedListeners{}, nil, fmt.Errorf("successor socket: %w", err)
 	}
-	cred, err := peerCredOf(c)
+	cred, err := peercred.Of(c)
 	if err != nil || int(cred.Pid) != e.PID {
 		c.Close()
 		return nil, adoptedListeners{}, nil, fmt.Errorf("successor socket %s is not INS pid %d's (peer %v, %v)", sock, e.PID, cred, err)
@@ -478,20 +479,4 @@ func (d *Daemon) adopt(ctx context.Context, e insState) (_ *insProc, _ adoptedLi
 	d.catchUp(ctx, p)
 	p.kickCarrier()
 	return p, al, rep.Groups, nil
-}
-
-// peerCredOf reads the credentials of the peer of c.
-func peerCredOf(c *net.UnixConn) (*unix.Ucred, error) {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	var cred *unix.Ucred
-	var cerr error
-	if err := rc.Control(func(fd uintptr) {
-		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return nil, err
-	}
-	return cred, cerr
 }

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/mpshim/mpshim/internal/peercred"
 	"github.com/mpshim/mpshim/isolator/ctrl"
 	"github.com/mpshim/mpshim/isolator/ins/engine"
 )
@@ -153,7 +154,7 @@ func (s *Server) awaitSuccessor(ctx context.Context, why error) (*ctrl.Conn, err
 			}
 			return nil, fmt.Errorf("successor socket: %w", err)
 		}
-		cred, err := peerCred(c)
+		cred, err := peercred.Of(c)
 		if err != nil || (cred.Uid != 0 && int(cred.Uid) != s.succ.daemonUID) {
 			s.log.Warn("successor socket: refused a peer", "uid", credUID(cred), "pid", credPID(cred), "err", err)
 			c.Close()
@@ -173,21 +174,6 @@ func (s *Server) awaitSuccessor(ctx context.Context, why error) (*ctrl.Conn, err
 		s.log.Info("successor daemon connected", "pid", cred.Pid, "uid", cred.Uid, "after", time.Since(since).Round(time.Millisecond))
 		return ctrl.New(f), nil
 	}
-}
-
-func peerCred(c *net.UnixConn) (*unix.Ucred, error) {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	var cred *unix.Ucred
-	var cerr error
-	if err := rc.Control(func(fd uintptr) {
-		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return nil, err
-	}
-	return cred, cerr
 }
 
 func credUID(c *unix.Ucred) int64 {
