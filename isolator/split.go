@@ -16,6 +16,7 @@ import (
 
 	"github.com/mpshim/mpshim/isolator/api"
 	"github.com/mpshim/mpshim/isolator/config"
+	"github.com/mpshim/mpshim/isolator/ins/sandbox"
 	"github.com/mpshim/mpshim/isolator/split/gateway"
 )
 
@@ -114,13 +115,15 @@ func (d *Daemon) runSplit(ctx context.Context, file string) error {
 	if err != nil {
 		return fmt.Errorf("split gateway user: %w", err)
 	}
-	cmd := exec.Command(d.self, "split", "run", "--config", file, "--user", fmt.Sprintf("%d:%d", id.UID, id.GID))
+	cmd := exec.Command(d.self, "split", "run", "--config", file, "--user", fmt.Sprintf("%d:%d", id.UID, id.GID), "--empty-root")
 	out, started, err := insStdio(cmd)
 	if err != nil {
 		return err
 	}
-	// It dies with the daemon, and a terminal's ^C goes to the daemon.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	// It dies with the daemon, and a terminal's ^C goes to the daemon. Its
+	// own mount and pid namespaces (those of an INS) let it pivot into an
+	// empty root once sealed.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true, Cloneflags: sandbox.Cloneflags}
 	err = startInNetNS(d.cfg.NetNS, cmd)
 	started()
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/mpshim/mpshim/isolator/api"
 	"github.com/mpshim/mpshim/isolator/config"
+	"github.com/mpshim/mpshim/isolator/ins/sandbox"
 	"github.com/mpshim/mpshim/isolator/split/gateway"
 	"github.com/mpshim/mpshim/isolator/split/seal"
 )
@@ -60,7 +61,10 @@ func splitKeygenCmd() *cobra.Command {
 }
 
 func splitRunCmd() *cobra.Command {
-	var file, logLevel, user string
+	var (
+		file, logLevel, user string
+		emptyRoot            bool
+	)
 	cmd := &cobra.Command{
 		Use:   "run --config FILE",
 		Short: "Run the split tunnel gateway in the foreground",
@@ -98,7 +102,18 @@ Of two peers, the one whose public key sorts first starts the handshake.`,
 				if n, err := fmt.Sscanf(user, "%d:%d", &uid, &gid); err != nil || n != 2 || uid <= 0 || gid <= 0 {
 					return fmt.Errorf("--user %q: want UID:GID, neither 0", user)
 				}
-				g.Ready = func() error { return dropPrivileges(uid, gid) }
+				g.Ready = func() error {
+					// The descriptor limit stays what it is (an INS's is
+					// raised for its connections; the gateway's needs are
+					// those of the process that started it).
+					var lim unix.Rlimit
+					if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+						return fmt.Errorf("RLIMIT_NOFILE: %w", err)
+					}
+					return sandbox.Enter(sandbox.Options{NoFile: lim.Max, UID: uid, GID: gid, EmptyRoot: emptyRoot, Policy: sandbox.PolicyGateway})
+				}
+			} else if emptyRoot {
+				return fmt.Errorf("--empty-root needs --user")
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
@@ -107,37 +122,9 @@ Of two peers, the one whose public key sorts first starts the handshake.`,
 	}
 	cmd.Flags().StringVar(&file, "config", "", "YAML configuration file")
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
-	cmd.Flags().StringVar(&user, "user", "", "UID:GID to run as once the key is read and the sockets are open (the daemon passes its INS user)")
+	cmd.Flags().StringVar(&user, "user", "", "UID:GID to run as once the key is read and the sockets are open, without capabilities, with no_new_privs and under the gateway's seccomp allow-list (the daemon passes its INS user)")
+	cmd.Flags().BoolVar(&emptyRoot, "empty-root", false, "with --user, also pivot into an empty read-only root; the process must be pid 1 of its own pid and mount namespaces (the daemon starts it so)")
 	return cmd
-}
-
-// dropPrivileges leaves root for uid and gid on every thread (which clears
-// every capability), without supplementary groups, with no_new_privs and
-// without core dumps (they would hold keys).
-func dropPrivileges(uid, gid int) error {
-	if err := unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{}); err != nil {
-		return fmt.Errorf("RLIMIT_CORE: %w", err)
-	}
-	if err := syscall.Setgroups(nil); err != nil {
-		return fmt.Errorf("setgroups: %w", err)
-	}
-	if err := syscall.Setresgid(gid, gid, gid); err != nil {
-		return fmt.Errorf("setresgid %d: %w", gid, err)
-	}
-	if err := syscall.Setresuid(uid, uid, uid); err != nil {
-		return fmt.Errorf("setresuid %d: %w", uid, err)
-	}
-	// no_new_privs is a per-thread attribute: every thread of the
-	// runtime gets it (new threads inherit it).
-	if _, _, e := syscall.AllThreadsSyscall(syscall.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0); e != 0 {
-		if e != syscall.ENOTSUP {
-			return fmt.Errorf("no_new_privs: %w", e)
-		}
-		if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
-			return fmt.Errorf("no_new_privs: %w", err)
-		}
-	}
-	return nil
 }
 
 func peerCmd(d dialer) *cobra.Command {

@@ -167,9 +167,9 @@ peers:
 	t.Logf("after B was killed and restarted, curl through the tunnel worked again in %v (%s starts handshakes)", time.Since(killed).Round(100*time.Millisecond), initiator)
 }
 
-func startGateway(t *testing.T, ctx context.Context, ns *topo.NS, bin, conf string) *topo.Proc {
+func startGateway(t *testing.T, ctx context.Context, ns *topo.NS, bin, conf string, args ...string) *topo.Proc {
 	t.Helper()
-	p, err := ns.Start(ctx, bin, "split", "run", "--config", conf)
+	p, err := ns.Start(ctx, bin, append([]string{"split", "run", "--config", conf}, args...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

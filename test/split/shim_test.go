@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/mpshim/mpshim/isolator/config"
 	"github.com/mpshim/mpshim/isolator/split/gateway"
 	"github.com/mpshim/mpshim/test/harness"
 	"github.com/mpshim/mpshim/test/topo"
@@ -110,7 +112,15 @@ peers:
 		return fmt.Sprintf("worker_processes 1;\nevents { worker_connections 64; }\nhttp {\n access_log off;\n server {\n  listen 10.20.0.5:8080;\n  root %s;\n }\n}\n", root)
 	}})
 	iso := harness.StartIsolator(t, tp, harness.Options{INS: 1, Args: []string{"--config", filepath.Join(dir, "a.yaml")}})
-	startGateway(t, ctx, tp.WAN, bin, filepath.Join(dir, "b.yaml"))
+	// B is sealed too (--user: ins_user, no capabilities, the gateway's
+	// seccomp allow-list), so that its connections to nginx are made
+	// under the filter.
+	harness.EnsureINSUser(t)
+	insUser, err := user.Lookup(config.DefaultINSUser)
+	if err != nil {
+		t.Fatal(err)
+	}
+	startGateway(t, ctx, tp.WAN, bin, filepath.Join(dir, "b.yaml"), "--user", insUser.Uid+":"+insUser.Gid)
 	if peerAdd {
 		spec := "key=" + pubB
 		for i, u := range tp.Uplinks {

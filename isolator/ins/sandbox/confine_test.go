@@ -52,6 +52,68 @@ func TestPolicyTable(t *testing.T) {
 	}
 }
 
+// TestGatewayPolicyTable checks the split gateway's allow-list: the INS's
+// table plus reasoned socket calls, none listed twice, still without the
+// calls that open host files, run programs, listen or change the process;
+// its socket rule admits AF_INET and AF_INET6 and no other family; and it
+// compiles into a filter.
+func TestGatewayPolicyTable(t *testing.T) {
+	rules, _, err := GatewayPolicy()
+	if err != nil {
+		t.Skip(err)
+	}
+	seen := map[uintptr]Rule{}
+	for _, r := range rules {
+		if strings.TrimSpace(r.Why) == "" {
+			t.Errorf("%s: no reason given", r.Name)
+		}
+		if prev, dup := seen[r.NR]; dup {
+			t.Errorf("%s (%d) listed twice (also as %s)", r.Name, r.NR, prev.Name)
+		}
+		seen[r.NR] = r
+	}
+	for _, f := range []struct {
+		name string
+		nr   uintptr
+	}{
+		{"open", unix.SYS_OPEN}, {"openat", unix.SYS_OPENAT}, {"openat2", unix.SYS_OPENAT2}, {"creat", unix.SYS_CREAT},
+		{"execve", unix.SYS_EXECVE}, {"execveat", unix.SYS_EXECVEAT}, {"listen", unix.SYS_LISTEN},
+		{"accept", unix.SYS_ACCEPT}, {"ptrace", unix.SYS_PTRACE}, {"mount", unix.SYS_MOUNT}, {"setuid", unix.SYS_SETUID},
+		{"fork", unix.SYS_FORK}, {"vfork", unix.SYS_VFORK}, {"getdents64", unix.SYS_GETDENTS64},
+		{"newfstatat", unix.SYS_NEWFSTATAT}, {"statx", unix.SYS_STATX}, {"kill", unix.SYS_KILL},
+		{"unshare", unix.SYS_UNSHARE}, {"setns", unix.SYS_SETNS}, {"bpf", unix.SYS_BPF},
+	} {
+		if r, ok := seen[f.nr]; ok {
+			t.Errorf("%s is allowed (as %s)", f.name, r.Name)
+		}
+	}
+	for _, f := range []struct {
+		name string
+		nr   uintptr
+	}{{"socket", unix.SYS_SOCKET}, {"bind", unix.SYS_BIND}, {"connect", unix.SYS_CONNECT}, {"accept4", unix.SYS_ACCEPT4}} {
+		if _, ok := seen[f.nr]; !ok {
+			t.Errorf("%s, which the gateway needs, is not allowed", f.name)
+		}
+	}
+	sock := seen[unix.SYS_SOCKET]
+	if !sock.Check || sock.Arg != 0 {
+		t.Fatalf("socket rule does not check the family: %+v", sock)
+	}
+	for family := uint32(0); family < 64; family++ {
+		allowed := family&sock.Mask == sock.Want
+		want := family == unix.AF_INET || family == unix.AF_INET6
+		if allowed != want {
+			t.Errorf("socket family %d: allowed %v, want %v", family, allowed, want)
+		}
+	}
+	if _, err := program(PolicyGateway, 0); err != nil {
+		t.Errorf("gateway filter: %v", err)
+	}
+	if _, err := program(PolicyKind(99), 0); err == nil {
+		t.Error("an unknown policy compiled")
+	}
+}
+
 const (
 	childEnv     = "MPSHIM_SANDBOX_TEST_CHILD"
 	childSuccEnv = "MPSHIM_SANDBOX_TEST_SUCCESSOR"

@@ -101,3 +101,17 @@ var policy = []Rule{
 	{Name: "socketpair", NR: unix.SYS_SOCKETPAIR, Check: true, Arg: 0, Mask: 0xffffffff, Want: unix.AF_UNIX,
 		Why: "AF_UNIX pairs only: the INS's end and the app's end of an accepted connection; a pair reaches nothing outside"},
 }
+
+// gatewayRules are what the split tunnel gateway may call besides policy
+// (GatewayPolicy). Its listeners (status, handoff, split routes) are bound
+// and listening before it is sealed, and listen is not allowed, so accept4
+// only ever reaches those.
+var gatewayRules = []Rule{
+	// AF_INET is 2 and AF_INET6 is 10: masking bit 3 off leaves 2 for
+	// those two families and for no other.
+	{Name: "socket", NR: unix.SYS_SOCKET, Check: true, Arg: 0, Mask: ^uint32(8), Want: unix.AF_INET,
+		Why: "AF_INET and AF_INET6 only: a UDP socket per subflow of a (re)started session, a TCP socket per connection a peer makes to an exposed destination"},
+	{Name: "bind", NR: unix.SYS_BIND, Why: "a subflow's UDP socket is bound to its path's local address"},
+	{Name: "connect", NR: unix.SYS_CONNECT, Why: "connections a peer makes to destinations this side exposes to it (checked against expose first)"},
+	{Name: "accept4", NR: unix.SYS_ACCEPT4, Why: "the status, handoff and split route listeners opened before sealing; no listen, so no other"},
+}

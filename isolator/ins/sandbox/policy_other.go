@@ -7,3 +7,5 @@ package sandbox
 var policy []Rule
 
 const auditArch = 0
+
+var gatewayRules []Rule

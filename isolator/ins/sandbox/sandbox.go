@@ -54,7 +54,21 @@ type Options struct {
 	// daemon reaches it (docs/design.md, "Survival"). The filter compares
 	// the descriptor number, so no other socket can be accepted on.
 	AcceptFD int `json:"accept_fd,omitempty"`
+	// Policy selects the seccomp allow-list: PolicyINS (the zero value)
+	// or PolicyGateway for the split tunnel gateway.
+	Policy PolicyKind `json:"policy,omitempty"`
 }
+
+// PolicyKind names one of the seccomp allow-lists Enter can install.
+type PolicyKind int
+
+const (
+	// PolicyINS is the allow-list of an INS (Policy).
+	PolicyINS PolicyKind = iota
+	// PolicyGateway is the allow-list of the split tunnel gateway
+	// (GatewayPolicy).
+	PolicyGateway
+)
 
 // Enter confines the calling INS process. Call it after the link sockets are
 // open and the stack is built; the sockets keep working. It sets no
@@ -148,7 +162,7 @@ func Enter(opts Options) error {
 	if opts.AcceptFD < 0 {
 		return fmt.Errorf("sandbox: accept descriptor %d", opts.AcceptFD)
 	}
-	if err := installSeccomp(opts.AcceptFD); err != nil {
+	if err := installSeccomp(opts.Policy, opts.AcceptFD); err != nil {
 		return fmt.Errorf("sandbox: %w", err)
 	}
 	return nil
@@ -160,7 +174,7 @@ func Enter(opts Options) error {
 // with a mount namespace of its own (Cloneflags).
 func emptyRoot() error {
 	if os.Getpid() != 1 {
-		return fmt.Errorf("sandbox: empty root needs a mount and pid namespace of the INS's own (pid is %d, not 1)", os.Getpid())
+		return fmt.Errorf("sandbox: empty root needs a mount and pid namespace of the process's own (pid is %d, not 1)", os.Getpid())
 	}
 	// Nothing done below may propagate to the host's mounts.
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {

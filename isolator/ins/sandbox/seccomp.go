@@ -39,8 +39,33 @@ func Policy() ([]Rule, uint32, error) {
 	return policy, auditArch, nil
 }
 
-func installSeccomp(acceptFD int) error {
-	prog, err := program(acceptFD)
+// GatewayPolicy returns the seccomp allow-list of the split tunnel gateway
+// on this architecture: the INS's (Policy) plus the socket calls the
+// gateway makes once sealed, each with its reason. Unlike an INS it makes
+// sockets of the host (AF_INET and AF_INET6 only), binds its UDP subflows,
+// connects to exposed destinations and accepts on the listeners it opened
+// before sealing; it still has no open/openat, execve, listen, ptrace or
+// mount.
+func GatewayPolicy() ([]Rule, uint32, error) {
+	rules, arch, err := Policy()
+	if err != nil {
+		return nil, 0, err
+	}
+	return slices.Concat(rules, gatewayRules), arch, nil
+}
+
+func rulesFor(kind PolicyKind) ([]Rule, uint32, error) {
+	switch kind {
+	case PolicyINS:
+		return Policy()
+	case PolicyGateway:
+		return GatewayPolicy()
+	}
+	return nil, 0, fmt.Errorf("unknown seccomp policy %d", kind)
+}
+
+func installSeccomp(kind PolicyKind, acceptFD int) error {
+	prog, err := program(kind, acceptFD)
 	if err != nil {
 		return err
 	}
@@ -81,8 +106,8 @@ func acceptRule(fd int) Rule {
 // program builds the filter: wrong architecture -> kill; x32 ABI -> EPERM;
 // each rule -> allow (if its argument matches); everything else -> EPERM.
 // acceptFD, if non-zero, adds acceptRule(acceptFD).
-func program(acceptFD int) ([]unix.SockFilter, error) {
-	rules, arch, err := Policy()
+func program(kind PolicyKind, acceptFD int) ([]unix.SockFilter, error) {
+	rules, arch, err := rulesFor(kind)
 	if err != nil {
 		return nil, err
 	}

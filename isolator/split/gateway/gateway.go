@@ -29,6 +29,7 @@ import (
 	"github.com/hashicorp/yamux"
 
 	"github.com/mpshim/mpshim/isolator/config"
+	"github.com/mpshim/mpshim/isolator/ins/sandbox"
 	"github.com/mpshim/mpshim/isolator/split/forward"
 	"github.com/mpshim/mpshim/isolator/split/seal"
 	"github.com/mpshim/mpshim/isolator/split/tunnel"
@@ -431,6 +432,11 @@ const (
 	OpStatus = "ls"
 	// OpAddPeer joins a peer (AddPeer).
 	OpAddPeer = "add"
+	// OpSandboxProbe makes the gateway try, under its confinement, the
+	// acts of sandbox.Probe and answer how each ended. It is refused
+	// unless sandbox.ProbeEnv is set in the gateway's environment (tests
+	// set it).
+	OpSandboxProbe = "sandbox-probe"
 )
 
 // ControlRequest is one request on the status socket: one JSON line.
@@ -446,6 +452,8 @@ type ControlRequest struct {
 type ControlReply struct {
 	Error string       `json:"error,omitempty"`
 	Peers []PeerStatus `json:"peers,omitempty"`
+	// Probe answers OpSandboxProbe.
+	Probe []sandbox.ProbeResult `json:"probe,omitempty"`
 }
 
 // maxControl bounds a control request.
@@ -472,6 +480,12 @@ func (g *Gateway) serveStatus(ln net.Listener) {
 				case OpAddPeer:
 					if err := g.AddPeer(req.Peer, req.Split, req.Expose); err != nil {
 						reply.Error = err.Error()
+					}
+				case OpSandboxProbe:
+					if !sandbox.ProbeEnabled() {
+						reply.Error = "sandbox probe not enabled"
+					} else {
+						reply.Probe = sandbox.Probe(sandbox.ProbeTarget{})
 					}
 				default:
 					reply.Error = fmt.Sprintf("unknown operation %q (ls, add)", req.Op)
@@ -504,6 +518,16 @@ func control(ctx context.Context, path string, req ControlRequest) (ControlReply
 		return reply, errors.New(reply.Error)
 	}
 	return reply, nil
+}
+
+// SandboxProbe asks the gateway at the status socket path for
+// OpSandboxProbe.
+func SandboxProbe(ctx context.Context, path string) ([]sandbox.ProbeResult, error) {
+	r, err := control(ctx, path, ControlRequest{Op: OpSandboxProbe})
+	if err != nil {
+		return nil, err
+	}
+	return r.Probe, nil
 }
 
 // ReadStatus asks a gateway's status socket.
