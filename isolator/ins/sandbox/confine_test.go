@@ -167,11 +167,24 @@ func TestConfine(t *testing.T) {
 	}
 	pid := cmd.Process.Pid
 	status := procStatus(t, pid)
-	for k, want := range map[string]string{
+	want := map[string]string{
 		"Uid": "65534\t65534\t65534\t65534", "Gid": "65534\t65534\t65534\t65534", "Groups": "",
 		"CapInh": "0000000000000000", "CapPrm": "0000000000000000", "CapEff": "0000000000000000",
 		"CapBnd": "0000000000000000", "CapAmb": "0000000000000000", "NoNewPrivs": "1", "Seccomp": "2",
-	} {
+	}
+	if !allThreadsAvailable() {
+		// A test binary built with cgo (go test's default) drops the
+		// bounding set on the sealing thread only (Enter says why), and
+		// the status read here is the main thread's. The binaries are
+		// built without cgo, and so is make test (CGO_ENABLED=0), where
+		// every thread is checked.
+		if os.Getenv("CI") == "true" {
+			t.Fatal("test binary built with cgo under CI=true: run it as make test does (CGO_ENABLED=0)")
+		}
+		t.Log("built with cgo: CapBnd of the main thread not checked")
+		delete(want, "CapBnd")
+	}
+	for k, want := range want {
 		if got := status[k]; got != want {
 			t.Errorf("child %s = %q, want %q", k, got, want)
 		}
