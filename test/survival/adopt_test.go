@@ -12,8 +12,6 @@ import (
 
 	"github.com/mpshim/mpshim/internal/procstat"
 	"github.com/mpshim/mpshim/isolator/api"
-	"github.com/mpshim/mpshim/test/harness"
-	"github.com/mpshim/mpshim/test/topo"
 )
 
 // insPIDs maps each INS id to its pid.
@@ -43,21 +41,8 @@ func insPIDs(infos []api.INSInfo) map[int]int {
 // adopted listeners.
 func TestDaemonRestartAdopts(t *testing.T) {
 	needTools(t)
-	tp := topo.New(t, topo.Config{Uplinks: 1})
-	iso := harness.StartIsolator(t, tp, harness.Options{INS: 2, Args: allowNginx})
-	s := startNginx(t, tp, iso)
-	infos, err := iso.List()
-	if err != nil || len(infos) != 2 {
-		t.Fatalf("isolator ls: %v %v", infos, err)
-	}
-	want := s.Files["1k.bin"]
-	var urls []string
-	for _, in := range infos {
-		urls = append(urls, "http://"+addr4(in)+"/1k.bin")
-	}
-	for _, u := range urls {
-		harness.Fetch(t, tp.WAN, nil, u, want)
-	}
+	f := startNginxOnTwo(t)
+	tp, iso, s, infos, urls, want := f.tp, f.iso, f.s, f.infos, f.urls, f.want
 	master, workers := s.MasterPID(), s.Workers()
 	pids := insPIDs(infos)
 

@@ -9,9 +9,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/mpshim/mpshim/test/harness"
-	"github.com/mpshim/mpshim/test/topo"
 )
 
 // TestINSDrain stops INS the orderly way (`isolator kill`, which sends
@@ -26,17 +23,10 @@ import (
 // ending; nginx is not touched.
 func TestINSDrain(t *testing.T) {
 	needTools(t)
-	tp := topo.New(t, topo.Config{Uplinks: 1})
-	iso := harness.StartIsolator(t, tp, harness.Options{INS: 2, Args: allowNginx})
-	s := startNginx(t, tp, iso)
-	infos, err := iso.List()
-	if err != nil || len(infos) != 2 {
-		t.Fatalf("isolator ls: %v %v", infos, err)
-	}
-	want := s.Files["1k.bin"]
-	victim, other := infos[0], infos[1]
-	victimURL, otherURL := "http://"+addr4(victim)+"/1k.bin", "http://"+addr4(other)+"/1k.bin"
-	harness.Fetch(t, tp.WAN, nil, victimURL, want)
+	f := startNginxOnTwo(t)
+	tp, iso, s, want := f.tp, f.iso, f.s, f.want
+	victim, other := f.infos[0], f.infos[1]
+	victimURL, otherURL := f.urls[0], f.urls[1]
 	master, workers := s.MasterPID(), s.Workers()
 
 	kill := func(id int) <-chan string {

@@ -31,6 +31,37 @@ import (
 // reach the registration socket through its group.
 var allowNginx = []string{"--allow-uid", "0", "--allow-uid", "33", "--socket-group", "www-data", "--socket-mode", "0660"}
 
+// nginxOnTwo is the setup most tests here share: nginx under the shim
+// (startNginx) on an isolator with 2 INS on one uplink, each INS serving
+// 1k.bin once on its IPv4 address before the test goes on.
+type nginxOnTwo struct {
+	tp    *topo.Topology
+	iso   *harness.Isolator
+	s     *harness.Nginx
+	infos []api.INSInfo // as `isolator ls` lists them
+	urls  []string      // 1k.bin on infos[i]'s IPv4 address
+	want  []byte        // 1k.bin
+}
+
+func startNginxOnTwo(t *testing.T) nginxOnTwo {
+	t.Helper()
+	tp := topo.New(t, topo.Config{Uplinks: 1})
+	iso := harness.StartIsolator(t, tp, harness.Options{INS: 2, Args: allowNginx})
+	s := startNginx(t, tp, iso)
+	infos, err := iso.List()
+	if err != nil || len(infos) != 2 {
+		t.Fatalf("isolator ls: %v %v", infos, err)
+	}
+	f := nginxOnTwo{tp: tp, iso: iso, s: s, infos: infos, want: s.Files["1k.bin"]}
+	for _, in := range infos {
+		f.urls = append(f.urls, "http://"+addr4(in)+"/1k.bin")
+	}
+	for _, u := range f.urls {
+		harness.Fetch(t, tp.WAN, nil, u, f.want)
+	}
+	return f
+}
+
 // startNginx runs nginx (2 workers, listening on port 80 over IPv4 and
 // IPv6) under the shim in the app namespace; its error log is at level
 // info, so it names every connection a client closed.
@@ -211,19 +242,10 @@ func needTools(t *testing.T) {
 // same addresses, same MAC), to a client that still has the old MAC cached.
 func TestINSReplaced(t *testing.T) {
 	needTools(t)
-	tp := topo.New(t, topo.Config{Uplinks: 1})
-	iso := harness.StartIsolator(t, tp, harness.Options{INS: 2, Args: allowNginx})
-	s := startNginx(t, tp, iso)
-	infos, err := iso.List()
-	if err != nil || len(infos) != 2 {
-		t.Fatalf("isolator ls: %v %v", infos, err)
-	}
-	victim, other := infos[0], infos[1]
-	vURL, oURL := "http://"+addr4(victim)+"/1k.bin", "http://"+addr4(other)+"/1k.bin"
-	want := s.Files["1k.bin"]
-	for _, u := range []string{vURL, oURL} {
-		harness.Fetch(t, tp.WAN, nil, u, want)
-	}
+	f := startNginxOnTwo(t)
+	tp, iso, s, want := f.tp, f.iso, f.s, f.want
+	victim, other := f.infos[0], f.infos[1]
+	vURL, oURL := f.urls[0], f.urls[1]
 	macBefore := neighMAC(t, tp.WAN, addr4(victim))
 	master, workers := s.MasterPID(), s.Workers()
 
@@ -385,21 +407,8 @@ func serveAgain(t *testing.T, ns *topo.NS, urls []string, want []byte, limit tim
 // here new connections are served once the daemon is back.
 func TestDaemonKilled(t *testing.T) {
 	needTools(t)
-	tp := topo.New(t, topo.Config{Uplinks: 1})
-	iso := harness.StartIsolator(t, tp, harness.Options{INS: 2, Args: allowNginx})
-	s := startNginx(t, tp, iso)
-	infos, err := iso.List()
-	if err != nil || len(infos) != 2 {
-		t.Fatalf("isolator ls: %v %v", infos, err)
-	}
-	want := s.Files["1k.bin"]
-	var urls []string
-	for _, in := range infos {
-		urls = append(urls, "http://"+addr4(in)+"/1k.bin")
-	}
-	for _, u := range urls {
-		harness.Fetch(t, tp.WAN, nil, u, want)
-	}
+	f := startNginxOnTwo(t)
+	tp, iso, s, urls, want := f.tp, f.iso, f.s, f.urls, f.want
 	master, workers := s.MasterPID(), s.Workers()
 	errLog := filepath.Join(s.Dir, "error.log")
 	gap := harness.BuildC(t, "testdata/gapcall.c")
