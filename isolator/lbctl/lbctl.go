@@ -422,7 +422,9 @@ func (m *Manager) Uplinks() int {
 
 // INSUp puts INS id behind every balanced uplink it has a NIC on: macs
 // maps uplink names to the MAC of its NIC there. A replacement of a dead
-// INS takes the weight its predecessor had.
+// INS takes the weight its predecessor had; an INS adopted from a previous
+// daemon gets the backend slot its MAC had in a balancer taken over, so
+// the connections it holds stay its own (call AdoptionDone after the last).
 func (m *Manager) INSUp(id int, macs map[string]net.HardwareAddr) {
 	if m == nil {
 		return
@@ -446,14 +448,6 @@ func (m *Manager) INSUp(id int, macs map[string]net.HardwareAddr) {
 		}
 		m.log.Info("lb: INS added", "uplink", name, "ins", id, "mac", mac.String(), "weight", w)
 	}
-}
-
-// Adopt puts INS id, which a previous daemon started and this one adopted
-// (its MAC on each uplink in macs), behind the balancers: a balancer taken
-// over from that daemon gives it the backend slot it had, so the
-// connections it holds stay its own. Call AdoptionDone after the last.
-func (m *Manager) Adopt(id int, macs map[string]net.HardwareAddr) {
-	m.INSUp(id, macs)
 }
 
 // AdoptionDone tells the balancers that every INS of the previous daemon
