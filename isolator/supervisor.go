@@ -281,12 +281,30 @@ func (d *Daemon) startINS(ctx context.Context, id int, total int, keep []netstac
 	rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	if _, err := p.manage(rctx, ins.ManageRequest{Op: ins.ManageStats}); err != nil {
-		_ = cmd.Process.Kill()
-		<-p.done
+		stuckINS(p, log)
 		return nil, fmt.Errorf("INS %d did not come up: %w", id, err)
 	}
 	log.Info("INS started", "pid", p.pid(), "netns", ns.Name, "uplinks", addrList(pc.Stack.Uplinks))
 	return p, nil
+}
+
+// stuckINS ends an INS that did not answer its first status request and
+// leaves in the log where it was: the kernel function each of its threads
+// waited in, then the Go runtime's dump of its goroutines (SIGQUIT, which
+// the INS does not handle, makes the runtime print every goroutine's stack
+// to the INS's output, relayed to this log, and exit). SIGKILL follows if
+// the dump does not end it within 2 s.
+func stuckINS(p *insProc, log *slog.Logger) {
+	if where, err := procstat.Threads(p.pid()); err == nil {
+		log.Warn("INS did not answer its first status request; its threads (tid:state:kernel wait)", "pid", p.pid(), "threads", where)
+	}
+	_ = p.proc.Signal(unix.SIGQUIT)
+	select {
+	case <-p.done:
+	case <-time.After(2 * time.Second):
+		_ = p.proc.Kill()
+		<-p.done
+	}
 }
 
 // reap waits for an INS process to exit, reports it and releases what it

@@ -90,3 +90,36 @@ func Alive(pid int, start uint64) bool {
 	st, err := Read(pid)
 	return err == nil && st.StartTime == start
 }
+
+// Threads describes where each thread of process pid is: its id, state and
+// the kernel function it waits in (/proc/PID/task/TID/wchan), as
+// "tid:state:wchan" separated by spaces. It is for logs about a process
+// that stopped answering; threads that vanish while it reads are left out.
+func Threads(pid int) (string, error) {
+	dir := "/proc/" + strconv.Itoa(pid) + "/task"
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return "", fmt.Errorf("threads of %d: %w", pid, err)
+	}
+	var b strings.Builder
+	for _, e := range ents {
+		st, err := os.ReadFile(dir + "/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		s, err := Parse(string(st))
+		if err != nil {
+			continue
+		}
+		wchan, _ := os.ReadFile(dir + "/" + e.Name() + "/wchan")
+		w := strings.TrimSpace(string(wchan))
+		if w == "" || w == "0" {
+			w = "-"
+		}
+		if b.Len() > 0 {
+			b.WriteByte(' ')
+		}
+		fmt.Fprintf(&b, "%s:%c:%s", e.Name(), s.State, w)
+	}
+	return b.String(), nil
+}

@@ -2,10 +2,15 @@ package procstat
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestParse(t *testing.T) {
@@ -82,4 +87,21 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("error %v with a non-zero result %+v", err, st)
 		}
 	})
+}
+
+func TestThreads(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	got, err := Threads(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The calling thread is among them, and running.
+	self := fmt.Sprintf("%d:R:", unix.Gettid())
+	if !strings.Contains(" "+got, " "+self) {
+		t.Errorf("Threads(self) = %q, want an entry %q…", got, self)
+	}
+	if _, err := Threads(-1); err == nil {
+		t.Error("Threads(-1): no error")
+	}
 }
