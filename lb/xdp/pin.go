@@ -2,6 +2,7 @@ package xdp
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -52,7 +53,7 @@ func (b *Balancer) pinned() []struct {
 		name string
 		m    **ebpf.Map
 	}{
-		{"vips", &b.vips}, {"est", &b.est}, {"new", &b.new}, {"frags", &b.frags}, {"ctl", &b.ctl},
+		{"vips", &b.vips}, {"est", &b.est}, {"new", &b.new}, {"frags", &b.frags}, {"ctl", &b.ctlMap},
 		{"table", &b.table}, {"backends", &b.backends}, {"bstats", &b.bstats}, {"stats", &b.stats}, {"tunnels", &b.tunnels},
 	}
 }
@@ -91,11 +92,10 @@ func (b *Balancer) takeOver(dir string, specs map[string]ebpf.MapSpec) (bool, er
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return false, fmt.Errorf("load pinned link: %w", err)
 	}
-	var active uint32
-	if err := b.ctl.Lookup(uint32(0), &active); err != nil {
-		return false, fmt.Errorf("read the live table half: %w", err)
+	if err := b.ctlMap.Lookup(uint32(0), &b.ctl); err != nil {
+		return false, fmt.Errorf("read the control entry: %w", err)
 	}
-	b.active = active & 1
+	binary.NativeEndian.PutUint32(b.ctl[ctlActive:], binary.NativeEndian.Uint32(b.ctl[ctlActive:])&1)
 	// Backends the previous owner had: kept (their flows stay theirs)
 	// until SetBackends names them or DropStale.
 	b.stale = map[uint32]net.HardwareAddr{}
@@ -145,6 +145,8 @@ func (b *Balancer) DropStale() error {
 		}
 		delete(b.stale, id)
 	}
+	b.nextGen()
+	errs = append(errs, b.writeCtl())
 	return errors.Join(errs...)
 }
 
