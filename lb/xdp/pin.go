@@ -55,6 +55,7 @@ func (b *Balancer) pinned() []struct {
 	}{
 		{"vips", &b.vips}, {"est", &b.est}, {"new", &b.new}, {"frags", &b.frags}, {"ctl", &b.ctlMap},
 		{"table", &b.table}, {"backends", &b.backends}, {"bstats", &b.bstats}, {"stats", &b.stats}, {"tunnels", &b.tunnels},
+		{"cache", &b.cache},
 	}
 }
 

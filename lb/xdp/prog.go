@@ -95,6 +95,21 @@ const (
 	flowValue = 24
 )
 
+// A flow cache slot (cacheValue bytes, one cache line; the slot is the
+// flow hash's low bits): the flow key (5 words), the backend's MAC and the
+// VIP's MAC (a word each, zero-padded), and a word of the generation (low
+// half) and a check (high half) that binds the key's hash to both MACs.
+// Two CPUs writing one slot at once may leave words of both; the check
+// then fails (but for one chance in 2^32) and the packet takes the
+// established table.
+const (
+	cacheKey   = 0
+	cacheMAC   = 40
+	cacheVIP   = 48
+	cacheGen   = 56
+	cacheValue = 64
+)
+
 // The control map's single entry (ctlValue bytes): the live half of the
 // Maglev table, the generation, and the prefilter of the fast path: with
 // ctlMode modeOneMAC every VIP is reached at ctlMAC, so a frame sent to
@@ -149,7 +164,9 @@ const (
 	stBackend  = stValue + fvBackend // u32 backend id
 	stFlowPtr  = -160                // the established entry found (a map value pointer)
 	stGen      = -164                // u32: the control generation
-	stackBytes = 168
+	stCacheIdx = -168                // u32: the flow cache slot
+	stCachePtr = -176                // the flow cache slot (a map value pointer)
+	stackBytes = 176
 )
 
 // The hash's multipliers as the signed immediates the instructions carry.
@@ -160,7 +177,7 @@ const KeySize = 40
 
 // mapFDs are the file descriptors the program's instructions refer to.
 type mapFDs struct {
-	vips, est, new, frags, ctl, table, backends, bstats, stats, tunnels int
+	vips, est, new, frags, ctl, table, backends, bstats, stats, tunnels, cache int
 }
 
 // builder assembles the program with generated labels.
@@ -266,6 +283,56 @@ func (b *builder) flowBackend(fd, backends int, miss string, refresh bool) {
 		asm.StoreMem(asm.R1, fvVIPMAC+4, asm.R2, asm.Half),
 		asm.LoadMem(asm.R2, asm.R10, stGen, asm.Word),
 		asm.StoreMem(asm.R1, fvGen, asm.R2, asm.Word),
+	)
+}
+
+// flowHash leaves the flow hash of the key at R10+stKey in R2 (maglev.
+// FlowHash) and stores it at R10+stHash; it clobbers R3 and R4.
+func (b *builder) flowHash() {
+	b.emit(asm.Mov.Imm(asm.R2, 0), asm.LoadImm(asm.R4, int64(flowMul), asm.DWord))
+	for off := int16(stKey); off < stKey+KeySize; off += 8 {
+		b.emit(
+			asm.LoadMem(asm.R3, asm.R10, off, asm.DWord),
+			asm.Xor.Reg(asm.R2, asm.R3),
+			asm.Mul.Reg(asm.R2, asm.R4),
+			asm.Mov.Reg(asm.R3, asm.R2),
+			asm.RSh.Imm(asm.R3, 32),
+			asm.Xor.Reg(asm.R2, asm.R3),
+		)
+	}
+	b.emit(
+		asm.Mov.Reg(asm.R3, asm.R2),
+		asm.RSh.Imm(asm.R3, 29),
+		asm.Xor.Reg(asm.R2, asm.R3),
+		asm.LoadImm(asm.R4, int64(flowFinal), asm.DWord),
+		asm.Mul.Reg(asm.R2, asm.R4),
+		asm.Mov.Reg(asm.R3, asm.R2),
+		asm.RSh.Imm(asm.R3, 32),
+		asm.Xor.Reg(asm.R2, asm.R3),
+		asm.StoreMem(asm.R10, stHash, asm.R2, asm.DWord),
+	)
+}
+
+// cacheCheck leaves in R2 the check of a flow cache slot: the flow hash
+// (R10+stHash) mixed with the MAC word in R4 and the VIP's MAC word in R5,
+// in the high 32 bits (the low ones zero). It clobbers R3.
+func (b *builder) cacheCheck() {
+	b.emit(
+		asm.LoadMem(asm.R2, asm.R10, stHash, asm.DWord),
+		asm.Xor.Reg(asm.R2, asm.R4),
+		asm.LoadImm(asm.R3, int64(flowMul), asm.DWord),
+		asm.Mul.Reg(asm.R2, asm.R3),
+		asm.Mov.Reg(asm.R3, asm.R2),
+		asm.RSh.Imm(asm.R3, 29),
+		asm.Xor.Reg(asm.R2, asm.R3),
+		asm.Xor.Reg(asm.R2, asm.R5),
+		asm.LoadImm(asm.R3, int64(flowFinal), asm.DWord),
+		asm.Mul.Reg(asm.R2, asm.R3),
+		asm.Mov.Reg(asm.R3, asm.R2),
+		asm.LSh.Imm(asm.R3, 32),
+		asm.Xor.Reg(asm.R2, asm.R3),
+		asm.RSh.Imm(asm.R2, 32),
+		asm.LSh.Imm(asm.R2, 32),
 	)
 }
 
@@ -540,7 +607,7 @@ func (b *builder) solicitation(fd mapFDs) {
 // The established table is the only map whose lines an established packet
 // brings in besides the control entry: under real traffic each is a cache
 // miss, which is most of the program's cost.
-func (b *builder) fast(fd mapFDs) {
+func (b *builder) fast(fd mapFDs, cacheSlots uint32) {
 	b.lookup(fd.ctl, stScratch)
 	b.emit(
 		asm.JEq.Imm(asm.R0, 0, "slow"),
@@ -636,6 +703,53 @@ func (b *builder) fast(fd mapFDs) {
 		asm.StoreMem(asm.R10, stProto, asm.R3, asm.Byte),
 	)
 	b.label("fastlookup")
+	b.flowHash()
+	b.emit(
+		asm.And.Imm(asm.R2, int32(cacheSlots-1)),
+		asm.StoreMem(asm.R10, stCacheIdx, asm.R2, asm.Word),
+	)
+	b.lookup(fd.cache, stCacheIdx)
+	b.emit(
+		asm.StoreMem(asm.R10, stCachePtr, asm.R0, asm.DWord),
+		asm.JEq.Imm(asm.R0, 0, "fastest"),
+	)
+	for off := int16(0); off < KeySize; off += 8 {
+		b.emit(
+			asm.LoadMem(asm.R2, asm.R0, cacheKey+off, asm.DWord),
+			asm.LoadMem(asm.R3, asm.R10, stKey+off, asm.DWord),
+			asm.JNE.Reg(asm.R2, asm.R3, "fastest"),
+		)
+	}
+	b.emit(
+		asm.LoadMem(asm.R2, asm.R0, cacheGen, asm.Word),
+		asm.LoadMem(asm.R3, asm.R10, stGen, asm.Word),
+		asm.JNE.Reg(asm.R2, asm.R3, "fastest"),
+		asm.LoadMem(asm.R2, asm.R0, cacheVIP, asm.Word),
+		asm.LoadMem(asm.R3, asm.R6, 0, asm.Word),
+		asm.JNE.Reg(asm.R2, asm.R3, "fastest"),
+		asm.LoadMem(asm.R2, asm.R0, cacheVIP+4, asm.Half),
+		asm.LoadMem(asm.R3, asm.R6, 4, asm.Half),
+		asm.JNE.Reg(asm.R2, asm.R3, "fastest"),
+		asm.LoadMem(asm.R4, asm.R0, cacheMAC, asm.DWord),
+		asm.LoadMem(asm.R5, asm.R0, cacheVIP, asm.DWord),
+	)
+	b.cacheCheck()
+	b.emit(
+		asm.LoadMem(asm.R0, asm.R10, stCachePtr, asm.DWord),
+		asm.JEq.Imm(asm.R0, 0, "fastest"),
+		asm.LoadMem(asm.R3, asm.R0, cacheGen, asm.DWord),
+		asm.RSh.Imm(asm.R3, 32),
+		asm.LSh.Imm(asm.R3, 32),
+		asm.JNE.Reg(asm.R2, asm.R3, "fastest"),
+		asm.LoadMem(asm.R2, asm.R0, cacheMAC, asm.Word),
+		asm.StoreMem(asm.R6, 0, asm.R2, asm.Word),
+		asm.LoadMem(asm.R2, asm.R0, cacheMAC+4, asm.Half),
+		asm.StoreMem(asm.R6, 4, asm.R2, asm.Half),
+		asm.Mov.Imm(asm.R0, ActionPass),
+		asm.Return(),
+	)
+	// Not in the cache: the established table.
+	b.label("fastest")
 	b.lookup(fd.est, stKey)
 	b.emit(
 		asm.JNE.Imm(asm.R0, 0, "fasthit"),
@@ -659,6 +773,31 @@ func (b *builder) fast(fd mapFDs) {
 		asm.StoreMem(asm.R6, 0, asm.R2, asm.Word),
 		asm.LoadMem(asm.R2, asm.R0, fvMAC+4, asm.Half),
 		asm.StoreMem(asm.R6, 4, asm.R2, asm.Half),
+		// Into the cache: the key, the MACs (the entry's words: the kind
+		// and padding after the MACs are zero), the generation and check.
+		asm.LoadMem(asm.R4, asm.R0, fvMAC, asm.DWord),
+		asm.LoadMem(asm.R5, asm.R0, fvVIPMAC, asm.DWord),
+		asm.LoadMem(asm.R1, asm.R10, stCachePtr, asm.DWord),
+		asm.JEq.Imm(asm.R1, 0, "fastpass"),
+		asm.StoreMem(asm.R1, cacheMAC, asm.R4, asm.DWord),
+		asm.StoreMem(asm.R1, cacheVIP, asm.R5, asm.DWord),
+	)
+	for off := int16(0); off < KeySize; off += 8 {
+		b.emit(
+			asm.LoadMem(asm.R2, asm.R10, stKey+off, asm.DWord),
+			asm.StoreMem(asm.R1, cacheKey+off, asm.R2, asm.DWord),
+		)
+	}
+	b.cacheCheck()
+	b.emit(
+		asm.LoadMem(asm.R3, asm.R10, stGen, asm.Word),
+		asm.Or.Reg(asm.R2, asm.R3),
+		asm.LoadMem(asm.R1, asm.R10, stCachePtr, asm.DWord),
+		asm.JEq.Imm(asm.R1, 0, "fastpass"),
+		asm.StoreMem(asm.R1, cacheGen, asm.R2, asm.DWord),
+	)
+	b.label("fastpass")
+	b.emit(
 		asm.Mov.Imm(asm.R0, ActionPass),
 		asm.Return(),
 	)
@@ -848,7 +987,7 @@ func be16(dst, src asm.Register, off int16) []asm.Instruction {
 //	NDP for a VIP: to the broadcast MAC (every backend), XDP_PASS
 //	first fragment: remember its backend in the fragment map
 //	rewrite the destination MAC to the backend's, XDP_PASS
-func instructions(fd mapFDs, size uint32) asm.Instructions {
+func instructions(fd mapFDs, size, cacheSlots uint32) asm.Instructions {
 	b := &builder{}
 	st := fd.stats
 	b.emit(
@@ -861,7 +1000,7 @@ func instructions(fd mapFDs, size uint32) asm.Instructions {
 		b.emit(asm.StoreMem(asm.R10, int16(off), asm.R0, asm.DWord))
 	}
 	b.emit(asm.StoreMem(asm.R10, stCtx, asm.R1, asm.DWord))
-	b.fast(fd)
+	b.fast(fd, cacheSlots)
 	b.label("slow")
 	b.decap(fd)
 	b.label("parse")
@@ -1152,28 +1291,7 @@ func instructions(fd mapFDs, size uint32) asm.Instructions {
 	// Maglev: entry hash % size of the active half. The hash is computed
 	// only here, for flows in neither table.
 	b.label("maglev")
-	b.emit(asm.Mov.Imm(asm.R2, 0), asm.LoadImm(asm.R4, int64(flowMul), asm.DWord))
-	for off := int16(stKey); off < stKey+KeySize; off += 8 {
-		b.emit(
-			asm.LoadMem(asm.R3, asm.R10, off, asm.DWord),
-			asm.Xor.Reg(asm.R2, asm.R3),
-			asm.Mul.Reg(asm.R2, asm.R4),
-			asm.Mov.Reg(asm.R3, asm.R2),
-			asm.RSh.Imm(asm.R3, 32),
-			asm.Xor.Reg(asm.R2, asm.R3),
-		)
-	}
-	b.emit(
-		asm.Mov.Reg(asm.R3, asm.R2),
-		asm.RSh.Imm(asm.R3, 29),
-		asm.Xor.Reg(asm.R2, asm.R3),
-		asm.LoadImm(asm.R4, int64(flowFinal), asm.DWord),
-		asm.Mul.Reg(asm.R2, asm.R4),
-		asm.Mov.Reg(asm.R3, asm.R2),
-		asm.RSh.Imm(asm.R3, 32),
-		asm.Xor.Reg(asm.R2, asm.R3),
-		asm.StoreMem(asm.R10, stHash, asm.R2, asm.DWord),
-	)
+	b.flowHash()
 	b.lookup(fd.ctl, stScratch)
 	b.emit(
 		asm.JEq.Imm(asm.R0, 0, "nobackend"),

@@ -10,6 +10,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/mpshim/mpshim/lb/maglev"
 	"github.com/mpshim/mpshim/test/topo"
 )
 
@@ -630,6 +631,35 @@ func TestFastPath(t *testing.T) {
 				}
 			}
 			quiet("established", first)
+
+			// The flow's cache slot holds it; a slot whose MAC word is
+			// another backend's (as two CPUs writing it at once could
+			// leave it) fails the check and is written again.
+			proto := uint8(6)
+			if tc.name == "udp4" {
+				proto = 17
+			}
+			k := FlowKey(tc.src, tc.dst, proto)
+			slot := uint32(maglev.FlowHash(k) & (DefaultFlowCache - 1))
+			var cv [cacheValue]byte
+			if err := b.cache.Lookup(slot, &cv); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(cv[:KeySize], k[:]) || !bytes.Equal(cv[cacheMAC:cacheMAC+6], backendMAC(uint32(first))) {
+				t.Fatalf("flow cache slot %d: % x, want the flow's key and backend %d's MAC", slot, cv, first)
+			}
+			torn := cv
+			copy(torn[cacheMAC:], backendMAC(uint32(first+1)%6))
+			if err := b.cache.Update(slot, torn, ebpf.UpdateAny); err != nil {
+				t.Fatal(err)
+			}
+			quiet("torn cache slot", first)
+			if err := b.cache.Lookup(slot, &cv); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(cv[cacheMAC:cacheMAC+6], backendMAC(uint32(first))) {
+				t.Fatalf("torn cache slot not written again: MAC %v", net.HardwareAddr(cv[cacheMAC:cacheMAC+6]))
+			}
 
 			// The same set again moves the generation on: one packet on
 			// the full path (an established hit), then the fast path.

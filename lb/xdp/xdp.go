@@ -67,6 +67,7 @@ const (
 	DefaultEstEntries  = 1 << 18
 	DefaultNewEntries  = 1 << 16
 	DefaultFragEntries = 1 << 13
+	DefaultFlowCache   = 1 << 16
 	maxVIPs            = 64
 )
 
@@ -87,6 +88,10 @@ type Config struct {
 	// EstEntries bounds the established-flow table, NewEntries the
 	// new-flow table, FragEntries the fragment map.
 	EstEntries, NewEntries, FragEntries int
+	// FlowCache is the number of slots (a power of two) of the flow
+	// cache in front of the established table: one cache line per flow,
+	// so that an established packet usually reads one line of the maps.
+	FlowCache int
 	// PinDir, if set, is a directory on the BPF file system (see
 	// MountBPFFS) where the maps, the program and the XDP link are
 	// pinned, so that the program stays attached and the connection table
@@ -187,9 +192,9 @@ func (x Backend) value() ([backendValue]byte, error) {
 type Balancer struct {
 	cfg Config
 
-	vips, est, new, frags, ctlMap, table, backends, bstats, stats, tunnels *ebpf.Map
-	prog                                                                   *ebpf.Program
-	mem                                                                    *ebpf.Memory
+	vips, est, new, frags, ctlMap, table, backends, bstats, stats, tunnels, cache *ebpf.Map
+	prog                                                                          *ebpf.Program
+	mem                                                                           *ebpf.Memory
 
 	mu sync.Mutex
 	// ctl is the control entry as last written (see prog.go): the live
@@ -220,6 +225,12 @@ func New(cfg Config) (_ *Balancer, err error) {
 	if cfg.FragEntries == 0 {
 		cfg.FragEntries = DefaultFragEntries
 	}
+	if cfg.FlowCache == 0 {
+		cfg.FlowCache = DefaultFlowCache
+	}
+	if cfg.FlowCache < 1 || cfg.FlowCache > 1<<24 || cfg.FlowCache&(cfg.FlowCache-1) != 0 {
+		return nil, fmt.Errorf("lb/xdp: flow cache of %d slots: want a power of two up to %d", cfg.FlowCache, 1<<24)
+	}
 	if _, err := maglev.New(nil, cfg.TableSize); err != nil {
 		return nil, fmt.Errorf("lb/xdp: %w", err)
 	}
@@ -248,6 +259,8 @@ func New(cfg Config) (_ *Balancer, err error) {
 		"tunnels":  {Name: "lb_tunnels", Type: ebpf.Hash, KeySize: 16, ValueSize: 8, MaxEntries: maxVIPs},
 		"bstats":   {Name: "lb_bstats", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: uint32(cfg.MaxBackends)},
 		"stats":    {Name: "lb_stats", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: NumCounters},
+		// Memory-mapped only so that every slot is a line of its own.
+		"cache": {Name: "lb_cache", Type: ebpf.Array, KeySize: 4, ValueSize: cacheValue, MaxEntries: uint32(cfg.FlowCache), Flags: mmapable},
 	}
 	if cfg.PinDir != "" {
 		ok, err := b.takeOver(cfg.PinDir, specs)
@@ -288,11 +301,11 @@ func New(cfg Config) (_ *Balancer, err error) {
 		return nil, err
 	}
 	fds := mapFDs{vips: b.vips.FD(), est: b.est.FD(), new: b.new.FD(), frags: b.frags.FD(), ctl: b.ctlMap.FD(),
-		table: b.table.FD(), backends: b.backends.FD(), bstats: b.bstats.FD(), stats: b.stats.FD(), tunnels: b.tunnels.FD()}
+		table: b.table.FD(), backends: b.backends.FD(), bstats: b.bstats.FD(), stats: b.stats.FD(), tunnels: b.tunnels.FD(), cache: b.cache.FD()}
 	b.prog, err = ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name:         "mpshim_lb",
 		Type:         ebpf.XDP,
-		Instructions: instructions(fds, uint32(cfg.TableSize)),
+		Instructions: instructions(fds, uint32(cfg.TableSize), uint32(cfg.FlowCache)),
 		// Map lookups and updates only; any licence may call them.
 		License: "Apache-2.0",
 	})
@@ -659,7 +672,7 @@ func (b *Balancer) close(unpin bool) error {
 	if b.prog != nil {
 		errs = append(errs, b.prog.Close())
 	}
-	for _, m := range []*ebpf.Map{b.vips, b.est, b.new, b.frags, b.ctlMap, b.table, b.backends, b.bstats, b.stats, b.tunnels} {
+	for _, m := range []*ebpf.Map{b.vips, b.est, b.new, b.frags, b.ctlMap, b.table, b.backends, b.bstats, b.stats, b.tunnels, b.cache} {
 		if m != nil {
 			errs = append(errs, m.Close())
 		}
