@@ -93,6 +93,9 @@ func (b *Balancer) takeOver(dir string, specs map[string]ebpf.MapSpec) (bool, er
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return false, fmt.Errorf("load pinned link: %w", err)
 	}
+	if err := b.replaceOlder(dir); err != nil {
+		return false, err
+	}
 	if err := b.ctlMap.Lookup(uint32(0), &b.ctl); err != nil {
 		return false, fmt.Errorf("read the control entry: %w", err)
 	}
@@ -111,6 +114,55 @@ func (b *Balancer) takeOver(dir string, specs map[string]ebpf.MapSpec) (bool, er
 	}
 	return true, nil
 }
+
+// replaceOlder loads this version's program on the taken-over maps and
+// compares its tag (the kernel's hash of the instructions, map references
+// left out) with the pinned one's: the same, it is dropped; else the
+// pinned program is of another version and this one takes its place, in
+// the pinned link (one atomic switch: no packet goes unsteered, the
+// connection table stays) and in the pin.
+func (b *Balancer) replaceOlder(dir string) error {
+	mine, err := b.load()
+	if err != nil {
+		return err
+	}
+	mi, err := mine.Info()
+	if err != nil {
+		mine.Close()
+		return fmt.Errorf("program info: %w", err)
+	}
+	pi, err := b.prog.Info()
+	if err != nil {
+		mine.Close()
+		return fmt.Errorf("pinned program info: %w", err)
+	}
+	if mi.Tag == pi.Tag {
+		return mine.Close()
+	}
+	for _, l := range b.links {
+		if err := l.Update(mine); err != nil {
+			mine.Close()
+			return fmt.Errorf("swap the program of the pinned link: %w", err)
+		}
+	}
+	p := filepath.Join(dir, pinProg)
+	if err := os.Remove(p); err != nil {
+		mine.Close()
+		return fmt.Errorf("unpin the older program: %w", err)
+	}
+	if err := mine.Pin(p); err != nil {
+		mine.Close()
+		return fmt.Errorf("pin the program: %w", err)
+	}
+	b.prog.Close()
+	b.prog = mine
+	b.replaced = true
+	return nil
+}
+
+// Replaced reports whether the balancer New took over ran a program of
+// another version, which this one's replaced (see TookOver).
+func (b *Balancer) Replaced() bool { return b.replaced }
 
 // pin pins the maps and the program in dir.
 func (b *Balancer) pin(dir string) error {

@@ -56,6 +56,7 @@ import (
 	"sync"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 
 	"github.com/mpshim/mpshim/lb/maglev"
@@ -204,6 +205,9 @@ type Balancer struct {
 	tab      *maglev.Table
 	links    []link.Link
 	tookOver bool
+	// replaced says the taken-over program was of another version and
+	// this one's took its place.
+	replaced bool
 	// stale are the backends of a taken-over balancer not named since.
 	stale map[uint32]net.HardwareAddr
 }
@@ -300,17 +304,8 @@ func New(cfg Config) (_ *Balancer, err error) {
 	if err := b.writeCtl(); err != nil {
 		return nil, err
 	}
-	fds := mapFDs{vips: b.vips.FD(), est: b.est.FD(), new: b.new.FD(), frags: b.frags.FD(), ctl: b.ctlMap.FD(),
-		table: b.table.FD(), backends: b.backends.FD(), bstats: b.bstats.FD(), stats: b.stats.FD(), tunnels: b.tunnels.FD(), cache: b.cache.FD()}
-	b.prog, err = ebpf.NewProgram(&ebpf.ProgramSpec{
-		Name:         "mpshim_lb",
-		Type:         ebpf.XDP,
-		Instructions: instructions(fds, uint32(cfg.TableSize), uint32(cfg.FlowCache)),
-		// Map lookups and updates only; any licence may call them.
-		License: "Apache-2.0",
-	})
-	if err != nil {
-		return nil, fmt.Errorf("lb/xdp: load program: %w", err)
+	if b.prog, err = b.load(); err != nil {
+		return nil, err
 	}
 	if cfg.PinDir != "" {
 		if err := b.pin(cfg.PinDir); err != nil {
@@ -318,6 +313,31 @@ func New(cfg Config) (_ *Balancer, err error) {
 		}
 	}
 	return b, nil
+}
+
+// progVariant, when not zero, adds an instruction that changes nothing to
+// the program: a test's stand-in for a program of another version.
+var progVariant int32
+
+// load loads this version's program on b's maps.
+func (b *Balancer) load() (*ebpf.Program, error) {
+	fds := mapFDs{vips: b.vips.FD(), est: b.est.FD(), new: b.new.FD(), frags: b.frags.FD(), ctl: b.ctlMap.FD(),
+		table: b.table.FD(), backends: b.backends.FD(), bstats: b.bstats.FD(), stats: b.stats.FD(), tunnels: b.tunnels.FD(), cache: b.cache.FD()}
+	insns := instructions(fds, uint32(b.cfg.TableSize), uint32(b.cfg.FlowCache))
+	if progVariant != 0 {
+		insns = append(asm.Instructions{asm.Mov.Imm(asm.R0, progVariant)}, insns...)
+	}
+	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name:         "mpshim_lb",
+		Type:         ebpf.XDP,
+		Instructions: insns,
+		// Map lookups and updates only; any licence may call them.
+		License: "Apache-2.0",
+	})
+	if err != nil {
+		return nil, fmt.Errorf("lb/xdp: load program: %w", err)
+	}
+	return p, nil
 }
 
 // Program is the loaded program (for BPF_PROG_TEST_RUN and statistics).
