@@ -114,9 +114,31 @@ func counters(t testing.TB, b *Balancer) [NumCounters]uint64 {
 	return c
 }
 
-// TestVerdicts runs frames that must pass untouched or be dropped.
+// TestVerdicts runs frames that must pass untouched or be dropped, first
+// with none of their flows known, then with those flows established (so
+// that the frames meet the established path's checks).
 func TestVerdicts(t *testing.T) {
+	for _, established := range []bool{false, true} {
+		t.Run(map[bool]string{false: "new", true: "established"}[established], func(t *testing.T) {
+			verdicts(t, established)
+		})
+	}
+}
+
+func verdicts(t *testing.T, established bool) {
 	b := newBalancer(t, Config{}, 8)
+	if established {
+		for _, f := range [][]byte{
+			tcp4(ap(client4, 4000), ap(vip4, 80), tcpSYN), tcp4(ap(client4, 4000), ap(vip4, 80), tcpACK),
+			tcp6(ap(client6, 1), ap(vip6, 80), tcpSYN), tcp6(ap(client6, 1), ap(vip6, 80), tcpACK),
+			udp4(ap(client4, 1), ap(vip4, 53), nil), udp4(ap(client4, 1), ap(vip4, 53), nil),
+		} {
+			steer(t, b, f)
+		}
+		if est, _, _, err := b.Flows(); err != nil || est != 3 {
+			t.Fatalf("%d established flows, %v; want 3", est, err)
+		}
+	}
 	other := netip.MustParseAddr("10.99.0.2")
 	good := tcp4(ap(client4, 4000), ap(vip4, 80), tcpSYN)
 	trunc := func(f []byte, n int) []byte { return append([]byte{}, f[:len(f)-n]...) }
