@@ -33,7 +33,7 @@
 // VIP instead of kernel nginx backends (-ins=false skips it, -prog=false
 // the first part).
 //
-//	go run ./bench/lb [-rounds 3] [-t 5s] [-lat-pairs 15] [-lat-t 1s] [-prog=true] [-ins=true] [-bin bin] [-est N] [-new N]
+//	go run ./bench/lb [-rounds 3] [-t 5s] [-lat-pairs 15] [-lat-t 1s] [-native] [-prog=true] [-ins=true] [-bin bin] [-est N] [-new N]
 package main
 
 import (
@@ -64,6 +64,10 @@ import (
 // Table sizes of the balancer (flags -est, -new).
 var estEntries, newEntries *int
 
+// native attaches the programs in the veth driver's mode (flag -native)
+// instead of the generic one the daemon uses.
+var native *bool
+
 // The latency comparison (flags -lat-pairs, -lat-t).
 var latPairs *int
 var latDur *time.Duration
@@ -74,6 +78,7 @@ func main() {
 	withProg := flag.Bool("prog", true, "measure the program with kernel nginx backends")
 	withINS := flag.Bool("ins", true, "measure the isolator's INS behind the VIP")
 	bin := flag.String("bin", "bin", "directory of the built isolator and libmpshim.so")
+	native = flag.Bool("native", false, "attach in the veth driver's XDP mode instead of the generic one (the first part only)")
 	estEntries = flag.Int("est", 0, "established-flow table entries (0: the default)")
 	newEntries = flag.Int("new", 0, "new-flow table entries (0: the default)")
 	latPairs = flag.Int("lat-pairs", 15, "pairs of wrk -c1 runs (VIP, direct) for the latency the VIP adds")
@@ -169,8 +174,18 @@ func run(rounds int, dur time.Duration) (err error) {
 	if err := lb.AddVIP(vip, gwMAC); err != nil {
 		return err
 	}
-	if err := tp.GW.Do(func() error { return lb.Attach(gwIndex, true) }); err != nil {
+	if err := tp.GW.Do(func() error { return lb.Attach(gwIndex, !*native) }); err != nil {
 		return err
+	}
+	if *native {
+		// XDP_TX (the program's ARP answers) on a veth in the driver's
+		// mode needs the peer to receive in NAPI, which an XDP program of
+		// its own turns on: one that passes everything.
+		l, err := attachPass(cl, "c0")
+		if err != nil {
+			return err
+		}
+		defer l.Close()
 	}
 	var bes []*backend
 	for id := 1; id <= 4; id++ {
@@ -332,7 +347,11 @@ http {
 	defer pass.Close()
 	var pl link.Link
 	if err := tp.GW.Do(func() (err error) {
-		pl, err = link.AttachXDP(link.XDPOptions{Program: pass, Interface: gwIndex, Flags: link.XDPGenericMode})
+		opts := link.XDPOptions{Program: pass, Interface: gwIndex, Flags: link.XDPGenericMode}
+		if *native {
+			opts.Flags = link.XDPDriverMode
+		}
+		pl, err = link.AttachXDP(opts)
 		return err
 	}); err != nil {
 		return fmt.Errorf("attach the pass program: %w", err)
@@ -385,6 +404,30 @@ func latency(ctx context.Context, ns *topo.NS, vipURL, directURL, prefix string,
 		add(prefix+"vip-added", p50[0]-p50[1])
 	}
 	return nil
+}
+
+// attachPass attaches a program that passes every frame to interface
+// ifname of ns in the driver's mode.
+func attachPass(ns *topo.NS, ifname string) (link.Link, error) {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "Apache-2.0",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, lbxdp.ActionPass), asm.Return()}})
+	if err != nil {
+		return nil, fmt.Errorf("load a pass program: %w", err)
+	}
+	defer prog.Close() // the link holds it
+	var l link.Link
+	err = ns.Do(func() error {
+		ifc, err := net.InterfaceByName(ifname)
+		if err != nil {
+			return err
+		}
+		l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifc.Index, Flags: link.XDPDriverMode})
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("attach a pass program to %s: %w", ifname, err)
+	}
+	return l, nil
 }
 
 // busyTime is the machine's non-idle CPU time so far (/proc/stat).
