@@ -19,16 +19,21 @@
 //	             XDP_PASS, attached in the balancer's place: the part of
 //	             the figures above that is the measurement's and the
 //	             frame's, not the balancer's
-//	p50-vip      wrk -t1 -c1 --latency to the VIP, one backend (µs)
+//	p50-vip      wrk -t1 -c1 --latency to the VIP, one backend (µs), the
+//	             median of -lat-pairs runs of -lat-t each, wrk pinned to
+//	             one CPU and nginx to the other
 //	p50-direct   the same to that backend's own address, bypassing the
-//	             program (µs); their difference is the latency the VIP adds
+//	             program (µs), each run right after or before a VIP run
+//	             (the order alternates)
+//	vip-added    the latency the VIP adds: the median over the pairs of
+//	             p50-vip minus p50-direct (µs)
 //	switch       SetBackends: rebuild the 65,537-entry table and switch (ms)
 //
 // Then the same through the daemon (runINS): the isolator's INS behind the
 // VIP instead of kernel nginx backends (-ins=false skips it, -prog=false
 // the first part).
 //
-//	go run ./bench/lb [-rounds 3] [-t 5s] [-prog=true] [-ins=true] [-bin bin] [-est N] [-new N]
+//	go run ./bench/lb [-rounds 3] [-t 5s] [-lat-pairs 15] [-lat-t 1s] [-native] [-prog=true] [-ins=true] [-bin bin] [-est N] [-new N]
 package main
 
 import (
@@ -59,14 +64,25 @@ import (
 // Table sizes of the balancer (flags -est, -new).
 var estEntries, newEntries *int
 
+// native attaches the programs in the veth driver's mode (flag -native)
+// instead of the generic one the daemon uses.
+var native *bool
+
+// The latency comparison (flags -lat-pairs, -lat-t).
+var latPairs *int
+var latDur *time.Duration
+
 func main() {
 	rounds := flag.Int("rounds", 3, "rounds of every figure")
 	dur := flag.Duration("t", 5*time.Second, "duration of each wrk run")
 	withProg := flag.Bool("prog", true, "measure the program with kernel nginx backends")
 	withINS := flag.Bool("ins", true, "measure the isolator's INS behind the VIP")
 	bin := flag.String("bin", "bin", "directory of the built isolator and libmpshim.so")
+	native = flag.Bool("native", false, "attach in the veth driver's XDP mode instead of the generic one (the first part only)")
 	estEntries = flag.Int("est", 0, "established-flow table entries (0: the default)")
 	newEntries = flag.Int("new", 0, "new-flow table entries (0: the default)")
+	latPairs = flag.Int("lat-pairs", 15, "pairs of wrk -c1 runs (VIP, direct) for the latency the VIP adds")
+	latDur = flag.Duration("lat-t", time.Second, "duration of each of those runs")
 	flag.Parse()
 	if *withProg {
 		if err := run(*rounds, *dur); err != nil {
@@ -158,8 +174,18 @@ func run(rounds int, dur time.Duration) (err error) {
 	if err := lb.AddVIP(vip, gwMAC); err != nil {
 		return err
 	}
-	if err := tp.GW.Do(func() error { return lb.Attach(gwIndex, true) }); err != nil {
+	if err := tp.GW.Do(func() error { return lb.Attach(gwIndex, !*native) }); err != nil {
 		return err
+	}
+	if *native {
+		// XDP_TX (the program's ARP answers) on a veth in the driver's
+		// mode needs the peer to receive in NAPI, which an XDP program of
+		// its own turns on: one that passes everything.
+		l, err := attachPass(cl, "c0")
+		if err != nil {
+			return err
+		}
+		defer l.Close()
 	}
 	var bes []*backend
 	for id := 1; id <= 4; id++ {
@@ -192,6 +218,7 @@ func run(rounds int, dur time.Duration) (err error) {
 		b.conf = filepath.Join(dir, fmt.Sprintf("nginx%d.conf", id))
 		conf := fmt.Sprintf(`daemon on;
 worker_processes 1;
+worker_cpu_affinity 01;
 pid %[1]s/nginx%[2]d.pid;
 error_log %[1]s/error%[2]d.log warn;
 events { worker_connections 4096; }
@@ -274,16 +301,6 @@ http {
 				add("ns/pkt", float64(ps1.Runtime-ps0.Runtime)/float64(runs))
 			}
 		}
-		if err := lb.SetBackends([]lbxdp.Backend{bes[0].be}); err != nil {
-			return err
-		}
-		for _, t := range []struct{ name, addr string }{{"p50-vip", vip.String()}, {"p50-direct", bes[0].own.String()}} {
-			w, err := wrk("-t1", "-c1", "http://"+t.addr+"/f")
-			if err != nil {
-				return fmt.Errorf("round %d, %s: %w", r, t.name, err)
-			}
-			add(t.name, float64(w.P50.Nanoseconds())/1000)
-		}
 		// A burst of frames of established flows, sent from the client
 		// side with a packet socket: the program's cost at a high packet
 		// rate, when its maps stay in the cache.
@@ -293,6 +310,15 @@ http {
 		}
 		add("ns/pkt-burst", perPkt)
 		slog.Info("bench/lb: round done", "round", r+1)
+	}
+	// The latency the VIP adds at one connection: pairs of runs through the
+	// VIP and straight to the backend's own address, the order alternating
+	// so that a drift of the machine's load does not favour either side.
+	if err := lb.SetBackends([]lbxdp.Backend{bes[0].be}); err != nil {
+		return err
+	}
+	if err := latency(ctx, cl, "http://"+vip.String()+"/f", "http://"+bes[0].own.String()+"/f", "", add); err != nil {
+		return err
 	}
 	// The floor: the same burst through a program that only passes the
 	// frame, in the balancer's place. What the kernel's statistics count
@@ -321,7 +347,11 @@ http {
 	defer pass.Close()
 	var pl link.Link
 	if err := tp.GW.Do(func() (err error) {
-		pl, err = link.AttachXDP(link.XDPOptions{Program: pass, Interface: gwIndex, Flags: link.XDPGenericMode})
+		opts := link.XDPOptions{Program: pass, Interface: gwIndex, Flags: link.XDPGenericMode}
+		if *native {
+			opts.Flags = link.XDPDriverMode
+		}
+		pl, err = link.AttachXDP(opts)
 		return err
 	}); err != nil {
 		return fmt.Errorf("attach the pass program: %w", err)
@@ -335,15 +365,69 @@ http {
 		add("ns/pkt-floor", perPkt)
 	}
 	fmt.Printf("| figure | median | spread |\n|---|---|---|\n")
-	for _, name := range []string{"rps-1", "rps-2", "rps-4", "cpu-1", "cpu-2", "cpu-4", "ns/pkt", "ns/pkt-burst", "ns/pkt-floor", "p50-vip", "p50-direct", "switch"} {
+	for _, name := range []string{"rps-1", "rps-2", "rps-4", "cpu-1", "cpu-2", "cpu-4", "ns/pkt", "ns/pkt-burst", "ns/pkt-floor", "p50-vip", "p50-direct", "vip-added", "switch"} {
 		med, _ := m[name].Median("lb")
 		spread, _ := m[name].Spread("lb")
 		fmt.Printf("| %s | %s | %s |\n", name, report.FormatValue(med), report.FormatValue(spread))
 	}
-	vipMed, _ := m["p50-vip"].Median("lb")
-	dirMed, _ := m["p50-direct"].Median("lb")
-	fmt.Printf("\nlatency the VIP adds at wrk -c1 (p50): %.1f µs; load %s; %d CPUs\n", vipMed-dirMed, report.LoadAvg(), runtimeCPUs())
+	added, _ := m["vip-added"].Median("lb")
+	fmt.Printf("\nlatency the VIP adds at wrk -c1 (median over %d pairs of the p50 difference): %.1f µs; load %s; %d CPUs\n", *latPairs, added, report.LoadAvg(), runtimeCPUs())
 	return nil
+}
+
+// latency runs -lat-pairs pairs of wrk -t1 -c1 --latency runs of -lat-t
+// from ns, one to vipURL and one to directURL, the order alternating so
+// that a drift of the machine's load favours neither, with wrk on CPU 1;
+// it adds the p50 of each (prefix+"p50-vip", prefix+"p50-direct", µs) and
+// their difference (prefix+"vip-added").
+func latency(ctx context.Context, ns *topo.NS, vipURL, directURL, prefix string, add func(string, float64)) error {
+	for i := range *latPairs {
+		var p50 [2]float64
+		for j := range 2 {
+			k := (i + j) % 2
+			out, err := ns.Run(ctx, "taskset", "-c", "1", "wrk", "-d", fmt.Sprint(max(1, int(latDur.Seconds())))+"s",
+				"--latency", "-t1", "-c1", []string{vipURL, directURL}[k])
+			if err != nil {
+				return fmt.Errorf("latency pair %d: %w", i, err)
+			}
+			w, err := parse.ParseWrk(out)
+			if err == nil {
+				err = w.Err()
+			}
+			if err != nil {
+				return fmt.Errorf("latency pair %d: %w", i, err)
+			}
+			p50[k] = float64(w.P50.Nanoseconds()) / 1000
+		}
+		add(prefix+"p50-vip", p50[0])
+		add(prefix+"p50-direct", p50[1])
+		add(prefix+"vip-added", p50[0]-p50[1])
+	}
+	return nil
+}
+
+// attachPass attaches a program that passes every frame to interface
+// ifname of ns in the driver's mode.
+func attachPass(ns *topo.NS, ifname string) (link.Link, error) {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "Apache-2.0",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, lbxdp.ActionPass), asm.Return()}})
+	if err != nil {
+		return nil, fmt.Errorf("load a pass program: %w", err)
+	}
+	defer prog.Close() // the link holds it
+	var l link.Link
+	err = ns.Do(func() error {
+		ifc, err := net.InterfaceByName(ifname)
+		if err != nil {
+			return err
+		}
+		l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifc.Index, Flags: link.XDPDriverMode})
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("attach a pass program to %s: %w", ifname, err)
+	}
+	return l, nil
 }
 
 // busyTime is the machine's non-idle CPU time so far (/proc/stat).

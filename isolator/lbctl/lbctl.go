@@ -199,7 +199,7 @@ func (m *Manager) AddUplink(ctx context.Context, u Uplink) (err error) {
 	m.uplinks[u.Name] = b
 	m.mu.Unlock()
 	m.log.Info("load balancer on", "uplink", u.Name, "interface", u.Interface, "vips", u.VIPs, "mac", mac.String(), "tunnel4", u.Tunnel4,
-		"pinned", cfg.PinDir, "taken_over", bal.TookOver())
+		"pinned", cfg.PinDir, "taken_over", bal.TookOver(), "program_replaced", bal.Replaced())
 	if bal.TookOver() {
 		// INS of the previous daemon that are not adopted by then lose
 		// their flows to the table.

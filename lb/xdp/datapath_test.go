@@ -760,7 +760,7 @@ func TestDataPath(t *testing.T) {
 			if l.want(t, c.src, 80, 6) != c.backend {
 				wouldMove++
 			}
-			var v uint32
+			var v [flowValue]byte
 			dst := l.vip4
 			if c.src.Addr().Is6() {
 				dst = l.vip6

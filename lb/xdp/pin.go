@@ -2,6 +2,7 @@ package xdp
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -52,8 +53,9 @@ func (b *Balancer) pinned() []struct {
 		name string
 		m    **ebpf.Map
 	}{
-		{"vips", &b.vips}, {"est", &b.est}, {"new", &b.new}, {"frags", &b.frags}, {"ctl", &b.ctl},
+		{"vips", &b.vips}, {"est", &b.est}, {"new", &b.new}, {"frags", &b.frags}, {"ctl", &b.ctlMap},
 		{"table", &b.table}, {"backends", &b.backends}, {"bstats", &b.bstats}, {"stats", &b.stats}, {"tunnels", &b.tunnels},
+		{"cache", &b.cache},
 	}
 }
 
@@ -91,11 +93,13 @@ func (b *Balancer) takeOver(dir string, specs map[string]ebpf.MapSpec) (bool, er
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return false, fmt.Errorf("load pinned link: %w", err)
 	}
-	var active uint32
-	if err := b.ctl.Lookup(uint32(0), &active); err != nil {
-		return false, fmt.Errorf("read the live table half: %w", err)
+	if err := b.replaceOlder(dir); err != nil {
+		return false, err
 	}
-	b.active = active & 1
+	if err := b.ctlMap.Lookup(uint32(0), &b.ctl); err != nil {
+		return false, fmt.Errorf("read the control entry: %w", err)
+	}
+	binary.NativeEndian.PutUint32(b.ctl[ctlActive:], binary.NativeEndian.Uint32(b.ctl[ctlActive:])&1)
 	// Backends the previous owner had: kept (their flows stay theirs)
 	// until SetBackends names them or DropStale.
 	b.stale = map[uint32]net.HardwareAddr{}
@@ -110,6 +114,55 @@ func (b *Balancer) takeOver(dir string, specs map[string]ebpf.MapSpec) (bool, er
 	}
 	return true, nil
 }
+
+// replaceOlder loads this version's program on the taken-over maps and
+// compares its tag (the kernel's hash of the instructions, map references
+// left out) with the pinned one's: the same, it is dropped; else the
+// pinned program is of another version and this one takes its place, in
+// the pinned link (one atomic switch: no packet goes unsteered, the
+// connection table stays) and in the pin.
+func (b *Balancer) replaceOlder(dir string) error {
+	mine, err := b.load()
+	if err != nil {
+		return err
+	}
+	mi, err := mine.Info()
+	if err != nil {
+		mine.Close()
+		return fmt.Errorf("program info: %w", err)
+	}
+	pi, err := b.prog.Info()
+	if err != nil {
+		mine.Close()
+		return fmt.Errorf("pinned program info: %w", err)
+	}
+	if mi.Tag == pi.Tag {
+		return mine.Close()
+	}
+	for _, l := range b.links {
+		if err := l.Update(mine); err != nil {
+			mine.Close()
+			return fmt.Errorf("swap the program of the pinned link: %w", err)
+		}
+	}
+	p := filepath.Join(dir, pinProg)
+	if err := os.Remove(p); err != nil {
+		mine.Close()
+		return fmt.Errorf("unpin the older program: %w", err)
+	}
+	if err := mine.Pin(p); err != nil {
+		mine.Close()
+		return fmt.Errorf("pin the program: %w", err)
+	}
+	b.prog.Close()
+	b.prog = mine
+	b.replaced = true
+	return nil
+}
+
+// Replaced reports whether the balancer New took over ran a program of
+// another version, which this one's replaced (see TookOver).
+func (b *Balancer) Replaced() bool { return b.replaced }
 
 // pin pins the maps and the program in dir.
 func (b *Balancer) pin(dir string) error {
@@ -145,6 +198,8 @@ func (b *Balancer) DropStale() error {
 		}
 		delete(b.stale, id)
 	}
+	b.nextGen()
+	errs = append(errs, b.writeCtl())
 	return errors.Join(errs...)
 }
 

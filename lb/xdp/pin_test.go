@@ -163,3 +163,97 @@ func TestSweep(t *testing.T) {
 		t.Fatalf("%d of 200 flows on backends 0 and 1: the test did not test the sweep", kept)
 	}
 }
+
+// TestPinReplacesOlderProgram: a balancer pinned by a program of another
+// version (progVariant) is taken over with its maps, and this version's
+// program takes the old one's place in the pinned link and the pin; the
+// established flows stay where they were. A second take-over finds its
+// own version and keeps it.
+func TestPinReplacesOlderProgram(t *testing.T) {
+	topo.RequireRoot(t)
+	if err := MountBPFFS(); err != nil {
+		t.Fatal(err)
+	}
+	tp := topo.New(t, topo.Config{Uplinks: 1, Direct: true})
+	dir := filepath.Join(BPFFS, "mpshim-test", tp.ID)
+	t.Cleanup(func() { os.RemoveAll(filepath.Dir(dir)) })
+	var ifindex int
+	if err := tp.GW.Do(func() error {
+		ifc, err := net.InterfaceByName(tp.Uplinks[0].GWIf)
+		ifindex = ifc.Index
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{PinDir: dir, EstEntries: 1024, NewEntries: 1024, FragEntries: 64, FlowCache: 1024}
+	progVariant = 7
+	t.Cleanup(func() { progVariant = 0 })
+	old := newBalancer(t, cfg, 4)
+	if err := tp.GW.Do(func() error { return old.Attach(ifindex, true) }); err != nil {
+		t.Fatal(err)
+	}
+	var flows []int
+	for i := range 100 {
+		src := ap(client4, uint16(1000+i))
+		steer(t, old, tcp4(src, ap(vip4, 80), tcpSYN))
+		flows = append(flows, steer(t, old, tcp4(src, ap(vip4, 80), tcpACK)))
+	}
+	oi, err := old.Program().Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldID, _ := oi.ID()
+	if err := old.Release(); err != nil {
+		t.Fatal(err)
+	}
+
+	progVariant = 0
+	b, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	if !b.TookOver() || !b.Replaced() {
+		t.Fatalf("took over %v, replaced %v: want both", b.TookOver(), b.Replaced())
+	}
+	ni, err := b.Program().Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	newID, _ := ni.ID()
+	if newID == oldID || ni.Tag == oi.Tag {
+		t.Fatalf("program %d (tag %s) after the take-over, the old one was %d (tag %s)", newID, ni.Tag, oldID, oi.Tag)
+	}
+	l, err := link.LoadPinnedLink(filepath.Join(dir, pinLink), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	li, err := l.Info()
+	l.Close()
+	if err != nil || li.Program != newID || int(li.XDP().Ifindex) != ifindex {
+		t.Fatalf("pinned link %+v, %v: want program %d on interface %d", li, err, newID, ifindex)
+	}
+	if est, _, _, err := b.Flows(); err != nil || est != 100 {
+		t.Fatalf("established flows after the swap %d, %v; want 100", est, err)
+	}
+	if err := b.SetBackends(backends(4)); err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range flows {
+		if got := steer(t, b, tcp4(ap(client4, uint16(1000+i)), ap(vip4, 80), tcpACK)); got != want {
+			t.Fatalf("flow %d moved from %d to %d with the new program", i, want, got)
+		}
+	}
+	if err := b.Release(); err != nil {
+		t.Fatal(err)
+	}
+	again, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { again.Close() })
+	ai, _ := again.Program().Info()
+	if id, _ := ai.ID(); !again.TookOver() || again.Replaced() || id != newID {
+		t.Fatalf("second take-over: took over %v, replaced %v, program %d; want true, false, %d", again.TookOver(), again.Replaced(), id, newID)
+	}
+}

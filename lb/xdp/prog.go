@@ -77,12 +77,64 @@ const (
 // noBackend is the table entry of an empty table.
 const noBackend = 0xffffffff
 
+// A flow map entry (flowValue bytes, the value of the established,
+// new-flow and fragment maps): the backend's MAC and kind as they were
+// when the entry was written or last checked, the backend's id, the
+// control generation then, and the MAC the frame was sent to (the VIP's).
+// An established packet whose entry carries the live generation needs no
+// other map: the entry says where it goes. Every change of the backend
+// set or of the VIPs moves the generation on, and the next packet of each
+// flow takes the full path once, which checks the VIP and the backend and
+// writes the entry anew.
+const (
+	fvMAC     = 0
+	fvKind    = 6
+	fvBackend = 8
+	fvGen     = 12
+	fvVIPMAC  = 16
+	flowValue = 24
+)
+
+// A flow cache slot (cacheValue bytes, one cache line; the slot is the
+// flow hash's low bits): the flow key (5 words), the backend's MAC and the
+// VIP's MAC (a word each, zero-padded), and a word of the generation (low
+// half) and a check (high half) that binds the key's hash to both MACs.
+// Two CPUs writing one slot at once may leave words of both; the check
+// then fails (but for one chance in 2^32) and the packet takes the
+// established table.
+const (
+	cacheKey   = 0
+	cacheMAC   = 40
+	cacheVIP   = 48
+	cacheGen   = 56
+	cacheValue = 64
+)
+
+// The control map's single entry (ctlValue bytes): the live half of the
+// Maglev table, the generation, and the prefilter of the fast path: with
+// ctlMode modeOneMAC every VIP is reached at ctlMAC, so a frame sent to
+// another MAC is not looked up in the established table; with modeAny the
+// VIPs have several MACs and every unicast TCP or UDP frame is; with
+// modeNoVIP nothing is.
+const (
+	ctlActive = 0
+	ctlGen    = 4
+	ctlMAC    = 8
+	ctlMode   = 14
+	ctlValue  = 16
+
+	modeNoVIP  = 0
+	modeOneMAC = 1
+	modeAny    = 2
+)
+
 // Flags kept in R9 while a packet is looked at.
 const (
-	flagSyn       = 1 // TCP SYN: never promoted
-	flagNoInsert  = 2 // ICMP errors and 3-tuple flows: looked up, never inserted
-	flagFirstFrag = 4 // first fragment: its decision goes into the fragment map
-	flagNewFlow   = 8 // decided by Maglev
+	flagSyn       = 1  // TCP SYN: never promoted
+	flagNoInsert  = 2  // ICMP errors and 3-tuple flows: looked up, never inserted
+	flagFirstFrag = 4  // first fragment: its decision goes into the fragment map
+	flagNewFlow   = 8  // decided by Maglev
+	flagEstMissed = 16 // the fast path looked this key up in the established table: not there
 )
 
 // Stack layout (offsets from R10). The flow key is 40 bytes:
@@ -102,14 +154,19 @@ const (
 	stProto    = -4
 	stFragID   = -44
 	stScratch  = -48 // u32 map key
-	stBackend  = -56 // u32 backend id (value of the flow maps)
 	stHash     = -64
 	stCountKey = -72
-	stPseudo   = -112 // IPv6 pseudo-header for the NA checksum (40 bytes)
-	stCtx      = -120 // the program's context (for the helpers that resize the packet)
-	stInnerLen = -124 // u32: the IP packet's length, for the tunnel header
-	stInnerPro = -128 // u8: the tunnel header's protocol (4 or 41)
-	stackBytes = 128
+	stPseudo   = -112                // IPv6 pseudo-header for the NA checksum (40 bytes)
+	stCtx      = -120                // the program's context (for the helpers that resize the packet)
+	stInnerLen = -124                // u32: the IP packet's length, for the tunnel header
+	stInnerPro = -128                // u8: the tunnel header's protocol (4 or 41)
+	stValue    = -152                // a flow map entry being written (flowValue bytes)
+	stBackend  = stValue + fvBackend // u32 backend id
+	stFlowPtr  = -160                // the established entry found (a map value pointer)
+	stGen      = -164                // u32: the control generation
+	stCacheIdx = -168                // u32: the flow cache slot
+	stCachePtr = -176                // the flow cache slot (a map value pointer)
+	stackBytes = 176
 )
 
 // The hash's multipliers as the signed immediates the instructions carry.
@@ -120,7 +177,7 @@ const KeySize = 40
 
 // mapFDs are the file descriptors the program's instructions refer to.
 type mapFDs struct {
-	vips, est, new, frags, ctl, table, backends, bstats, stats, tunnels int
+	vips, est, new, frags, ctl, table, backends, bstats, stats, tunnels, cache int
 }
 
 // builder assembles the program with generated labels.
@@ -191,31 +248,122 @@ func (b *builder) lookup(fd int, keyOff int16) {
 // flowBackend looks the key at R10+stKey up in the flow table fd, stores
 // the backend index it holds at R10+stBackend and leaves that backend's
 // entry of the backends table in R8; it jumps to miss when the flow is not
-// in the table, the backend is unknown or the backend is down.
-func (b *builder) flowBackend(fd, backends int, miss string) {
+// in the table, the backend is unknown or the backend is down. With
+// refresh, the flow's entry is written anew from the backend's (MAC, kind)
+// and the live generation, so that its next packet takes the fast path.
+func (b *builder) flowBackend(fd, backends int, miss string, refresh bool) {
 	b.lookup(fd, stKey)
 	b.emit(
 		asm.JEq.Imm(asm.R0, 0, miss),
-		asm.LoadMem(asm.R2, asm.R0, 0, asm.Word),
+		asm.StoreMem(asm.R10, stFlowPtr, asm.R0, asm.DWord),
+		asm.LoadMem(asm.R2, asm.R0, fvBackend, asm.Word),
 		asm.StoreMem(asm.R10, stBackend, asm.R2, asm.Word),
 	)
 	b.lookup(backends, stBackend)
 	b.emit(
 		asm.JEq.Imm(asm.R0, 0, miss),
-		asm.LoadMem(asm.R2, asm.R0, 6, asm.Byte),
+		asm.LoadMem(asm.R2, asm.R0, beState, asm.Byte),
 		asm.JEq.Imm(asm.R2, stateDown, miss),
 		asm.Mov.Reg(asm.R8, asm.R0),
 	)
+	if !refresh {
+		return
+	}
+	b.emit(
+		asm.LoadMem(asm.R1, asm.R10, stFlowPtr, asm.DWord),
+		asm.LoadMem(asm.R2, asm.R8, beMAC, asm.Word),
+		asm.StoreMem(asm.R1, fvMAC, asm.R2, asm.Word),
+		asm.LoadMem(asm.R2, asm.R8, beMAC+4, asm.Half),
+		asm.StoreMem(asm.R1, fvMAC+4, asm.R2, asm.Half),
+		asm.LoadMem(asm.R2, asm.R8, beKind, asm.Byte),
+		asm.StoreMem(asm.R1, fvKind, asm.R2, asm.Byte),
+		asm.LoadMem(asm.R2, asm.R6, 0, asm.Word),
+		asm.StoreMem(asm.R1, fvVIPMAC, asm.R2, asm.Word),
+		asm.LoadMem(asm.R2, asm.R6, 4, asm.Half),
+		asm.StoreMem(asm.R1, fvVIPMAC+4, asm.R2, asm.Half),
+		asm.LoadMem(asm.R2, asm.R10, stGen, asm.Word),
+		asm.StoreMem(asm.R1, fvGen, asm.R2, asm.Word),
+	)
 }
 
-// update calls bpf_map_update_elem(fd, R10+stKey, R10+stBackend, BPF_ANY).
+// flowHash leaves the flow hash of the key at R10+stKey in R2 (maglev.
+// FlowHash) and stores it at R10+stHash; it clobbers R3 and R4.
+func (b *builder) flowHash() {
+	b.emit(asm.Mov.Imm(asm.R2, 0), asm.LoadImm(asm.R4, int64(flowMul), asm.DWord))
+	for off := int16(stKey); off < stKey+KeySize; off += 8 {
+		b.emit(
+			asm.LoadMem(asm.R3, asm.R10, off, asm.DWord),
+			asm.Xor.Reg(asm.R2, asm.R3),
+			asm.Mul.Reg(asm.R2, asm.R4),
+			asm.Mov.Reg(asm.R3, asm.R2),
+			asm.RSh.Imm(asm.R3, 32),
+			asm.Xor.Reg(asm.R2, asm.R3),
+		)
+	}
+	b.emit(
+		asm.Mov.Reg(asm.R3, asm.R2),
+		asm.RSh.Imm(asm.R3, 29),
+		asm.Xor.Reg(asm.R2, asm.R3),
+		asm.LoadImm(asm.R4, int64(flowFinal), asm.DWord),
+		asm.Mul.Reg(asm.R2, asm.R4),
+		asm.Mov.Reg(asm.R3, asm.R2),
+		asm.RSh.Imm(asm.R3, 32),
+		asm.Xor.Reg(asm.R2, asm.R3),
+		asm.StoreMem(asm.R10, stHash, asm.R2, asm.DWord),
+	)
+}
+
+// cacheCheck leaves in R2 the check of a flow cache slot: the flow hash
+// (R10+stHash) mixed with the MAC word in R4 and the VIP's MAC word in R5,
+// in the high 32 bits (the low ones zero). It clobbers R3.
+func (b *builder) cacheCheck() {
+	b.emit(
+		asm.LoadMem(asm.R2, asm.R10, stHash, asm.DWord),
+		asm.Xor.Reg(asm.R2, asm.R4),
+		asm.LoadImm(asm.R3, int64(flowMul), asm.DWord),
+		asm.Mul.Reg(asm.R2, asm.R3),
+		asm.Mov.Reg(asm.R3, asm.R2),
+		asm.RSh.Imm(asm.R3, 29),
+		asm.Xor.Reg(asm.R2, asm.R3),
+		asm.Xor.Reg(asm.R2, asm.R5),
+		asm.LoadImm(asm.R3, int64(flowFinal), asm.DWord),
+		asm.Mul.Reg(asm.R2, asm.R3),
+		asm.Mov.Reg(asm.R3, asm.R2),
+		asm.LSh.Imm(asm.R3, 32),
+		asm.Xor.Reg(asm.R2, asm.R3),
+		asm.RSh.Imm(asm.R2, 32),
+		asm.LSh.Imm(asm.R2, 32),
+	)
+}
+
+// fillValue writes the flow map entry for the decision at R10+stValue: R8
+// the backend's entry, R10+stBackend its id, the live generation and the
+// frame's destination MAC (the VIP's).
+func (b *builder) fillValue() {
+	b.emit(
+		asm.LoadMem(asm.R2, asm.R8, beMAC, asm.Word),
+		asm.StoreMem(asm.R10, stValue+fvMAC, asm.R2, asm.Word),
+		asm.LoadMem(asm.R2, asm.R8, beMAC+4, asm.Half),
+		asm.StoreMem(asm.R10, stValue+fvMAC+4, asm.R2, asm.Half),
+		asm.LoadMem(asm.R2, asm.R8, beKind, asm.Byte),
+		asm.StoreMem(asm.R10, stValue+fvKind, asm.R2, asm.Byte),
+		asm.LoadMem(asm.R2, asm.R6, 0, asm.Word),
+		asm.StoreMem(asm.R10, stValue+fvVIPMAC, asm.R2, asm.Word),
+		asm.LoadMem(asm.R2, asm.R6, 4, asm.Half),
+		asm.StoreMem(asm.R10, stValue+fvVIPMAC+4, asm.R2, asm.Half),
+		asm.LoadMem(asm.R2, asm.R10, stGen, asm.Word),
+		asm.StoreMem(asm.R10, stValue+fvGen, asm.R2, asm.Word),
+	)
+}
+
+// update calls bpf_map_update_elem(fd, R10+stKey, R10+stValue, BPF_ANY).
 func (b *builder) update(fd int) {
 	b.emit(
 		asm.LoadMapPtr(asm.R1, fd),
 		asm.Mov.Reg(asm.R2, asm.R10),
 		asm.Add.Imm(asm.R2, stKey),
 		asm.Mov.Reg(asm.R3, asm.R10),
-		asm.Add.Imm(asm.R3, stBackend),
+		asm.Add.Imm(asm.R3, stValue),
 		asm.Mov.Imm(asm.R4, 0),
 		asm.FnMapUpdateElem.Call(),
 	)
@@ -445,6 +593,216 @@ func (b *builder) solicitation(fd mapFDs) {
 	b.exit("nareply", fd.stats, CountNAReply, ActionTX)
 }
 
+// fast is the path of a packet of an established flow: one lookup keyed
+// by the flow, before any VIP check, and the entry found says where the
+// frame goes. It reads the control entry (the generation, the prefilter)
+// and takes only unfragmented TCP and UDP over IPv4 without options and
+// IPv6 without extension headers, whole and well-formed; everything else,
+// an entry of another generation, a frame sent to a MAC other than the
+// one the entry was made for, or a backend on another host goes on to
+// "slow", the full program (flagEstMissed set when the key was not in
+// the established table, so that it is not looked up twice). R6 and R7
+// hold the frame; the stack is zeroed.
+//
+// The established table is the only map whose lines an established packet
+// brings in besides the control entry: under real traffic each is a cache
+// miss, which is most of the program's cost.
+func (b *builder) fast(fd mapFDs, cacheSlots uint32) {
+	b.lookup(fd.ctl, stScratch)
+	b.emit(
+		asm.JEq.Imm(asm.R0, 0, "slow"),
+		asm.LoadMem(asm.R2, asm.R0, ctlGen, asm.Word),
+		asm.StoreMem(asm.R10, stGen, asm.R2, asm.Word),
+		asm.LoadMem(asm.R3, asm.R0, ctlMode, asm.Byte),
+		asm.JEq.Imm(asm.R3, modeNoVIP, "slow"),
+		asm.Mov.Reg(asm.R2, asm.R6),
+		asm.Add.Imm(asm.R2, 42), // Ethernet, IPv4, UDP
+		asm.JGT.Reg(asm.R2, asm.R7, "slow"),
+		asm.JNE.Imm(asm.R3, modeOneMAC, "fastv"),
+		asm.LoadMem(asm.R2, asm.R6, 0, asm.Word),
+		asm.LoadMem(asm.R3, asm.R0, ctlMAC, asm.Word),
+		asm.JNE.Reg(asm.R2, asm.R3, "slow"),
+		asm.LoadMem(asm.R2, asm.R6, 4, asm.Half),
+		asm.LoadMem(asm.R3, asm.R0, ctlMAC+4, asm.Half),
+		asm.JNE.Reg(asm.R2, asm.R3, "slow"),
+	)
+	b.label("fastv")
+	b.emit(
+		asm.LoadMem(asm.R2, asm.R6, 12, asm.Half),
+		asm.JEq.Imm(asm.R2, 0xdd86, "fast6"), // 0x86dd in network order, read little-endian
+		asm.JNE.Imm(asm.R2, 0x0008, "slow"),
+		// IPv4: no options, not a fragment, TCP or UDP, the total length
+		// within the frame and at least the headers.
+		asm.LoadMem(asm.R2, asm.R6, 14, asm.Byte),
+		asm.JNE.Imm(asm.R2, 0x45, "slow"),
+		asm.LoadMem(asm.R2, asm.R6, 20, asm.Half),
+		asm.JSet.Imm(asm.R2, 0xff3f, "slow"), // MF and the offset, read little-endian
+		asm.LoadMem(asm.R3, asm.R6, 23, asm.Byte),
+	)
+	b.emit(be16(asm.R4, asm.R6, 16)...)
+	b.emit(
+		asm.JLT.Imm(asm.R4, 28, "slow"),
+		asm.Mov.Reg(asm.R2, asm.R6),
+		asm.Add.Imm(asm.R2, 14),
+		asm.Add.Reg(asm.R2, asm.R4),
+		asm.JGT.Reg(asm.R2, asm.R7, "slow"),
+		asm.JEq.Imm(asm.R3, 17, "fast4ports"),
+		asm.JNE.Imm(asm.R3, 6, "slow"),
+		asm.Mov.Reg(asm.R2, asm.R6),
+		asm.Add.Imm(asm.R2, 54),
+		asm.JGT.Reg(asm.R2, asm.R7, "slow"),
+	)
+	b.label("fast4ports")
+	b.emit(
+		asm.StoreImm(asm.R10, stSaddr+10, 0xffff, asm.Half),
+		asm.LoadMem(asm.R2, asm.R6, 26, asm.Word),
+		asm.StoreMem(asm.R10, stSaddr+12, asm.R2, asm.Word),
+		asm.StoreImm(asm.R10, stDaddr+10, 0xffff, asm.Half),
+		asm.LoadMem(asm.R2, asm.R6, 30, asm.Word),
+		asm.StoreMem(asm.R10, stDaddr+12, asm.R2, asm.Word),
+		asm.LoadMem(asm.R2, asm.R6, 34, asm.Word),
+		asm.StoreMem(asm.R10, stPorts, asm.R2, asm.Word),
+		asm.StoreMem(asm.R10, stProto, asm.R3, asm.Byte),
+		asm.Ja.Label("fastlookup"),
+	)
+	// IPv6: TCP or UDP right after the fixed header, the payload within
+	// the frame.
+	b.label("fast6")
+	b.emit(
+		asm.Mov.Reg(asm.R2, asm.R6),
+		asm.Add.Imm(asm.R2, 62), // Ethernet, IPv6, UDP
+		asm.JGT.Reg(asm.R2, asm.R7, "slow"),
+		asm.LoadMem(asm.R2, asm.R6, 14, asm.Byte),
+		asm.RSh.Imm(asm.R2, 4),
+		asm.JNE.Imm(asm.R2, 6, "slow"),
+		asm.LoadMem(asm.R3, asm.R6, 20, asm.Byte),
+	)
+	b.emit(be16(asm.R4, asm.R6, 18)...)
+	b.emit(
+		asm.JLT.Imm(asm.R4, 8, "slow"),
+		asm.Mov.Reg(asm.R2, asm.R6),
+		asm.Add.Imm(asm.R2, 54),
+		asm.Add.Reg(asm.R2, asm.R4),
+		asm.JGT.Reg(asm.R2, asm.R7, "slow"),
+		asm.JEq.Imm(asm.R3, 17, "fast6ports"),
+		asm.JNE.Imm(asm.R3, 6, "slow"),
+		asm.Mov.Reg(asm.R2, asm.R6),
+		asm.Add.Imm(asm.R2, 74),
+		asm.JGT.Reg(asm.R2, asm.R7, "slow"),
+	)
+	b.label("fast6ports")
+	for off := int16(0); off < 32; off += 8 {
+		b.emit(
+			asm.LoadMem(asm.R2, asm.R6, 22+off, asm.DWord),
+			asm.StoreMem(asm.R10, stSaddr+off, asm.R2, asm.DWord),
+		)
+	}
+	b.emit(
+		asm.LoadMem(asm.R2, asm.R6, 54, asm.Word),
+		asm.StoreMem(asm.R10, stPorts, asm.R2, asm.Word),
+		asm.StoreMem(asm.R10, stProto, asm.R3, asm.Byte),
+	)
+	b.label("fastlookup")
+	b.flowHash()
+	b.emit(
+		asm.And.Imm(asm.R2, int32(cacheSlots-1)),
+		asm.StoreMem(asm.R10, stCacheIdx, asm.R2, asm.Word),
+	)
+	b.lookup(fd.cache, stCacheIdx)
+	b.emit(
+		asm.StoreMem(asm.R10, stCachePtr, asm.R0, asm.DWord),
+		asm.JEq.Imm(asm.R0, 0, "fastest"),
+	)
+	for off := int16(0); off < KeySize; off += 8 {
+		b.emit(
+			asm.LoadMem(asm.R2, asm.R0, cacheKey+off, asm.DWord),
+			asm.LoadMem(asm.R3, asm.R10, stKey+off, asm.DWord),
+			asm.JNE.Reg(asm.R2, asm.R3, "fastest"),
+		)
+	}
+	b.emit(
+		asm.LoadMem(asm.R2, asm.R0, cacheGen, asm.Word),
+		asm.LoadMem(asm.R3, asm.R10, stGen, asm.Word),
+		asm.JNE.Reg(asm.R2, asm.R3, "fastest"),
+		asm.LoadMem(asm.R2, asm.R0, cacheVIP, asm.Word),
+		asm.LoadMem(asm.R3, asm.R6, 0, asm.Word),
+		asm.JNE.Reg(asm.R2, asm.R3, "fastest"),
+		asm.LoadMem(asm.R2, asm.R0, cacheVIP+4, asm.Half),
+		asm.LoadMem(asm.R3, asm.R6, 4, asm.Half),
+		asm.JNE.Reg(asm.R2, asm.R3, "fastest"),
+		asm.LoadMem(asm.R4, asm.R0, cacheMAC, asm.DWord),
+		asm.LoadMem(asm.R5, asm.R0, cacheVIP, asm.DWord),
+	)
+	b.cacheCheck()
+	b.emit(
+		asm.LoadMem(asm.R0, asm.R10, stCachePtr, asm.DWord),
+		asm.JEq.Imm(asm.R0, 0, "fastest"),
+		asm.LoadMem(asm.R3, asm.R0, cacheGen, asm.DWord),
+		asm.RSh.Imm(asm.R3, 32),
+		asm.LSh.Imm(asm.R3, 32),
+		asm.JNE.Reg(asm.R2, asm.R3, "fastest"),
+		asm.LoadMem(asm.R2, asm.R0, cacheMAC, asm.Word),
+		asm.StoreMem(asm.R6, 0, asm.R2, asm.Word),
+		asm.LoadMem(asm.R2, asm.R0, cacheMAC+4, asm.Half),
+		asm.StoreMem(asm.R6, 4, asm.R2, asm.Half),
+		asm.Mov.Imm(asm.R0, ActionPass),
+		asm.Return(),
+	)
+	// Not in the cache: the established table.
+	b.label("fastest")
+	b.lookup(fd.est, stKey)
+	b.emit(
+		asm.JNE.Imm(asm.R0, 0, "fasthit"),
+		asm.Or.Imm(asm.R9, flagEstMissed),
+		asm.Ja.Label("slow"),
+	)
+	b.label("fasthit")
+	b.emit(
+		asm.LoadMem(asm.R2, asm.R0, fvGen, asm.Word),
+		asm.LoadMem(asm.R3, asm.R10, stGen, asm.Word),
+		asm.JNE.Reg(asm.R2, asm.R3, "slow"),
+		asm.LoadMem(asm.R2, asm.R0, fvKind, asm.Byte),
+		asm.JNE.Imm(asm.R2, kindLocal, "slow"),
+		asm.LoadMem(asm.R2, asm.R0, fvVIPMAC, asm.Word),
+		asm.LoadMem(asm.R3, asm.R6, 0, asm.Word),
+		asm.JNE.Reg(asm.R2, asm.R3, "slow"),
+		asm.LoadMem(asm.R2, asm.R0, fvVIPMAC+4, asm.Half),
+		asm.LoadMem(asm.R3, asm.R6, 4, asm.Half),
+		asm.JNE.Reg(asm.R2, asm.R3, "slow"),
+		asm.LoadMem(asm.R2, asm.R0, fvMAC, asm.Word),
+		asm.StoreMem(asm.R6, 0, asm.R2, asm.Word),
+		asm.LoadMem(asm.R2, asm.R0, fvMAC+4, asm.Half),
+		asm.StoreMem(asm.R6, 4, asm.R2, asm.Half),
+		// Into the cache: the key, the MACs (the entry's words: the kind
+		// and padding after the MACs are zero), the generation and check.
+		asm.LoadMem(asm.R4, asm.R0, fvMAC, asm.DWord),
+		asm.LoadMem(asm.R5, asm.R0, fvVIPMAC, asm.DWord),
+		asm.LoadMem(asm.R1, asm.R10, stCachePtr, asm.DWord),
+		asm.JEq.Imm(asm.R1, 0, "fastpass"),
+		asm.StoreMem(asm.R1, cacheMAC, asm.R4, asm.DWord),
+		asm.StoreMem(asm.R1, cacheVIP, asm.R5, asm.DWord),
+	)
+	for off := int16(0); off < KeySize; off += 8 {
+		b.emit(
+			asm.LoadMem(asm.R2, asm.R10, stKey+off, asm.DWord),
+			asm.StoreMem(asm.R1, cacheKey+off, asm.R2, asm.DWord),
+		)
+	}
+	b.cacheCheck()
+	b.emit(
+		asm.LoadMem(asm.R3, asm.R10, stGen, asm.Word),
+		asm.Or.Reg(asm.R2, asm.R3),
+		asm.LoadMem(asm.R1, asm.R10, stCachePtr, asm.DWord),
+		asm.JEq.Imm(asm.R1, 0, "fastpass"),
+		asm.StoreMem(asm.R1, cacheGen, asm.R2, asm.DWord),
+	)
+	b.label("fastpass")
+	b.emit(
+		asm.Mov.Imm(asm.R0, ActionPass),
+		asm.Return(),
+	)
+}
+
 // reload points R6 and R7 at the packet again after a helper resized it.
 func (b *builder) reload() {
 	b.emit(
@@ -629,7 +987,7 @@ func be16(dst, src asm.Register, off int16) []asm.Instruction {
 //	NDP for a VIP: to the broadcast MAC (every backend), XDP_PASS
 //	first fragment: remember its backend in the fragment map
 //	rewrite the destination MAC to the backend's, XDP_PASS
-func instructions(fd mapFDs, size uint32) asm.Instructions {
+func instructions(fd mapFDs, size, cacheSlots uint32) asm.Instructions {
 	b := &builder{}
 	st := fd.stats
 	b.emit(
@@ -642,6 +1000,8 @@ func instructions(fd mapFDs, size uint32) asm.Instructions {
 		b.emit(asm.StoreMem(asm.R10, int16(off), asm.R0, asm.DWord))
 	}
 	b.emit(asm.StoreMem(asm.R10, stCtx, asm.R1, asm.DWord))
+	b.fast(fd, cacheSlots)
+	b.label("slow")
 	b.decap(fd)
 	b.label("parse")
 	b.emit(
@@ -912,45 +1272,26 @@ func instructions(fd mapFDs, size uint32) asm.Instructions {
 
 	// The decision.
 	b.label("decide")
-	// Established table.
-	b.flowBackend(fd.est, fd.backends, "trynew")
+	// Established table, unless the fast path looked already.
+	b.emit(asm.JSet.Imm(asm.R9, flagEstMissed, "trynew"))
+	b.flowBackend(fd.est, fd.backends, "trynew", true)
 	b.count(st, CountEstHit)
 	b.emit(asm.Ja.Label("forward"))
 	// New-flow table.
 	b.label("trynew")
-	b.flowBackend(fd.new, fd.backends, "maglev")
+	b.flowBackend(fd.new, fd.backends, "maglev", false)
 	b.count(st, CountNewHit)
 	b.emit(
 		asm.JSet.Imm(asm.R9, flagSyn|flagNoInsert, "forward"),
 	)
+	b.fillValue()
 	b.update(fd.est)
 	b.count(st, CountPromoted)
 	b.emit(asm.Ja.Label("forward"))
 	// Maglev: entry hash % size of the active half. The hash is computed
 	// only here, for flows in neither table.
 	b.label("maglev")
-	b.emit(asm.Mov.Imm(asm.R2, 0), asm.LoadImm(asm.R4, int64(flowMul), asm.DWord))
-	for off := int16(stKey); off < stKey+KeySize; off += 8 {
-		b.emit(
-			asm.LoadMem(asm.R3, asm.R10, off, asm.DWord),
-			asm.Xor.Reg(asm.R2, asm.R3),
-			asm.Mul.Reg(asm.R2, asm.R4),
-			asm.Mov.Reg(asm.R3, asm.R2),
-			asm.RSh.Imm(asm.R3, 32),
-			asm.Xor.Reg(asm.R2, asm.R3),
-		)
-	}
-	b.emit(
-		asm.Mov.Reg(asm.R3, asm.R2),
-		asm.RSh.Imm(asm.R3, 29),
-		asm.Xor.Reg(asm.R2, asm.R3),
-		asm.LoadImm(asm.R4, int64(flowFinal), asm.DWord),
-		asm.Mul.Reg(asm.R2, asm.R4),
-		asm.Mov.Reg(asm.R3, asm.R2),
-		asm.RSh.Imm(asm.R3, 32),
-		asm.Xor.Reg(asm.R2, asm.R3),
-		asm.StoreMem(asm.R10, stHash, asm.R2, asm.DWord),
-	)
+	b.flowHash()
 	b.lookup(fd.ctl, stScratch)
 	b.emit(
 		asm.JEq.Imm(asm.R0, 0, "nobackend"),
@@ -978,6 +1319,7 @@ func instructions(fd mapFDs, size uint32) asm.Instructions {
 	)
 	b.count(st, CountMaglev)
 	b.emit(asm.JSet.Imm(asm.R9, flagNoInsert, "forward"))
+	b.fillValue()
 	b.update(fd.new)
 
 	// R8 is the backend's entry; stBackend its id.
@@ -988,6 +1330,7 @@ func instructions(fd mapFDs, size uint32) asm.Instructions {
 		asm.LoadMem(asm.R2, asm.R10, stFragID, asm.Word),
 		asm.StoreMem(asm.R10, stPorts, asm.R2, asm.Word),
 	)
+	b.fillValue()
 	b.update(fd.frags)
 	b.label("rewrite")
 	b.emit(
@@ -1027,7 +1370,7 @@ func instructions(fd mapFDs, size uint32) asm.Instructions {
 		asm.StoreMem(asm.R10, stPorts, asm.R2, asm.Word),
 		asm.StoreMem(asm.R10, stProto, asm.R3, asm.Byte),
 	)
-	b.flowBackend(fd.frags, fd.backends, "fragmiss")
+	b.flowBackend(fd.frags, fd.backends, "fragmiss", false)
 	b.count(st, CountFragHit)
 	b.emit(asm.Ja.Label("rewrite"))
 

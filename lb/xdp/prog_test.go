@@ -10,6 +10,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/mpshim/mpshim/lb/maglev"
 	"github.com/mpshim/mpshim/test/topo"
 )
 
@@ -113,9 +114,31 @@ func counters(t testing.TB, b *Balancer) [NumCounters]uint64 {
 	return c
 }
 
-// TestVerdicts runs frames that must pass untouched or be dropped.
+// TestVerdicts runs frames that must pass untouched or be dropped, first
+// with none of their flows known, then with those flows established (so
+// that the frames meet the established path's checks).
 func TestVerdicts(t *testing.T) {
+	for _, established := range []bool{false, true} {
+		t.Run(map[bool]string{false: "new", true: "established"}[established], func(t *testing.T) {
+			verdicts(t, established)
+		})
+	}
+}
+
+func verdicts(t *testing.T, established bool) {
 	b := newBalancer(t, Config{}, 8)
+	if established {
+		for _, f := range [][]byte{
+			tcp4(ap(client4, 4000), ap(vip4, 80), tcpSYN), tcp4(ap(client4, 4000), ap(vip4, 80), tcpACK),
+			tcp6(ap(client6, 1), ap(vip6, 80), tcpSYN), tcp6(ap(client6, 1), ap(vip6, 80), tcpACK),
+			udp4(ap(client4, 1), ap(vip4, 53), nil), udp4(ap(client4, 1), ap(vip4, 53), nil),
+		} {
+			steer(t, b, f)
+		}
+		if est, _, _, err := b.Flows(); err != nil || est != 3 {
+			t.Fatalf("%d established flows, %v; want 3", est, err)
+		}
+	}
 	other := netip.MustParseAddr("10.99.0.2")
 	good := tcp4(ap(client4, 4000), ap(vip4, 80), tcpSYN)
 	trunc := func(f []byte, n int) []byte { return append([]byte{}, f[:len(f)-n]...) }
@@ -590,4 +613,113 @@ func TestNeighbourAnswers(t *testing.T) {
 			t.Fatalf("verdict %d", v)
 		}
 	})
+}
+
+// TestFastPath checks the established path that looks at the established
+// table only: a promoted flow's packets reach its backend without the
+// program counting anything (the full path counts every packet), a change
+// of the backends or of the VIPs sends the next packet down the full path
+// once, and frames the full path would pass untouched (sent to another MAC,
+// for a removed VIP) still pass untouched.
+func TestFastPath(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		src, dst netip.AddrPort
+		frame    func(src, dst netip.AddrPort, flags uint8) []byte
+	}{
+		{"ipv4", ap(client4, 5000), ap(vip4, 80), tcp4},
+		{"ipv6", ap(client6, 5000), ap(vip6, 80), tcp6},
+		{"udp4", ap(client4, 5001), ap(vip4, 53), func(src, dst netip.AddrPort, _ uint8) []byte {
+			return eth(0x0800, ipv4(src.Addr(), dst.Addr(), 17, 1, 0x4000, udp(src.Port(), dst.Port(), []byte("q"))))
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := newBalancer(t, Config{}, 6)
+			ack := tc.frame(tc.src, tc.dst, tcpACK)
+			first := steer(t, b, tc.frame(tc.src, tc.dst, tcpSYN))
+			if got := steer(t, b, ack); got != first { // promoted
+				t.Fatalf("second packet to %d, first to %d", got, first)
+			}
+			quiet := func(what string, want int) {
+				t.Helper()
+				c0 := counters(t, b)
+				for range 3 {
+					if got := steer(t, b, ack); got != want {
+						t.Fatalf("%s: packet to %d, want %d", what, got, want)
+					}
+				}
+				if c1 := counters(t, b); c1 != c0 {
+					t.Fatalf("%s: the program counted %v (before %v): it took the full path", what, c1, c0)
+				}
+			}
+			quiet("established", first)
+
+			// The flow's cache slot holds it; a slot whose MAC word is
+			// another backend's (as two CPUs writing it at once could
+			// leave it) fails the check and is written again.
+			proto := uint8(6)
+			if tc.name == "udp4" {
+				proto = 17
+			}
+			k := FlowKey(tc.src, tc.dst, proto)
+			slot := uint32(maglev.FlowHash(k) & (DefaultFlowCache - 1))
+			var cv [cacheValue]byte
+			if err := b.cache.Lookup(slot, &cv); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(cv[:KeySize], k[:]) || !bytes.Equal(cv[cacheMAC:cacheMAC+6], backendMAC(uint32(first))) {
+				t.Fatalf("flow cache slot %d: % x, want the flow's key and backend %d's MAC", slot, cv, first)
+			}
+			torn := cv
+			copy(torn[cacheMAC:], backendMAC(uint32(first+1)%6))
+			if err := b.cache.Update(slot, torn, ebpf.UpdateAny); err != nil {
+				t.Fatal(err)
+			}
+			quiet("torn cache slot", first)
+			if err := b.cache.Lookup(slot, &cv); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(cv[cacheMAC:cacheMAC+6], backendMAC(uint32(first))) {
+				t.Fatalf("torn cache slot not written again: MAC %v", net.HardwareAddr(cv[cacheMAC:cacheMAC+6]))
+			}
+
+			// The same set again moves the generation on: one packet on
+			// the full path (an established hit), then the fast path.
+			if err := b.SetBackends(backends(6)); err != nil {
+				t.Fatal(err)
+			}
+			c0 := counters(t, b)
+			if got := steer(t, b, ack); got != first {
+				t.Fatalf("after SetBackends: packet to %d, want %d", got, first)
+			}
+			if c1 := counters(t, b); c1[CountEstHit]-c0[CountEstHit] != 1 {
+				t.Fatalf("after SetBackends: %d established hits on the full path, want 1", c1[CountEstHit]-c0[CountEstHit])
+			}
+			quiet("checked again", first)
+
+			// Sent to another MAC: untouched, whether every VIP has one
+			// MAC or not.
+			other := append([]byte{}, ack...)
+			other[5] ^= 0x77
+			for _, mixed := range []bool{false, true} {
+				if mixed {
+					if err := b.AddVIP(netip.MustParseAddr("10.99.0.77"), net.HardwareAddr{0x02, 0x77, 0, 0, 0, 1}); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if v, out := run(t, b, other); v != ActionPass || !bytes.Equal(out[:len(other)], other) {
+					t.Fatalf("frame to another MAC (VIPs of several MACs: %v): verdict %d, changed %v", mixed, v, !bytes.Equal(out[:len(other)], other))
+				}
+				quiet("after the MAC check", first)
+			}
+
+			// A removed VIP: its established flows are no longer steered.
+			if err := b.RemoveVIP(tc.dst.Addr()); err != nil {
+				t.Fatal(err)
+			}
+			if v, out := run(t, b, ack); v != ActionPass || macOwner(t, ack, out) != -1 {
+				t.Fatal("an established flow of a removed VIP is still steered")
+			}
+		})
+	}
 }

@@ -56,6 +56,7 @@ import (
 	"sync"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 
 	"github.com/mpshim/mpshim/lb/maglev"
@@ -67,6 +68,7 @@ const (
 	DefaultEstEntries  = 1 << 18
 	DefaultNewEntries  = 1 << 16
 	DefaultFragEntries = 1 << 13
+	DefaultFlowCache   = 1 << 16
 	maxVIPs            = 64
 )
 
@@ -87,6 +89,10 @@ type Config struct {
 	// EstEntries bounds the established-flow table, NewEntries the
 	// new-flow table, FragEntries the fragment map.
 	EstEntries, NewEntries, FragEntries int
+	// FlowCache is the number of slots (a power of two) of the flow
+	// cache in front of the established table: one cache line per flow,
+	// so that an established packet usually reads one line of the maps.
+	FlowCache int
 	// PinDir, if set, is a directory on the BPF file system (see
 	// MountBPFFS) where the maps, the program and the XDP link are
 	// pinned, so that the program stays attached and the connection table
@@ -187,16 +193,21 @@ func (x Backend) value() ([backendValue]byte, error) {
 type Balancer struct {
 	cfg Config
 
-	vips, est, new, frags, ctl, table, backends, bstats, stats, tunnels *ebpf.Map
-	prog                                                                *ebpf.Program
-	mem                                                                 *ebpf.Memory
+	vips, est, new, frags, ctlMap, table, backends, bstats, stats, tunnels, cache *ebpf.Map
+	prog                                                                          *ebpf.Program
+	mem                                                                           *ebpf.Memory
 
-	mu       sync.Mutex
-	active   uint32
+	mu sync.Mutex
+	// ctl is the control entry as last written (see prog.go): the live
+	// table half, the generation, the fast path's prefilter.
+	ctl      [ctlValue]byte
 	current  []Backend
 	tab      *maglev.Table
 	links    []link.Link
 	tookOver bool
+	// replaced says the taken-over program was of another version and
+	// this one's took its place.
+	replaced bool
 	// stale are the backends of a taken-over balancer not named since.
 	stale map[uint32]net.HardwareAddr
 }
@@ -218,6 +229,12 @@ func New(cfg Config) (_ *Balancer, err error) {
 	if cfg.FragEntries == 0 {
 		cfg.FragEntries = DefaultFragEntries
 	}
+	if cfg.FlowCache == 0 {
+		cfg.FlowCache = DefaultFlowCache
+	}
+	if cfg.FlowCache < 1 || cfg.FlowCache > 1<<24 || cfg.FlowCache&(cfg.FlowCache-1) != 0 {
+		return nil, fmt.Errorf("lb/xdp: flow cache of %d slots: want a power of two up to %d", cfg.FlowCache, 1<<24)
+	}
 	if _, err := maglev.New(nil, cfg.TableSize); err != nil {
 		return nil, fmt.Errorf("lb/xdp: %w", err)
 	}
@@ -237,15 +254,17 @@ func New(cfg Config) (_ *Balancer, err error) {
 	}()
 	specs := map[string]ebpf.MapSpec{
 		"vips":     {Name: "lb_vips", Type: ebpf.Hash, KeySize: 16, ValueSize: 8, MaxEntries: maxVIPs},
-		"est":      {Name: "lb_est", Type: ebpf.LRUHash, KeySize: KeySize, ValueSize: 4, MaxEntries: uint32(cfg.EstEntries)},
-		"new":      {Name: "lb_new", Type: ebpf.LRUHash, KeySize: KeySize, ValueSize: 4, MaxEntries: uint32(cfg.NewEntries)},
-		"frags":    {Name: "lb_frags", Type: ebpf.LRUHash, KeySize: KeySize, ValueSize: 4, MaxEntries: uint32(cfg.FragEntries)},
-		"ctl":      {Name: "lb_ctl", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1},
+		"est":      {Name: "lb_est", Type: ebpf.LRUHash, KeySize: KeySize, ValueSize: flowValue, MaxEntries: uint32(cfg.EstEntries)},
+		"new":      {Name: "lb_new", Type: ebpf.LRUHash, KeySize: KeySize, ValueSize: flowValue, MaxEntries: uint32(cfg.NewEntries)},
+		"frags":    {Name: "lb_frags", Type: ebpf.LRUHash, KeySize: KeySize, ValueSize: flowValue, MaxEntries: uint32(cfg.FragEntries)},
+		"ctl":      {Name: "lb_ctl", Type: ebpf.Array, KeySize: 4, ValueSize: ctlValue, MaxEntries: 1},
 		"table":    {Name: "lb_table", Type: ebpf.Array, KeySize: 4, ValueSize: tableValue, MaxEntries: uint32(2 * cfg.TableSize), Flags: mmapable},
 		"backends": {Name: "lb_backends", Type: ebpf.Array, KeySize: 4, ValueSize: backendValue, MaxEntries: uint32(cfg.MaxBackends)},
 		"tunnels":  {Name: "lb_tunnels", Type: ebpf.Hash, KeySize: 16, ValueSize: 8, MaxEntries: maxVIPs},
 		"bstats":   {Name: "lb_bstats", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: uint32(cfg.MaxBackends)},
 		"stats":    {Name: "lb_stats", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: NumCounters},
+		// Memory-mapped only so that every slot is a line of its own.
+		"cache": {Name: "lb_cache", Type: ebpf.Array, KeySize: 4, ValueSize: cacheValue, MaxEntries: uint32(cfg.FlowCache), Flags: mmapable},
 	}
 	if cfg.PinDir != "" {
 		ok, err := b.takeOver(cfg.PinDir, specs)
@@ -281,17 +300,12 @@ func New(cfg Config) (_ *Balancer, err error) {
 	if _, err := b.mem.WriteAt(empty, 0); err != nil {
 		return nil, fmt.Errorf("lb/xdp: clear the table: %w", err)
 	}
-	fds := mapFDs{vips: b.vips.FD(), est: b.est.FD(), new: b.new.FD(), frags: b.frags.FD(), ctl: b.ctl.FD(),
-		table: b.table.FD(), backends: b.backends.FD(), bstats: b.bstats.FD(), stats: b.stats.FD(), tunnels: b.tunnels.FD()}
-	b.prog, err = ebpf.NewProgram(&ebpf.ProgramSpec{
-		Name:         "mpshim_lb",
-		Type:         ebpf.XDP,
-		Instructions: instructions(fds, uint32(cfg.TableSize)),
-		// Map lookups and updates only; any licence may call them.
-		License: "Apache-2.0",
-	})
-	if err != nil {
-		return nil, fmt.Errorf("lb/xdp: load program: %w", err)
+	binary.NativeEndian.PutUint32(b.ctl[ctlGen:], 1)
+	if err := b.writeCtl(); err != nil {
+		return nil, err
+	}
+	if b.prog, err = b.load(); err != nil {
+		return nil, err
 	}
 	if cfg.PinDir != "" {
 		if err := b.pin(cfg.PinDir); err != nil {
@@ -299,6 +313,31 @@ func New(cfg Config) (_ *Balancer, err error) {
 		}
 	}
 	return b, nil
+}
+
+// progVariant, when not zero, adds an instruction that changes nothing to
+// the program: a test's stand-in for a program of another version.
+var progVariant int32
+
+// load loads this version's program on b's maps.
+func (b *Balancer) load() (*ebpf.Program, error) {
+	fds := mapFDs{vips: b.vips.FD(), est: b.est.FD(), new: b.new.FD(), frags: b.frags.FD(), ctl: b.ctlMap.FD(),
+		table: b.table.FD(), backends: b.backends.FD(), bstats: b.bstats.FD(), stats: b.stats.FD(), tunnels: b.tunnels.FD(), cache: b.cache.FD()}
+	insns := instructions(fds, uint32(b.cfg.TableSize), uint32(b.cfg.FlowCache))
+	if progVariant != 0 {
+		insns = append(asm.Instructions{asm.Mov.Imm(asm.R0, progVariant)}, insns...)
+	}
+	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name:         "mpshim_lb",
+		Type:         ebpf.XDP,
+		Instructions: insns,
+		// Map lookups and updates only; any licence may call them.
+		License: "Apache-2.0",
+	})
+	if err != nil {
+		return nil, fmt.Errorf("lb/xdp: load program: %w", err)
+	}
+	return p, nil
 }
 
 // Program is the loaded program (for BPF_PROG_TEST_RUN and statistics).
@@ -362,8 +401,62 @@ func (b *Balancer) AddVIP(a netip.Addr, mac net.HardwareAddr) error {
 	}
 	var v [8]byte
 	copy(v[:], mac)
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	if err := b.vips.Update(k, v, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("lb/xdp: add VIP %v: %w", a, err)
+	}
+	// No established flow is of a VIP just added, and one whose MAC
+	// changed meets the fast path's check of the frame's MAC.
+	return b.vipsChanged(false)
+}
+
+// vipsChanged sets the fast path's prefilter from the VIPs' MACs and,
+// with removed, moves the generation on, so that established flows are
+// checked against the VIPs again. The caller holds b.mu.
+func (b *Balancer) vipsChanged(removed bool) error {
+	var k [16]byte
+	var v [8]byte
+	var macs [][6]byte
+	it := b.vips.Iterate()
+	for it.Next(&k, &v) {
+		if m := [6]byte(v[:6]); !slices.Contains(macs, m) {
+			macs = append(macs, m)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("lb/xdp: walk the VIPs: %w", err)
+	}
+	clear(b.ctl[ctlMAC : ctlMAC+6])
+	switch len(macs) {
+	case 0:
+		b.ctl[ctlMode] = modeNoVIP
+	case 1:
+		b.ctl[ctlMode] = modeOneMAC
+		copy(b.ctl[ctlMAC:], macs[0][:])
+	default:
+		b.ctl[ctlMode] = modeAny
+	}
+	if removed {
+		b.nextGen()
+	}
+	return b.writeCtl()
+}
+
+// nextGen moves the generation on (never to 0, the value of an entry
+// nothing wrote). The caller holds b.mu and writes the control entry.
+func (b *Balancer) nextGen() {
+	g := binary.NativeEndian.Uint32(b.ctl[ctlGen:]) + 1
+	if g == 0 {
+		g = 1
+	}
+	binary.NativeEndian.PutUint32(b.ctl[ctlGen:], g)
+}
+
+// writeCtl writes the control entry. The caller holds b.mu (or owns b).
+func (b *Balancer) writeCtl() error {
+	if err := b.ctlMap.Update(uint32(0), b.ctl, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("lb/xdp: write the control entry: %w", err)
 	}
 	return nil
 }
@@ -388,10 +481,12 @@ func (b *Balancer) RemoveVIP(a netip.Addr) error {
 	if err != nil {
 		return err
 	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	if err := b.vips.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("lb/xdp: remove VIP %v: %w", a, err)
 	}
-	return nil
+	return b.vipsChanged(true)
 }
 
 // SetBackends makes bs the backend set: their entries are written first,
@@ -438,7 +533,7 @@ func (b *Balancer) SetBackends(bs []Backend) error {
 			return fmt.Errorf("lb/xdp: backend %d: %w", x.ID, err)
 		}
 	}
-	idle := 1 - b.active
+	idle := 1 - binary.NativeEndian.Uint32(b.ctl[ctlActive:])
 	buf := make([]byte, tableValue*tab.Size())
 	for i := range tab.Size() {
 		id := uint32(noBackend)
@@ -450,10 +545,10 @@ func (b *Balancer) SetBackends(bs []Backend) error {
 	if _, err := b.mem.WriteAt(buf, int64(idle)*int64(len(buf))); err != nil {
 		return fmt.Errorf("lb/xdp: write table: %w", err)
 	}
-	if err := b.ctl.Update(uint32(0), idle, ebpf.UpdateAny); err != nil {
+	binary.NativeEndian.PutUint32(b.ctl[ctlActive:], idle)
+	if err := b.writeCtl(); err != nil {
 		return fmt.Errorf("lb/xdp: switch table: %w", err)
 	}
-	b.active = idle
 	for id := range b.stale {
 		if seen[id] {
 			delete(b.stale, id)
@@ -468,7 +563,10 @@ func (b *Balancer) SetBackends(bs []Backend) error {
 	}
 	b.current = slices.Clone(bs)
 	b.tab = tab
-	return nil
+	// Established flows take the full path once more: the backends they
+	// name may be down or have moved.
+	b.nextGen()
+	return b.writeCtl()
 }
 
 // Table returns the live Maglev table and the backends its indexes refer
@@ -551,11 +649,11 @@ func (b *Balancer) BackendStats(id uint32) (BackendStats, error) {
 func (b *Balancer) Flows() (est, new int, perBackend map[uint32]int, err error) {
 	perBackend = map[uint32]int{}
 	var k [KeySize]byte
-	var v uint32
+	var v [flowValue]byte
 	it := b.est.Iterate()
 	for it.Next(&k, &v) {
 		est++
-		perBackend[v]++
+		perBackend[binary.NativeEndian.Uint32(v[fvBackend:])]++
 	}
 	if err := it.Err(); err != nil {
 		return 0, 0, nil, fmt.Errorf("lb/xdp: walk established flows: %w", err)
@@ -594,7 +692,7 @@ func (b *Balancer) close(unpin bool) error {
 	if b.prog != nil {
 		errs = append(errs, b.prog.Close())
 	}
-	for _, m := range []*ebpf.Map{b.vips, b.est, b.new, b.frags, b.ctl, b.table, b.backends, b.bstats, b.stats, b.tunnels} {
+	for _, m := range []*ebpf.Map{b.vips, b.est, b.new, b.frags, b.ctlMap, b.table, b.backends, b.bstats, b.stats, b.tunnels, b.cache} {
 		if m != nil {
 			errs = append(errs, m.Close())
 		}
@@ -609,10 +707,11 @@ func (b *Balancer) close(unpin bool) error {
 func (b *Balancer) Sweep() (int, error) {
 	down := map[uint32]bool{}
 	var k [KeySize]byte
-	var v uint32
+	var fv [flowValue]byte
 	var dead [][KeySize]byte
 	it := b.est.Iterate()
-	for it.Next(&k, &v) {
+	for it.Next(&k, &fv) {
+		v := binary.NativeEndian.Uint32(fv[fvBackend:])
 		d, ok := down[v]
 		if !ok {
 			var be [backendValue]byte
