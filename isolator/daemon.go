@@ -14,7 +14,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"slices"
 	"sync"
 	"time"
@@ -341,6 +340,7 @@ func (d *Daemon) list(ctx context.Context, gc bool) []api.INSInfo {
 		}
 		info.Sockets = st.Engine.Sockets
 		info.Connections = st.Engine.Connected
+		info.TCP = st.TCP
 		info.RSS = p.rss()
 		counters := map[string]netstack.UplinkCounters{}
 		for _, c := range st.Uplinks {
@@ -380,7 +380,7 @@ func (d *Daemon) handle(ctx context.Context, req api.Request) api.Response {
 		return resp
 	case api.OpList:
 		if req.GC {
-			debug.FreeOSMemory()
+			ins.FreeMemory()
 		}
 		return api.Response{OK: true, INS: d.list(ctx, req.GC)}
 	case api.OpFlows:
