@@ -333,7 +333,7 @@ func (d *Daemon) list(ctx context.Context, gc bool) []api.INSInfo {
 		}
 		d.mu.Unlock()
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		st, err := p.manage(ctx, ins.ManageRequest{Op: ins.ManageStats, GC: gc})
+		st, err := p.manage(ctx, ins.ManageRequest{Op: ins.ManageStats, GC: gc, TCP: true})
 		cancel()
 		if err != nil {
 			info.State = "unresponsive"

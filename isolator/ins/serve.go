@@ -181,6 +181,9 @@ type ManageRequest struct {
 	// GC, on ManageStats, collects garbage and returns the freed memory
 	// to the system before the answer (isolator ls --gc).
 	GC bool `json:"gc,omitempty"`
+	// TCP, on ManageStats, has Status.TCP filled (isolator ls): it walks
+	// every endpoint, which the frequent polls (load, metrics) need not.
+	TCP bool `json:"tcp,omitempty"`
 }
 
 // ProbeReply answers ManageSandboxProbe.
@@ -195,9 +198,10 @@ type Status struct {
 	Uplinks  []netstack.UplinkCounters `json:"uplinks"`
 	Error    string                    `json:"error,omitempty"`
 	Mitigate *mitigate.Reply           `json:"mitigate,omitempty"`
-	// TCP counts the netstack's TCP endpoints by state (ESTABLISHED,
-	// TIME-WAIT, …): connections the engine no longer serves (closed by
-	// the app, waiting out TIME_WAIT) still hold an endpoint.
+	// TCP counts the netstack's TCP endpoints by state (ESTAB,
+	// TIME-WAIT, …) when asked (ManageRequest.TCP): connections the engine
+	// no longer serves (closed by the app, waiting out TIME_WAIT) still
+	// hold an endpoint.
 	TCP map[string]int `json:"tcp,omitempty"`
 }
 
@@ -393,7 +397,11 @@ func (s *Server) manage(m ctrl.Msg) {
 			if req.GC {
 				FreeMemory()
 			}
-			out = Status{Engine: s.eng.Stats(), Uplinks: s.st.Counters(), TCP: tcpStates(s.st.Stack())}
+			st := Status{Engine: s.eng.Stats(), Uplinks: s.st.Counters()}
+			if req.TCP {
+				st.TCP = tcpStates(s.st.Stack())
+			}
+			out = st
 		case ManageForget:
 			s.forget(req.Group)
 			out = Status{}
