@@ -88,12 +88,12 @@ vet: $(GVISOR_WORK)
 test: deps-test build fmt-check vet
 	MPSHIM_BIN=$(CURDIR)/$(BIN) CGO_ENABLED=0 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
-# soak is the 11-minute survival run (not part of test): nginx under the
+# soak is the 20-minute survival run (not part of test): nginx under the
 # shim, 10,000 wrk connections over 4 INS, an INS killed every minute, the
 # daemon killed and restarted twice; descriptors and memory checked after
 # every phase.
 soak: deps-test build
-	MPSHIM_BIN=$(CURDIR)/$(BIN) MPSHIM_SOAK=1 $(GO) test -count=1 -timeout 30m -v -run TestSoak ./test/soak
+	MPSHIM_BIN=$(CURDIR)/$(BIN) MPSHIM_SOAK=1 $(GO) test -count=1 -timeout 45m -v -run TestSoak ./test/soak
 
 # lb-shares runs only the load balancer's full-size share check (part of
 # test too): 20 INS with weights 1 to 5 behind a VIP, 100,000 connections

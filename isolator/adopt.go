@@ -37,10 +37,6 @@ import (
 // stateVersion is the version of the state file's layout.
 const stateVersion = 1
 
-// orphanTimeout is how long an INS whose daemon died waits for a successor
-// before it exits.
-const orphanTimeout = 15 * time.Minute
-
 // maxStateFile bounds the state file read at start.
 const maxStateFile = 4 << 20
 

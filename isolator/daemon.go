@@ -14,7 +14,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"slices"
 	"sync"
 	"time"
@@ -334,13 +333,14 @@ func (d *Daemon) list(ctx context.Context, gc bool) []api.INSInfo {
 		}
 		d.mu.Unlock()
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		st, err := p.manage(ctx, ins.ManageRequest{Op: ins.ManageStats, GC: gc})
+		st, err := p.manage(ctx, ins.ManageRequest{Op: ins.ManageStats, GC: gc, TCP: true})
 		cancel()
 		if err != nil {
 			info.State = "unresponsive"
 		}
 		info.Sockets = st.Engine.Sockets
 		info.Connections = st.Engine.Connected
+		info.TCP = st.TCP
 		info.RSS = p.rss()
 		counters := map[string]netstack.UplinkCounters{}
 		for _, c := range st.Uplinks {
@@ -380,7 +380,7 @@ func (d *Daemon) handle(ctx context.Context, req api.Request) api.Response {
 		return resp
 	case api.OpList:
 		if req.GC {
-			debug.FreeOSMemory()
+			ins.FreeMemory()
 		}
 		return api.Response{OK: true, INS: d.list(ctx, req.GC)}
 	case api.OpFlows:

@@ -19,7 +19,8 @@ import (
 
 // ServeDebug serves Go profiles over HTTP on addr until ctx ends: the
 // daemon's own under /debug/pprof/ (net/http/pprof), and each INS's under
-// /debug/ins/ID/profile?seconds=N (CPU) and /debug/ins/ID/heap. An INS is
+// /debug/ins/ID/profile?seconds=N (CPU) and /debug/ins/ID/heap (?debug=1:
+// as text, with the runtime's memory statistics). An INS is
 // sandboxed and cannot listen itself: it writes its profile into a pipe the
 // daemon hands it over the control channel. It is off unless the operator
 // asks for it (isolator run --pprof); bind it to loopback.
@@ -38,7 +39,8 @@ func (d *Daemon) ServeDebug(ctx context.Context, addr string) error {
 		d.serveINSProfile(w, r, ins.ManageRequest{Op: ins.ManageProfile, Profile: "cpu", Seconds: secs})
 	})
 	mux.HandleFunc("/debug/ins/{id}/heap", func(w http.ResponseWriter, r *http.Request) {
-		d.serveINSProfile(w, r, ins.ManageRequest{Op: ins.ManageProfile, Profile: "heap"})
+		dbg, _ := strconv.Atoi(r.URL.Query().Get("debug"))
+		d.serveINSProfile(w, r, ins.ManageRequest{Op: ins.ManageProfile, Profile: "heap", Debug: dbg})
 	})
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {

@@ -185,7 +185,7 @@ func (d *Daemon) startINS(ctx context.Context, id int, total int, keep []netstac
 		// Rules and tunings in force from the first packet.
 		Mitigation: d.mit.config(id),
 		Flows:      d.flowTableConfig(),
-		Successor:  ins.SuccessorConfig{Socket: d.successorPath(id), DaemonUID: os.Getuid(), OrphanTimeout: orphanTimeout},
+		Successor:  ins.SuccessorConfig{Socket: d.successorPath(id), DaemonUID: os.Getuid(), OrphanTimeout: d.cfg.Orphan()},
 		Drain:      insDrain,
 	}
 	if pc.Successor.Socket != "" {

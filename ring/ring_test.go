@@ -14,6 +14,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -420,4 +421,45 @@ func TestCrossProcessPeerHangUp(t *testing.T) {
 	}
 	t.Logf("the waiting call failed %v after the hang-up (poll period %d ms); %s",
 		time.Since(start).Round(time.Millisecond), peerPollMS, bytes.TrimSpace(out.Bytes()))
+}
+
+// TestCreatePopulatesRequestRing: the header and request ring of a new ring
+// are resident in the consumer's mapping from the start (its RSS does not
+// creep up as calls go round the ring), the response slots are not.
+func TestCreatePopulatesRequestRing(t *testing.T) {
+	cfg := Config{ReqSize: 1 << 20, Slots: 16, SlotSize: 64 << 10}
+	r, f, err := Create(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	defer r.Close()
+	// The kernel's answer to MADV_POPULATE_WRITE on a scratch mapping
+	// says whether it has it (5.14).
+	probe, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	perr := unix.Madvise(probe, unix.MADV_POPULATE_WRITE)
+	unix.Munmap(probe)
+	if perr != nil {
+		t.Skipf("the kernel has no MADV_POPULATE_WRITE (%v): the ring's pages come in lazily", perr)
+	}
+	vec := make([]byte, len(r.mem)/4096)
+	if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&r.mem[0])), uintptr(len(r.mem)), uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
+		t.Fatalf("mincore: %v", e)
+	}
+	reqPages := (HeaderSize + cfg.ReqSize) / 4096
+	for i := 0; i < reqPages; i++ {
+		if vec[i]&1 == 0 {
+			t.Fatalf("page %d of the header and request ring (%d pages) is not resident", i, reqPages)
+		}
+	}
+	resident := 0
+	for _, v := range vec[reqPages:] {
+		resident += int(v & 1)
+	}
+	if resident != 0 {
+		t.Errorf("%d of the %d pages of the response slots are resident; want none before a reply", resident, len(vec)-reqPages)
+	}
 }

@@ -91,7 +91,7 @@ make to a split prefix are carried through the peer.`,
 				}
 				// Flags given on the command line override the file.
 				fl := cmd.Flags()
-				for _, name := range []string{"ins", "policy", "socket", "socket-group", "netns", "max-ins", "state-dir", "dns", "dns-timeout", "autoscale"} {
+				for _, name := range []string{"ins", "policy", "socket", "socket-group", "netns", "max-ins", "state-dir", "dns", "dns-timeout", "orphan-timeout", "autoscale"} {
 					if !fl.Changed(name) {
 						continue
 					}
@@ -114,6 +114,8 @@ make to a split prefix are carried through the peer.`,
 						fc.DNS = c.DNS
 					case "dns-timeout":
 						fc.DNSTimeout = c.DNSTimeout
+					case "orphan-timeout":
+						fc.OrphanTimeout = c.OrphanTimeout
 					case "autoscale":
 						fc.Autoscale = c.Autoscale
 					}
@@ -185,6 +187,7 @@ make to a split prefix are carried through the peer.`,
 	f.StringVar(&c.StateDir, "state-dir", c.StateDir, "directory of the state kept across restarts (mitigation rules, the running INS a restarted daemon adopts)")
 	f.StringArrayVar(&c.DNS, "dns", nil, "nameserver the INS resolve the apps' host names with: ADDR or ADDR:PORT (repeatable, asked in order)")
 	f.DurationVar(&c.DNSTimeout, "dns-timeout", 0, "timeout of one query to one nameserver (default 2s; two rounds over the nameservers)")
+	f.DurationVar(&c.OrphanTimeout, "orphan-timeout", 0, "how long an INS whose daemon died serves on, waiting for a restarted daemon to adopt it, before it exits (default 15m)")
 	f.UintSliceVar(&allowUIDs, "allow-uid", nil, "uids allowed to register apps (default: the daemon's own)")
 	f.UintSliceVar(&allowGIDs, "allow-gid", nil, "gids allowed to register apps")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")

@@ -103,9 +103,12 @@ type INSInfo struct {
 	Sockets     int         `json:"sockets"`
 	Connections int         `json:"connections"`
 	RSS         uint64      `json:"rss_bytes"`
-	RxBytes     uint64      `json:"rx_bytes"`
-	TxBytes     uint64      `json:"tx_bytes"`
-	Started     time.Time   `json:"started"`
+	// TCP counts the INS's TCP endpoints by state, those the app closed
+	// and TIME_WAIT among them.
+	TCP     map[string]int `json:"tcp,omitempty"`
+	RxBytes uint64         `json:"rx_bytes"`
+	TxBytes uint64         `json:"tx_bytes"`
+	Started time.Time      `json:"started"`
 	// Restarts counts the times the daemon replaced a dead INS of this id;
 	// LastExit says how the last one ended ("killed by signal 9
 	// (killed)", "exit status 2") and LastExitAt when.

@@ -70,6 +70,10 @@ type Config struct {
 	// tunings (mitigation.json), the running INS a restarted daemon adopts
 	// (ins.json) and their successor sockets (ins/).
 	StateDir string `yaml:"state_dir"`
+	// OrphanTimeout is how long an INS whose daemon died serves on and
+	// waits for a successor to adopt it before it exits; 0 means
+	// DefaultOrphanTimeout.
+	OrphanTimeout time.Duration `yaml:"orphan_timeout"`
 	// DNS lists the nameservers the INS resolve the apps' host names with,
 	// asked in order: an address, or address:port (port 53 by default;
 	// IPv6 with a port in brackets).
@@ -113,6 +117,21 @@ func (c *Config) SplitTunnel() (Split, bool) {
 		st = DefaultSplitStatus
 	}
 	return Split{Key: c.SplitKey, Status: st, Peers: c.Peers, Routes: c.Split, Expose: c.Expose}, true
+}
+
+// Bounds and default of OrphanTimeout.
+const (
+	DefaultOrphanTimeout = 15 * time.Minute
+	MinOrphanTimeout     = time.Second
+	MaxOrphanTimeout     = 7 * 24 * time.Hour
+)
+
+// Orphan is the orphan timeout in effect: OrphanTimeout, or its default.
+func (c *Config) Orphan() time.Duration {
+	if c.OrphanTimeout == 0 {
+		return DefaultOrphanTimeout
+	}
+	return c.OrphanTimeout
 }
 
 // MaxDNSTimeout is the largest DNSTimeout accepted.
@@ -390,6 +409,9 @@ func (c *Config) Validate() error {
 	}
 	if c.DNSTimeout < 0 || c.DNSTimeout > MaxDNSTimeout {
 		errs = append(errs, fmt.Errorf("dns_timeout %v: want 0 (default) up to %v", c.DNSTimeout, MaxDNSTimeout))
+	}
+	if c.OrphanTimeout != 0 && (c.OrphanTimeout < MinOrphanTimeout || c.OrphanTimeout > MaxOrphanTimeout) {
+		errs = append(errs, fmt.Errorf("orphan_timeout %v: want 0 (default %v) or %v to %v", c.OrphanTimeout, DefaultOrphanTimeout, MinOrphanTimeout, MaxOrphanTimeout))
 	}
 	errs = append(errs, c.validateMonitoring())
 	if c.Autoscale != "" {

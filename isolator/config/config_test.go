@@ -74,6 +74,47 @@ dns_timeout: 750ms
 	}
 }
 
+// TestOrphanTimeout: orphan_timeout is read from the file, 0 is the
+// default, and values outside its bounds are refused.
+func TestOrphanTimeout(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "isolator.yaml")
+	yaml := `uplinks:
+  - {name: up0, interface: eth1, pool4: 192.0.2.10/24, gateway4: 192.0.2.1}
+orphan_timeout: 90s
+`
+	if err := os.WriteFile(p, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil || c.Orphan() != 90*time.Second {
+		t.Fatalf("orphan_timeout 90s: Validate %v, Orphan() %v", err, c.Orphan())
+	}
+	for _, tc := range []struct {
+		d    time.Duration
+		want time.Duration // 0: refused
+	}{
+		{0, DefaultOrphanTimeout},
+		{MinOrphanTimeout, MinOrphanTimeout},
+		{MaxOrphanTimeout, MaxOrphanTimeout},
+		{-time.Second, 0},
+		{time.Millisecond, 0},
+		{MaxOrphanTimeout + time.Second, 0},
+	} {
+		cc := c
+		cc.OrphanTimeout = tc.d
+		err := cc.Validate()
+		switch {
+		case tc.want == 0 && (err == nil || !strings.Contains(err.Error(), "orphan_timeout")):
+			t.Errorf("orphan_timeout %v: Validate = %v, want an orphan_timeout error", tc.d, err)
+		case tc.want != 0 && (err != nil || cc.Orphan() != tc.want):
+			t.Errorf("orphan_timeout %v: Validate = %v, Orphan() = %v; want %v", tc.d, err, cc.Orphan(), tc.want)
+		}
+	}
+}
+
 func TestUplinkVIPs(t *testing.T) {
 	base := func(vips ...string) Uplink {
 		return Uplink{Name: "up0", Interface: "eth1", Pool4: "10.77.0.10/24", Weight: 1, VIPs: vips}

@@ -18,6 +18,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
 	"sync"
@@ -25,6 +26,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
 	"github.com/mpshim/mpshim/isolator/ctrl"
 	"github.com/mpshim/mpshim/isolator/ins/engine"
@@ -95,6 +98,68 @@ const (
 	ManageStop = "stop"
 )
 
+// FreeMemory collects garbage until what sync.Pools held is gone too and
+// returns the freed memory to the system, so RSS is then what is live
+// (isolator ls --gc). A collection moves each pool's objects to a victim
+// cache that the next one drops: one collection alone leaves the netstack's
+// pooled packet buffers and chunks — and what they still point at, closed
+// TCP endpoints among them — in the heap, megabytes after a load, until the
+// process's next collection (at rest, the runtime's forced one every two
+// minutes).
+func FreeMemory() {
+	runtime.GC()
+	debug.FreeOSMemory()
+}
+
+// tcpStates counts the stack's TCP endpoints by state.
+func tcpStates(st *stack.Stack) map[string]int {
+	out := map[string]int{}
+	for _, ep := range st.RegisteredEndpoints() {
+		if e, ok := ep.(*tcp.Endpoint); ok {
+			out[tcpStateName(tcp.EndpointState(e.State()))]++
+		}
+	}
+	return out
+}
+
+// tcpStateName names a TCP state as ss(8) does; the netstack's own states
+// (initial, bound, connecting, error) by theirs.
+func tcpStateName(st tcp.EndpointState) string {
+	switch st {
+	case tcp.StateEstablished:
+		return "ESTAB"
+	case tcp.StateSynSent:
+		return "SYN-SENT"
+	case tcp.StateSynRecv:
+		return "SYN-RECV"
+	case tcp.StateFinWait1:
+		return "FIN-WAIT-1"
+	case tcp.StateFinWait2:
+		return "FIN-WAIT-2"
+	case tcp.StateTimeWait:
+		return "TIME-WAIT"
+	case tcp.StateClose:
+		return "CLOSE"
+	case tcp.StateCloseWait:
+		return "CLOSE-WAIT"
+	case tcp.StateLastAck:
+		return "LAST-ACK"
+	case tcp.StateListen:
+		return "LISTEN"
+	case tcp.StateClosing:
+		return "CLOSING"
+	case tcp.StateInitial:
+		return "initial"
+	case tcp.StateBound:
+		return "bound"
+	case tcp.StateConnecting:
+		return "connecting"
+	case tcp.StateError:
+		return "error"
+	}
+	return fmt.Sprintf("state-%d", st)
+}
+
 // MaxProfileSeconds bounds a CPU profile.
 const MaxProfileSeconds = 300
 
@@ -107,11 +172,18 @@ type ManageRequest struct {
 	Uplink  *UplinkOp `json:"uplink,omitempty"`
 	Profile string    `json:"profile,omitempty"`
 	Seconds int       `json:"seconds,omitempty"`
+	// Debug is the heap profile's format, as net/http/pprof's debug
+	// parameter: 0 the binary protocol buffer, 1 text with the Go
+	// runtime's memory statistics at its end.
+	Debug int `json:"debug,omitempty"`
 	// Probe says what ManageSandboxProbe tries to reach.
 	Probe *sandbox.ProbeTarget `json:"probe,omitempty"`
 	// GC, on ManageStats, collects garbage and returns the freed memory
 	// to the system before the answer (isolator ls --gc).
 	GC bool `json:"gc,omitempty"`
+	// TCP, on ManageStats, has Status.TCP filled (isolator ls): it walks
+	// every endpoint, which the frequent polls (load, metrics) need not.
+	TCP bool `json:"tcp,omitempty"`
 }
 
 // ProbeReply answers ManageSandboxProbe.
@@ -126,6 +198,11 @@ type Status struct {
 	Uplinks  []netstack.UplinkCounters `json:"uplinks"`
 	Error    string                    `json:"error,omitempty"`
 	Mitigate *mitigate.Reply           `json:"mitigate,omitempty"`
+	// TCP counts the netstack's TCP endpoints by state (ESTAB,
+	// TIME-WAIT, …) when asked (ManageRequest.TCP): connections the engine
+	// no longer serves (closed by the app, waiting out TIME_WAIT) still
+	// hold an endpoint.
+	TCP map[string]int `json:"tcp,omitempty"`
 }
 
 // Server answers the daemon's requests for one INS: socket calls go to the
@@ -318,9 +395,13 @@ func (s *Server) manage(m ctrl.Msg) {
 			}
 		case ManageStats:
 			if req.GC {
-				debug.FreeOSMemory()
+				FreeMemory()
 			}
-			out = Status{Engine: s.eng.Stats(), Uplinks: s.st.Counters()}
+			st := Status{Engine: s.eng.Stats(), Uplinks: s.st.Counters()}
+			if req.TCP {
+				st.TCP = tcpStates(s.st.Stack())
+			}
+			out = st
 		case ManageForget:
 			s.forget(req.Group)
 			out = Status{}
@@ -385,7 +466,7 @@ func startProfile(req ManageRequest, f *os.File) error {
 	case "heap":
 		go func() {
 			defer f.Close()
-			_ = pprof.Lookup("heap").WriteTo(f, 0)
+			_ = pprof.Lookup("heap").WriteTo(f, min(max(req.Debug, 0), 1))
 		}()
 	default:
 		f.Close()

@@ -65,8 +65,30 @@ type Collector struct {
 
 	mu    sync.Mutex
 	flows map[flowKey]*state
+	// peak is the most flows held since flows was made (see shrink).
+	peak  int
 	gen   uint64
 	stats map[int]INSStats
+}
+
+// shrinkMin is the least peak whose map shrink rebuilds: below it the
+// tables are too small to matter.
+const shrinkMin = 1024
+
+// shrink rebuilds the flow map once it holds a quarter or less of its
+// peak. A Go map keeps the tables of its largest size after its entries are
+// deleted, so a burst of connections (10,000 flows, kept KeepEnded after
+// they end) would leave the daemon holding their slots for good. c.mu is
+// held.
+func (c *Collector) shrink() {
+	if c.peak < shrinkMin || len(c.flows) > c.peak/4 {
+		return
+	}
+	m := make(map[flowKey]*state, len(c.flows))
+	for k, st := range c.flows {
+		m[k] = st
+	}
+	c.flows, c.peak = m, len(m)
 }
 
 // New returns an empty collector.
@@ -110,6 +132,7 @@ func (c *Collector) Update(ins int, bt *flowtable.Batch, now time.Time, pid PIDF
 			}
 			st.updated = r.First
 			c.flows[k] = st
+			c.peak = max(c.peak, len(c.flows))
 		} else if !st.ended.IsZero() {
 			// Already ended: a repeated record changes nothing.
 			continue
@@ -170,6 +193,7 @@ func (c *Collector) Expire(now time.Time) []netflow.ExportRecord {
 		}
 		out = append(out, c.export(st, netflow.EndActive))
 	}
+	c.shrink()
 	sortRecords(out)
 	return out
 }

@@ -2,6 +2,7 @@ package collector
 
 import (
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
 
@@ -152,5 +153,47 @@ func TestPaging(t *testing.T) {
 		if int(f.SrcPort) != i {
 			t.Fatalf("page order: flow %d has port %d", i, f.SrcPort)
 		}
+	}
+}
+
+// TestFlowMapShrinks: after a burst of flows has ended and expired, the
+// collector no longer holds the map slots of the burst (a Go map keeps its
+// largest tables), and the flows that go on are still there.
+func TestFlowMapShrinks(t *testing.T) {
+	heap := func() uint64 {
+		runtime.GC()
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	c := New(Config{})
+	live := make([]flowtable.Record, 10)
+	for i := range live {
+		live[i] = rec(uint64(i+1), 100, 100, 0, 0, 0)
+	}
+	c.Update(1, batch(live...), t0, pid)
+	before := heap()
+	const burst = 200_000
+	rs := make([]flowtable.Record, 0, burst)
+	for i := range burst {
+		rs = append(rs, rec(uint64(100+i), 100, 100, 0, time.Second, netflow.EndOfFlow))
+	}
+	c.Update(1, batch(rs...), t0.Add(time.Second), pid)
+	rs = nil
+	peak := heap()
+	c.Expire(t0.Add(time.Second + DefaultKeepEnded))
+	after := heap()
+	t.Logf("heap: %d KiB with %d live flows, %d KiB with the burst, %d KiB after it expired", before>>10, len(live), peak>>10, after>>10)
+	// 200,000 slots of a map[flowKey]*state are about 6 MiB; 1 MiB
+	// leaves room for what the runtime itself allocates meanwhile.
+	if after > before+1<<20 {
+		t.Errorf("the collector holds %d KiB more after the burst expired than before it", (after-before)>>10)
+	}
+	if a := c.Active(); a[1]["up0"] != len(live) {
+		t.Errorf("live flows after the shrink: %v, want %d on INS 1", a, len(live))
+	}
+	if r := c.Query(Query{}, t0.Add(time.Second+DefaultKeepEnded)); len(r.Flows) != len(live) {
+		t.Errorf("query after the shrink: %d flows, want %d", len(r.Flows), len(live))
 	}
 }

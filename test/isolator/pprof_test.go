@@ -50,6 +50,10 @@ func TestProfiles(t *testing.T) {
 			t.Fatalf("GET %s: %d bytes, not a profile", path, len(b))
 		}
 	}
+	// ?debug=1 is the text form, with the runtime's memory statistics.
+	if b, err := get(fmt.Sprintf("/debug/ins/%d/heap?debug=1", id)); err != nil || !strings.Contains(string(b), "# HeapAlloc = ") {
+		t.Fatalf("GET /debug/ins/%d/heap?debug=1: %v\n%.300s", id, err, b)
+	}
 	if _, err := get("/debug/ins/99/heap"); err == nil {
 		t.Fatal("profile of a missing INS answered")
 	}

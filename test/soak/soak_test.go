@@ -3,12 +3,21 @@
 // killed every minute and the daemon killed and restarted twice, with the
 // app's descriptors and the INS's and daemon's memory checked after every
 // phase.
+//
+// Memory is read at rest: after a phase's wrk ended, once the INS hold no
+// connection and the daemon's flow collector has let the phase's ended
+// flows go (it shows them for collector.DefaultKeepEnded, as TIME_WAIT
+// holds a closed connection), with `isolator ls --gc`, which has every
+// process collect garbage and return what it freed first. It is compared
+// with the same reading after two warm-up phases (see warmups for why
+// two). MPSHIM_SOAK_DIAG=DIR keeps what each reading is made of.
 package soak
 
 import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -16,6 +25,7 @@ import (
 	"time"
 
 	"github.com/mpshim/mpshim/isolator/api"
+	"github.com/mpshim/mpshim/netflow/collector"
 	"github.com/mpshim/mpshim/test/harness"
 	"github.com/mpshim/mpshim/test/topo"
 )
@@ -24,12 +34,9 @@ import (
 // (conns/nINS connections each); the event of a phase happens eventAt
 // into it.
 const (
-	nINS     = 4
-	conns    = 10000
-	phases   = 10
-	phaseLen = 60 * time.Second
-	eventAt  = 20 * time.Second
-	settle   = 8 * time.Second
+	nINS    = 4
+	eventAt = 20 * time.Second
+	settle  = 8 * time.Second
 	// quietLimit bounds the wait for the INS to hold no connection
 	// after a phase, before the sample (TIME_WAIT is not a connection).
 	quietLimit = 60 * time.Second
@@ -47,6 +54,82 @@ const (
 	fdSlack = 8
 )
 
+// The soak's size: conns wrk connections in all, phases phases of
+// phaseLen after the warm-up. MPSHIM_SOAK_CONNS, MPSHIM_SOAK_PHASES and
+// MPSHIM_SOAK_PHASE_SECONDS shorten it for a check; make soak runs the
+// defaults.
+var (
+	conns    = envInt("MPSHIM_SOAK_CONNS", 10000)
+	phases   = envInt("MPSHIM_SOAK_PHASES", 10)
+	phaseLen = time.Duration(envInt("MPSHIM_SOAK_PHASE_SECONDS", 60)) * time.Second
+	// noEvents (MPSHIM_SOAK_EVENTS=none) runs the phases without kills:
+	// load alone, for telling its memory apart from the events'.
+	noEvents = os.Getenv("MPSHIM_SOAK_EVENTS") == "none"
+)
+
+// diagDir, from MPSHIM_SOAK_DIAG, is where each sample writes what the
+// memory figures are made of: every process's /proc status and
+// smaps_rollup, and heap profiles of the daemon and every INS (binary,
+// for go tool pprof -base, and text with the runtime's statistics).
+var diagDir = os.Getenv("MPSHIM_SOAK_DIAG")
+
+// diagPprof is the daemon's profile address when diagDir is set.
+const diagPprof = "127.0.0.1:6391"
+
+func envInt(key string, def int) int {
+	v, err := strconv.Atoi(os.Getenv(key))
+	if err != nil || v <= 0 {
+		return def
+	}
+	return v
+}
+
+// diag writes the sample's memory details under diagDir/NAME/.
+func diag(t *testing.T, tp *topo.Topology, iso *harness.Isolator, name string, infos []api.INSInfo) {
+	t.Helper()
+	dir := filepath.Join(diagDir, name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Logf("diag: %v", err)
+		return
+	}
+	procs := map[string]int{"daemon": iso.PID()}
+	urls := map[string]string{"daemon": "/debug/pprof/heap"}
+	for _, in := range infos {
+		k := fmt.Sprintf("ins%d", in.ID)
+		procs[k], urls[k] = in.PID, fmt.Sprintf("/debug/ins/%d/heap", in.ID)
+	}
+	for k, pid := range procs {
+		for _, f := range []string{"status", "smaps_rollup", "maps"} {
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/%s", pid, f))
+			_ = os.WriteFile(filepath.Join(dir, k+"."+f), b, 0o644)
+		}
+		for suffix, q := range map[string]string{".heap": "", ".heap.txt": "?debug=1"} {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			out, err := tp.GW.Command(ctx, "curl", "-sf", "-o", filepath.Join(dir, k+suffix), "http://"+diagPprof+urls[k]+q).CombinedOutput()
+			cancel()
+			if err != nil {
+				t.Logf("diag %s %s: %v %s", name, k, err, out)
+			}
+		}
+	}
+}
+
+// warmups is the number of phases without an event before the base is
+// taken. A Go process's memory after its first minute of load is not yet
+// its memory after the next ones: the first phases fault in code an idle
+// process never ran (the INS's RssFile grows by about 130 KiB), grow the
+// stacks of the netstack's and the engine's goroutines (+0.25 MB) and leave
+// heap spans that long-lived objects allocated under load keep in use
+// (heap in use +1 MB while the live heap stays at 4–4.5 MB). Measured
+// (MPSHIM_SOAK_DIAG, 4,000 connections, 40 s phases): the INS's RSS grew
+// by 1.0–1.7 MB from the first warm-up phase to the second, then stayed
+// within 0.6 MB of that for the next phases — kills and a daemon restart
+// among them — and, in a run without events, moved within ±0.4 MB without
+// a trend for five phases. The issue asks for memory "back within 5% after
+// each phase": back to the state of a process that has served the load,
+// so the base is the state after two warm-up phases.
+const warmups = 2
+
 // daemonPhases are the phases whose event is a daemon kill -9 and restart
 // (1 s later); every other phase kills one INS.
 var daemonPhases = map[int]bool{3: true, 7: true}
@@ -55,11 +138,12 @@ type sample struct {
 	appFDs    int
 	daemonRSS int            // KiB
 	insRSS    map[int]uint64 // bytes, by INS id
+	insTCP    map[int]map[string]int
 }
 
-func take(t *testing.T, iso *harness.Isolator, n *harness.Nginx) sample {
+func take(t *testing.T, tp *topo.Topology, iso *harness.Isolator, n *harness.Nginx, name string) sample {
 	t.Helper()
-	s := sample{insRSS: map[int]uint64{}}
+	s := sample{insRSS: map[int]uint64{}, insTCP: map[int]map[string]int{}}
 	for _, pid := range n.Procs() {
 		s.appFDs += harness.FDs(pid)
 	}
@@ -70,6 +154,10 @@ func take(t *testing.T, iso *harness.Isolator, n *harness.Nginx) sample {
 	}
 	for _, in := range infos {
 		s.insRSS[in.ID] = in.RSS
+		s.insTCP[in.ID] = in.TCP
+	}
+	if diagDir != "" {
+		diag(t, tp, iso, name, infos)
 	}
 	return s
 }
@@ -105,12 +193,16 @@ func errs(r harness.WrkResult) int { return r.Connect + r.Read + r.Write }
 
 func TestSoak(t *testing.T) {
 	if os.Getenv("MPSHIM_SOAK") == "" {
-		t.Skip("the soak runs 11 minutes: make soak (MPSHIM_SOAK=1)")
+		t.Skip("the soak runs 20 minutes: make soak (MPSHIM_SOAK=1)")
 	}
 	topo.RequireRoot(t)
 	harness.NeedFiles(t, "/usr/sbin/nginx", "/usr/bin/wrk", "/usr/bin/curl")
 	tp := topo.New(t, topo.Config{Uplinks: 1})
-	iso := harness.StartIsolator(t, tp, harness.Options{INS: nINS, Args: []string{"--allow-uid", "0", "--allow-uid", "33", "--socket-group", "www-data", "--socket-mode", "0660"}})
+	args := []string{"--allow-uid", "0", "--allow-uid", "33", "--socket-group", "www-data", "--socket-mode", "0660"}
+	if diagDir != "" {
+		args = append(args, "--pprof", diagPprof)
+	}
+	iso := harness.StartIsolator(t, tp, harness.Options{INS: nINS, Args: args})
 	n := harness.StartNginx(t, harness.NginxOptions{
 		NS: tp.App, Shim: iso,
 		Files: harness.RandomFiles(map[string]int{"1k.bin": 1 << 10}),
@@ -173,26 +265,40 @@ http {
 		// (a timed-out one is closed late) end before the reading.
 		time.Sleep(settle)
 		quiet(t, iso, quietLimit)
+		// The daemon's flow collector shows each ended flow for
+		// KeepEnded after the INS reported it (a poll a second), as
+		// TIME_WAIT holds a closed connection: the sample comes once
+		// those of the phase have expired, which is the daemon at rest.
+		time.Sleep(collector.DefaultKeepEnded + 2*time.Second)
 		return out
 	}
 
-	// Warm-up: the base of the descriptor and memory checks.
-	res := run(0, nil)
-	for id, r := range res {
-		t.Logf("warm-up, INS %d: %d responses, %d errors, %d timeouts", id, r.Requests, errs(r), r.Timeout)
-		if errs(r) != 0 {
-			t.Errorf("warm-up, INS %d: %d socket errors\n%s", id, errs(r), r.Output)
-		}
+	if diagDir != "" {
+		take(t, tp, iso, n, "fresh")
 	}
-	base := take(t, iso, n)
-	t.Logf("base: nginx fds %d, daemon RSS %d KiB, INS RSS %v", base.appFDs, base.daemonRSS, base.insRSS)
+	// Warm-up: warmups phases without an event; the state after the last
+	// is the base of the descriptor and memory checks (see warmups).
+	var base sample
+	for w := 1; w <= warmups; w++ {
+		res := run(0, nil)
+		for id, r := range res {
+			t.Logf("warm-up %d, INS %d: %d responses, %d errors, %d timeouts", w, id, r.Requests, errs(r), r.Timeout)
+			if errs(r) != 0 {
+				t.Errorf("warm-up %d, INS %d: %d socket errors\n%s", w, id, errs(r), r.Output)
+			}
+		}
+		base = take(t, tp, iso, n, fmt.Sprintf("warmup%d", w))
+		t.Logf("after warm-up %d: nginx fds %d, daemon RSS %d KiB, INS RSS %v, TCP endpoints %v", w, base.appFDs, base.daemonRSS, base.insRSS, base.insTCP)
+	}
 
 	for phase := 1; phase <= phases; phase++ {
 		victim := 0
 		var event func()
 		desc := ""
 		var before []api.INSInfo
-		if daemonPhases[phase] {
+		if noEvents {
+			desc = "no event"
+		} else if daemonPhases[phase] {
 			desc = "daemon kill -9, restart after 1 s"
 			before, _ = iso.List()
 			event = func() {
@@ -208,12 +314,12 @@ http {
 			event = func() { syscall.Kill(pid, syscall.SIGKILL) }
 		}
 		res := run(phase, event)
-		after := take(t, iso, n)
+		after := take(t, tp, iso, n, fmt.Sprintf("phase%d", phase))
 		var summary []string
 		for id, r := range res {
 			summary = append(summary, fmt.Sprintf("INS %d: %d errors %d timeouts %d responses", id, errs(r), r.Timeout, r.Requests))
 			switch {
-			case daemonPhases[phase] && (errs(r) != 0 || r.Requests == 0):
+			case !noEvents && daemonPhases[phase] && (errs(r) != 0 || r.Requests == 0):
 				// The INS outlive the daemon and the restarted one
 				// adopts them (docs/design.md, "Survival"): no
 				// connection is lost.
@@ -222,21 +328,21 @@ http {
 				t.Errorf("phase %d (%s): %d socket errors on INS %d, which was not killed", phase, desc, errs(r), id)
 			}
 		}
-		if daemonPhases[phase] {
+		if !noEvents && daemonPhases[phase] {
 			now, _ := iso.List()
 			if fmt.Sprint(insPIDs(now)) != fmt.Sprint(insPIDs(before)) {
 				t.Errorf("phase %d (%s): INS pids %v after the restart, were %v (not adopted)", phase, desc, insPIDs(now), insPIDs(before))
 			}
 		}
-		t.Logf("phase %d (%s): %s; nginx fds %d (base %d), daemon RSS %d KiB (base %d), INS RSS %v",
-			phase, desc, strings.Join(summary, ", "), after.appFDs, base.appFDs, after.daemonRSS, base.daemonRSS, after.insRSS)
+		t.Logf("phase %d (%s): %s; nginx fds %d (base %d), daemon RSS %d KiB (base %d), INS RSS %v, TCP endpoints %v",
+			phase, desc, strings.Join(summary, ", "), after.appFDs, base.appFDs, after.daemonRSS, base.daemonRSS, after.insRSS, after.insTCP)
 		if !within(int64(after.appFDs), int64(base.appFDs), fdGrowth) && after.appFDs > base.appFDs+fdSlack {
 			t.Errorf("phase %d: nginx holds %d descriptors, base %d (+%d%% allowed)", phase, after.appFDs, base.appFDs, fdGrowth)
 		}
 		// A restarted daemon is a new process, still warming up under
 		// the reconnecting load: its RSS is compared from the next
 		// phase on.
-		if !daemonPhases[phase] && !within(int64(after.daemonRSS), int64(base.daemonRSS), memGrowth) {
+		if (noEvents || !daemonPhases[phase]) && !within(int64(after.daemonRSS), int64(base.daemonRSS), memGrowth) {
 			t.Errorf("phase %d: daemon RSS %d KiB, base %d KiB", phase, after.daemonRSS, base.daemonRSS)
 		}
 		for id, rss := range after.insRSS {

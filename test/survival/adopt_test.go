@@ -12,6 +12,8 @@ import (
 
 	"github.com/mpshim/mpshim/internal/procstat"
 	"github.com/mpshim/mpshim/isolator/api"
+	"github.com/mpshim/mpshim/test/harness"
+	"github.com/mpshim/mpshim/test/topo"
 )
 
 // insPIDs maps each INS id to its pid.
@@ -200,5 +202,43 @@ func copyFile(t *testing.T, from, to string) {
 	}
 	if err := out.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestOrphanTimeout: an INS whose daemon was killed and never restarted
+// serves on for the daemon's --orphan-timeout (3 s here, 15 minutes by
+// default) and then exits by itself.
+func TestOrphanTimeout(t *testing.T) {
+	topo.RequireRoot(t)
+	tp := topo.New(t, topo.Config{Uplinks: 1})
+	iso := harness.StartIsolator(t, tp, harness.Options{INS: 1, Args: []string{"--orphan-timeout", "3s"}})
+	infos, err := iso.List()
+	if err != nil || len(infos) != 1 {
+		t.Fatalf("isolator ls: %v %v", infos, err)
+	}
+	pid := infos[0].PID
+	st, err := procstat.Read(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := func() bool {
+		now, err := procstat.Read(pid)
+		return err != nil || now.StartTime != st.StartTime || now.State == 'Z'
+	}
+	iso.Kill(t)
+	killed := time.Now()
+	if gone() {
+		t.Fatalf("INS pid %d ended with its daemon", pid)
+	}
+	for !gone() {
+		if time.Since(killed) > 60*time.Second {
+			t.Fatalf("INS pid %d still runs 60 s after its daemon died (orphan timeout 3 s)", pid)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	took := time.Since(killed)
+	t.Logf("INS pid %d exited %v after its daemon was killed", pid, took.Round(time.Millisecond))
+	if took < 2*time.Second {
+		t.Errorf("INS pid %d exited %v after its daemon was killed, before its 3 s orphan timeout", pid, took)
 	}
 }

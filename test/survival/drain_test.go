@@ -43,6 +43,17 @@ func TestINSDrain(t *testing.T) {
 
 	// Three connections with a request under way on the victim.
 	held := hold(t, tp.WAN, addr4(victim), 3)
+	// isolator ls counts each INS's TCP endpoints by state: the three
+	// connections and nginx's listeners.
+	if infos, err := iso.List(); err != nil {
+		t.Fatalf("isolator ls: %v", err)
+	} else {
+		for _, in := range infos {
+			if in.ID == victim.ID && (in.TCP["ESTAB"] != 3 || in.TCP["LISTEN"] < 1) {
+				t.Errorf("INS %d: TCP endpoints %v, want 3 ESTAB and a LISTEN", in.ID, in.TCP)
+			}
+		}
+	}
 	since := time.Now()
 	done := kill(victim.ID)
 	if _, _, ok := iso.WaitLog(since, 5*time.Second, "ins["+strconv.Itoa(victim.ID)+"]", "INS draining", "connections=3"); !ok {
