@@ -145,11 +145,26 @@ func (e *Engine) Connect(id SockID, addr netip.AddrPort, stream *os.File, nonblo
 		}
 		return unix.EALREADY
 	case stConnected, stDone, stListening:
+		// The first connect after a nonblocking one completed reports
+		// its outcome, as Linux's does (the socket is still
+		// SS_CONNECTING there): success, or the error of a connection
+		// that has ended since.
+		var errno unix.Errno = unix.EISCONN
+		if s.connUnreported {
+			s.connUnreported = false
+			errno = 0
+			if s.state == stDone {
+				errno, s.soErr = s.soErr, 0
+				if errno == 0 {
+					errno = unix.ECONNABORTED
+				}
+			}
+		}
 		s.mu.Unlock()
 		if stream != nil {
 			stream.Close()
 		}
-		return unix.EISCONN
+		return errno
 	case stFailed:
 		err := s.soErr
 		s.soErr = 0

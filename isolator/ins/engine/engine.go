@@ -136,6 +136,9 @@ type sock struct {
 	peer      netip.AddrPort // remote address once connected
 	backlog   int            // backlog asked for by listen(2)
 	counted   bool           // counted as accepted from peer (see admit)
+	// connUnreported: a nonblocking connect succeeded and no connect
+	// call has reported it yet.
+	connUnreported bool
 }
 
 // New returns an engine serving sockets on s. A nil chooser lets the

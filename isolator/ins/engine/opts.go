@@ -13,7 +13,10 @@ import (
 const (
 	sockMinRcvbuf = 2304 // SOCK_MIN_RCVBUF on x86-64
 	sockMinSndbuf = 4608 // SOCK_MIN_SNDBUF on x86-64
-	tcpInfoSize   = unix.SizeofTCPInfo
+	// tcpFinTimeoutMax is TCP_FIN_TIMEOUT_MAX in seconds, the largest
+	// TCP_LINGER2.
+	tcpFinTimeoutMax = 120
+	tcpInfoSize      = unix.SizeofTCPInfo
 )
 
 type optKey struct{ level, name int32 }
@@ -266,7 +269,30 @@ func (s *sock) setTCPOpt(name int, val []byte) unix.Errno {
 		if v != 0 {
 			s.ep.SetSockOptInt(tcpip.MaxSegOption, int(v))
 		}
-	case unix.TCP_LINGER2, unix.TCP_WINDOW_CLAMP, unix.TCP_NOTSENT_LOWAT, unix.TCP_FASTOPEN, unix.TCP_FASTOPEN_CONNECT:
+	case unix.TCP_LINGER2:
+		// Linux: negative is -1 (no FIN-WAIT-2 timeout of the
+		// socket's own), above TCP_FIN_TIMEOUT_MAX (120 s) is 120,
+		// 0 reads back as the sysctl's 60.
+		switch {
+		case v < 0:
+			v = -1
+		case v > tcpFinTimeoutMax:
+			v = tcpFinTimeoutMax
+		}
+		if v > 0 {
+			o := tcpip.TCPLingerTimeoutOption(time.Duration(v) * time.Second)
+			s.ep.SetSockOpt(&o)
+		}
+	case unix.TCP_WINDOW_CLAMP:
+		// Linux: 0 only on a closed socket, and a clamp below
+		// SOCK_MIN_RCVBUF/2 is raised to it.
+		if v == 0 && (s.state == stConnecting || s.state == stConnected || s.state == stListening) {
+			return unix.EINVAL
+		}
+		if v != 0 && v < sockMinRcvbuf/2 {
+			v = sockMinRcvbuf / 2
+		}
+	case unix.TCP_NOTSENT_LOWAT, unix.TCP_FASTOPEN, unix.TCP_FASTOPEN_CONNECT:
 	default:
 		return unix.ENOPROTOOPT
 	}
@@ -285,6 +311,14 @@ func trimNul(b []byte) string {
 
 func (s *sock) setIPOpt(name int, val []byte) unix.Errno {
 	_, stored := storedIPOpts[name]
+	if s.typ == unix.SOCK_STREAM && (name == unix.IP_MULTICAST_TTL || name == unix.IP_MULTICAST_LOOP) {
+		// A TCP socket keeps Linux's multicast fields without use:
+		// the loop flag can be set, the TTL cannot (EINVAL).
+		if name == unix.IP_MULTICAST_TTL || len(val) < 1 {
+			return unix.EINVAL
+		}
+		stored = true
+	}
 	if name != unix.IP_TOS && name != unix.IP_TTL && !stored {
 		return unix.ENOPROTOOPT
 	}
@@ -550,7 +584,7 @@ func (s *sock) getTCPOpt(name int) ([]byte, unix.Errno) {
 	if !ok {
 		return nil, unix.ENOPROTOOPT
 	}
-	if x, ok := s.o.get(unix.IPPROTO_TCP, name); ok {
+	if x, ok := s.o.get(unix.IPPROTO_TCP, name); ok && !(name == unix.TCP_LINGER2 && x == 0) {
 		def = x
 	}
 	return int32Bytes(def), 0
@@ -601,6 +635,13 @@ func (s *sock) getIPOpt(name int) (int32, unix.Errno) {
 	case unix.IP_TOS:
 		x, _ := s.o.get(unix.IPPROTO_IP, name)
 		return x, 0
+	case unix.IP_MULTICAST_TTL, unix.IP_MULTICAST_LOOP:
+		if s.typ == unix.SOCK_STREAM {
+			if x, ok := s.o.get(unix.IPPROTO_IP, name); ok {
+				return x, 0
+			}
+			return 1, 0 // Linux's defaults: TTL 1, loop on
+		}
 	}
 	def, ok := storedIPOpts[name]
 	if !ok {

@@ -82,35 +82,69 @@ func TestSockoptsMatchKernel(t *testing.T) {
 		{ip6L, unix.IPV6_TCLASS, nil}, {ip6L, unix.IPV6_TCLASS, i32(-1)}, {ip6L, unix.IPV6_TCLASS, nil}, {ip6L, unix.IPV6_TCLASS, i32(0x40)}, {ip6L, unix.IPV6_TCLASS, nil},
 		{ip6L, 9999, i32(1)}, {unix.IPPROTO_UDP, 9999, i32(1)}, {unix.SOL_RAW, 1, i32(1)},
 	}
-	lens := []int{-1, 0, 1, 2, 4, 8, 300}
 	for _, domain := range []int{unix.AF_INET, unix.AF_INET6} {
 		for _, typ := range []int{unix.SOCK_STREAM, unix.SOCK_DGRAM} {
 			t.Run(fmt.Sprintf("domain%d/type%d", domain, typ), func(t *testing.T) {
-				kfd, err := unix.Socket(domain, typ|unix.SOCK_CLOEXEC, 0)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer unix.Close(kfd)
-				id := instest.MustSocket(t, n.e, domain, typ)
-				for i, c := range seq {
-					what := fmt.Sprintf("step %d level %d name %d", i, c.level, c.name)
-					if c.val != nil {
-						ke := kernelSetsockopt(kfd, c.level, c.name, c.val)
-						ee := n.e.Setsockopt(id, c.level, c.name, c.val)
-						if ke != ee {
-							t.Errorf("%s: setsockopt(%v) = %v, kernel %v", what, c.val, ee, ke)
-						}
-						continue
-					}
-					for _, l := range lens {
-						kb, ke := kernelGetsockopt(kfd, c.level, c.name, l)
-						eb, ee := n.e.Getsockopt(id, c.level, c.name, l)
-						if ke != ee || !bytes.Equal(kb, eb) {
-							t.Errorf("%s len %d: getsockopt = %v %v, kernel %v %v", what, l, eb, ee, kb, ke)
-						}
-					}
-				}
+				compareOptSeq(t, n, domain, typ, seq)
 			})
+		}
+	}
+}
+
+// TestTCPOnlySockoptsMatchKernel compares options whose Linux behaviour
+// on a TCP socket differs from a UDP socket's: TCP_LINGER2's clamping,
+// TCP_WINDOW_CLAMP's minimum and the multicast fields a TCP socket keeps.
+func TestTCPOnlySockoptsMatchKernel(t *testing.T) {
+	n := newTestNet(t)
+	tcpL, ipL := unix.IPPROTO_TCP, unix.IPPROTO_IP
+	seq := []optCase{
+		{tcpL, unix.TCP_LINGER2, nil}, {tcpL, unix.TCP_LINGER2, i32(-1234)}, {tcpL, unix.TCP_LINGER2, nil},
+		{tcpL, unix.TCP_LINGER2, i32(0)}, {tcpL, unix.TCP_LINGER2, nil}, {tcpL, unix.TCP_LINGER2, i32(121)},
+		{tcpL, unix.TCP_LINGER2, nil}, {tcpL, unix.TCP_LINGER2, i32(30)}, {tcpL, unix.TCP_LINGER2, nil},
+		{tcpL, unix.TCP_WINDOW_CLAMP, nil}, {tcpL, unix.TCP_WINDOW_CLAMP, i32(100)}, {tcpL, unix.TCP_WINDOW_CLAMP, nil},
+		{tcpL, unix.TCP_WINDOW_CLAMP, i32(0)}, {tcpL, unix.TCP_WINDOW_CLAMP, nil},
+		{tcpL, unix.TCP_WINDOW_CLAMP, i32(-7)}, {tcpL, unix.TCP_WINDOW_CLAMP, nil},
+		{tcpL, unix.TCP_WINDOW_CLAMP, i32(40000)}, {tcpL, unix.TCP_WINDOW_CLAMP, nil},
+		{ipL, unix.IP_MULTICAST_TTL, nil}, {ipL, unix.IP_MULTICAST_LOOP, nil},
+		{ipL, unix.IP_MULTICAST_TTL, i32(5)}, {ipL, unix.IP_MULTICAST_TTL, nil},
+		{ipL, unix.IP_MULTICAST_LOOP, i32(0)}, {ipL, unix.IP_MULTICAST_LOOP, nil},
+		{ipL, unix.IP_MULTICAST_LOOP, []byte{7}}, {ipL, unix.IP_MULTICAST_LOOP, nil},
+		{ipL, unix.IP_MULTICAST_LOOP, []byte{}},
+	}
+	for _, domain := range []int{unix.AF_INET, unix.AF_INET6} {
+		t.Run(fmt.Sprintf("domain%d", domain), func(t *testing.T) {
+			compareOptSeq(t, n, domain, unix.SOCK_STREAM, seq)
+		})
+	}
+}
+
+// compareOptSeq runs seq on an engine socket and a kernel socket of the
+// same kind, each get with several lengths, and requires identical results.
+func compareOptSeq(t *testing.T, n *testNet, domain, typ int, seq []optCase) {
+	t.Helper()
+	lens := []int{-1, 0, 1, 2, 4, 8, 300}
+	kfd, err := unix.Socket(domain, typ|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(kfd)
+	id := instest.MustSocket(t, n.e, domain, typ)
+	for i, c := range seq {
+		what := fmt.Sprintf("step %d level %d name %d", i, c.level, c.name)
+		if c.val != nil {
+			ke := kernelSetsockopt(kfd, c.level, c.name, c.val)
+			ee := n.e.Setsockopt(id, c.level, c.name, c.val)
+			if ke != ee {
+				t.Errorf("%s: setsockopt(%v) = %v, kernel %v", what, c.val, ee, ke)
+			}
+			continue
+		}
+		for _, l := range lens {
+			kb, ke := kernelGetsockopt(kfd, c.level, c.name, l)
+			eb, ee := n.e.Getsockopt(id, c.level, c.name, l)
+			if ke != ee || !bytes.Equal(kb, eb) {
+				t.Errorf("%s len %d: getsockopt = %v %v, kernel %v %v", what, l, eb, ee, kb, ke)
+			}
 		}
 	}
 }

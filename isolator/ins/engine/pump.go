@@ -403,6 +403,12 @@ func (c *streamConn) finishConnect(w *worker) bool {
 		if errno == 0 {
 			errno = unix.ECONNREFUSED
 		}
+		if c.nonblock {
+			// Closing our end with the filler unread would make the
+			// app's reads fail with ECONNRESET; Linux reads EOF
+			// once SO_ERROR is taken.
+			c.dropFiller(w)
+		}
 		c.failConnect(errno)
 		return false
 	}
@@ -414,29 +420,35 @@ func (c *streamConn) finishConnect(w *worker) bool {
 	// Connected before the app can see it: the filler is discarded
 	// (making the app fd writable) only after this.
 	s.state = stConnected
+	s.connUnreported = c.nonblock
 	s.mu.Unlock()
-	if c.nonblock {
-		// Discard the filler the shim wrote to make its end unwritable.
-		// Nothing else can be queued before the first read: the app's
-		// send buffer was full.
-		n, err := unix.IoctlGetInt(c.fd, unix.SIOCINQ)
-		if err != nil {
-			c.failConnect(unix.ECONNABORTED)
-			return false
-		}
-		for n > 0 {
-			m, err := unix.Read(c.fd, w.buf[:min(n, len(w.buf))])
-			if err == unix.EINTR {
-				continue
-			}
-			if err != nil || m == 0 {
-				break
-			}
-			n -= m
-		}
+	if c.nonblock && !c.dropFiller(w) {
+		c.failConnect(unix.ECONNABORTED)
+		return false
 	}
 	c.connecting = false
 	close(c.connDone)
+	return true
+}
+
+// dropFiller discards the filler the shim wrote before a nonblocking
+// connect to make its end unwritable. Nothing else can be queued before
+// the first read: the app's send buffer was full.
+func (c *streamConn) dropFiller(w *worker) bool {
+	n, err := unix.IoctlGetInt(c.fd, unix.SIOCINQ)
+	if err != nil {
+		return false
+	}
+	for n > 0 {
+		m, err := unix.Read(c.fd, w.buf[:min(n, len(w.buf))])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || m == 0 {
+			break
+		}
+		n -= m
+	}
 	return true
 }
 
@@ -528,6 +540,14 @@ func (c *streamConn) appToNet(w *worker) bool {
 			// last app descriptor (close, exit) ends the stream.
 			c.appEOF = true
 			c.appGone = !c.s.appShutWR.Load()
+			if err == unix.ECONNRESET || (c.appGone && c.lingerZero()) {
+				// The app closed its end with bytes unread (the
+				// kernel reports ECONNRESET to this end) or with
+				// SO_LINGER {1, 0}: Linux resets the connection
+				// instead of closing it.
+				c.abort()
+				return true
+			}
 			break
 		}
 		w.rd.b = w.buf[:n]
@@ -585,6 +605,23 @@ func (c *streamConn) writeFailed(err tcpip.Error) bool {
 		c.reset(err)
 		return true
 	}
+}
+
+// lingerZero reports whether the socket has SO_LINGER {1, 0}.
+func (c *streamConn) lingerZero() bool {
+	l := c.s.ep.SocketOptions().GetLinger()
+	return l.Enabled && l.Timeout == 0
+}
+
+// abort resets the connection once the app has released its end (closed
+// with unread bytes or SO_LINGER {1, 0}) and drops the socket record.
+func (c *streamConn) abort() {
+	c.teardown(true)
+	c.s.mu.Lock()
+	c.s.state = stDone
+	c.s.mu.Unlock()
+	c.s.attachmentDone()
+	c.s.e.forget(c.s.id)
 }
 
 // reset ends the connection after a peer reset or fatal error: SO_ERROR will

@@ -23,7 +23,12 @@ int main(int argc, char **argv)
 	rc = poll(&p, 1, 5000);
 	say("poll: %d revents-out: %d", rc, !!(p.revents & POLLOUT));
 	say("SO_ERROR: %s", en(sockerr(s)));
-	res("connect after completion", connect(s, &a.sa, l));
+	rc = connect(s, &a.sa, l);
+	/* Linux reports a completed connect once to the first connect after
+	 * it (0); the second connect above may have been that one. */
+	if (rc == 0 && e == EALREADY)
+		rc = connect(s, &a.sa, l);
+	res("connect after completion", rc);
 	set_nonblock(s, 0);
 	res("blocking connect on connected", connect(s, &a.sa, l));
 	res("write", write(s, "ok", 2));
