@@ -2,7 +2,7 @@
 
 /*
  * dgram.c: send, recv, sendto, recvfrom, sendmsg, recvmsg, sendmmsg,
- * recvmmsg and their _FORTIFY aliases.
+ * recvmmsg, read, write, readv, writev and their _FORTIFY aliases.
  *
  * A foreign fd, a pending (kernel) socket and an INS stream socket go to the
  * real function after one table lookup; on an INS stream socket a
@@ -10,6 +10,9 @@
  * does. An INS UDP socket frames every datagram on its SEQPACKET pair
  * (docs/protocol.md): one message = msgproto Datagram framing + payload,
  * so readiness, MSG_PEEK, MSG_DONTWAIT and MSG_TRUNC are the kernel's own.
+ * read, write, readv and writev are interposed for that framing alone: on
+ * every other fd (streams included) they are the real call after one
+ * table lookup.
  *
  * Sending: errors of a datagram written to the socketpair can only be
  * reported later (SO_ERROR), but sendto must fail at once when there is no
@@ -25,7 +28,9 @@
  */
 #include "shim.h"
 
+#include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -155,6 +160,26 @@ ssize_t mp_dgram_sendmsg(int fd, struct mp_fd *e, const struct msghdr *msg, int 
 	return n - (ssize_t)sizeof h.b;
 }
 
+/* An empty read of an INS UDP socket's end: the INS is gone (the end hangs
+ * up: ENETDOWN), or the socket's read side was shut down and nothing is
+ * queued, which Linux's UDP reports as end-of-file when blocking and EAGAIN
+ * when not (the INS shuts the write half of its end). */
+static ssize_t dgram_eof(int fd, int flags)
+{
+	struct pollfd p = { .fd = fd, .events = 0 };
+	int hup, fl;
+	MP_SAVE;
+
+	hup = poll(&p, 1, 0) == 1 && (p.revents & POLLHUP);
+	fl = hup || (flags & MSG_DONTWAIT) ? 0 : REAL(fcntl)(fd, F_GETFL);
+	MP_RESTORE;
+	if (hup)
+		return mp_fail(ENETDOWN);
+	if ((flags & MSG_DONTWAIT) || (fl >= 0 && (fl & O_NONBLOCK)))
+		return mp_fail(EAGAIN);
+	return 0;
+}
+
 ssize_t mp_dgram_recvmsg(int fd, struct mp_fd *e, struct msghdr *msg, int flags)
 {
 	struct iovec v[1 + UIO_MAXIOV];
@@ -179,7 +204,7 @@ ssize_t mp_dgram_recvmsg(int fd, struct mp_fd *e, struct msghdr *msg, int flags)
 	if (n < 0)
 		return -1;
 	if (n == 0)
-		return mp_fail(ENETDOWN); /* the INS end hung up */
+		return dgram_eof(fd, flags);
 	if (n < (ssize_t)sizeof h.b)
 		return mp_fail(EIO);
 	l = msg->msg_name ? msg->msg_namelen : 0;
@@ -416,7 +441,7 @@ MP_EXPORT ssize_t __recv_chk(int fd, void *buf, size_t len, size_t buflen, int f
 {
 	if (len > buflen) {
 		static const char m[] = "*** buffer overflow detected ***: terminated\n";
-		if (write(2, m, sizeof m - 1) < 0) {
+		if (REAL(write)(2, m, sizeof m - 1) < 0) {
 		}
 		abort();
 	}
@@ -428,9 +453,76 @@ MP_EXPORT ssize_t __recvfrom_chk(int fd, void *buf, size_t len, size_t buflen, i
 {
 	if (len > buflen) {
 		static const char m[] = "*** buffer overflow detected ***: terminated\n";
-		if (write(2, m, sizeof m - 1) < 0) {
+		if (REAL(write)(2, m, sizeof m - 1) < 0) {
 		}
 		abort();
 	}
 	return recvfrom(fd, buf, len, flags, sa, salen);
+}
+
+MP_EXPORT ssize_t __read_chk(int fd, void *buf, size_t len, size_t buflen)
+{
+	if (len > buflen) {
+		static const char m[] = "*** buffer overflow detected ***: terminated\n";
+		if (REAL(write)(2, m, sizeof m - 1) < 0) {
+		}
+		abort();
+	}
+	return read(fd, buf, len);
+}
+
+/* read, write, readv and writev: an INS UDP socket's datagram is recv or
+ * send with no flags, as on Linux; any other fd goes to the real call. */
+MP_EXPORT ssize_t read(int fd, void *buf, size_t len)
+{
+	struct mp_fd *e = mp_get(fd);
+	struct iovec iov = { buf, len };
+	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
+	ssize_t rc;
+
+	if (__builtin_expect(!e || e->kind != MPK_DGRAM, 1))
+		return REAL(read)(fd, buf, len);
+	rc = mp_dgram_recvmsg(fd, e, &m, 0);
+	log_io(rc, "read", fd, len);
+	return rc;
+}
+
+MP_EXPORT ssize_t write(int fd, const void *buf, size_t len)
+{
+	struct mp_fd *e = mp_get(fd);
+	struct iovec iov = { (void *)buf, len };
+	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
+	ssize_t rc;
+
+	if (__builtin_expect(!e || e->kind != MPK_DGRAM, 1))
+		return REAL(write)(fd, buf, len);
+	rc = mp_dgram_sendmsg(fd, e, &m, 0);
+	log_io(rc, "write", fd, len);
+	return rc;
+}
+
+MP_EXPORT ssize_t readv(int fd, const struct iovec *iov, int cnt)
+{
+	struct mp_fd *e = mp_get(fd);
+	struct msghdr m = { .msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)cnt };
+	ssize_t rc;
+
+	if (__builtin_expect(!e || e->kind != MPK_DGRAM, 1))
+		return REAL(readv)(fd, iov, cnt);
+	rc = cnt < 0 || cnt > UIO_MAXIOV ? mp_fail(EINVAL) : mp_dgram_recvmsg(fd, e, &m, 0);
+	log_io(rc, "readv", fd, (size_t)cnt);
+	return rc;
+}
+
+MP_EXPORT ssize_t writev(int fd, const struct iovec *iov, int cnt)
+{
+	struct mp_fd *e = mp_get(fd);
+	struct msghdr m = { .msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)cnt };
+	ssize_t rc;
+
+	if (__builtin_expect(!e || e->kind != MPK_DGRAM, 1))
+		return REAL(writev)(fd, iov, cnt);
+	rc = cnt < 0 || cnt > UIO_MAXIOV ? mp_fail(EINVAL) : mp_dgram_sendmsg(fd, e, &m, 0);
+	log_io(rc, "writev", fd, (size_t)cnt);
+	return rc;
 }

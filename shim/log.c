@@ -2,8 +2,8 @@
 
 /*
  * log.c: MPSHIM_LOG=debug traces every interposed call on stderr. Each line
- * is formatted into a stack buffer and written with one write(2); errno is
- * preserved and nothing is allocated.
+ * is formatted into a stack buffer and written with one real write(2) (fd 2
+ * may be an INS socket); errno is preserved and nothing is allocated.
  */
 #include "shim.h"
 
@@ -29,7 +29,7 @@ static void emit(const char *fmt, va_list ap)
 	if (n > (int)sizeof buf - 2)
 		n = (int)sizeof buf - 2;
 	buf[n++] = '\n';
-	if (write(2, buf, (size_t)n) < 0) {
+	if (REAL(write)(2, buf, (size_t)n) < 0) {
 		/* nothing to do: stderr is gone */
 	}
 }

@@ -416,14 +416,23 @@ static int ioctl_ins(int fd, struct mp_fd *e, unsigned long req, void *arg)
 	case FIONREAD:
 		if (e->kind == MPK_LISTEN)
 			return mp_fail(EINVAL);
+		if (!arg)
+			return mp_fail(EFAULT);
+		if (e->kind == MPK_DGRAM) {
+			/* The first datagram's size, as Linux's UDP: its
+			 * message (SEQPACKET's FIONREAD would count every
+			 * queued message) less the framing. */
+			ssize_t n;
+			MP_SAVE;
+			n = REAL(recv)(fd, NULL, 0, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT);
+			MP_RESTORE;
+			v = n >= MPS_DGRAM_FRAMING ? (int)(n - MPS_DGRAM_FRAMING) : 0;
+			memcpy(arg, &v, sizeof v);
+			return 0;
+		}
 		rc = REAL(ioctl)(fd, req, &v);
 		if (rc < 0)
 			return rc;
-		/* A datagram's size is its message less the framing. */
-		if (e->kind == MPK_DGRAM)
-			v = v >= MPS_DGRAM_FRAMING ? v - MPS_DGRAM_FRAMING : 0;
-		if (!arg)
-			return mp_fail(EFAULT);
 		memcpy(arg, &v, sizeof v);
 		return rc;
 	case SIOCOUTQ:

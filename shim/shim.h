@@ -72,7 +72,11 @@
 			     const posix_spawnattr_t *, char *const[], char *const[]))   \
 	X(int, posix_spawnp, (pid_t *, const char *, const posix_spawn_file_actions_t *, \
 			      const posix_spawnattr_t *, char *const[], char *const[]))  \
-	X(int, socketpair, (int, int, int, int[2]))
+	X(int, socketpair, (int, int, int, int[2]))                                   \
+	X(ssize_t, read, (int, void *, size_t))                                      \
+	X(ssize_t, write, (int, const void *, size_t))                               \
+	X(ssize_t, readv, (int, const struct iovec *, int))                          \
+	X(ssize_t, writev, (int, const struct iovec *, int))
 
 #define MP_DECL_REAL(ret, name, args) ret(*name) args;
 struct mp_real {

@@ -219,14 +219,14 @@ func dynSymbols(t *testing.T, path string, defined bool) map[string]bool {
 // Exported is the exact list of symbols libmpshim.so interposes. Nothing
 // else may leak out of the library (internal helpers are hidden).
 var Exported = []string{
-	"__recv_chk", "__recvfrom_chk", "accept", "accept4", "bind", "close", "close_range",
+	"__read_chk", "__recv_chk", "__recvfrom_chk", "accept", "accept4", "bind", "close", "close_range",
 	"closefrom", "connect", "dup", "dup2", "dup3", "epoll_ctl", "execl", "execle", "execlp",
 	"execv", "execve", "execveat", "execvp", "execvpe", "fcntl", "fcntl64", "fexecve", "fork",
 	"getaddrinfo", "gethostbyaddr", "gethostbyaddr_r", "gethostbyname", "gethostbyname2",
 	"gethostbyname2_r", "gethostbyname_r", "getnameinfo",
 	"getpeername", "getsockname", "getsockopt", "ioctl", "listen", "posix_spawn",
-	"posix_spawnp", "recv", "recvfrom", "recvmmsg", "recvmsg", "send", "sendmmsg", "sendmsg",
-	"sendto", "setsockopt", "shutdown", "socket",
+	"posix_spawnp", "read", "readv", "recv", "recvfrom", "recvmmsg", "recvmsg", "send", "sendmmsg", "sendmsg",
+	"sendto", "setsockopt", "shutdown", "socket", "write", "writev",
 }
 
 func TestExportedSymbols(t *testing.T) {

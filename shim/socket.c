@@ -898,6 +898,10 @@ MP_EXPORT int shutdown(int fd, int how)
 			drop_queued(fd);
 			REAL(shutdown)(fd, SHUT_RD);
 			MP_RESTORE;
+		} else if (e->kind == MPK_DGRAM && how != SHUT_RD) {
+			/* Every later send must fail with EPIPE at once: none
+			 * takes the socketpair (dgram.c) without the ring. */
+			e->flags &= (uint8_t)~(MPF_DGPEER | MPF_DEST4 | MPF_DEST6);
 		} else if (e->kind == MPK_STREAM && how != SHUT_RD) {
 			/* The stream's own end carries the half-close in order
 			 * after the bytes already written. Only the write half:

@@ -42,11 +42,6 @@ var socketish = regexp.MustCompile(`^(__)?(` +
 // nativeOK lists the socket-related imports that are deliberately not
 // interposed, with the reason.
 var nativeOK = map[string]string{
-	"read":            "stream I/O runs natively on the socketpair",
-	"readv":           "stream I/O runs natively on the socketpair",
-	"write":           "stream I/O runs natively on the socketpair",
-	"writev":          "stream I/O runs natively on the socketpair",
-	"__read_chk":      "stream I/O runs natively on the socketpair",
 	"pread":           "positional file I/O: on a socket ESPIPE, natively as on the kernel",
 	"preadv":          "positional file I/O: on a socket ESPIPE, natively as on the kernel",
 	"pwrite":          "positional file I/O: on a socket ESPIPE, natively as on the kernel",

@@ -471,6 +471,20 @@ func (e *Engine) Shutdown(id SockID, how int) unix.Errno {
 	s.mu.Lock()
 	st := s.state
 	s.mu.Unlock()
+	if s.typ == unix.SOCK_DGRAM && (st == stInit || st == stConnected || st == stDone) {
+		// As Linux, a bound socket that is not connected is shut
+		// down all the same and gets ENOTCONN. A read shutdown ends
+		// the app's end once the datagrams queued before it are
+		// delivered (dgramPump.run).
+		var f tcpip.ShutdownFlags
+		if how != unix.SHUT_WR {
+			f |= tcpip.ShutdownRead
+		}
+		if how != unix.SHUT_RD {
+			f |= tcpip.ShutdownWrite
+		}
+		return ErrnoOf(s.ep.Shutdown(f))
+	}
 	switch st {
 	case stListening:
 		if how == unix.SHUT_WR {
@@ -479,16 +493,6 @@ func (e *Engine) Shutdown(id SockID, how int) unix.Errno {
 		s.ep.Shutdown(tcpip.ShutdownRead)
 		return 0
 	case stConnected, stDone:
-		if s.typ == unix.SOCK_DGRAM {
-			var f tcpip.ShutdownFlags
-			if how != unix.SHUT_WR {
-				f |= tcpip.ShutdownRead
-			}
-			if how != unix.SHUT_RD {
-				f |= tcpip.ShutdownWrite
-			}
-			return ErrnoOf(s.ep.Shutdown(f))
-		}
 		if streamClosed(s.ep) {
 			return unix.ENOTCONN
 		}

@@ -42,7 +42,11 @@ type dgramPump struct {
 	entry waiter.Entry
 	hup   atomic.Bool
 	done  bool
-	out   []byte // framing + payload staging in both directions, allocated on first use
+	// rdShut: the socket's read side was shut down and its queue
+	// drained, so the INS end's write half is shut: the app's reads
+	// see end-of-file.
+	rdShut bool
+	out    []byte // framing + payload staging in both directions, allocated on first use
 }
 
 // AttachDatagram gives a UDP socket its socketpair: f is the INS end of an
@@ -135,6 +139,12 @@ func (d *dgramPump) run(w *worker) {
 		bw := bufWriter{b: d.out[msgproto.DatagramSize:]}
 		res, terr := d.s.ep.Read(&bw, tcpip.ReadOptions{Peek: true, NeedRemoteAddr: true})
 		if terr != nil {
+			if _, ok := terr.(*tcpip.ErrClosedForReceive); ok && !d.rdShut {
+				// shutdown(SHUT_RD): what was queued before it
+				// is on the app's end; the rest reads as EOF.
+				d.rdShut = true
+				unix.Shutdown(d.fd, unix.SHUT_WR)
+			}
 			break
 		}
 		putFraming(d.out, fromFull(d.s.family, res.RemoteAddr), bw.n)

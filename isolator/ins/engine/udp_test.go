@@ -206,3 +206,59 @@ func TestUDPRingPath(t *testing.T) {
 }
 
 func addrPtr[T any](v T) *T { return &v }
+
+// TestUDPReadShutdown: shutdown(SHUT_RD) of an attached UDP socket delivers
+// what was queued before it, then the app's end reads end-of-file and later
+// datagrams are dropped; on a socket that is bound and not connected it
+// takes effect too and answers ENOTCONN, as Linux.
+func TestUDPReadShutdown(t *testing.T) {
+	for _, connected := range []bool{true, false} {
+		n := newTestNet(t)
+		id := instest.MustSocket(t, n.e, unix.AF_INET, unix.SOCK_DGRAM)
+		local := netip.AddrPortFrom(addrA, 5001)
+		if errno := n.e.Bind(id, local); errno != 0 {
+			t.Fatalf("Bind: %v", errno)
+		}
+		app, ins := instest.Socketpair(t, unix.SOCK_SEQPACKET)
+		if errno := n.e.AttachDatagram(id, ins); errno != 0 {
+			t.Fatalf("AttachDatagram: %v", errno)
+		}
+		peer, err := gonet.DialUDP(n.b, nil, addrPtr(full(local)), ipv4.ProtocolNumber)
+		if err != nil {
+			t.Fatal(err)
+		}
+		peerAddr := netip.AddrPortFrom(addrB, uint16(peer.LocalAddr().(*net.UDPAddr).Port))
+		want := unix.ENOTCONN
+		if connected {
+			if errno := n.e.Connect(id, peerAddr, nil, false); errno != 0 {
+				t.Fatalf("Connect: %v", errno)
+			}
+			want = 0
+		}
+		peer.Write([]byte("before"))
+		engWait(t, func() bool { return n.e.Stats().DgramsToApp == 1 })
+		if errno := n.e.Shutdown(id, unix.SHUT_RD); errno != want {
+			t.Fatalf("connected=%v: Shutdown(SHUT_RD) = %v, want %v", connected, errno, want)
+		}
+		peer.Write([]byte("after"))
+		hdr := make([]byte, msgproto.DatagramSize)
+		buf := make([]byte, 100)
+		k, _, _, _, err := unix.RecvmsgBuffers(app, [][]byte{hdr, buf}, nil, 0)
+		if err != nil || string(buf[:k-msgproto.DatagramSize]) != "before" {
+			t.Fatalf("connected=%v: first read %q %v, want the datagram queued before the shutdown", connected, buf[:max(k-msgproto.DatagramSize, 0)], err)
+		}
+		// Blocking: end-of-file once the INS shut its end's write half.
+		unix.SetsockoptTimeval(app, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 5})
+		k, _, _, _, err = unix.RecvmsgBuffers(app, [][]byte{hdr, buf}, nil, 0)
+		if err != nil || k != 0 {
+			t.Fatalf("connected=%v: read after the shutdown = %d %v, want end-of-file", connected, k, err)
+		}
+		if pfd := []unix.PollFd{{Fd: int32(app)}}; func() bool { unix.Poll(pfd, 0); return pfd[0].Revents&unix.POLLHUP != 0 }() {
+			t.Fatalf("connected=%v: the app's end hangs up: it would read as the INS gone", connected)
+		}
+		if s := n.e.Stats(); s.DgramsToApp != 1 {
+			t.Fatalf("connected=%v: %d datagrams to the app, want 1 (the one after the shutdown is dropped)", connected, s.DgramsToApp)
+		}
+		peer.Close()
+	}
+}
