@@ -69,6 +69,7 @@ type Stats struct {
 	DgramsToNet  uint64 // datagrams sent for apps
 	DgramsToApp  uint64 // datagrams delivered to apps over attached sockets
 	DgramsDrop   uint64 // datagrams from apps dropped (malformed or refused)
+	RxNICs       int    // NICs whose receive side runs in the pump's loop (AddRx)
 }
 
 // Engine serves socket calls on one netstack. All methods are safe for
@@ -574,6 +575,11 @@ func (e *Engine) Stats() Stats {
 		DgramsToNet:  e.dgramsToNet.Load(),
 		DgramsToApp:  e.dgramsToApp.Load(),
 		DgramsDrop:   e.dgramsDrop.Load(),
+	}
+	if e.loop != nil {
+		e.loop.fdmu.RLock()
+		st.RxNICs = len(e.loop.rxs)
+		e.loop.fdmu.RUnlock()
 	}
 	for _, s := range socks {
 		s.mu.Lock()
