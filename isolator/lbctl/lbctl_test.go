@@ -192,15 +192,30 @@ func TestAutoscaleLoop(t *testing.T) {
 	wait(4)
 	f.set(0)
 	wait(2)
-	f.mu.Lock()
-	killed := len(f.killed)
-	f.mu.Unlock()
+	// An INS leaves "up" when its drain starts; it is stopped, and the
+	// decision recorded, a moment later.
+	killed := 0
+	var st *api.LBStatus
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		f.mu.Lock()
+		killed = len(f.killed)
+		f.mu.Unlock()
+		var err error
+		if st, err = m.Status(); err != nil {
+			t.Fatal(err)
+		}
+		shrinks := 0
+		for _, d := range st.Decisions {
+			if d.Action == "shrink" {
+				shrinks++
+			}
+		}
+		if (killed >= 2 && shrinks >= 2) || time.Now().After(deadline) {
+			break
+		}
+	}
 	if killed != 2 {
 		t.Errorf("%d INS stopped when shrinking from 4 to 2", killed)
-	}
-	st, err := m.Status()
-	if err != nil {
-		t.Fatal(err)
 	}
 	if !strings.HasPrefix(st.Autoscale, "min=2,max=4") {
 		t.Errorf("policy %q", st.Autoscale)
