@@ -114,7 +114,7 @@ static inline __attribute__((unused)) const char *peer_ip(int fam)
 
 /* Normalised text of an address: family, "$V4"/"$V6"/"any"/"other" (with
  * local set: "local" for any specific address, see fmt_local), port when it
- * is one of ours, else "eph" (ephemeral) or 0. */
+ * is one of ours and local is not set, else "eph" (ephemeral) or 0. */
 static inline const char *fmt_addr(const union addr *a, socklen_t len, char *buf, size_t cap, int local)
 {
 	char ip[INET6_ADDRSTRLEN] = "?";
@@ -145,7 +145,9 @@ static inline const char *fmt_addr(const union addr *a, socklen_t len, char *buf
 		who = "$V6";
 	else
 		who = "other";
-	if (port >= 7000 && port < 7100)
+	/* A connected socket's local port (local set) is ephemeral even where
+	 * it falls among ours: an INS draws from 1024-65535. */
+	if (port >= 7000 && port < 7100 && !local)
 		snprintf(buf, cap, "%s %s:%d", a->sa.sa_family == AF_INET ? "inet" : "inet6", who,
 			 port);
 	else
