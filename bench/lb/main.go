@@ -402,6 +402,7 @@ func latency(ctx context.Context, ns *topo.NS, vipURL, directURL, prefix string,
 		add(prefix+"p50-vip", p50[0])
 		add(prefix+"p50-direct", p50[1])
 		add(prefix+"vip-added", p50[0]-p50[1])
+		slog.Info("bench/lb: latency pair", "pair", i+1, "vip_us", p50[0], "direct_us", p50[1], "load", report.LoadAvg())
 	}
 	return nil
 }
