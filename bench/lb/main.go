@@ -33,7 +33,7 @@
 // VIP instead of kernel nginx backends (-ins=false skips it, -prog=false
 // the first part).
 //
-//	go run ./bench/lb [-rounds 3] [-t 5s] [-lat-pairs 15] [-lat-t 1s] [-native] [-prog=true] [-ins=true] [-bin bin] [-est N] [-new N]
+//	go run ./bench/lb [-rounds 3] [-t 5s] [-lat-pairs 15] [-lat-t 1s] [-native] [-prog=true] [-ins=true] [-bin bin] [-est N] [-new N] [-cache N]
 package main
 
 import (
@@ -61,8 +61,8 @@ import (
 	"github.com/mpshim/mpshim/test/topo"
 )
 
-// Table sizes of the balancer (flags -est, -new).
-var estEntries, newEntries *int
+// Table sizes of the balancer (flags -est, -new, -cache).
+var estEntries, newEntries, cacheSlots *int
 
 // native attaches the programs in the veth driver's mode (flag -native)
 // instead of the generic one the daemon uses.
@@ -81,6 +81,7 @@ func main() {
 	native = flag.Bool("native", false, "attach in the veth driver's XDP mode instead of the generic one (the first part only)")
 	estEntries = flag.Int("est", 0, "established-flow table entries (0: the default)")
 	newEntries = flag.Int("new", 0, "new-flow table entries (0: the default)")
+	cacheSlots = flag.Int("cache", 0, "flow cache slots, a power of two (0: the default)")
 	latPairs = flag.Int("lat-pairs", 15, "pairs of wrk -c1 runs (VIP, direct) for the latency the VIP adds")
 	latDur = flag.Duration("lat-t", time.Second, "duration of each of those runs")
 	flag.Parse()
@@ -166,7 +167,7 @@ func run(rounds int, dur time.Duration) (err error) {
 	}); err != nil {
 		return err
 	}
-	lb, err := lbxdp.New(lbxdp.Config{EstEntries: *estEntries, NewEntries: *newEntries})
+	lb, err := lbxdp.New(lbxdp.Config{EstEntries: *estEntries, NewEntries: *newEntries, FlowCache: *cacheSlots})
 	if err != nil {
 		return err
 	}
