@@ -19,6 +19,8 @@
 //	             XDP_PASS, attached in the balancer's place: the part of
 //	             the figures above that is the measurement's and the
 //	             frame's, not the balancer's
+//	ns/pkt-floor-wrk that program's time per packet under wrk -t2 -c64 to
+//	             the first backend's own address: the floor of ns/pkt
 //	p50-vip      wrk -t1 -c1 --latency to the VIP, one backend (µs), the
 //	             median of -lat-pairs runs of -lat-t each, wrk pinned to
 //	             one CPU and nginx to the other
@@ -364,9 +366,26 @@ http {
 			return fmt.Errorf("round %d, floor burst: %w", r, err)
 		}
 		add("ns/pkt-floor", perPkt)
+		// The floor under real traffic: wrk to the backend's own address
+		// (its frames cross the interface as the VIP's do, to the
+		// backend's MAC), the pass program counting.
+		ps0, err := pass.Stats()
+		if err != nil {
+			return fmt.Errorf("program statistics: %w", err)
+		}
+		if _, err := wrk("-t2", "-c64", "http://"+bes[0].own.String()+"/f"); err != nil {
+			return fmt.Errorf("round %d, floor under wrk: %w", r, err)
+		}
+		ps1, err := pass.Stats()
+		if err != nil {
+			return err
+		}
+		if runs := ps1.RunCount - ps0.RunCount; runs > 0 {
+			add("ns/pkt-floor-wrk", float64(ps1.Runtime-ps0.Runtime)/float64(runs))
+		}
 	}
 	fmt.Printf("| figure | median | spread |\n|---|---|---|\n")
-	for _, name := range []string{"rps-1", "rps-2", "rps-4", "cpu-1", "cpu-2", "cpu-4", "ns/pkt", "ns/pkt-burst", "ns/pkt-floor", "p50-vip", "p50-direct", "vip-added", "switch"} {
+	for _, name := range []string{"rps-1", "rps-2", "rps-4", "cpu-1", "cpu-2", "cpu-4", "ns/pkt", "ns/pkt-burst", "ns/pkt-floor", "ns/pkt-floor-wrk", "p50-vip", "p50-direct", "vip-added", "switch"} {
 		med, _ := m[name].Median("lb")
 		spread, _ := m[name].Spread("lb")
 		fmt.Printf("| %s | %s | %s |\n", name, report.FormatValue(med), report.FormatValue(spread))
