@@ -41,7 +41,7 @@ func (d *Daemon) startLB(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		lu := lbctl.Uplink{Name: u.cfg.Name, Interface: u.cfg.Interface, VIPs: u.vips, Tunnel4: own}
+		lu := lbctl.Uplink{Name: u.cfg.Name, Interface: u.cfg.Interface, VIPs: u.vips, Tunnel4: own, GUEPort: uint16(u.cfg.GUE)}
 		for i, r := range u.cfg.Remotes {
 			lu.Remotes = append(lu.Remotes, lbctl.Remote{Name: r.Name, Addr: addrs[i], Weight: r.Weight})
 		}

@@ -19,6 +19,8 @@
 //	             XDP_PASS, attached in the balancer's place: the part of
 //	             the figures above that is the measurement's and the
 //	             frame's, not the balancer's
+//	ns/pkt-floor-wrk that program's time per packet under wrk -t2 -c64 to
+//	             the first backend's own address: the floor of ns/pkt
 //	p50-vip      wrk -t1 -c1 --latency to the VIP, one backend (µs), the
 //	             median of -lat-pairs runs of -lat-t each, wrk pinned to
 //	             one CPU and nginx to the other
@@ -33,7 +35,7 @@
 // VIP instead of kernel nginx backends (-ins=false skips it, -prog=false
 // the first part).
 //
-//	go run ./bench/lb [-rounds 3] [-t 5s] [-lat-pairs 15] [-lat-t 1s] [-native] [-prog=true] [-ins=true] [-bin bin] [-est N] [-new N]
+//	go run ./bench/lb [-rounds 3] [-t 5s] [-lat-pairs 15] [-lat-t 1s] [-native] [-prog=true] [-ins=true] [-bin bin] [-est N] [-new N] [-cache N]
 package main
 
 import (
@@ -61,8 +63,8 @@ import (
 	"github.com/mpshim/mpshim/test/topo"
 )
 
-// Table sizes of the balancer (flags -est, -new).
-var estEntries, newEntries *int
+// Table sizes of the balancer (flags -est, -new, -cache).
+var estEntries, newEntries, cacheSlots *int
 
 // native attaches the programs in the veth driver's mode (flag -native)
 // instead of the generic one the daemon uses.
@@ -81,6 +83,7 @@ func main() {
 	native = flag.Bool("native", false, "attach in the veth driver's XDP mode instead of the generic one (the first part only)")
 	estEntries = flag.Int("est", 0, "established-flow table entries (0: the default)")
 	newEntries = flag.Int("new", 0, "new-flow table entries (0: the default)")
+	cacheSlots = flag.Int("cache", 0, "flow cache slots, a power of two (0: the default)")
 	latPairs = flag.Int("lat-pairs", 15, "pairs of wrk -c1 runs (VIP, direct) for the latency the VIP adds")
 	latDur = flag.Duration("lat-t", time.Second, "duration of each of those runs")
 	flag.Parse()
@@ -166,7 +169,7 @@ func run(rounds int, dur time.Duration) (err error) {
 	}); err != nil {
 		return err
 	}
-	lb, err := lbxdp.New(lbxdp.Config{EstEntries: *estEntries, NewEntries: *newEntries})
+	lb, err := lbxdp.New(lbxdp.Config{EstEntries: *estEntries, NewEntries: *newEntries, FlowCache: *cacheSlots})
 	if err != nil {
 		return err
 	}
@@ -363,9 +366,26 @@ http {
 			return fmt.Errorf("round %d, floor burst: %w", r, err)
 		}
 		add("ns/pkt-floor", perPkt)
+		// The floor under real traffic: wrk to the backend's own address
+		// (its frames cross the interface as the VIP's do, to the
+		// backend's MAC), the pass program counting.
+		ps0, err := pass.Stats()
+		if err != nil {
+			return fmt.Errorf("program statistics: %w", err)
+		}
+		if _, err := wrk("-t2", "-c64", "http://"+bes[0].own.String()+"/f"); err != nil {
+			return fmt.Errorf("round %d, floor under wrk: %w", r, err)
+		}
+		ps1, err := pass.Stats()
+		if err != nil {
+			return err
+		}
+		if runs := ps1.RunCount - ps0.RunCount; runs > 0 {
+			add("ns/pkt-floor-wrk", float64(ps1.Runtime-ps0.Runtime)/float64(runs))
+		}
 	}
 	fmt.Printf("| figure | median | spread |\n|---|---|---|\n")
-	for _, name := range []string{"rps-1", "rps-2", "rps-4", "cpu-1", "cpu-2", "cpu-4", "ns/pkt", "ns/pkt-burst", "ns/pkt-floor", "p50-vip", "p50-direct", "vip-added", "switch"} {
+	for _, name := range []string{"rps-1", "rps-2", "rps-4", "cpu-1", "cpu-2", "cpu-4", "ns/pkt", "ns/pkt-burst", "ns/pkt-floor", "ns/pkt-floor-wrk", "p50-vip", "p50-direct", "vip-added", "switch"} {
 		med, _ := m[name].Median("lb")
 		spread, _ := m[name].Spread("lb")
 		fmt.Printf("| %s | %s | %s |\n", name, report.FormatValue(med), report.FormatValue(spread))
@@ -402,6 +422,7 @@ func latency(ctx context.Context, ns *topo.NS, vipURL, directURL, prefix string,
 		add(prefix+"p50-vip", p50[0])
 		add(prefix+"p50-direct", p50[1])
 		add(prefix+"vip-added", p50[0]-p50[1])
+		slog.Info("bench/lb: latency pair", "pair", i+1, "vip_us", p50[0], "direct_us", p50[1], "load", report.LoadAvg())
 	}
 	return nil
 }

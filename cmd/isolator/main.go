@@ -173,9 +173,9 @@ make to a split prefix are carried through the peer.`,
 	}
 	f := cmd.Flags()
 	f.StringVarP(&file, "config", "c", "", "YAML configuration file")
-	f.StringArrayVar(&uplinks, "uplink", nil, "uplink NAME=IFACE,pool4=ADDR/LEN[,gw4=ADDR][,pool6=ADDR/LEN,gw6=ADDR][,weight=N][,backend=packet|xdp][,gso=on|off][,vip=ADDR]...[,tunnel4=ADDR] (repeatable)")
+	f.StringArrayVar(&uplinks, "uplink", nil, "uplink NAME=IFACE,pool4=ADDR/LEN[,gw4=ADDR][,pool6=ADDR/LEN,gw6=ADDR][,weight=N][,backend=packet|xdp][,gso=on|off][,vip=ADDR]...[,tunnel4=ADDR][,gue=PORT] (repeatable)")
 	f.StringArrayVar(&vips, "vip", nil, "UPLINK=ADDR: a service address (IPv4 or IPv6) every INS holds on that uplink, balanced over them by an XDP program on its interface (repeatable)")
-	f.StringArrayVar(&remotes, "remote", nil, "UPLINK=NAME,ADDR[,WEIGHT]: another isolator host whose INS serve the uplink's VIPs too, reached in IP-in-IP to its tunnel4 ADDR (the uplink needs tunnel4=, this host's address on it; repeatable)")
+	f.StringArrayVar(&remotes, "remote", nil, "UPLINK=NAME,ADDR[,WEIGHT]: another isolator host whose INS serve the uplink's VIPs too, reached in IP-in-IP to its tunnel4 ADDR, or in GUE with the uplink's gue=PORT (the uplink needs tunnel4=, this host's address on it; repeatable)")
 	f.StringVar(&c.Autoscale, "autoscale", c.Autoscale, "grow and shrink the INS behind the VIPs by load: min=1,max=20,conns=1000,cpu=0.8,sustain=5s,cooldown=15s,headroom=0.6,drain=30s (missing keys take these values)")
 	f.IntVar(&c.INS, "ins", c.INS, "INS processes to start with")
 	f.IntVar(&c.MaxINS, "max-ins", c.MaxINS, "most INS processes allowed")

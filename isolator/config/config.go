@@ -206,6 +206,10 @@ type Uplink struct {
 	// too: each is one member of the pool with its weight, reached in
 	// IP-in-IP to its tunnel4.
 	Remotes []Remote `yaml:"remotes"`
+	// GUE, if set, is a UDP port: packets to Remotes go in GUE (variant
+	// 1) to that port of their tunnel4 instead of IP-in-IP, and this
+	// host's balancer takes GUE to that port of Tunnel4 as well.
+	GUE int `yaml:"gue"`
 }
 
 // Remote is another isolator host behind this one's balancer.
@@ -237,6 +241,9 @@ func (u *Uplink) TunnelAddrs() (netip.Addr, []netip.Addr, error) {
 	}
 	if len(u.Remotes) > 0 && (!own.IsValid() || len(u.VIPs) == 0) {
 		return own, nil, fmt.Errorf("uplink %q: remotes need vips and tunnel4 on the uplink", u.Name)
+	}
+	if u.GUE < 0 || u.GUE > 65535 || (u.GUE != 0 && !own.IsValid()) {
+		return own, nil, fmt.Errorf("uplink %q: gue %d: want a UDP port 1..65535, with tunnel4", u.Name, u.GUE)
 	}
 	var out []netip.Addr
 	names := map[string]bool{}
@@ -378,8 +385,12 @@ func ParseUplinkFlag(s string) (Uplink, error) {
 			u.VIPs = append(u.VIPs, v)
 		case "tunnel4":
 			u.Tunnel4 = v
+		case "gue":
+			if _, err := fmt.Sscanf(v, "%d", &u.GUE); err != nil {
+				return Uplink{}, fmt.Errorf("uplink %q: gue %q: %w", s, v, err)
+			}
 		default:
-			return Uplink{}, fmt.Errorf("uplink %q: unknown key %q (pool4, gw4, pool6, gw6, weight, backend, gso, vip, tunnel4)", s, k)
+			return Uplink{}, fmt.Errorf("uplink %q: unknown key %q (pool4, gw4, pool6, gw6, weight, backend, gso, vip, tunnel4, gue)", s, k)
 		}
 	}
 	return u, nil

@@ -203,6 +203,9 @@ func TestUplinkTunnel(t *testing.T) {
 		{"name twice", base("10.77.0.2", Remote{Name: "b", Tunnel4: "10.79.0.2"}, Remote{Name: "b", Tunnel4: "10.80.0.2"}), "unique name"},
 		{"no name", base("10.77.0.2", Remote{Tunnel4: "10.79.0.2"}), "unique name"},
 		{"negative weight", base("10.77.0.2", Remote{Name: "b", Tunnel4: "10.79.0.2", Weight: -1}), "weight"},
+		{"gue", func() Uplink { u := base("10.77.0.2", Remote{Name: "b", Tunnel4: "10.79.0.2"}); u.GUE = 6080; return u }(), ""},
+		{"gue without tunnel4", func() Uplink { u := base(""); u.GUE = 6080; return u }(), "gue 6080"},
+		{"gue port too large", func() Uplink { u := base("10.77.0.2"); u.GUE = 70000; return u }(), "gue 70000"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

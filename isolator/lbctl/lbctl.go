@@ -39,6 +39,10 @@ type Uplink struct {
 	// none); Remotes the other hosts behind this balancer.
 	Tunnel4 netip.Addr
 	Remotes []Remote
+	// GUEPort, if set, is the UDP port of GUE: packets to Remotes go in
+	// GUE to that port of theirs instead of IP-in-IP, and this host's
+	// endpoint takes GUE on it too.
+	GUEPort uint16
 }
 
 // Remote is another isolator host behind the balancer.
@@ -190,7 +194,11 @@ func (m *Manager) AddUplink(ctx context.Context, u Uplink) (err error) {
 		}
 	}
 	if u.Tunnel4.IsValid() {
-		if err := bal.AddTunnelEndpoint(u.Tunnel4); err != nil {
+		add := bal.AddTunnelEndpoint
+		if u.GUEPort != 0 {
+			add = func(a netip.Addr) error { return bal.AddGUEEndpoint(a, u.GUEPort) }
+		}
+		if err := add(u.Tunnel4); err != nil {
 			return fmt.Errorf("lb: uplink %s: %w", u.Name, err)
 		}
 	}
@@ -232,7 +240,7 @@ func (m *Manager) addRemote(ctx context.Context, b *balanced, id int, r Remote, 
 		}
 		w := uint32(max(r.Weight, 1))
 		mem := lb.Member{ID: id, Name: "remote-" + r.Name, MAC: hop, Weight: w,
-			Tunnel: &xdp.Tunnel{Src: b.Tunnel4, Dst: r.Addr, SrcMAC: srcMAC}}
+			Tunnel: &xdp.Tunnel{Src: b.Tunnel4, Dst: r.Addr, SrcMAC: srcMAC, GUEPort: b.GUEPort}}
 		m.mu.Lock()
 		err = b.pool.Add(mem)
 		m.mu.Unlock()

@@ -57,12 +57,14 @@ const (
 const (
 	kindLocal  = 0 // on a macvlan of the interface: rewrite the MAC, XDP_PASS
 	kindTunnel = 1 // on another host: IP-in-IP from the entry's addresses, XDP_TX
+	kindGUE    = 2 // on another host: in UDP to the entry's port (GUE variant 1), XDP_TX
 )
 
 // A backend map entry (backendValue bytes): the MAC frames for it get
 // (for a tunnel, the next hop's), the state, the kind; for a tunnel the
-// outer source and destination IPv4 addresses, the source MAC, and the
-// one's complement sum (host order) of the outer header's fixed words.
+// outer source and destination IPv4 addresses, the source MAC, the one's
+// complement sum (host order) of the outer header's fixed words, and for
+// GUE the UDP port.
 const (
 	beMAC        = 0
 	beState      = 6
@@ -71,7 +73,8 @@ const (
 	beTunDst     = 12
 	beTunSrcMAC  = 16
 	beTunSum     = 22
-	backendValue = 24
+	beTunPort    = 24 // GUE: the UDP port, network order
+	backendValue = 32
 )
 
 // noBackend is the table entry of an empty table.
@@ -830,6 +833,7 @@ func (b *builder) decap(fd mapFDs) {
 		asm.LoadMem(asm.R2, asm.R6, 23, asm.Byte),
 		asm.JEq.Imm(asm.R2, 4, "tunnel"),
 		asm.JEq.Imm(asm.R2, 41, "tunnel"),
+		asm.JEq.Imm(asm.R2, 17, "guetunnel"),
 		asm.Ja.Label("parse"),
 	)
 	b.label("tunnel")
@@ -867,6 +871,57 @@ func (b *builder) decap(fd mapFDs) {
 	)
 	b.reload()
 	b.count(fd.stats, CountDecap)
+	b.emit(asm.Ja.Label("parse"))
+
+	// GUE (variant 1): UDP to the endpoint's port, the IP packet right
+	// after the UDP header; 28 bytes go.
+	b.label("guetunnel")
+	b.emit(
+		asm.Mov.Reg(asm.R2, asm.R6),
+		asm.Add.Imm(asm.R2, 43),
+		asm.JGT.Reg(asm.R2, asm.R7, "parse"),
+		asm.StoreImm(asm.R10, stDaddr+10, 0xffff, asm.Half),
+		asm.LoadMem(asm.R2, asm.R6, 30, asm.Word),
+		asm.StoreMem(asm.R10, stDaddr+12, asm.R2, asm.Word),
+	)
+	b.lookup(fd.tunnels, stDaddr)
+	b.emit(
+		asm.JEq.Imm(asm.R0, 0, "parse"),
+		asm.LoadMem(asm.R2, asm.R0, 0, asm.Half),
+		asm.JEq.Imm(asm.R2, 0, "parse"),
+		asm.Mov.Reg(asm.R3, asm.R6),
+		asm.Add.Imm(asm.R3, 43),
+		asm.JGT.Reg(asm.R3, asm.R7, "parse"),
+		asm.LoadMem(asm.R3, asm.R6, 36, asm.Half),
+		asm.JNE.Reg(asm.R2, asm.R3, "parse"),
+		asm.LoadMem(asm.R3, asm.R6, 42, asm.Byte),
+		asm.RSh.Imm(asm.R3, 4),
+		asm.JEq.Imm(asm.R3, 4, "gue4"),
+		asm.JNE.Imm(asm.R3, 6, "parse"),
+		asm.StoreImm(asm.R6, 40, 0x86, asm.Byte),
+		asm.StoreImm(asm.R6, 41, 0xdd, asm.Byte),
+		asm.Ja.Label("guemove"),
+	)
+	b.label("gue4")
+	b.emit(
+		asm.StoreImm(asm.R6, 40, 0x08, asm.Byte),
+		asm.StoreImm(asm.R6, 41, 0x00, asm.Byte),
+	)
+	b.label("guemove")
+	b.emit(
+		asm.LoadMem(asm.R2, asm.R6, 0, asm.Word),
+		asm.StoreMem(asm.R6, 28, asm.R2, asm.Word),
+		asm.LoadMem(asm.R2, asm.R6, 4, asm.Word),
+		asm.StoreMem(asm.R6, 32, asm.R2, asm.Word),
+		asm.LoadMem(asm.R2, asm.R6, 8, asm.Word),
+		asm.StoreMem(asm.R6, 36, asm.R2, asm.Word),
+		asm.LoadMem(asm.R1, asm.R10, stCtx, asm.DWord),
+		asm.Mov.Imm(asm.R2, 28),
+		asm.FnXdpAdjustHead.Call(),
+		asm.JNE.Imm(asm.R0, 0, "tunnelfail"),
+	)
+	b.reload()
+	b.count(fd.stats, CountDecap)
 }
 
 // encap sends the packet to a backend on another host (R8 its entry): it
@@ -875,13 +930,17 @@ func (b *builder) decap(fd mapFDs) {
 // a new Ethernet header to the entry's next hop and sends the frame back
 // out of the interface (XDP_TX). The header checksum is the entry's sum of
 // the fixed words plus the total length and protocol.
-func (b *builder) encap(st int) {
-	b.label("encap")
+func (b *builder) encap(st int, gue bool) {
+	name, grow, proto := "encap", int32(20), int32(-1)
+	if gue {
+		name, grow, proto = "encapgue", 28, 17
+	}
+	b.label(name)
 	b.emit(
 		asm.Mov.Reg(asm.R2, asm.R6),
 		asm.Add.Imm(asm.R2, 54),
 		asm.LoadMem(asm.R3, asm.R6, 12, asm.Half),
-		asm.JEq.Imm(asm.R3, 0xdd86, "encap6"), // 0x86dd in network order, read little-endian
+		asm.JEq.Imm(asm.R3, 0xdd86, name+"6"), // 0x86dd in network order, read little-endian
 		asm.Mov.Reg(asm.R2, asm.R6),
 		asm.Add.Imm(asm.R2, 34),
 		asm.JGT.Reg(asm.R2, asm.R7, "tunnelfail"),
@@ -889,27 +948,30 @@ func (b *builder) encap(st int) {
 	b.emit(be16(asm.R3, asm.R6, 16)...) // IPv4 total length
 	b.emit(
 		asm.StoreImm(asm.R10, stInnerPro, 4, asm.Byte),
-		asm.Ja.Label("encapgrow"),
+		asm.Ja.Label(name+"grow"),
 	)
-	b.label("encap6")
+	b.label(name + "6")
 	b.emit(asm.JGT.Reg(asm.R2, asm.R7, "tunnelfail"))
 	b.emit(be16(asm.R3, asm.R6, 18)...) // IPv6 payload length
 	b.emit(
 		asm.Add.Imm(asm.R3, 40),
 		asm.StoreImm(asm.R10, stInnerPro, 41, asm.Byte),
 	)
-	b.label("encapgrow")
+	b.label(name + "grow")
+	if proto >= 0 {
+		b.emit(asm.StoreImm(asm.R10, stInnerPro, int64(proto), asm.Byte))
+	}
 	b.emit(
 		asm.StoreMem(asm.R10, stInnerLen, asm.R3, asm.Word),
 		asm.LoadMem(asm.R1, asm.R10, stCtx, asm.DWord),
-		asm.Mov.Imm(asm.R2, -20),
+		asm.Mov.Imm(asm.R2, -grow),
 		asm.FnXdpAdjustHead.Call(),
 		asm.JNE.Imm(asm.R0, 0, "tunnelfail"),
 	)
 	b.reload()
 	b.emit(
 		asm.Mov.Reg(asm.R2, asm.R6),
-		asm.Add.Imm(asm.R2, 34),
+		asm.Add.Imm(asm.R2, 14+grow),
 		asm.JGT.Reg(asm.R2, asm.R7, "tunnelfail"),
 		// Ethernet: to the next hop, from the entry's source MAC.
 		asm.LoadMem(asm.R2, asm.R8, beMAC, asm.Word),
@@ -927,7 +989,7 @@ func (b *builder) encap(st int) {
 		asm.StoreImm(asm.R6, 14, 0x45, asm.Byte),
 		asm.StoreImm(asm.R6, 15, 0, asm.Byte),
 		asm.LoadMem(asm.R3, asm.R10, stInnerLen, asm.Word),
-		asm.Add.Imm(asm.R3, 20),
+		asm.Add.Imm(asm.R3, grow),
 		asm.Mov.Reg(asm.R4, asm.R3),
 		asm.HostTo(asm.BE, asm.R4, asm.Half),
 		asm.StoreMem(asm.R6, 16, asm.R4, asm.Half),
@@ -957,6 +1019,28 @@ func (b *builder) encap(st int) {
 		asm.HostTo(asm.BE, asm.R2, asm.Half),
 		asm.StoreMem(asm.R6, 24, asm.R2, asm.Half),
 	)
+	if gue {
+		// UDP from a port of the flow's hash (so that the other host's
+		// receive queues spread the flows) to the entry's, the length, no
+		// checksum; the packet follows at once (GUE's variant 1).
+		b.flowHash()
+		b.emit(
+			asm.And.Imm(asm.R2, 0x3fff),
+			asm.Or.Imm(asm.R2, 0xc000),
+			asm.HostTo(asm.BE, asm.R2, asm.Half),
+			asm.Mov.Reg(asm.R3, asm.R6),
+			asm.Add.Imm(asm.R3, 42),
+			asm.JGT.Reg(asm.R3, asm.R7, "tunnelfail"),
+			asm.StoreMem(asm.R6, 34, asm.R2, asm.Half),
+			asm.LoadMem(asm.R2, asm.R8, beTunPort, asm.Half),
+			asm.StoreMem(asm.R6, 36, asm.R2, asm.Half),
+			asm.LoadMem(asm.R2, asm.R10, stInnerLen, asm.Word),
+			asm.Add.Imm(asm.R2, 8),
+			asm.HostTo(asm.BE, asm.R2, asm.Half),
+			asm.StoreMem(asm.R6, 38, asm.R2, asm.Half),
+			asm.StoreImm(asm.R6, 40, 0, asm.Half),
+		)
+	}
 	b.count(st, CountEncap)
 	b.emit(asm.Mov.Imm(asm.R0, ActionTX), asm.Return())
 }
@@ -1358,10 +1442,12 @@ func instructions(fd mapFDs, size, cacheSlots uint32) asm.Instructions {
 	b.emit(
 		asm.LoadMem(asm.R2, asm.R8, beKind, asm.Byte),
 		asm.JEq.Imm(asm.R2, kindTunnel, "encap"),
+		asm.JEq.Imm(asm.R2, kindGUE, "encapgue"),
 		asm.Mov.Imm(asm.R0, ActionPass),
 		asm.Return(),
 	)
-	b.encap(st)
+	b.encap(st, false)
+	b.encap(st, true)
 
 	// A non-first fragment: where its first fragment went.
 	b.label("nonfirst")

@@ -171,8 +171,9 @@ func TestTunnelDecap(t *testing.T) {
 	}
 }
 
-// FuzzTunnel runs frames through a balancer that is a tunnel endpoint: a
-// frame whose outer header goes comes out as the packet behind it, and is
+// FuzzTunnel runs frames through a balancer that is a tunnel endpoint
+// (IP-in-IP, and GUE on port 6080): a frame whose outer headers go comes
+// out as the packet behind them, and is
 // passed (steered or not) or dropped; nothing else changes but the
 // destination MAC.
 func FuzzTunnel(f *testing.F) {
@@ -184,11 +185,14 @@ func FuzzTunnel(f *testing.F) {
 		eth(0x0800, ipv4(tunA, tunB, 4, 1, 0, in6)),
 		eth(0x0800, ipv4(tunA, tunB, 41, 1, 0, in4[:30])),
 		eth(0x0800, ipv4(tunA, tunB, 4, 1, 0, ipv4(tunA, tunB, 4, 1, 0, in4))),
+		eth(0x0800, ipv4(tunA, tunB, 17, 1, 0, udp(50000, 6080, in4))),
+		eth(0x0800, ipv4(tunA, tunB, 17, 1, 0, udp(50000, 6080, in6))),
+		eth(0x0800, ipv4(tunA, tunB, 17, 1, 0, udp(50000, 6080, in4[:9]))),
 	} {
 		f.Add(s)
 	}
 	b := newBalancer(f, Config{}, 4)
-	if err := b.AddTunnelEndpoint(tunB); err != nil {
+	if err := b.AddGUEEndpoint(tunB, 6080); err != nil {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, frame []byte) {
@@ -198,6 +202,9 @@ func FuzzTunnel(f *testing.F) {
 		v, out := run(t, b, frame)
 		decap := len(frame) >= 34 && len(out) == len(frame)-20 && frame[12] == 8 && frame[13] == 0 && frame[14] == 0x45 &&
 			(frame[23] == 4 || frame[23] == 41) && bytes.Equal(frame[30:34], tunB.AsSlice())
+		gue := len(frame) >= 43 && len(out) == len(frame)-28 && frame[12] == 8 && frame[13] == 0 && frame[14] == 0x45 &&
+			frame[23] == 17 && bytes.Equal(frame[30:34], tunB.AsSlice()) && binary.BigEndian.Uint16(frame[36:]) == 6080 &&
+			(frame[42]>>4 == 4 || frame[42]>>4 == 6)
 		switch v {
 		case ActionDrop:
 		case ActionTX:
@@ -207,6 +214,12 @@ func FuzzTunnel(f *testing.F) {
 				t.Fatalf("XDP_TX of a frame that is no neighbour answer: %x", out[:min(len(out), 64)])
 			}
 		case ActionPass:
+			if gue {
+				if !bytes.Equal(out[6:12], frame[6:12]) || !bytes.Equal(out[14:], frame[42:]) {
+					t.Fatalf("decapsulated GUE %x into %x", frame, out)
+				}
+				return
+			}
 			if !decap {
 				macOwner(t, frame, out)
 				return
@@ -231,6 +244,103 @@ func TestTunnelBackendRejects(t *testing.T) {
 	} {
 		if err := b.SetBackends([]Backend{{ID: 1, Name: "x", MAC: hopMAC, Weight: 1, State: Up, Tunnel: tun}}); err == nil {
 			t.Errorf("tunnel %+v accepted", tun)
+		}
+	}
+}
+
+// TestTunnelGUE: a backend on another host reached with GUE (variant 1)
+// gets the client's packet behind an IPv4 and a UDP header to its port
+// (the source port the same for every packet of a flow), and the balancer
+// there, a GUE endpoint on that port, removes both and steers the packet
+// to its own backend. UDP to another port, or to an endpoint without GUE,
+// is no tunnel.
+func TestTunnelGUE(t *testing.T) {
+	const port = 6080
+	a := newBalancer(t, Config{}, 0)
+	if err := a.SetBackends([]Backend{{ID: 0, Name: "host-b", MAC: lbMAC, Weight: 1, State: Up,
+		Tunnel: &Tunnel{Src: tunA, Dst: tunB, SrcMAC: hopMAC, GUEPort: port}}}); err != nil {
+		t.Fatal(err)
+	}
+	bb := newBalancer(t, Config{}, 4)
+	if err := bb.AddGUEEndpoint(tunB, port); err != nil {
+		t.Fatal(err)
+	}
+	if err := bb.AddGUEEndpoint(tunB, 0); err == nil {
+		t.Error("a GUE endpoint on port 0 was accepted")
+	}
+	for _, tc := range []struct {
+		name  string
+		src   netip.AddrPort
+		dst   netip.AddrPort
+		frame func(flags uint8) []byte
+	}{
+		{"tcp4", ap(client4, 6000), ap(vip4, 80), func(fl uint8) []byte { return tcp4(ap(client4, 6000), ap(vip4, 80), fl) }},
+		{"tcp6", ap(client6, 6001), ap(vip6, 443), func(fl uint8) []byte { return tcp6(ap(client6, 6001), ap(vip6, 443), fl) }},
+	} {
+		want := pick(t, bb, tc.src, tc.dst, 6)
+		var sport uint16
+		for i, fl := range []uint8{tcpSYN, tcpACK, tcpACK} {
+			orig := tc.frame(fl)
+			v, enc := run(t, a, orig)
+			if v != ActionTX {
+				t.Fatalf("%s: A's verdict %d, want XDP_TX", tc.name, v)
+			}
+			inner := orig[14:]
+			ip, udp := enc[14:34], enc[34:42]
+			s, d := tunA.As4(), tunB.As4()
+			switch {
+			case len(enc) != len(orig)+28:
+				t.Fatalf("%s: %d bytes out of %d, want 28 more", tc.name, len(enc), len(orig))
+			case !bytes.Equal(enc[0:6], lbMAC) || !bytes.Equal(enc[6:12], hopMAC) || enc[12] != 0x08 || enc[13] != 0:
+				t.Fatalf("%s: Ethernet header % x", tc.name, enc[:14])
+			case ip[0] != 0x45 || ip[9] != 17 || int(binary.BigEndian.Uint16(ip[2:])) != 28+len(inner) ||
+				!bytes.Equal(ip[12:16], s[:]) || !bytes.Equal(ip[16:20], d[:]) || headerSum(ip) != 0xffff:
+				t.Fatalf("%s: outer header % x", tc.name, ip)
+			case binary.BigEndian.Uint16(udp[2:]) != port || int(binary.BigEndian.Uint16(udp[4:])) != 8+len(inner) ||
+				binary.BigEndian.Uint16(udp[6:]) != 0 || binary.BigEndian.Uint16(udp[0:]) < 0xc000:
+				t.Fatalf("%s: UDP header % x", tc.name, udp)
+			case !bytes.Equal(enc[42:], inner):
+				t.Fatalf("%s: the packet behind the UDP header changed", tc.name)
+			}
+			if sp := binary.BigEndian.Uint16(udp[0:]); i == 0 {
+				sport = sp
+			} else if sp != sport {
+				t.Fatalf("%s: source port %d, the flow's first packet had %d", tc.name, sp, sport)
+			}
+			v, out := run(t, bb, enc)
+			if v != ActionPass {
+				t.Fatalf("%s: B's verdict %d, want pass", tc.name, v)
+			}
+			if len(out) != len(orig) || !bytes.Equal(out[12:], orig[12:]) {
+				t.Fatalf("%s: B passed % x, want the client's packet % x", tc.name, out, orig)
+			}
+			if got := int(out[4])<<8 | int(out[5]); !bytes.Equal(out[:4], backendMAC(0)[:4]) || got != want {
+				t.Fatalf("%s: B sent it to MAC %v, its table says backend %d", tc.name, net.HardwareAddr(out[:6]), want)
+			}
+		}
+	}
+	if c := counters(t, bb); c[CountDecap] != 6 {
+		t.Errorf("B decapsulated %d packets, want 6", c[CountDecap])
+	}
+	if c := counters(t, a); c[CountEncap] != 6 {
+		t.Errorf("A encapsulated %d packets, want 6", c[CountEncap])
+	}
+	// UDP to another port of the endpoint, or to an endpoint that takes
+	// IP-in-IP only: untouched.
+	inner := tcp4(ap(client4, 7000), ap(vip4, 80), tcpSYN)[14:]
+	for _, tc := range []struct {
+		name string
+		b    *Balancer
+		port uint16
+	}{{"another port", bb, port + 1}, {"no GUE there", a, port}} {
+		if tc.b == a {
+			if err := a.AddTunnelEndpoint(tunB); err != nil {
+				t.Fatal(err)
+			}
+		}
+		f := eth(0x0800, ipv4(tunA, tunB, 17, 1, 0, udp(50000, tc.port, inner)))
+		if v, out := run(t, tc.b, f); v != ActionPass || !bytes.Equal(out, f) {
+			t.Errorf("%s: verdict %d, changed %v", tc.name, v, !bytes.Equal(out, f))
 		}
 	}
 }

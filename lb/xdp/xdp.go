@@ -37,11 +37,13 @@
 //
 // A backend may be on another host (Backend.Tunnel): its packets leave the
 // interface again (XDP_TX) inside an IPv4 header to that host (IP-in-IP,
-// protocol 41 for IPv6 packets), as Katran sends them; the balancer there,
-// with that address as a tunnel endpoint (AddTunnelEndpoint), removes the
-// header and steers the packet to one of its own backends, which reply to
-// the client directly. The outer header adds 20 bytes: the path between
-// the hosts needs an MTU 20 bytes above the clients'.
+// protocol 41 for IPv6 packets), or inside IPv4 and UDP headers to a port
+// of it (GUE's variant 1, Tunnel.GUEPort), as Katran sends them; the
+// balancer there, with that address as a tunnel endpoint
+// (AddTunnelEndpoint, AddGUEEndpoint), removes the headers and steers the
+// packet to one of its own backends, which reply to the client directly.
+// The outer headers add 20 bytes (28 with GUE): the path between the hosts
+// needs an MTU that much above the clients'.
 package xdp
 
 import (
@@ -152,6 +154,11 @@ type Tunnel struct {
 	Src, Dst netip.Addr
 	// SrcMAC is the source of the outer frame (the interface's MAC).
 	SrcMAC net.HardwareAddr
+	// GUEPort, if set, sends the packets in UDP to this port instead
+	// (GUE's variant 1: the IP packet right after the UDP header, as
+	// Katran sends them; the source port from the flow's hash), for a
+	// balancer there that takes GUE on it (AddGUEEndpoint).
+	GUEPort uint16
 }
 
 // value is the backend's entry in the backend map (see prog.go).
@@ -170,6 +177,10 @@ func (x Backend) value() ([backendValue]byte, error) {
 		return v, fmt.Errorf("lb/xdp: backend %d: tunnel source MAC %v is not 6 bytes", x.ID, t.SrcMAC)
 	}
 	v[beKind] = kindTunnel
+	if t.GUEPort != 0 {
+		v[beKind] = kindGUE
+		binary.BigEndian.PutUint16(v[beTunPort:], t.GUEPort)
+	}
 	s, d := t.Src.As4(), t.Dst.As4()
 	copy(v[beTunSrc:], s[:])
 	copy(v[beTunDst:], d[:])
@@ -471,6 +482,24 @@ func (b *Balancer) AddTunnelEndpoint(a netip.Addr) error {
 	}
 	if err := b.tunnels.Update(a.As16(), [8]byte{}, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("lb/xdp: add tunnel endpoint %v: %w", a, err)
+	}
+	return nil
+}
+
+// AddGUEEndpoint is AddTunnelEndpoint that also takes GUE (variant 1) in
+// UDP to port on a: the outer IPv4 and UDP headers go and the packet is
+// steered like one that arrived directly.
+func (b *Balancer) AddGUEEndpoint(a netip.Addr, port uint16) error {
+	if !a.Is4() || a.IsUnspecified() || a.IsMulticast() {
+		return fmt.Errorf("lb/xdp: tunnel endpoint %v: want an IPv4 unicast address", a)
+	}
+	if port == 0 {
+		return fmt.Errorf("lb/xdp: GUE endpoint %v: port 0", a)
+	}
+	var v [8]byte
+	binary.BigEndian.PutUint16(v[:], port)
+	if err := b.tunnels.Update(a.As16(), v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("lb/xdp: add GUE endpoint %v:%d: %w", a, port, err)
 	}
 	return nil
 }

@@ -2,10 +2,14 @@ package lb
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/mpshim/mpshim/test/harness"
 	"github.com/mpshim/mpshim/test/topo"
@@ -33,8 +37,63 @@ http {
 // another isolator host B: A's balancer sends B's share of the flows in
 // IP-in-IP to B's tunnel address (through the wan namespace, which routes
 // between the two), B's balancer removes the outer header and steers them
-// to its own INS, which answer the clients directly.
+// to its own INS, which answer the clients directly. Then the same with
+// GUE (gue= on both uplinks), whose UDP frames the test sees on the way.
 func TestRemoteHost(t *testing.T) {
+	t.Run("ip-in-ip", func(t *testing.T) { remoteHost(t, 0) })
+	t.Run("gue", func(t *testing.T) { remoteHost(t, 6080) })
+}
+
+// tunnelFrames counts the IP-in-IP and GUE (UDP to port) frames that
+// leave interface ifname of ns until stop is closed.
+func tunnelFrames(t *testing.T, ns *topo.NS, ifname string, port uint16, stop <-chan struct{}) (ipip, gue *int, done <-chan struct{}) {
+	t.Helper()
+	var fd int
+	if err := ns.Do(func() error {
+		ifc, err := net.InterfaceByName(ifname)
+		if err != nil {
+			return err
+		}
+		// ETH_P_ALL: a socket of one protocol sees only what arrives.
+		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
+		if err != nil {
+			return err
+		}
+		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifc.Index})
+	}); err != nil {
+		t.Fatalf("packet socket on %s: %v", ifname, err)
+	}
+	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 100000})
+	ipip, gue = new(int), new(int)
+	ch := make(chan struct{})
+	go func() {
+		defer close(ch)
+		defer unix.Close(fd)
+		buf := make([]byte, 2048)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			n, _, err := unix.Recvfrom(fd, buf, 0)
+			if err != nil || n < 14+20+8 || buf[12] != 0x08 || buf[13] != 0 || buf[14] != 0x45 {
+				continue
+			}
+			switch {
+			case buf[23] == 4:
+				*ipip++
+			case buf[23] == 17 && binary.BigEndian.Uint16(buf[36:]) == port:
+				*gue++
+			}
+		}
+	}()
+	return ipip, gue, ch
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+func remoteHost(t *testing.T, gue uint16) {
 	topo.RequireRoot(t)
 	harness.NeedFiles(t, "/usr/sbin/nginx", "/usr/bin/curl")
 	ctx := context.Background()
@@ -67,11 +126,17 @@ func TestRemoteHost(t *testing.T) {
 	}
 	common := []string{"--allow-uid", "0", "--allow-uid", "33", "--vip", "up0=" + vip4}
 	up := harness.DefaultUplinks(a)
-	up[0].Link = "tunnel4=10.77.0.2"
+	link := func(addr string) string {
+		if gue != 0 {
+			return fmt.Sprintf("tunnel4=%s,gue=%d", addr, gue)
+		}
+		return "tunnel4=" + addr
+	}
+	up[0].Link = link("10.77.0.2")
 	isoA := harness.StartIsolator(t, a, harness.Options{INS: 1, Uplinks: up,
 		Args: append(common, "--remote", "up0=hostb,10.79.0.2,1")})
 	isoB := harness.StartIsolator(t, b, harness.Options{INS: 2, Uplinks: []harness.UplinkSpec{
-		{Interface: "x0", Pool4: "10.79.0.10/24", Gateway4: "10.79.0.1", Link: "tunnel4=10.79.0.2"}}, Args: common})
+		{Interface: "x0", Pool4: "10.79.0.10/24", Gateway4: "10.79.0.1", Link: link("10.79.0.2")}}, Args: common})
 	whoNginx(t, a.App, isoA, "A")
 	whoNginx(t, b.App, isoB, "B")
 	ea := &env{tp: a, iso: isoA}
@@ -111,9 +176,17 @@ func TestRemoteHost(t *testing.T) {
 		t.Logf("answers: %v", count)
 		return count
 	}
-	// About half answered by each host.
+	// About half answered by each host, in the encapsulation asked for.
 	before := eb.members(t)
+	stopCapture := make(chan struct{})
+	ipip, gueFrames, captured := tunnelFrames(t, a.WAN, "xb", gue, stopCapture)
 	count := who(200)
+	close(stopCapture)
+	<-captured
+	t.Logf("frames to host B: %d IP-in-IP, %d GUE", *ipip, *gueFrames)
+	if gue == 0 && (*ipip == 0 || *gueFrames != 0) || gue != 0 && (*gueFrames == 0 || *ipip != 0) {
+		t.Errorf("frames to host B: %d IP-in-IP, %d GUE to port %d; want only the one asked for", *ipip, *gueFrames, gue)
+	}
 	if count["A"]+count["B"] != 200 || count["A"] < 60 || count["B"] < 60 {
 		t.Fatalf("200 transfers answered %v: want all, about half by each host", count)
 	}
