@@ -379,10 +379,14 @@ func (d *Daemon) handle(ctx context.Context, req api.Request) api.Response {
 		}
 		return resp
 	case api.OpList:
+		infos := d.list(ctx, req.GC)
 		if req.GC {
+			// Last, after the INS's: what the daemon allocated while
+			// it waited for them is garbage too, and the caller reads
+			// the daemon's RSS as soon as it has the answer.
 			ins.FreeMemory()
 		}
-		return api.Response{OK: true, INS: d.list(ctx, req.GC)}
+		return api.Response{OK: true, INS: infos}
 	case api.OpFlows:
 		return d.flowsOp(req)
 	case api.OpKill:

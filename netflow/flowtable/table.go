@@ -163,7 +163,7 @@ func New(cfg Config) *Table {
 	cfg.fill()
 	t := &Table{cfg: cfg, base: time.Now(), shards: make([]shard, cfg.Shards), mask: uint64(cfg.Shards - 1)}
 	t.perShard = (cfg.MaxFlows + cfg.Shards - 1) / cfg.Shards
-	t.ended.buf = make([]Record, 0, min(cfg.MaxFlows, 1024))
+	t.ended.buf = make([]Record, 0, min(cfg.MaxFlows, keepRecords))
 	t.ended.max = max(cfg.MaxFlows, 1024)
 	empty := []string{}
 	t.uplinks.Store(&empty)
@@ -371,9 +371,19 @@ func (q *ring) drain(dst []Record) []Record {
 	}
 	clear(q.buf)
 	q.buf = q.buf[:0]
+	if cap(q.buf) > keepRecords {
+		q.buf = make([]Record, 0, keepRecords)
+	}
 	q.head, q.count = 0, 0
 	return dst
 }
+
+// keepRecords bounds the record buffers (the ended ring, a round's pending
+// records) kept between rounds. A burst (thousands of connections ending
+// at once) grows them to its size; past the round that drained them they
+// are made again at this size, so an INS does not keep the burst's
+// buffers — 184 bytes a record — until the next one.
+const keepRecords = 1024
 
 // Stats returns the table's counters.
 func (t *Table) Stats() Stats {
@@ -489,6 +499,9 @@ func (t *Table) Collect(now time.Time, maxBytes int, owners OwnerFunc) []byte {
 	rest := copy(t.pending, t.pending[n:])
 	clear(t.pending[rest:])
 	t.pending = t.pending[:rest]
+	if rest == 0 && cap(t.pending) > keepRecords {
+		t.pending, t.need = nil, nil
+	}
 	if rest > 0 {
 		b[batchFlagsAt] |= flagMore
 	}
@@ -515,5 +528,8 @@ func (t *Table) resolve(owners OwnerFunc) {
 		}
 		n.s.mu.Unlock()
 	}
+	// The slots point at entries, which may be removed before the next
+	// round: cleared, they do not keep them alive.
+	clear(t.need)
 	t.need = t.need[:0]
 }

@@ -477,3 +477,39 @@ func ExampleTable() {
 	fmt.Println(r.Key, r.Inbound, r.Fwd.Packets, r.Rev.Packets, r.Fwd.TCPFlags|r.Rev.TCPFlags)
 	// Output: tcp 192.0.2.1:40000 -> 198.51.100.10:80 true 1 1 SYN,ACK
 }
+
+// TestBurstBuffersNotKept: a collection round after a burst of 5,000 ended
+// flows hands every record out once and leaves the table's record buffers
+// at their resting size, not at the burst's.
+func TestBurstBuffersNotKept(t *testing.T) {
+	tb := New(Config{MaxFlows: 20000})
+	const burst = 5000
+	for i := range burst {
+		p := uint16(i + 1)
+		tb.Account(1, "up0", netflow.In, tcp(client, server, p, 80, netflow.TCPSyn, 0))
+		tb.Account(2, "up0", netflow.In, tcp(client, server, p, 80, netflow.TCPRst, 0))
+	}
+	// Past the idle timeout every flow has ended: the sweep moves them to
+	// the ended ring, the round hands them out.
+	recs, _ := collectAll(t, tb, time.Hour, nil)
+	ended := map[uint16]bool{}
+	for _, r := range recs {
+		if r.End != netflow.EndNone {
+			ended[r.Key.SrcPort] = true
+		}
+	}
+	if len(ended) != burst {
+		t.Fatalf("%d flows reported ended, want %d", len(ended), burst)
+	}
+	if c := cap(tb.ended.buf); c > keepRecords {
+		t.Errorf("ended ring keeps room for %d records after the round, want at most %d", c, keepRecords)
+	}
+	if c := cap(tb.pending); c > keepRecords {
+		t.Errorf("pending records keep room for %d after the round, want at most %d", c, keepRecords)
+	}
+	// The table works on: a new flow is reported.
+	tb.Account(int64(2*time.Hour), "up0", netflow.In, tcp(client, server, 1, 80, netflow.TCPSyn, 0))
+	if recs, _ := collectAll(t, tb, 2*time.Hour+time.Millisecond, nil); len(recs) != 1 {
+		t.Errorf("after the burst: %d records, want the new flow's", len(recs))
+	}
+}
