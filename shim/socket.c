@@ -662,6 +662,16 @@ MP_EXPORT int bind(int fd, const struct sockaddr *sa, socklen_t len)
 		rc = e ? mp_fail(EBADF) : REAL(bind)(fd, sa, len);
 		return ret_log(rc, "bind", fd, mp_conf.log ? LOGADDR(a, sa, len) : NULL);
 	}
+	if (e->kind == MPK_PENDING && sa && len >= sizeof(sa_family_t) && sa->sa_family != e->domain &&
+	    sa->sa_family != AF_UNSPEC) {
+		/* An address of the other family: the kernel refuses it as
+		 * Linux does (EINVAL for a short IPv6 address, else
+		 * EAFNOSUPPORT) and the socket stays undecided. */
+		rc = REAL(bind)(fd, sa, len);
+		if (rc == 0)
+			memset(e, 0, sizeof *e);
+		return ret_log(rc, "bind", fd, mp_conf.log ? LOGADDR(a, sa, len) : NULL);
+	}
 	if (e->kind == MPK_PENDING) {
 		rc = decide(fd, e, sa, len, 0);
 		if (rc) {
@@ -669,6 +679,12 @@ MP_EXPORT int bind(int fd, const struct sockaddr *sa, socklen_t len)
 				rc = REAL(bind)(fd, sa, len);
 			return ret_log(rc, "bind", fd, mp_conf.log ? LOGADDR(a, sa, len) : NULL);
 		}
+	}
+	if (sa && len >= sizeof(sa_family_t) && sa->sa_family != e->domain && sa->sa_family != AF_UNSPEC) {
+		/* Linux checks the length for the socket's family first. */
+		socklen_t min = e->domain == AF_INET6 ? 24 /* SIN6_LEN_RFC2133 */ : sizeof(struct sockaddr_in);
+		rc = mp_fail(len < min ? EINVAL : EAFNOSUPPORT);
+		return ret_log(rc, "bind[ins]", fd, mp_conf.log ? LOGADDR(a, sa, len) : NULL);
 	}
 	rc = mps_bind(e->sock, sa, len);
 	rc = rc < 0 ? mp_fail(-rc) : 0;
