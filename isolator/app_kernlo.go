@@ -158,16 +158,26 @@ func (s *AppServer) handKernel(c *client, l *listenRec, ln net.Listener) {
 	}
 }
 
-// dropAll is a socket filter that drops every packet.
-var dropAll = []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 0}}
+// dropSYN is a socket filter that drops the segments that open a
+// connection (SYN without ACK) and lets every other through, so that the
+// handshakes already under way complete and their FINs arrive. The filter
+// of a TCP socket sees the segment from its TCP header on: byte 13 holds
+// the flags.
+var dropSYN = []unix.SockFilter{
+	{Code: unix.BPF_LD | unix.BPF_B | unix.BPF_ABS, K: 13},
+	{Code: unix.BPF_JMP | unix.BPF_JSET | unix.BPF_K, K: 0x10, Jt: 2, Jf: 0}, // ACK: accept
+	{Code: unix.BPF_JMP | unix.BPF_JSET | unix.BPF_K, K: 0x02, Jt: 0, Jf: 1}, // SYN: drop
+	{Code: unix.BPF_RET | unix.BPF_K, K: 0},
+	{Code: unix.BPF_RET | unix.BPF_K, K: 0xffffffff},
+}
 
 // queueRoom sizes the accept queue of kernel listener ln: the app's backlog
 // when full is set (nothing handed over waits in the app's queue), one
 // connection less otherwise. Linux queues backlog+1 connections; for a
-// backlog of 0, where one less is none, a socket filter that drops every
-// packet keeps new handshakes out instead (the clients retransmit their
-// SYN, as when Linux's queue is full). A negative backlog (somaxconn) is
-// left as it is.
+// backlog of 0, where one less is none, a socket filter that drops SYNs
+// keeps new handshakes out instead (the clients retransmit their SYN, as
+// when Linux's queue is full). A negative backlog (somaxconn) is left as
+// it is.
 func (l *listenRec) queueRoom(ln net.Listener, full bool) {
 	l.mu.Lock()
 	backlog := int(l.backlog)
@@ -185,7 +195,7 @@ func (l *listenRec) queueRoom(ln net.Listener, full bool) {
 			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_DETACH_FILTER, 0)
 		case backlog == 0:
 			_ = unix.SetsockoptSockFprog(int(fd), unix.SOL_SOCKET, unix.SO_ATTACH_FILTER,
-				&unix.SockFprog{Len: uint16(len(dropAll)), Filter: &dropAll[0]})
+				&unix.SockFprog{Len: uint16(len(dropSYN)), Filter: &dropSYN[0]})
 		case full:
 			_ = unix.Listen(int(fd), backlog)
 		default:
