@@ -133,24 +133,75 @@ func loopbackListener(domain int, a netip.AddrPort, reuseport bool, backlog int,
 // each connection to the app on l's SEQPACKET end. When the app's queue is
 // full the connection is closed, as a full backlog would refuse it. It
 // accepts only once the app has taken everything handed to it before:
-// until then connections wait in ln's own accept queue, bounded by the
-// app's backlog, where a listener that is shut down or closed resets them,
-// as Linux does with its accept queue.
+// until then connections wait in ln's own accept queue, where a listener
+// that is shut down or closed resets them, as Linux does with its accept
+// queue. That queue takes one connection less while one handed over waits
+// for the app's accept (queueRoom), so that the two together hold what
+// Linux's accept queue would: the next client stays in SYN-SENT, and is
+// refused if the listener goes.
 func (s *AppServer) handKernel(c *client, l *listenRec, ln net.Listener) {
 	for {
 		if !l.waitTaken(ln) {
 			ln.Close()
 			return
 		}
+		l.queueRoom(ln, true)
 		conn, err := ln.Accept()
 		if err != nil {
 			return
 		}
-		if err := l.hand(conn); err != nil {
+		l.queueRoom(ln, false)
+		if err := l.hand(ln, conn); err != nil {
 			c.log.Debug("app: kernel loopback connection not handed over", "sock", l.sock, "err", err)
 		}
 		conn.Close()
 	}
+}
+
+// dropSYN is a socket filter that drops the segments that open a
+// connection (SYN without ACK) and lets every other through, so that the
+// handshakes already under way complete and their FINs arrive. The filter
+// of a TCP socket sees the segment from its TCP header on: byte 13 holds
+// the flags.
+var dropSYN = []unix.SockFilter{
+	{Code: unix.BPF_LD | unix.BPF_B | unix.BPF_ABS, K: 13},
+	{Code: unix.BPF_JMP | unix.BPF_JSET | unix.BPF_K, K: 0x10, Jt: 2, Jf: 0}, // ACK: accept
+	{Code: unix.BPF_JMP | unix.BPF_JSET | unix.BPF_K, K: 0x02, Jt: 0, Jf: 1}, // SYN: drop
+	{Code: unix.BPF_RET | unix.BPF_K, K: 0},
+	{Code: unix.BPF_RET | unix.BPF_K, K: 0xffffffff},
+}
+
+// queueRoom sizes the accept queue of kernel listener ln: the app's backlog
+// when full is set (nothing handed over waits in the app's queue), one
+// connection less otherwise. Linux queues backlog+1 connections; for a
+// backlog of 0, where one less is none, a socket filter that drops SYNs
+// keeps new handshakes out instead (the clients retransmit their SYN, as
+// when Linux's queue is full). A negative backlog (somaxconn) is left as
+// it is.
+func (l *listenRec) queueRoom(ln net.Listener, full bool) {
+	l.mu.Lock()
+	backlog := int(l.backlog)
+	l.mu.Unlock()
+	if backlog < 0 {
+		return
+	}
+	sc, err := ln.(syscall.Conn).SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = sc.Control(func(fd uintptr) {
+		switch {
+		case backlog == 0 && full:
+			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_DETACH_FILTER, 0)
+		case backlog == 0:
+			_ = unix.SetsockoptSockFprog(int(fd), unix.SOL_SOCKET, unix.SO_ATTACH_FILTER,
+				&unix.SockFprog{Len: uint16(len(dropSYN)), Filter: &dropSYN[0]})
+		case full:
+			_ = unix.Listen(int(fd), backlog)
+		default:
+			_ = unix.Listen(int(fd), backlog-1)
+		}
+	})
 }
 
 // kernelOpt reports whether a listener's option is applied to its kernel
@@ -191,8 +242,12 @@ func (l *listenRec) waitTaken(ln net.Listener) bool {
 	}
 }
 
-// hand passes conn, a kernel connection, to the app on l's SEQPACKET end.
-func (l *listenRec) hand(conn net.Conn) error {
+// hand passes conn, a kernel connection accepted on ln, to the app on l's
+// SEQPACKET end, unless ln is no longer one of l's kernel listeners: the
+// listener was shut down (or closed) meanwhile, and the shim has already
+// reset what was queued on its end, as Linux resets its accept queue; the
+// caller's close then resets conn too.
+func (l *listenRec) hand(ln net.Listener, conn net.Conn) error {
 	tc, ok := conn.(*net.TCPConn)
 	if !ok {
 		return fmt.Errorf("not a TCP connection")
@@ -213,8 +268,11 @@ func (l *listenRec) hand(conn net.Conn) error {
 	if !ownLinger {
 		_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
 	}
-	local, err1 := sockAddrPort(unix.Getsockname(fd))
-	peer, err2 := sockAddrPort(unix.Getpeername(fd))
+	// The addresses accept(2) returned: a connection reset before it was
+	// accepted has no peer for getpeername(2) any more (ENOTCONN), but
+	// Linux still hands it to accept, reset, and so does the app's.
+	local, err1 := netipAddrPort(tc.LocalAddr())
+	peer, err2 := netipAddrPort(tc.RemoteAddr())
 	if err1 != nil || err2 != nil {
 		return fmt.Errorf("addresses: %v %v", err1, err2)
 	}
@@ -225,8 +283,8 @@ func (l *listenRec) hand(conn net.Conn) error {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.closed {
-		return fmt.Errorf("listener closed")
+	if l.closed || !slices.Contains(l.kern, ln) {
+		return fmt.Errorf("listener closed or shut down")
 	}
 	sc, err := l.seq.SyscallConn()
 	if err != nil {
@@ -242,18 +300,13 @@ func (l *listenRec) hand(conn net.Conn) error {
 	return serr
 }
 
-// sockAddrPort converts a kernel socket address.
-func sockAddrPort(sa unix.Sockaddr, err error) (netip.AddrPort, error) {
-	if err != nil {
-		return netip.AddrPort{}, err
+// netipAddrPort converts the address of a TCP connection.
+func netipAddrPort(a net.Addr) (netip.AddrPort, error) {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok || ta == nil {
+		return netip.AddrPort{}, fmt.Errorf("address %v is not a TCP address", a)
 	}
-	switch a := sa.(type) {
-	case *unix.SockaddrInet4:
-		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port)), nil
-	case *unix.SockaddrInet6:
-		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(a.Port)), nil
-	}
-	return netip.AddrPort{}, fmt.Errorf("address family of %T", sa)
+	return ta.AddrPort(), nil
 }
 
 // kernelFollow applies a listener's shutdown, second listen or socket

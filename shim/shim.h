@@ -119,6 +119,7 @@ enum mp_kind {
 #define MPL_BOUND 0x01u     /* laddr/lport are known */
 #define MPL_V6ONLY 0x02u    /* IPV6_V6ONLY was on */
 #define MPL_REUSEPORT 0x04u /* SO_REUSEPORT was on */
+#define MPL_SHUT 0x08u      /* shut down (SHUT_RD) and not listening again: accept says EINVAL */
 
 /* type of an MPK_INTERNAL entry that keeps a listener's far end open; its
  * sock is the listener's socket id. */

@@ -485,6 +485,49 @@ static int listen_ins(int fd, struct mp_fd *e, int backlog)
 	return 0;
 }
 
+/* Wakes one thread blocked in accept on listener e: a one-byte message,
+ * which no isolator message is, sent through its keeper (the far end of the
+ * SEQPACKET pair, in this process) to its own end. 0, or -1 if e has no
+ * keeper. */
+static int listen_wake(struct mp_fd *e)
+{
+	static const char wake = 'W';
+
+	if (!keeper_of(e))
+		return -1;
+	REAL(send)(e->keep, &wake, 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+	return 0;
+}
+
+/* Sets or clears MPL_SHUT on every descriptor of listener sock. */
+static void listen_mark_shut(uint64_t sock, int shut)
+{
+	for (unsigned int i = 0; i < mp_table_hiwat && i < mp_table_size; i++) {
+		struct mp_fd *l = &mp_table[i];
+
+		if (l->kind != MPK_LISTEN || l->sock != sock)
+			continue;
+		if (shut)
+			l->lflags |= MPL_SHUT;
+		else
+			l->lflags &= (uint8_t)~MPL_SHUT;
+	}
+}
+
+/* Reads the stale wake-ups at the head of listener fd's queue, once it
+ * listens again. */
+static void drop_wakes(int fd)
+{
+	char c;
+
+	for (int k = 0; k < 64; k++) {
+		if (REAL(recv)(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC) != 1)
+			return;
+		if (REAL(recv)(fd, &c, 1, MSG_DONTWAIT) != 1)
+			return;
+	}
+}
+
 static int accept_ins(int fd, struct mp_fd *e, struct sockaddr *sa, socklen_t *len, int flags)
 {
 	unsigned char buf[MPS_ACCEPT_MSG_MAX];
@@ -503,6 +546,9 @@ static int accept_ins(int fd, struct mp_fd *e, struct sockaddr *sa, socklen_t *l
 
 	if (flags & ~(SOCK_NONBLOCK | SOCK_CLOEXEC))
 		return mp_fail(EINVAL);
+	if (e->lflags & MPL_SHUT)
+		return mp_fail(EINVAL);
+again:
 	memset(&mh, 0, sizeof mh);
 	mh.msg_iov = &iov;
 	mh.msg_iovlen = 1;
@@ -513,6 +559,18 @@ static int accept_ins(int fd, struct mp_fd *e, struct sockaddr *sa, socklen_t *l
 		return -1;
 	if (n == 0)
 		return mp_fail(EINVAL); /* no INS serves this listener any more */
+	if (n == 1 && !CMSG_FIRSTHDR(&mh)) {
+		/* A wake-up from shutdown (listen_wake): the listener was
+		 * shut down while this thread waited; the next waiting thread
+		 * is woken in turn. One that comes after listen(2) again is
+		 * stale. */
+		if (!(e->lflags & MPL_SHUT))
+			goto again;
+		MP_SAVE;
+		listen_wake(e);
+		MP_RESTORE;
+		return mp_fail(EINVAL);
+	}
 	for (c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
 		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
 			continue;
@@ -604,6 +662,16 @@ MP_EXPORT int bind(int fd, const struct sockaddr *sa, socklen_t len)
 		rc = e ? mp_fail(EBADF) : REAL(bind)(fd, sa, len);
 		return ret_log(rc, "bind", fd, mp_conf.log ? LOGADDR(a, sa, len) : NULL);
 	}
+	if (e->kind == MPK_PENDING && sa && len >= sizeof(sa_family_t) && sa->sa_family != e->domain &&
+	    sa->sa_family != AF_UNSPEC) {
+		/* An address of the other family: the kernel refuses it as
+		 * Linux does (EINVAL for a short IPv6 address, else
+		 * EAFNOSUPPORT) and the socket stays undecided. */
+		rc = REAL(bind)(fd, sa, len);
+		if (rc == 0)
+			memset(e, 0, sizeof *e);
+		return ret_log(rc, "bind", fd, mp_conf.log ? LOGADDR(a, sa, len) : NULL);
+	}
 	if (e->kind == MPK_PENDING) {
 		rc = decide(fd, e, sa, len, 0);
 		if (rc) {
@@ -611,6 +679,12 @@ MP_EXPORT int bind(int fd, const struct sockaddr *sa, socklen_t len)
 				rc = REAL(bind)(fd, sa, len);
 			return ret_log(rc, "bind", fd, mp_conf.log ? LOGADDR(a, sa, len) : NULL);
 		}
+	}
+	if (sa && len >= sizeof(sa_family_t) && sa->sa_family != e->domain && sa->sa_family != AF_UNSPEC) {
+		/* Linux checks the length for the socket's family first. */
+		socklen_t min = e->domain == AF_INET6 ? 24 /* SIN6_LEN_RFC2133 */ : sizeof(struct sockaddr_in);
+		rc = mp_fail(len < min ? EINVAL : EAFNOSUPPORT);
+		return ret_log(rc, "bind[ins]", fd, mp_conf.log ? LOGADDR(a, sa, len) : NULL);
 	}
 	rc = mps_bind(e->sock, sa, len);
 	rc = rc < 0 ? mp_fail(-rc) : 0;
@@ -643,8 +717,15 @@ MP_EXPORT int listen(int fd, int backlog)
 		break;
 	case MPK_LISTEN:
 		rc = mps_listen(e->sock, backlog, -1);
-		if (rc == 0)
+		if (rc == 0) {
 			e->optmask = (uint32_t)backlog;
+			if (e->lflags & MPL_SHUT) {
+				MP_SAVE;
+				listen_mark_shut(e->sock, 0);
+				drop_wakes(fd);
+				MP_RESTORE;
+			}
+		}
 		rc = rc < 0 ? mp_fail(-rc) : 0;
 		break;
 	default:
@@ -889,14 +970,17 @@ MP_EXPORT int shutdown(int fd, int how)
 		} else if (e->kind == MPK_LISTEN && how != SHUT_WR) {
 			/* Resets the connections not yet accepted, as Linux
 			 * resets its accept queue, then wakes the threads
-			 * blocked in accept. Only the read half: a write
-			 * shutdown of this end would show the isolator and the
-			 * INS a hang-up, the listener's last close, where
-			 * Linux's shutdown(SHUT_WR) of a listener does
-			 * nothing. */
+			 * blocked in accept, which say EINVAL, as does every
+			 * accept until listen(2) again. The end itself stays
+			 * open both ways, so that the INS can hand over
+			 * connections again after that listen. Without a
+			 * keeper to send the wake-up through, the end's read
+			 * half is shut (for good). */
 			MP_SAVE;
 			drop_queued(fd);
-			REAL(shutdown)(fd, SHUT_RD);
+			listen_mark_shut(e->sock, 1);
+			if (listen_wake(e) < 0)
+				REAL(shutdown)(fd, SHUT_RD);
 			MP_RESTORE;
 		} else if (e->kind == MPK_DGRAM && how != SHUT_RD) {
 			/* Every later send must fail with EPIPE at once: none

@@ -187,6 +187,7 @@ var keyObservations = map[string][]string{
 	"dup":             {"read via copy: 3 dup", "read via last copy: 3 abc", "getpeername of fresh copy: -1 ENOTCONN"},
 	"mcast":           {"received: 3 one", "received after drop: -1 EAGAIN", "receiver 1: 4 both", "receiver 2: 4 both"},
 	"udp":             {"FIONREAD: 10", "recvmsg 4: 4 trunc=1", "recv MSG_TRUNC 2: 8", "from: inet $V4:7005 len=16", "recv empty datagram: 0", "recvmmsg: 2 [3 one] [4 two!]"},
+	"kloop_listen":    {"accepted: poll 1 hup=1 err=1 SO_ERROR=ECONNRESET", "accept after shutdown: -1 EINVAL", "accept after listen again: ok", "second connected within 300 ms: 0", "second: poll 1 hup=1 err=1 SO_ERROR=ECONNREFUSED"},
 	"readiness":       {"select: 1 writable=1", "poll: 1 out=1", "epoll: 1 out=1 data=42", "bulk: sent=262144 got=262144 equal=1"},
 }
 
