@@ -288,9 +288,6 @@ func NewServer(id int, st *netstack.Stack, dns resolve.Config, ch *ctrl.Conn, lo
 		s.base = binary.LittleEndian.Uint64(b[:]) & localMask
 	}
 	s.eng = engine.New(st.Stack(), st, engine.Options{EncodeAccept: s.encodeAccept, Logger: log, OnRelease: s.loadChanged, Released: s.released})
-	// Frames are received in the pump's loop, on the same thread as the
-	// socketpairs' traffic.
-	st.DriveRx(s.eng)
 	s.res = resolve.New(st, dns, log)
 	return s
 }

@@ -236,11 +236,7 @@ func (e *env) startIsolator(ctx context.Context, n int) error {
 		"--allow-uid", "0", "--allow-uid", "33", "--allow-uid", "65534",
 		"--uplink", fmt.Sprintf("up0=%s,pool4=%s/24,gw4=%s", up.GWIf, up.HostAddr4(0), up.WANAddr4),
 		"--pprof", pprofAddr}
-	cpu := e.o.serverCPU
-	if e.o.insCPU != "" {
-		cpu = e.o.insCPU
-	}
-	name, args := pin(cpu, e.isoBin, args...)
+	name, args := e.server(e.isoBin, args...)
 	p, err := e.tp.GW.Start(ctx, name, args...)
 	if err != nil {
 		return err

@@ -76,7 +76,6 @@ func main() {
 	}
 	flag.StringVar(&o.serverCPU, "server-cpu", defServer, "CPU list (taskset -c) of every side's servers, INS and runsc sandbox included; empty: no pinning")
 	flag.StringVar(&o.clientCPU, "client-cpu", defClient, "CPU list (taskset -c) of the load generators; empty: no pinning")
-	flag.StringVar(&o.insCPU, "ins-cpu", "", "CPU list (taskset -c) of the isolator and its INS when they should not share the servers' CPUs; empty: --server-cpu")
 	flag.Parse()
 	for _, p := range splitList(o.peers) {
 		if p != report.Runsc && p != report.Netstack {
@@ -112,7 +111,6 @@ type options struct {
 	out, doc, bin, only  string
 	peers, runsc         string
 	serverCPU, clientCPU string
-	insCPU               string
 }
 
 // peer reports whether side is one of the peers asked for.

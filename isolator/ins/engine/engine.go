@@ -7,7 +7,6 @@ package engine
 
 import (
 	"encoding/binary"
-	"errors"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -48,6 +47,8 @@ type Options struct {
 	// MaxSockets bounds the number of live socket records; Socket returns
 	// ENFILE beyond it. Zero means 1<<20.
 	MaxSockets int
+	// Workers is the number of goroutines that run the data pump; zero means 2.
+	Workers int
 	// OnRelease, if set, is called after a socket record is released (the
 	// engine's live socket count fell). It must not block.
 	OnRelease func()
@@ -69,7 +70,6 @@ type Stats struct {
 	DgramsToNet  uint64 // datagrams sent for apps
 	DgramsToApp  uint64 // datagrams delivered to apps over attached sockets
 	DgramsDrop   uint64 // datagrams from apps dropped (malformed or refused)
-	RxNICs       int    // NICs whose receive side runs in the pump's loop (AddRx)
 }
 
 // Engine serves socket calls on one netstack. All methods are safe for
@@ -151,6 +151,9 @@ func New(s *stack.Stack, chooser UplinkChooser, opts Options) *Engine {
 	if opts.MaxSockets <= 0 {
 		opts.MaxSockets = 1 << 20
 	}
+	if opts.Workers <= 0 {
+		opts.Workers = 2
+	}
 	if opts.EncodeAccept == nil {
 		opts.EncodeAccept = func(l, c SockID, local, peer netip.AddrPort) []byte {
 			return AppendAcceptRecord(nil, l, c, local, peer)
@@ -165,7 +168,7 @@ func New(s *stack.Stack, chooser UplinkChooser, opts Options) *Engine {
 		rmemMax: readSysctl("/proc/sys/net/core/rmem_max", 212992),
 		wmemMax: readSysctl("/proc/sys/net/core/wmem_max", 212992),
 	}
-	l, err := newLoop(e.log)
+	l, err := newLoop(opts.Workers, e.log)
 	if err != nil {
 		// Without epoll nothing can be pumped; record it and let every
 		// data-path call fail with the errno.
@@ -200,7 +203,7 @@ func (e *Engine) Stop() {
 	}
 	e.socks = map[SockID]*sock{}
 	e.mu.Unlock()
-	// The loop is gone: tearing down from here cannot race a run.
+	// The workers are gone: tearing down from here cannot race a run.
 	for _, s := range socks {
 		s.mu.Lock()
 		c, l, d := s.conn, s.lis, s.dg
@@ -583,11 +586,6 @@ func (e *Engine) Stats() Stats {
 		DgramsToApp:  e.dgramsToApp.Load(),
 		DgramsDrop:   e.dgramsDrop.Load(),
 	}
-	if e.loop != nil {
-		e.loop.fdmu.RLock()
-		st.RxNICs = len(e.loop.rxs)
-		e.loop.fdmu.RUnlock()
-	}
 	for _, s := range socks {
 		s.mu.Lock()
 		switch {
@@ -673,13 +671,4 @@ func (e *Engine) Ends() []End {
 		out = append(out, end)
 	}
 	return out
-}
-
-// AddRx implements link.RxLoop: the receive side of a NIC runs in the data
-// pump's event loop (see link.PolledEndpoint), whenever fd turns readable.
-func (e *Engine) AddRx(fd int, rx func() bool, orphaned func()) (remove func(), err error) {
-	if e.loop == nil {
-		return nil, errors.New("add receive: no event loop")
-	}
-	return e.loop.AddRx(fd, rx, orphaned)
 }

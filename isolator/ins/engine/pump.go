@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"runtime"
 	"sync"
 	"sync/atomic"
 
@@ -14,36 +13,25 @@ import (
 )
 
 // The data pump is an event loop: one epoll instance per engine watches every
-// INS-side kernel end (edge triggered) and the packet sockets of the NICs
-// that let the loop drive their receive side (AddRx); netstack waiter
-// callbacks report endpoint readiness, and both only schedule the item. One
-// goroutine runs the loop: it runs the scheduled items itself, lets the
-// goroutines they readied (the netstack's TCP processors, the transmit
-// queue) run, and only then blocks in epoll_wait, so that a request needs
-// no hand-off between threads: a frame is read, delivered, and its bytes
-// written to the app's socketpair on one thread, and so is the way back
-// (waiting on Go's poller instead cost the runtime's epoll_wait on top of
-// ours at every wake-up, twice the system calls under load). An item always works
-// until EAGAIN in every direction it can, which is what edge triggering
-// requires. Per connection the engine keeps no buffer while bytes flow:
-// reads from the socketpair go into the loop's buffer and straight into the
-// endpoint, and endpoint reads are written straight into the socketpair.
-// Only when the endpoint's send buffer is full does a connection hold the
-// bytes already read (at most one chunk).
+// INS-side kernel end (edge triggered), netstack waiter callbacks report
+// endpoint readiness, and both only schedule the item. A small pool of worker
+// goroutines runs scheduled items; an item runs on one worker at a time and
+// always works until EAGAIN in every direction it can, which is what edge
+// triggering requires. Per connection the engine keeps no buffer while bytes
+// flow: reads from the socketpair go into the worker's buffer and straight
+// into the endpoint, and endpoint reads are written straight into the
+// socketpair. Only when the endpoint's send buffer is full does a connection
+// hold the bytes already read (at most one chunk).
 
 // chunk is the largest read from a socketpair end in one step.
 const chunk = 64 << 10
-
-// busyPolls is how many rounds with work still queued the loop runs before
-// it looks at the epoll set again without waiting.
-const busyPolls = 8
 
 // Item scheduling states.
 const (
 	schedIdle    = iota // not queued
 	schedQueued         // in the run queue
-	schedRunning        // the loop runs it
-	schedRerun          // the loop runs it and it must run again
+	schedRunning        // a worker runs it
+	schedRerun          // a worker runs it and it must run again
 )
 
 type sched struct{ state atomic.Uint32 }
@@ -72,23 +60,18 @@ type loop struct {
 	wakefd int
 	log    *slog.Logger
 
-	mu    sync.Mutex
-	q     []item
-	spare []item
-
-	stopped atomic.Bool
-	// sleeping is set while the loop blocks in epoll_wait: schedule
-	// then wakes it through wakefd.
-	sleeping atomic.Bool
+	mu      sync.Mutex
+	cond    *sync.Cond
+	q       []item
+	stopped bool
 
 	fdmu sync.RWMutex
 	fds  map[int32]fdItem
-	rxs  map[*rxItem]struct{}
 
-	done chan struct{}
+	wg sync.WaitGroup
 }
 
-func newLoop(log *slog.Logger) (*loop, error) {
+func newLoop(workers int, log *slog.Logger) (*loop, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("epoll_create1: %w", err)
@@ -103,47 +86,35 @@ func newLoop(log *slog.Logger) (*loop, error) {
 		unix.Close(wfd)
 		return nil, fmt.Errorf("epoll_ctl eventfd: %w", err)
 	}
-	l := &loop{epfd: epfd, wakefd: wfd, log: log,
-		fds: make(map[int32]fdItem), rxs: make(map[*rxItem]struct{}), done: make(chan struct{})}
+	l := &loop{epfd: epfd, wakefd: wfd, log: log, fds: make(map[int32]fdItem)}
+	l.cond = sync.NewCond(&l.mu)
+	l.wg.Add(1)
 	go l.poll()
+	for i := 0; i < workers; i++ {
+		l.wg.Add(1)
+		go l.work()
+	}
 	return l, nil
 }
 
 func (l *loop) poll() {
-	defer close(l.done)
-	w := &worker{buf: make([]byte, chunk)}
+	defer l.wg.Done()
 	var evs [256]unix.EpollEvent
-	busy := 0
 	for {
-		l.runQueued(w)
-		if l.stopped.Load() {
-			l.orphanRx()
+		n, err := unix.EpollWait(l.epfd, evs[:], -1)
+		if err != nil {
+			if err == unix.EINTR {
+				continue
+			}
+			l.log.Error("epoll_wait failed", "err", err)
 			return
 		}
-		// The goroutines this round readied (a TCP processor with the
-		// segments just delivered, the transmit queue with frames to
-		// send) run now, on this processor, and may queue more.
-		runtime.Gosched()
-		var n int
-		if l.pending() {
-			if busy++; busy < busyPolls {
-				continue
-			}
-			busy = 0
-			n = l.epollWait(evs[:], 0)
-		} else {
-			busy = 0
-			n = l.wait(evs[:])
-		}
 		for i := 0; i < n; i++ {
-			fd := evs[i].Fd
-			if int(fd) == l.wakefd {
-				var b [8]byte
-				unix.Read(l.wakefd, b[:])
-				continue
+			if int(evs[i].Fd) == l.wakefd {
+				return
 			}
 			l.fdmu.RLock()
-			it := l.fds[fd]
+			it := l.fds[evs[i].Fd]
 			l.fdmu.RUnlock()
 			// A stale event for a reused descriptor only causes a
 			// spurious run, which every item tolerates.
@@ -155,72 +126,34 @@ func (l *loop) poll() {
 	}
 }
 
-// epollWait reads the ready events of the epoll set, waiting up to timeout
-// ms for some (-1: until there are some).
-func (l *loop) epollWait(evs []unix.EpollEvent, timeout int) int {
+func (l *loop) work() {
+	defer l.wg.Done()
+	w := &worker{buf: make([]byte, chunk)}
 	for {
-		n, err := unix.EpollWait(l.epfd, evs, timeout)
-		if err == unix.EINTR {
-			continue
+		l.mu.Lock()
+		for len(l.q) == 0 && !l.stopped {
+			l.cond.Wait()
 		}
-		if err != nil {
-			l.log.Error("epoll_wait failed", "err", err)
-			return 0
+		if l.stopped {
+			l.mu.Unlock()
+			return
 		}
-		return n
-	}
-}
-
-// wait blocks until the epoll set has events (or schedule wakes the loop)
-// and returns them.
-func (l *loop) wait(evs []unix.EpollEvent) int {
-	l.sleeping.Store(true)
-	defer l.sleeping.Store(false)
-	if l.pending() || l.stopped.Load() {
-		return 0
-	}
-	return l.epollWait(evs, -1)
-}
-
-func (l *loop) pending() bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.q) > 0
-}
-
-// runQueued runs the items queued now; items scheduled while they run go
-// to the next round.
-func (l *loop) runQueued(w *worker) {
-	l.mu.Lock()
-	batch := l.q
-	l.q, l.spare = l.spare[:0], nil
-	l.mu.Unlock()
-	for i, it := range batch {
-		batch[i] = nil
+		it := l.q[0]
+		l.q[0] = nil
+		l.q = l.q[1:]
+		if len(l.q) == 0 {
+			l.q = l.q[:0:0]
+		}
+		l.mu.Unlock()
 		s := it.sch()
 		s.state.Store(schedRunning)
-		it.run(w)
-		if !s.state.CompareAndSwap(schedRunning, schedIdle) {
-			// Scheduled again while it ran.
-			s.state.Store(schedQueued)
-			l.enqueue(it)
+		for {
+			it.run(w)
+			if s.state.CompareAndSwap(schedRunning, schedIdle) {
+				break
+			}
+			s.state.Store(schedRunning)
 		}
-	}
-	l.mu.Lock()
-	if l.spare == nil {
-		l.spare = batch[:0]
-	}
-	l.mu.Unlock()
-}
-
-func (l *loop) enqueue(it item) {
-	l.mu.Lock()
-	l.q = append(l.q, it)
-	l.mu.Unlock()
-	if l.sleeping.Load() && l.sleeping.CompareAndSwap(true, false) {
-		var one [8]byte
-		one[0] = 1
-		unix.Write(l.wakefd, one[:])
 	}
 }
 
@@ -237,7 +170,10 @@ func (l *loop) schedule(it item) {
 			if !s.state.CompareAndSwap(st, schedQueued) {
 				continue
 			}
-			l.enqueue(it)
+			l.mu.Lock()
+			l.q = append(l.q, it)
+			l.mu.Unlock()
+			l.cond.Signal()
 			return
 		case schedRunning:
 			if s.state.CompareAndSwap(st, schedRerun) {
@@ -252,14 +188,10 @@ func (l *loop) schedule(it item) {
 // register adds fd to epoll (edge triggered, all directions) and schedules it
 // once so that readiness that predates registration is seen.
 func (l *loop) register(fd int, it fdItem) error {
-	return l.registerEvents(fd, it, unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLRDHUP|unix.EPOLLET)
-}
-
-func (l *loop) registerEvents(fd int, it fdItem, events uint32) error {
 	l.fdmu.Lock()
 	l.fds[int32(fd)] = it
 	l.fdmu.Unlock()
-	ev := unix.EpollEvent{Events: events, Fd: int32(fd)}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd)}
 	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		l.fdmu.Lock()
 		delete(l.fds, int32(fd))
@@ -275,88 +207,24 @@ func (l *loop) unregisterClose(fd int) {
 	if fd < 0 {
 		return
 	}
-	l.unregister(fd)
-	unix.Close(fd)
-}
-
-func (l *loop) unregister(fd int) {
 	l.fdmu.Lock()
 	delete(l.fds, int32(fd))
 	l.fdmu.Unlock()
 	_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+	unix.Close(fd)
 }
 
 func (l *loop) stop() {
-	l.stopped.Store(true)
+	l.mu.Lock()
+	l.stopped = true
+	l.mu.Unlock()
+	l.cond.Broadcast()
 	var one [8]byte
 	one[0] = 1
 	unix.Write(l.wakefd, one[:])
-	<-l.done
+	l.wg.Wait()
 	unix.Close(l.epfd)
 	unix.Close(l.wakefd)
-}
-
-// rxItem runs the receive side of a NIC (AddRx).
-type rxItem struct {
-	sched
-	l        *loop
-	rx       func() bool
-	orphaned func()
-	gone     atomic.Bool
-}
-
-// rxRounds is how many batches a NIC's receive reads before the other
-// ready items get their turn.
-const rxRounds = 8
-
-func (r *rxItem) fdEvent(uint32) {}
-
-func (r *rxItem) run(*worker) {
-	for i := 0; i < rxRounds; i++ {
-		if r.gone.Load() || !r.rx() {
-			return
-		}
-	}
-	r.l.schedule(r) // more may be waiting: after the others
-}
-
-// AddRx implements link.RxLoop: rx runs in the loop whenever fd turns
-// readable, until remove.
-func (l *loop) AddRx(fd int, rx func() bool, orphaned func()) (remove func(), err error) {
-	r := &rxItem{l: l, rx: rx, orphaned: orphaned}
-	l.fdmu.Lock()
-	if l.stopped.Load() {
-		l.fdmu.Unlock()
-		return nil, fmt.Errorf("add receive of fd %d: event loop stopped", fd)
-	}
-	l.rxs[r] = struct{}{}
-	l.fdmu.Unlock()
-	if err := l.registerEvents(fd, r, unix.EPOLLIN|unix.EPOLLET); err != nil {
-		l.fdmu.Lock()
-		delete(l.rxs, r)
-		l.fdmu.Unlock()
-		return nil, fmt.Errorf("add receive: %w", err)
-	}
-	return func() {
-		r.gone.Store(true)
-		l.fdmu.Lock()
-		delete(l.rxs, r)
-		l.fdmu.Unlock()
-		l.unregister(fd)
-	}, nil
-}
-
-// orphanRx tells the NICs whose receive the stopped loop ran.
-func (l *loop) orphanRx() {
-	l.fdmu.Lock()
-	rxs := l.rxs
-	l.rxs = map[*rxItem]struct{}{}
-	l.fdmu.Unlock()
-	for r := range rxs {
-		if !r.gone.Load() && r.orphaned != nil {
-			r.orphaned()
-		}
-	}
 }
 
 // hungUp reports whether fd's peer is gone (POLLHUP or POLLERR now). Epoll

@@ -102,8 +102,8 @@ func (p *packetLink) endpoint(rxChecksumOffload, gso bool) (stack.LinkEndpoint, 
 		// Host GSO (Config.GSO): TCP hands segments of up to
 		// 64 KiB to the kernel, which splits them into frames.
 		GSOMaxSize: gsoMax,
-		// fdbased's reader is never started (see PolledEndpoint); one
-		// processor keeps it from starting processor goroutines.
+		// One dispatcher goroutine per NIC: an INS gets one or two cores
+		// (GOMAXPROCS) for all its NICs, more processors only contend.
 		ProcessorsPerChannel: 1,
 		IsPacketSocket:       []bool{true},
 		// Socket already bound and configured above; a single FD needs
@@ -113,8 +113,7 @@ func (p *packetLink) endpoint(rxChecksumOffload, gso bool) (stack.LinkEndpoint, 
 	if err != nil {
 		return nil, fmt.Errorf("link %s: fdbased endpoint: %w", p.ifname, err)
 	}
-	// fdbased sends; the receive side is ours (see PolledEndpoint).
-	return newPolledEndpoint(ep, p.fd, gso, rxChecksumOffload), nil
+	return ep, nil
 }
 
 // Carrier implements NIC: it reports whether the interface is administratively up and has

@@ -131,16 +131,12 @@ type Stack struct {
 	nextNIC tcpip.NICID
 	closed  bool
 	wg      sync.WaitGroup
-	// rxLoop, once set (DriveRx), runs the receive side of every polled
-	// NIC, present and future.
-	rxLoop link.RxLoop
 }
 
 type nicLink struct {
 	cfg    UplinkConfig
 	nic    tcpip.NICID
 	pkt    link.NIC // nil for injected endpoints
-	polled link.Polled
 	tap    *link.TapEndpoint
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -363,12 +359,6 @@ func (s *Stack) addUplink(u UplinkConfig, f *os.File) (err error) {
 		}
 		if err != nil {
 			return fmt.Errorf("add uplink %q: %w", u.Name, err)
-		}
-		l.polled, _ = ep.(link.Polled)
-	}
-	if l.polled != nil && s.rxLoop != nil {
-		if err := l.polled.DriveFrom(s.rxLoop); err != nil {
-			s.log.Warn("NIC receive stays on a reader of its own", "uplink", u.Name, "err", err)
 		}
 	}
 	if len(u.VIPs) > 0 {
@@ -761,28 +751,6 @@ func tcpAddr(a netip.Addr) tcpip.Address {
 		return tcpip.AddrFrom4(a.As4())
 	}
 	return tcpip.AddrFrom16(a.As16())
-}
-
-// DriveRx hands the receive side of every NIC that can be polled, present
-// and future, to l (the data pump's event loop), so that frames are read
-// and delivered on the loop's own thread.
-func (s *Stack) DriveRx(l link.RxLoop) {
-	s.mu.Lock()
-	s.rxLoop = l
-	links := map[string]link.Polled{}
-	for name, nl := range s.links {
-		if nl.polled != nil {
-			links[name] = nl.polled
-		}
-	}
-	s.mu.Unlock()
-	// Outside the lock: moving waits for the NIC's own reader, which
-	// may be delivering a frame.
-	for name, p := range links {
-		if err := p.DriveFrom(l); err != nil {
-			s.log.Warn("NIC receive stays on a reader of its own", "uplink", name, "err", err)
-		}
-	}
 }
 
 // AddTap appends t to the taps of every NIC, present and future.
