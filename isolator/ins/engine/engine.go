@@ -500,6 +500,25 @@ func (e *Engine) Shutdown(id SockID, how int) unix.Errno {
 		}
 		return 0
 	case stConnecting:
+		// Linux disconnects a socket in SYN-SENT on any shutdown: the
+		// connect fails with ECONNRESET. The pump ends it and closes
+		// the INS end before this returns, the filler still queued, so
+		// the app's end polls POLLHUP|POLLERR at once as Linux's does.
+		s.mu.Lock()
+		c := s.conn
+		s.mu.Unlock()
+		if c == nil || s.typ != unix.SOCK_STREAM {
+			return 0
+		}
+		c.abortConn.Store(true)
+		e.loop.schedule(c)
+		<-c.connDone
+		s.mu.Lock()
+		st = s.state
+		s.mu.Unlock()
+		if st == stConnected {
+			return e.Shutdown(id, how) // established meanwhile
+		}
 		return 0
 	default:
 		return unix.ENOTCONN

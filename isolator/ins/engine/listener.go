@@ -86,7 +86,7 @@ func (e *Engine) Listen(id SockID, backlog int, seqpacket *os.File) unix.Errno {
 		return unix.EOPNOTSUPP
 	}
 	asked := backlog
-	backlog = e.clampBacklog(backlog)
+	backlog = e.netBacklog(backlog)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.backlog = asked

@@ -193,3 +193,23 @@ func TestManyConnections(t *testing.T) {
 	}
 	engWait(t, func() bool { return n.e.Stats().Sockets == 0 })
 }
+
+// listen(fd, 0) takes a connection, as on Linux (whose accept queue holds
+// one more than the backlog); a netstack queue of capacity 0 took none.
+func TestListenBacklogZero(t *testing.T) {
+	n := newTestNet(t)
+	lap := netip.AddrPortFrom(addrA, 82)
+	_, lfd := instest.Listen(t, n.e, lap, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := gonet.DialContextTCP(ctx, n.b, full(lap), ipv4.ProtocolNumber)
+	if err != nil {
+		t.Fatalf("dial a listener with backlog 0: %v", err)
+	}
+	defer c.Close()
+	m, err := instest.RecvAccept(t, lfd, 0)
+	if err != nil {
+		t.Fatalf("accept: %v", err)
+	}
+	unix.Close(m.FD)
+}

@@ -308,6 +308,7 @@ type streamConn struct {
 
 	connecting bool
 	nonblock   bool
+	abortConn  atomic.Bool // a shutdown asks to end the connect in progress
 	connDone   chan struct{}
 	connErr    unix.Errno
 
@@ -391,6 +392,10 @@ func (c *streamConn) run(w *worker) {
 // connection is now established.
 func (c *streamConn) finishConnect(w *worker) bool {
 	s := c.s
+	if c.abortConn.Load() {
+		c.failConnect(unix.ECONNRESET)
+		return false
+	}
 	if checkHup(&c.hup, c.fd) {
 		c.failConnect(unix.ECONNABORTED)
 		return false
