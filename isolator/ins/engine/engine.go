@@ -360,6 +360,13 @@ func toFull(family int, ap netip.AddrPort, dgram bool) (tcpip.FullAddress, unix.
 	return fa, 0
 }
 
+// shortForV6 reports an IPv4 address (from a sockaddr_in, 16 bytes) given
+// to an AF_INET6 socket's bind, or its stream connect: Linux checks the
+// length first (SIN6_LEN_RFC2133, 24 bytes) and answers EINVAL.
+func shortForV6(family int, ap netip.AddrPort) bool {
+	return family == unix.AF_INET6 && ap.Addr().Is4()
+}
+
 // fromFull converts a netstack address into the form the app expects for its
 // socket family: 4-byte for AF_INET, 16-byte (IPv4-mapped when needed) for
 // AF_INET6.
@@ -394,7 +401,7 @@ func (e *Engine) Bind(id SockID, addr netip.AddrPort) unix.Errno {
 	if errno != 0 {
 		return errno
 	}
-	if !addr.IsValid() {
+	if !addr.IsValid() || shortForV6(s.family, addr) {
 		return unix.EINVAL
 	}
 	fa, errno := toFull(s.family, addr, false)
