@@ -362,7 +362,10 @@ MP_EXPORT ssize_t recvfrom(int fd, void *buf, size_t len, int flags, struct sock
 		rc = mp_fail(EBADF);
 	} else {
 		/* TCP reports no source address. */
-		rc = REAL(recv)(fd, buf, len, flags);
+		if ((flags & MSG_TRUNC) && e->kind == MPK_STREAM)
+			rc = mp_stream_recv_trunc(fd, len, flags);
+		else
+			rc = REAL(recv)(fd, buf, len, flags);
 		if (rc >= 0 && sa && salen)
 			*salen = 0;
 	}
@@ -379,6 +382,8 @@ MP_EXPORT ssize_t recv(int fd, void *buf, size_t len, int flags)
 		struct iovec iov = { buf, len };
 		struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
 		rc = mp_dgram_recvmsg(fd, e, &m, flags);
+	} else if (e && e->kind == MPK_STREAM && (flags & MSG_TRUNC)) {
+		rc = mp_stream_recv_trunc(fd, len, flags);
 	} else {
 		rc = REAL(recv)(fd, buf, len, flags);
 	}

@@ -341,6 +341,9 @@ int mp_dst_kernel(const struct sockaddr *sa, socklen_t len);
 /* Converts a pending socket to an INS socket. 0, or -1 with errno set; 1
  * when the policy keeps it on the kernel (fail open). */
 int mp_convert(int fd, struct mp_fd *e);
+/* recv(MSG_TRUNC) on an INS stream: the bytes are discarded (counted, with
+ * MSG_PEEK) and not copied, as by Linux's TCP. */
+ssize_t mp_stream_recv_trunc(int fd, size_t len, int flags);
 
 /* dgram.c */
 ssize_t mp_dgram_sendmsg(int fd, struct mp_fd *e, const struct msghdr *msg, int flags);

@@ -176,6 +176,51 @@ static int decide(int fd, struct mp_fd *e, const struct sockaddr *sa, socklen_t 
 	return rc;
 }
 
+/* ---- recv(MSG_TRUNC) on a stream ----------------------------------------- */
+
+/* Linux's TCP does not copy the bytes a MSG_TRUNC recv takes (or, with
+ * MSG_PEEK, would take); the app's AF_UNIX end would. The first read waits
+ * as the app's recv would; the rest only takes what is queued. Not a hot
+ * path: a stack buffer. */
+ssize_t mp_stream_recv_trunc(int fd, size_t len, int flags)
+{
+	char scratch[4096];
+	int fl = flags & ~MSG_TRUNC, avail = 0;
+	size_t done = 0, want;
+	ssize_t n;
+
+	if (len == 0)
+		return REAL(recv)(fd, scratch, 0, fl);
+	if (fl & MSG_PEEK) {
+		n = REAL(recv)(fd, scratch, 1, fl);
+		if (n <= 0)
+			return n;
+		MP_SAVE;
+		if (REAL(ioctl)(fd, FIONREAD, &avail) < 0 || avail < 1)
+			avail = 1;
+		MP_RESTORE;
+		return (ssize_t)(len < (size_t)avail ? len : (size_t)avail);
+	}
+	while (done < len) {
+		want = len - done < sizeof scratch ? len - done : sizeof scratch;
+		if (done == 0) {
+			n = REAL(recv)(fd, scratch, want, fl);
+			if (n <= 0)
+				return n;
+		} else {
+			MP_SAVE;
+			n = REAL(recv)(fd, scratch, want, fl | MSG_DONTWAIT);
+			MP_RESTORE;
+			if (n <= 0)
+				break;
+		}
+		done += (size_t)n;
+		if ((size_t)n < want)
+			break; /* took everything queued */
+	}
+	return (ssize_t)done;
+}
+
 /* ---- non-blocking connect ------------------------------------------------- */
 
 static void restore_sndbuf(int fd, struct mp_fd *e)

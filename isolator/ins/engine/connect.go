@@ -4,12 +4,17 @@ import (
 	"errors"
 	"net/netip"
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 )
+
+// loopbackHandshakeWait bounds how long a nonblocking connect to loopback
+// waits for the handshake before it returns EINPROGRESS.
+const loopbackHandshakeWait = 10 * time.Millisecond
 
 // takeFile takes ownership of f, which must be an AF_UNIX socket of type
 // want, and returns a non-blocking close-on-exec descriptor for it. f is
@@ -186,6 +191,9 @@ func (e *Engine) Connect(id SockID, addr netip.AddrPort, stream *os.File, nonblo
 		return 0
 	}
 	fa, errno := toFull(s.family, addr, false)
+	if shortForV6(s.family, addr) {
+		errno = unix.EINVAL
+	}
 	if errno == 0 {
 		errno = s.mappedOnV6Only(addr)
 	}
@@ -234,6 +242,17 @@ func (e *Engine) Connect(id SockID, addr netip.AddrPort, stream *os.File, nonblo
 	}
 	s.mu.Unlock()
 	if nonblock {
+		if addr.Addr().Unmap().IsLoopback() {
+			// Linux's loopback has completed the handshake when
+			// connect(2) returns: give the netstack's a moment, so
+			// that an app that closes or polls right away finds the
+			// connection established as on Linux (a close then
+			// ends it with a FIN, not a reset in SYN-SENT).
+			select {
+			case <-c.connDone:
+			case <-time.After(loopbackHandshakeWait):
+			}
+		}
 		return unix.EINPROGRESS
 	}
 	<-c.connDone

@@ -360,6 +360,13 @@ func toFull(family int, ap netip.AddrPort, dgram bool) (tcpip.FullAddress, unix.
 	return fa, 0
 }
 
+// shortForV6 reports an IPv4 address (from a sockaddr_in, 16 bytes) given
+// to an AF_INET6 socket's bind, or its stream connect: Linux checks the
+// length first (SIN6_LEN_RFC2133, 24 bytes) and answers EINVAL.
+func shortForV6(family int, ap netip.AddrPort) bool {
+	return family == unix.AF_INET6 && ap.Addr().Is4()
+}
+
 // fromFull converts a netstack address into the form the app expects for its
 // socket family: 4-byte for AF_INET, 16-byte (IPv4-mapped when needed) for
 // AF_INET6.
@@ -394,7 +401,7 @@ func (e *Engine) Bind(id SockID, addr netip.AddrPort) unix.Errno {
 	if errno != 0 {
 		return errno
 	}
-	if !addr.IsValid() {
+	if !addr.IsValid() || shortForV6(s.family, addr) {
 		return unix.EINVAL
 	}
 	fa, errno := toFull(s.family, addr, false)
@@ -504,6 +511,25 @@ func (e *Engine) Shutdown(id SockID, how int) unix.Errno {
 		}
 		return 0
 	case stConnecting:
+		// Linux disconnects a socket in SYN-SENT on any shutdown: the
+		// connect fails with ECONNRESET. The pump ends it and closes
+		// the INS end before this returns, the filler still queued, so
+		// the app's end polls POLLHUP|POLLERR at once as Linux's does.
+		s.mu.Lock()
+		c := s.conn
+		s.mu.Unlock()
+		if c == nil || s.typ != unix.SOCK_STREAM {
+			return 0
+		}
+		c.abortConn.Store(true)
+		e.loop.schedule(c)
+		<-c.connDone
+		s.mu.Lock()
+		st = s.state
+		s.mu.Unlock()
+		if st == stConnected {
+			return e.Shutdown(id, how) // established meanwhile
+		}
 		return 0
 	default:
 		return unix.ENOTCONN

@@ -3,6 +3,7 @@ package engine_test
 import (
 	"bytes"
 	"crypto/rand"
+	"fmt"
 	"io"
 	"net/netip"
 	"os"
@@ -388,6 +389,37 @@ func TestNonblockingConnect(t *testing.T) {
 		unix.Close(app)
 		engWait(t, func() bool { _, e := n.e.Getsockname(id); return e == unix.EBADF })
 	})
+
+	for _, how := range []int{unix.SHUT_RD, unix.SHUT_WR, unix.SHUT_RDWR} {
+		t.Run(fmt.Sprintf("shutdown %d while connecting", how), func(t *testing.T) {
+			// Linux disconnects a socket in SYN-SENT on shutdown: by
+			// the time shutdown returns the app's fd polls
+			// POLLHUP|POLLERR (events 0) and SO_ERROR is ECONNRESET.
+			id := instest.MustSocket(t, n.e, unix.AF_INET, unix.SOCK_STREAM)
+			app, ins := instest.Socketpair(t, unix.SOCK_STREAM)
+			fillUntilEAGAIN(t, app)
+			to := netip.MustParseAddrPort("10.0.0.3:80")
+			if errno := n.e.Connect(id, to, ins, true); errno != unix.EINPROGRESS {
+				t.Fatalf("Connect = %v", errno)
+			}
+			if errno := n.e.Shutdown(id, how); errno != 0 {
+				t.Fatalf("Shutdown = %v", errno)
+			}
+			pfd := []unix.PollFd{{Fd: int32(app)}}
+			if k, err := unix.Poll(pfd, 0); k != 1 || err != nil || pfd[0].Revents != unix.POLLHUP|unix.POLLERR {
+				t.Fatalf("poll: %d %v revents %#x, want POLLHUP|POLLERR", k, err, pfd[0].Revents)
+			}
+			b, errno := n.e.Getsockopt(id, unix.SOL_SOCKET, unix.SO_ERROR, 4)
+			if errno != 0 || unix.Errno(instest.LeU32(b)) != unix.ECONNRESET {
+				t.Fatalf("SO_ERROR = %v %v, want ECONNRESET", b, errno)
+			}
+			if st := n.e.Stats(); st.Connecting != 0 {
+				t.Fatalf("engine.Stats.Connecting = %d after shutdown", st.Connecting)
+			}
+			n.e.Close(id)
+			unix.Close(app)
+		})
+	}
 }
 
 func osFile(fd int) *os.File { return os.NewFile(uintptr(fd), "ins-end") }

@@ -37,11 +37,17 @@ func (e *Engine) SetBacklogCap(n int) {
 	for _, s := range ls {
 		s.mu.Lock()
 		if s.state == stListening {
-			_ = s.ep.Listen(e.clampBacklog(s.backlog))
+			_ = s.ep.Listen(e.netBacklog(s.backlog))
 		}
 		s.mu.Unlock()
 	}
 }
+
+// netBacklog is the netstack's accept queue capacity for a backlog asked
+// for by listen(2): Linux's queue is full only above the (clamped) backlog,
+// so it holds one more connection (one for listen(fd, 0)); the netstack's
+// is full at its capacity.
+func (e *Engine) netBacklog(backlog int) int { return e.clampBacklog(backlog) + 1 }
 
 // clampBacklog applies the cap to a backlog asked for by listen(2).
 func (e *Engine) clampBacklog(backlog int) int {

@@ -86,7 +86,7 @@ func (e *Engine) Listen(id SockID, backlog int, seqpacket *os.File) unix.Errno {
 		return unix.EOPNOTSUPP
 	}
 	asked := backlog
-	backlog = e.clampBacklog(backlog)
+	backlog = e.netBacklog(backlog)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.backlog = asked
@@ -165,6 +165,9 @@ func (l *listener) run(*worker) {
 			}
 			child := &sock{family: l.s.family, typ: unix.SOCK_STREAM, proto: unix.IPPROTO_TCP, ep: nep, wq: nwq, state: stConnected}
 			child.peer = fromFull(l.s.family, peer)
+			l.s.mu.Lock()
+			child.o = l.s.o.inherited()
+			l.s.mu.Unlock()
 			if !e.admit(child) {
 				// Over max-conn-per-src: the peer gets a reset.
 				nep.Abort()

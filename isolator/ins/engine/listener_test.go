@@ -2,6 +2,7 @@ package engine_test
 
 import (
 	"context"
+	"encoding/binary"
 	"io"
 	"net"
 	"net/netip"
@@ -192,4 +193,61 @@ func TestManyConnections(t *testing.T) {
 		t.Errorf("connection: %v", err)
 	}
 	engWait(t, func() bool { return n.e.Stats().Sockets == 0 })
+}
+
+// listen(fd, 0) takes a connection, as on Linux (whose accept queue holds
+// one more than the backlog); a netstack queue of capacity 0 took none.
+func TestListenBacklogZero(t *testing.T) {
+	n := newTestNet(t)
+	lap := netip.AddrPortFrom(addrA, 82)
+	_, lfd := instest.Listen(t, n.e, lap, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := gonet.DialContextTCP(ctx, n.b, full(lap), ipv4.ProtocolNumber)
+	if err != nil {
+		t.Fatalf("dial a listener with backlog 0: %v", err)
+	}
+	defer c.Close()
+	m, err := instest.RecvAccept(t, lfd, 0)
+	if err != nil {
+		t.Fatalf("accept: %v", err)
+	}
+	unix.Close(m.FD)
+}
+
+// An accepted socket starts with the options set on its listener, as
+// Linux's clone of the listener does, except TCP_DEFER_ACCEPT.
+func TestAcceptedInheritsOptions(t *testing.T) {
+	n := newTestNet(t)
+	lap := netip.AddrPortFrom(addrA, 83)
+	lid, lfd := instest.Listen(t, n.e, lap, 4)
+	for _, o := range []struct{ level, name, val int }{
+		{unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, 120001},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, 77},
+		{unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT, 5},
+	} {
+		if errno := n.e.Setsockopt(lid, o.level, o.name, binary.NativeEndian.AppendUint32(nil, uint32(o.val))); errno != 0 {
+			t.Fatalf("setsockopt %d on the listener: %v", o.name, errno)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := gonet.DialContextTCP(ctx, n.b, full(lap), ipv4.ProtocolNumber)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer c.Close()
+	m, err := instest.RecvAccept(t, lfd, 0)
+	if err != nil {
+		t.Fatalf("accept: %v", err)
+	}
+	defer unix.Close(m.FD)
+	for _, want := range []struct{ name, val int }{
+		{unix.TCP_USER_TIMEOUT, 120001}, {unix.TCP_KEEPIDLE, 77}, {unix.TCP_DEFER_ACCEPT, 0},
+	} {
+		b, errno := n.e.Getsockopt(m.Sock, unix.IPPROTO_TCP, want.name, 4)
+		if errno != 0 || int(instest.LeU32(b)) != want.val {
+			t.Errorf("accepted socket: option %d = %v %v, want %d", want.name, b, errno, want.val)
+		}
+	}
 }

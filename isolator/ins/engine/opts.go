@@ -39,6 +39,19 @@ func (o *sockOpts) set(level, name int, v int32) {
 	o.vals[optKey{int32(level), int32(name)}] = v
 }
 
+// inherited returns the values an accepted socket starts with: Linux
+// clones the listener, options included, except TCP_DEFER_ACCEPT, which
+// belongs to the listener's accept queue.
+func (o *sockOpts) inherited() sockOpts {
+	var c sockOpts
+	for k, v := range o.vals {
+		if k != (optKey{unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT}) {
+			c.set(int(k.level), int(k.name), v)
+		}
+	}
+	return c
+}
+
 // Options accepted and remembered without a netstack effect, with defaults.
 var storedSockOpts = map[int]int32{
 	unix.SO_DEBUG: 0, unix.SO_DONTROUTE: 0, unix.SO_OOBINLINE: 0, unix.SO_RCVLOWAT: 1,

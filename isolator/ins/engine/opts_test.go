@@ -214,7 +214,9 @@ func TestBindListenConnectErrnos(t *testing.T) {
 		{"bind in use", func() unix.Errno { return n.e.Bind(b, netip.AddrPortFrom(addrA, 900)) }, unix.EADDRINUSE},
 		{"bind foreign", func() unix.Errno { return n.e.Bind(b, netip.AddrPortFrom(addrB, 900)) }, unix.EADDRNOTAVAIL},
 		{"bind v6 on AF_INET", func() unix.Errno { return n.e.Bind(b, netip.AddrPortFrom(addrA6, 900)) }, unix.EAFNOSUPPORT},
-		{"bind v4 on AF_INET6", func() unix.Errno { return n.e.Bind(a6, netip.AddrPortFrom(addrA, 900)) }, unix.EAFNOSUPPORT},
+		// A sockaddr_in (16 bytes) is shorter than inet6_bind and
+		// tcp_v6_connect accept (24): EINVAL before the family check.
+		{"bind v4 on AF_INET6", func() unix.Errno { return n.e.Bind(a6, netip.AddrPortFrom(addrA, 900)) }, unix.EINVAL},
 		{"listen udp", func() unix.Errno { return n.e.Listen(u, 1, nil) }, unix.EOPNOTSUPP},
 		{"listen with stream file", func() unix.Errno { return n.e.Listen(b, 1, strm) }, unix.EINVAL},
 		{"listen nil file", func() unix.Errno { return n.e.Listen(b, 1, nil) }, unix.EINVAL},
@@ -227,6 +229,10 @@ func TestBindListenConnectErrnos(t *testing.T) {
 		{"shutdown unconnected udp", func() unix.Errno { return n.e.Shutdown(u, unix.SHUT_RD) }, unix.ENOTCONN},
 		{"connect nil stream", func() unix.Errno { return n.e.Connect(b, netip.AddrPortFrom(addrB, 1), nil, true) }, unix.EINVAL},
 		{"connect v6 on AF_INET", func() unix.Errno { return n.e.Connect(b, netip.AddrPortFrom(addrB6, 1), nil, true) }, unix.EAFNOSUPPORT},
+		{"connect v4 on AF_INET6", func() unix.Errno {
+			_, f := instest.Socketpair(t, unix.SOCK_STREAM)
+			return n.e.Connect(a6, netip.AddrPortFrom(addrB, 1), f, true)
+		}, unix.EINVAL},
 		{"sendto on stream", func() unix.Errno { _, e := n.e.SendTo(b, []byte("x"), netip.AddrPort{}, 0); return e }, unix.EOPNOTSUPP},
 		{"attach on stream", func() unix.Errno { return n.e.AttachDatagram(b, nil) }, unix.EOPNOTSUPP},
 		{"getpeername unconnected", func() unix.Errno { _, e := n.e.Getpeername(b); return e }, unix.ENOTCONN},

@@ -308,6 +308,7 @@ type streamConn struct {
 
 	connecting bool
 	nonblock   bool
+	abortConn  atomic.Bool // a shutdown asks to end the connect in progress
 	connDone   chan struct{}
 	connErr    unix.Errno
 
@@ -391,11 +392,18 @@ func (c *streamConn) run(w *worker) {
 // connection is now established.
 func (c *streamConn) finishConnect(w *worker) bool {
 	s := c.s
-	if checkHup(&c.hup, c.fd) {
-		c.failConnect(unix.ECONNABORTED)
+	if c.abortConn.Load() {
+		c.failConnect(unix.ECONNRESET)
 		return false
 	}
 	if s.ep.Readiness(waiter.WritableEvents|waiter.EventErr|waiter.EventHUp) == 0 {
+		// Still in SYN-SENT: a hang-up of the app's end (its last
+		// close) abandons the connect. One that completed meanwhile
+		// is closed like any other stream the app closes (a FIN, as
+		// Linux's loopback has the connection by then), not reset.
+		if checkHup(&c.hup, c.fd) {
+			c.failConnect(unix.ECONNABORTED)
+		}
 		return false
 	}
 	if err := s.ep.LastError(); err != nil {
@@ -403,13 +411,7 @@ func (c *streamConn) finishConnect(w *worker) bool {
 		if errno == 0 {
 			errno = unix.ECONNREFUSED
 		}
-		if c.nonblock {
-			// Closing our end with the filler unread would make the
-			// app's reads fail with ECONNRESET; Linux reads EOF
-			// once SO_ERROR is taken.
-			c.dropFiller(w)
-		}
-		c.failConnect(errno)
+		c.failConnectDrained(errno, w)
 		return false
 	}
 	fa, err := s.ep.GetRemoteAddress()
@@ -452,7 +454,15 @@ func (c *streamConn) dropFiller(w *worker) bool {
 	return true
 }
 
-func (c *streamConn) failConnect(errno unix.Errno) {
+func (c *streamConn) failConnect(errno unix.Errno) { c.failConnectDrained(errno, nil) }
+
+// failConnectDrained ends a connect that failed. With w, the filler of a
+// nonblocking connect is discarded first: closing our end with it unread
+// would make the app's reads fail with ECONNRESET, where Linux reads EOF
+// once SO_ERROR is taken. The error is recorded and our end shut both ways
+// (the app's end hangs up) before the filler goes, so the app never sees
+// its end writable without the hang-up and the error.
+func (c *streamConn) failConnectDrained(errno unix.Errno, w *worker) {
 	s := c.s
 	c.connErr = errno
 	s.mu.Lock()
@@ -461,6 +471,10 @@ func (c *streamConn) failConnect(errno unix.Errno) {
 	}
 	s.state = stFailed
 	s.mu.Unlock()
+	if w != nil && c.nonblock {
+		unix.Shutdown(c.fd, unix.SHUT_RDWR)
+		c.dropFiller(w)
+	}
 	c.connecting = false
 	c.teardown(true)
 	close(c.connDone)
