@@ -192,6 +192,9 @@ func (s *sock) setSocketOpt(name int, val []byte) unix.Errno {
 			v = bool32(v != 0)
 		}
 		s.o.set(unix.SOL_SOCKET, name, v)
+		if name == unix.SO_TIMESTAMP || name == unix.SO_TIMESTAMPNS {
+			s.setStamp()
+		}
 		return 0
 	}
 	s.o.set(unix.SOL_SOCKET, name, bool32(v != 0))

@@ -137,7 +137,7 @@ func (d *dgramPump) run(w *worker) {
 	// Network to app.
 	for {
 		off := msgproto.DatagramSize
-		ctl := wantsCtl(d.s.ep.SocketOptions())
+		ctl := d.s.wantsCtl()
 		if ctl {
 			off += ctlSize
 		}
@@ -155,7 +155,7 @@ func (d *dgramPump) run(w *worker) {
 		var flags uint32
 		if ctl {
 			flags = flagCtl
-			e.putCtl(d.out[msgproto.DatagramSize:], &res.ControlMessages)
+			e.putCtl(d.s, d.out[msgproto.DatagramSize:], &res.ControlMessages)
 		}
 		putFraming(d.out, fromFull(d.s.family, res.RemoteAddr), flags, bw.n)
 		err := unix.Sendmsg(d.fd, d.out[:off+bw.n], nil, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)

@@ -315,4 +315,15 @@ func TestUDPControlBlock(t *testing.T) {
 	if mask != 16|2 || rest[5] == 0 || netip.AddrFrom4([4]byte(rest[20:24])) != addrA {
 		t.Fatalf("control block: mask %#x ttl %d dst %v; want PKTINFO|TTL, a TTL, %v", mask, rest[5], rest[20:24], addrA)
 	}
+	// SO_TIMESTAMP adds the receive time.
+	if errno := n.e.Setsockopt(id, unix.SOL_SOCKET, unix.SO_TIMESTAMP, i32(1)); errno != 0 {
+		t.Fatalf("Setsockopt(SO_TIMESTAMP): %v", errno)
+	}
+	before := time.Now()
+	peer.Write([]byte("ts"))
+	_, rest = read()
+	at := time.Unix(0, int64(binary.NativeEndian.Uint64(rest[56:])))
+	if mask := binary.NativeEndian.Uint32(rest); mask&128 == 0 || at.Before(before.Add(-time.Second)) || at.After(time.Now().Add(time.Second)) {
+		t.Fatalf("with SO_TIMESTAMP: mask %#x, receive time %v; want bit 128 and about %v", mask, at, before)
+	}
 }
