@@ -234,6 +234,8 @@ enum {
 	DGCTL_PKTINFO4 = 16,
 	DGCTL_PKTINFO6 = 32,
 	DGCTL_ORIGDST = 64,
+	DGCTL_STAMP = 128,   /* SO_TIMESTAMP: i64 ns at 56 */
+	DGCTL_STAMPNS = 256, /* SO_TIMESTAMPNS */
 };
 
 /* Appends one control message to msg (MSG_CTRUNC when it does not fit). */
@@ -257,7 +259,7 @@ static void put_cmsg(struct msghdr *msg, size_t *used, int level, int type, cons
 }
 
 /* Turns a control block into the app's control messages, in Linux's order
- * (IPv4: pktinfo, TTL, TOS, original destination; IPv6: pktinfo, hop
+ * (the receive time; IPv4: pktinfo, TTL, TOS, original destination; IPv6: pktinfo, hop
  * limit, traffic class, original destination). */
 static void put_ctl(struct msghdr *msg, const unsigned char *b)
 {
@@ -268,6 +270,18 @@ static void put_ctl(struct msghdr *msg, const unsigned char *b)
 
 	memcpy(&mask, b, 4);
 	memcpy(&ifindex, b + 12, 4);
+	if (mask & (DGCTL_STAMP | DGCTL_STAMPNS)) {
+		/* First, as Linux's sock_recv_cmsgs. */
+		int64_t ns;
+		memcpy(&ns, b + 56, 8);
+		if (mask & DGCTL_STAMPNS) {
+			struct timespec ts = { .tv_sec = ns / 1000000000, .tv_nsec = ns % 1000000000 };
+			put_cmsg(msg, &used, SOL_SOCKET, SO_TIMESTAMPNS_OLD, &ts, sizeof ts);
+		} else {
+			struct timeval tv = { .tv_sec = ns / 1000000000, .tv_usec = (ns % 1000000000) / 1000 };
+			put_cmsg(msg, &used, SOL_SOCKET, SO_TIMESTAMP_OLD, &tv, sizeof tv);
+		}
+	}
 	if (mask & DGCTL_PKTINFO6) {
 		/* With both, an IPv4 datagram on an IPv6 socket: its
 		 * destination IPv4-mapped, before the IPv4 one as Linux. */

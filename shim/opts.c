@@ -319,6 +319,8 @@ static int net_admin(void)
 
 int mp_recv_ctl_opt(int level, int name)
 {
+	if (level == SOL_SOCKET)
+		return name == SO_TIMESTAMP || name == SO_TIMESTAMPNS;
 	if (level == IPPROTO_IP)
 		return name == IP_PKTINFO || name == IP_RECVTOS || name == IP_RECVTTL ||
 		       name == IP_RECVORIGDSTADDR;
