@@ -134,6 +134,86 @@ static int probe_iov(const struct iovec *iov, size_t n)
 	return bad ? -EFAULT : 0;
 }
 
+/* Control messages on send that set a per-datagram IP field, and the
+ * socket option that sets it for every datagram. */
+static const struct {
+	int level, type, opt, min, max;
+} send_cmsgs[] = {
+	{ IPPROTO_IP, IP_TOS, IP_TOS, 0, 255 },
+	{ IPPROTO_IP, IP_TTL, IP_TTL, 1, 255 },
+	{ IPPROTO_IPV6, IPV6_TCLASS, IPV6_TCLASS, -1, 255 },
+	{ IPPROTO_IPV6, IPV6_HOPLIMIT, IPV6_UNICAST_HOPS, -1, 255 },
+};
+
+/* A datagram with control messages: each IP_TOS, IP_TTL, IPV6_TCLASS or
+ * IPV6_HOPLIMIT one (checked as Linux checks it) sets the socket's option
+ * for this datagram only: the INS's option is set, the datagram goes
+ * through the ring, the option is set back. Other control messages are
+ * not carried (logged once). Another thread's datagram sent meanwhile on
+ * the same socket takes the value too. */
+static ssize_t send_with_cmsg(struct mp_fd *e, const struct msghdr *msg,
+			      const struct sockaddr *sa, size_t total, int flags)
+{
+	enum { NC = sizeof send_cmsgs / sizeof send_cmsgs[0] };
+	int want[NC], old[NC], have[NC] = { 0 }, saved[NC] = { 0 };
+	struct cmsghdr *c;
+	struct msghdr m;
+	socklen_t l;
+	ssize_t n;
+	int rc = 0;
+
+	if (total && probe_iov(msg->msg_iov, msg->msg_iovlen) < 0)
+		return mp_fail(EFAULT);
+	for (c = CMSG_FIRSTHDR((struct msghdr *)msg); c; c = CMSG_NXTHDR((struct msghdr *)msg, c)) {
+		size_t dl = c->cmsg_len - CMSG_LEN(0);
+		size_t i;
+		int v;
+
+		for (i = 0; i < NC; i++)
+			if (send_cmsgs[i].level == c->cmsg_level && send_cmsgs[i].type == c->cmsg_type)
+				break;
+		if (i == NC) {
+			mp_warn_once(&warned_cmsg, "ancillary data on send other than IP_TOS, IP_TTL, "
+						   "IPV6_TCLASS and IPV6_HOPLIMIT is not carried on INS UDP sockets");
+			continue;
+		}
+		if (dl == sizeof(int))
+			memcpy(&v, CMSG_DATA(c), sizeof v);
+		else if (dl == 1 && c->cmsg_type == IP_TOS)
+			v = *CMSG_DATA(c);
+		else
+			return mp_fail(EINVAL);
+		if (v < send_cmsgs[i].min || v > send_cmsgs[i].max)
+			return mp_fail(EINVAL);
+		want[i] = v;
+		have[i] = 1;
+	}
+	for (size_t i = 0; i < NC && rc == 0; i++) {
+		if (!have[i])
+			continue;
+		l = sizeof old[i];
+		rc = mps_getsockopt(e->sock, send_cmsgs[i].level, send_cmsgs[i].opt, &old[i], &l);
+		if (rc == 0)
+			rc = mps_setsockopt(e->sock, send_cmsgs[i].level, send_cmsgs[i].opt, &want[i],
+					    sizeof want[i]);
+		saved[i] = rc == 0;
+	}
+	n = rc;
+	if (rc == 0) {
+		memset(&m, 0, sizeof m);
+		m.msg_name = (void *)sa;
+		m.msg_namelen = sa ? msg->msg_namelen : 0;
+		m.msg_iov = msg->msg_iov;
+		m.msg_iovlen = msg->msg_iovlen;
+		n = mps_sendto(e->sock, &m, total, flags & ~MSG_NOSIGNAL);
+	}
+	for (size_t i = 0; i < NC; i++)
+		if (saved[i])
+			mps_setsockopt(e->sock, send_cmsgs[i].level, send_cmsgs[i].opt, &old[i],
+				       sizeof old[i]);
+	return n < 0 ? mp_fail((int)-n) : n;
+}
+
 ssize_t mp_dgram_sendmsg(int fd, struct mp_fd *e, const struct msghdr *msg, int flags)
 {
 	struct iovec v[1 + UIO_MAXIOV];
@@ -165,8 +245,8 @@ ssize_t mp_dgram_sendmsg(int fd, struct mp_fd *e, const struct msghdr *msg, int 
 		if (sa->sa_family == AF_UNSPEC)
 			sa = NULL; /* the connected peer, as for no address */
 	}
-	if (msg->msg_controllen)
-		mp_warn_once(&warned_cmsg, "ancillary data on INS UDP sockets is not carried yet");
+	if (msg->msg_controllen && msg->msg_control)
+		return send_with_cmsg(e, msg, sa, total, flags);
 	gen = mps_connect_gen();
 	if (sa ? !dest_cached(e, sa) : !((e->flags & MPF_DGPEER) && e->dest.gen == gen)) {
 		/* Slow path: the ring, errno synchronous. */
