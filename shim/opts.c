@@ -14,12 +14,15 @@
 #include "shim.h"
 
 #include <fcntl.h>
+#include <linux/capability.h>
 #include <linux/sockios.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #ifndef SO_RCVTIMEO_NEW
 #define SO_RCVTIMEO_NEW 66
@@ -234,6 +237,8 @@ int mp_opt_replay(int kfd, struct mp_fd *e, uint64_t sock, int newfd)
 		if (rc < 0)
 			MPLOG("convert(%d): replaying option %d/%d: %s", kfd, replayable[i].level,
 			      replayable[i].name, mp_errname(-rc));
+		else if (e->type == SOCK_DGRAM && mp_recv_ctl_opt(replayable[i].level, replayable[i].name))
+			flags |= MPF_DGCTL;
 	}
 	return flags;
 }
@@ -298,6 +303,47 @@ static int mcast_on_loopback(int level, int name, const void *val, socklen_t len
 	return ifindex == 1;
 }
 
+/* Whether the process has CAP_NET_ADMIN (effective), which Linux asks of
+ * SO_RCVBUFFORCE and SO_SNDBUFFORCE: the INS cannot see the caller. */
+static int net_admin(void)
+{
+	struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3, .pid = 0 };
+	struct __user_cap_data_struct d[2];
+	int ok;
+	MP_SAVE;
+
+	ok = syscall(SYS_capget, &h, d) == 0 && (d[0].effective & (1u << CAP_NET_ADMIN));
+	MP_RESTORE;
+	return ok;
+}
+
+int mp_recv_ctl_opt(int level, int name)
+{
+	if (level == SOL_SOCKET)
+		return name == SO_TIMESTAMP || name == SO_TIMESTAMPNS;
+	if (level == IPPROTO_IP)
+		return name == IP_PKTINFO || name == IP_RECVTOS || name == IP_RECVTTL ||
+		       name == IP_RECVORIGDSTADDR;
+	if (level == IPPROTO_IPV6)
+		return name == IPV6_RECVPKTINFO || name == IPV6_RECVTCLASS ||
+		       name == IPV6_RECVHOPLIMIT || name == IPV6_RECVORIGDSTADDR;
+	return 0;
+}
+
+/* Whether an option is a multicast option of a UDP socket. */
+static int mcast_opt(int level, int name)
+{
+	if (level == IPPROTO_IP)
+		return name == IP_MULTICAST_IF || name == IP_MULTICAST_TTL ||
+		       name == IP_MULTICAST_LOOP || name == IP_ADD_MEMBERSHIP ||
+		       name == IP_DROP_MEMBERSHIP;
+	if (level == IPPROTO_IPV6)
+		return name == IPV6_MULTICAST_IF || name == IPV6_MULTICAST_HOPS ||
+		       name == IPV6_MULTICAST_LOOP || name == IPV6_ADD_MEMBERSHIP ||
+		       name == IPV6_DROP_MEMBERSHIP;
+	return 0;
+}
+
 MP_EXPORT int setsockopt(int fd, int level, int name, const void *val, socklen_t len)
 {
 	struct mp_fd *e = mp_get(fd);
@@ -319,6 +365,20 @@ MP_EXPORT int setsockopt(int fd, int level, int name, const void *val, socklen_t
 		if (!e)
 			MPLOG("setsockopt(%d, %d, %d): multicast on the loopback, on the kernel", fd, level, name);
 	}
+	/* With loopback served by the INS, a multicast option decides an
+	 * undecided UDP socket for the INS: the option, which the
+	 * conversion could not carry over, then applies where the socket's
+	 * datagrams go. */
+	if (e && mp_conf.loopback_ins && e->kind == MPK_PENDING && e->type == SOCK_DGRAM &&
+	    mcast_opt(level, name)) {
+		MP_SAVE;
+		rc = mp_convert(fd, e);
+		if (rc == 1)
+			memset(e, 0, sizeof *e), e = NULL;
+		if (rc < 0)
+			return -1; /* errno: the conversion's */
+		MP_RESTORE;
+	}
 	if (!e) {
 		rc = REAL(setsockopt)(fd, level, name, val, len);
 	} else if (e->kind == MPK_INTERNAL) {
@@ -338,12 +398,17 @@ MP_EXPORT int setsockopt(int fd, int level, int name, const void *val, socklen_t
 			mp_settle(fd, e);
 		if (len && !val)
 			rc = mp_fail(EFAULT);
+		else if (level == SOL_SOCKET && (name == SO_RCVBUFFORCE || name == SO_SNDBUFFORCE) &&
+			 len >= sizeof(int) && !net_admin())
+			rc = mp_fail(EPERM);
 		else {
 			if (e->kind == MPK_STREAM && e->optmask)
 				flush_one((unsigned int)fd, e);
 			rc = mps_setsockopt(e->sock, level, name, val, len);
 			if (rc == -MP_FAIL_ERRNO && defer(e, level, name, val, len) == 0)
 				rc = 0;
+			if (rc == 0 && e->kind == MPK_DGRAM && mp_recv_ctl_opt(level, name))
+				e->flags |= MPF_DGCTL;
 			rc = rc < 0 ? mp_fail(-rc) : 0;
 		}
 	}

@@ -133,6 +133,8 @@ enum mp_kind {
 #define MPF_DEST6 0x10u    /* MPK_DGRAM: dest holds a validated IPv6 destination */
 #define MPF_DGPEER 0x20u   /* MPK_DGRAM: a send to the connected peer succeeded (dest.gen) */
 #define MPF_CORK 0x40u     /* MPK_STREAM: TCP_CORK is set (kept here; see opts.c) */
+#define MPF_DGCTL 0x40u    /* MPK_DGRAM: an option asked for control data on receive, so a
+			    * datagram may carry a control block (dgram.c; MPF_CORK's bit) */
 #define MPF_UNATTACHED 0x80u /* MPK_STREAM: never connected; only the first non-blocking
 			      * connect may fill the socketpair (later ones would put the
 			      * filler into a live stream) */
@@ -354,6 +356,9 @@ void mp_opt_note(struct mp_fd *e, int level, int name);
 /* Replays the noted options of pending socket kfd to sock; returns the
  * MPF_* flags the converted entry takes from them (MPF_CORK). */
 int mp_opt_replay(int kfd, struct mp_fd *e, uint64_t sock, int newfd);
+/* Whether an option asks a UDP socket for control data on receive
+ * (IP_PKTINFO, IP_RECVTOS, ...; MPF_DGCTL). */
+int mp_recv_ctl_opt(int level, int name);
 int mp_opt_local(int level, int name);
 /* Sets the options streams took while no isolator ran (opts.c, deferrable)
  * on their INS sockets; run after a rejoin. */

@@ -153,7 +153,7 @@ int mp_convert(int fd, struct mp_fd *e)
 	}
 	e->kind = e->type == SOCK_DGRAM ? MPK_DGRAM : MPK_STREAM;
 	e->sock = sock;
-	e->flags = e->type == SOCK_DGRAM ? 0 : (uint8_t)(MPF_UNATTACHED | oflags);
+	e->flags = e->type == SOCK_DGRAM ? (uint8_t)(oflags & MPF_DGCTL) : (uint8_t)(MPF_UNATTACHED | oflags);
 	e->optmask = 0;
 	MPLOG("convert(%d) -> sock %llu", fd, (unsigned long long)sock);
 	return 0;

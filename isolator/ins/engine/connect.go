@@ -77,7 +77,7 @@ func selfIfUnspecified(ap netip.AddrPort) netip.AddrPort {
 // chooseUplink asks the chooser for the NIC of a new flow and binds the
 // endpoint to its address when the socket has no local address yet.
 func (e *Engine) chooseUplink(s *sock, addr netip.AddrPort, fa *tcpip.FullAddress, tp tcpip.TransportProtocolNumber) unix.Errno {
-	if e.chooser == nil {
+	if e.chooser == nil || mcastRouted(s, addr) {
 		return 0
 	}
 	nic, local, err := e.chooser.ChooseUplink(addr, tp)

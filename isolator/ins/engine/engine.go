@@ -118,6 +118,9 @@ type sock struct {
 	proto  int // unix.IPPROTO_TCP or unix.IPPROTO_UDP
 	ep     tcpip.Endpoint
 	wq     *waiter.Queue
+	// stamp: SO_TIMESTAMP (ctlStamp) or SO_TIMESTAMPNS (ctlStampNS) is
+	// on: received datagrams carry their receive time (dgramctl.go).
+	stamp atomic.Uint32
 
 	mu       sync.Mutex
 	state    sockState

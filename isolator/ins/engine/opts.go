@@ -56,16 +56,18 @@ func (o *sockOpts) inherited() sockOpts {
 var storedSockOpts = map[int]int32{
 	unix.SO_DEBUG: 0, unix.SO_DONTROUTE: 0, unix.SO_OOBINLINE: 0, unix.SO_RCVLOWAT: 1,
 	unix.SO_PRIORITY: 0, unix.SO_TIMESTAMP: 0, unix.SO_TIMESTAMPNS: 0, unix.SO_PASSCRED: 0,
-	unix.SO_ZEROCOPY: 0, unix.SO_BUSY_POLL: 0, unix.SO_INCOMING_CPU: -1,
+	unix.SO_ZEROCOPY: 0, unix.SO_BUSY_POLL: 0, unix.SO_INCOMING_CPU: -1, unix.SO_NO_CHECK: 0,
 }
 
 var storedIPOpts = map[int]int32{
 	unix.IP_RECVERR: 0, unix.IP_PKTINFO: 0, unix.IP_MTU_DISCOVER: 1, unix.IP_FREEBIND: 0,
 	unix.IP_BIND_ADDRESS_NO_PORT: 0, unix.IP_RECVTOS: 0, unix.IP_RECVTTL: 0, unix.IP_TRANSPARENT: 0,
+	unix.IP_RECVORIGDSTADDR: 0,
 }
 
 var storedIPv6Opts = map[int]int32{
 	unix.IPV6_RECVERR: 0, unix.IPV6_RECVPKTINFO: 0, unix.IPV6_MTU_DISCOVER: 1, unix.IPV6_RECVTCLASS: 0,
+	unix.IPV6_RECVORIGDSTADDR: 0, unix.IPV6_RECVHOPLIMIT: 0,
 }
 
 func bool32(b bool) int32 {
@@ -169,23 +171,25 @@ func (s *sock) setSocketOpt(name int, val []byte) unix.Errno {
 		s.o.set(unix.SOL_SOCKET, unix.SO_LINGER, v)
 		s.o.set(unix.SOL_SOCKET, -unix.SO_LINGER, secs)
 		return 0
-	case unix.SO_RCVBUF:
+	case unix.SO_RCVBUF, unix.SO_RCVBUFFORCE:
+		// The FORCE variant is not capped by rmem_max; the shim has
+		// checked CAP_NET_ADMIN (EPERM without it, as Linux).
 		u := uint32(v)
-		if u > uint32(s.e.rmemMax) {
+		if name == unix.SO_RCVBUF && u > uint32(s.e.rmemMax) {
 			u = uint32(s.e.rmemMax)
 		}
-		v = max(int32(u)*2, sockMinRcvbuf)
+		v = max(int32(min(u, 0x7fffffff/2))*2, sockMinRcvbuf)
 		ops.SetReceiveBufferSize(int64(v), true)
-		s.o.set(unix.SOL_SOCKET, name, v)
+		s.o.set(unix.SOL_SOCKET, unix.SO_RCVBUF, v)
 		return 0
-	case unix.SO_SNDBUF:
+	case unix.SO_SNDBUF, unix.SO_SNDBUFFORCE:
 		u := uint32(v)
-		if u > uint32(s.e.wmemMax) {
+		if name == unix.SO_SNDBUF && u > uint32(s.e.wmemMax) {
 			u = uint32(s.e.wmemMax)
 		}
-		v = max(int32(u)*2, sockMinSndbuf)
+		v = max(int32(min(u, 0x7fffffff/2))*2, sockMinSndbuf)
 		ops.SetSendBufferSize(int64(v), true)
-		s.o.set(unix.SOL_SOCKET, name, v)
+		s.o.set(unix.SOL_SOCKET, unix.SO_SNDBUF, v)
 		return 0
 	case unix.SO_RCVLOWAT:
 		if v < 0 {
@@ -204,6 +208,9 @@ func (s *sock) setSocketOpt(name int, val []byte) unix.Errno {
 			v = bool32(v != 0)
 		}
 		s.o.set(unix.SOL_SOCKET, name, v)
+		if name == unix.SO_TIMESTAMP || name == unix.SO_TIMESTAMPNS {
+			s.setStamp()
+		}
 		return 0
 	}
 	s.o.set(unix.SOL_SOCKET, name, bool32(v != 0))
@@ -323,6 +330,9 @@ func trimNul(b []byte) string {
 }
 
 func (s *sock) setIPOpt(name int, val []byte) unix.Errno {
+	if isMcastIPOpt(name) {
+		return s.setIPMcastOpt(name, val)
+	}
 	_, stored := storedIPOpts[name]
 	if s.typ == unix.SOCK_STREAM && (name == unix.IP_MULTICAST_TTL || name == unix.IP_MULTICAST_LOOP) {
 		// A TCP socket keeps Linux's multicast fields without use:
@@ -371,12 +381,16 @@ func (s *sock) setIPOpt(name int, val []byte) unix.Errno {
 		}
 	default:
 		v = bool32(v != 0)
+		s.recvCtlOpt(unix.IPPROTO_IP, name, v != 0)
 	}
 	s.o.set(unix.IPPROTO_IP, name, v)
 	return 0
 }
 
 func (s *sock) setIPv6Opt(name int, val []byte) unix.Errno {
+	if isMcastIPv6Opt(name) {
+		return s.setIPv6McastOpt(name, val)
+	}
 	_, stored := storedIPv6Opts[name]
 	if name != unix.IPV6_V6ONLY && name != unix.IPV6_UNICAST_HOPS && name != unix.IPV6_TCLASS && !stored {
 		return unix.ENOPROTOOPT
@@ -419,6 +433,7 @@ func (s *sock) setIPv6Opt(name int, val []byte) unix.Errno {
 		}
 	default:
 		v = bool32(v != 0)
+		s.recvCtlOpt(unix.IPPROTO_IPV6, name, v != 0)
 	}
 	s.o.set(unix.IPPROTO_IPV6, name, v)
 	return 0
@@ -464,6 +479,13 @@ func (e *Engine) Getsockopt(id SockID, level, name int, maxLen int) ([]byte, uni
 	case unix.IPPROTO_IP:
 		if maxLen < 0 {
 			return nil, unix.EINVAL
+		}
+		if name == unix.IP_MULTICAST_IF {
+			b, errno := s.getIPMcastOpt(name)
+			if errno != 0 {
+				return nil, errno
+			}
+			return b[:min(len(b), maxLen)], 0
 		}
 		v, errno := s.getIPOpt(name)
 		if errno != 0 {
@@ -639,6 +661,13 @@ func (s *sock) tcpInfo() []byte {
 }
 
 func (s *sock) getIPOpt(name int) (int32, unix.Errno) {
+	if isMcastIPOpt(name) {
+		b, errno := s.getIPMcastOpt(name)
+		if errno != 0 {
+			return 0, errno
+		}
+		return int32(binary.NativeEndian.Uint32(b)), 0
+	}
 	switch name {
 	case unix.IP_TTL:
 		if x, ok := s.o.get(unix.IPPROTO_IP, name); ok && x != -1 {
@@ -667,6 +696,9 @@ func (s *sock) getIPOpt(name int) (int32, unix.Errno) {
 }
 
 func (s *sock) getIPv6Opt(name int) (int32, unix.Errno) {
+	if isMcastIPv6Opt(name) {
+		return s.getIPv6McastOpt(name)
+	}
 	switch name {
 	case unix.IPV6_V6ONLY:
 		return bool32(s.ep.SocketOptions().GetV6Only()), 0

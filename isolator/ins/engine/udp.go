@@ -131,12 +131,17 @@ func (d *dgramPump) run(w *worker) {
 		return
 	}
 	if d.out == nil {
-		d.out = make([]byte, msgproto.DatagramSize+maxDgram)
+		d.out = make([]byte, dgramBufSize)
 	}
 	e := d.s.e
 	// Network to app.
 	for {
-		bw := bufWriter{b: d.out[msgproto.DatagramSize:]}
+		off := msgproto.DatagramSize
+		ctl := d.s.wantsCtl()
+		if ctl {
+			off += ctlSize
+		}
+		bw := bufWriter{b: d.out[off : off+maxDgram]}
 		res, terr := d.s.ep.Read(&bw, tcpip.ReadOptions{Peek: true, NeedRemoteAddr: true})
 		if terr != nil {
 			if _, ok := terr.(*tcpip.ErrClosedForReceive); ok && !d.rdShut {
@@ -147,8 +152,13 @@ func (d *dgramPump) run(w *worker) {
 			}
 			break
 		}
-		putFraming(d.out, fromFull(d.s.family, res.RemoteAddr), bw.n)
-		err := unix.Sendmsg(d.fd, d.out[:msgproto.DatagramSize+bw.n], nil, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+		var flags uint32
+		if ctl {
+			flags = flagCtl
+			e.putCtl(d.s, d.out[msgproto.DatagramSize:], &res.ControlMessages)
+		}
+		putFraming(d.out, fromFull(d.s.family, res.RemoteAddr), flags, bw.n)
+		err := unix.Sendmsg(d.fd, d.out[:off+bw.n], nil, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
 		if err == unix.EINTR {
 			continue
 		}
@@ -221,9 +231,10 @@ func (d *dgramPump) teardown() {
 }
 
 // putFraming writes the framing of an n-byte datagram from the sender ap
-// into h[:msgproto.DatagramSize].
-func putFraming(h []byte, ap netip.AddrPort, n int) {
-	d := msgproto.Datagram{Addr: msgproto.AddrFromNetip(ap), Len: uint32(n)}
+// into h[:msgproto.DatagramSize] (flags: flagCtl when a control block
+// follows).
+func putFraming(h []byte, ap netip.AddrPort, flags uint32, n int) {
+	d := msgproto.Datagram{Addr: msgproto.AddrFromNetip(ap), Flags: flags, Len: uint32(n)}
 	if err := msgproto.PutDatagram(h, &d); err != nil {
 		// A sender from the stack is always canonical and n <= maxDgram.
 		panic(err)

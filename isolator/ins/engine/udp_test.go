@@ -3,6 +3,7 @@ package engine_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"net"
 	"net/netip"
 	"testing"
@@ -260,5 +261,69 @@ func TestUDPReadShutdown(t *testing.T) {
 			t.Fatalf("connected=%v: %d datagrams to the app, want 1 (the one after the shutdown is dropped)", connected, s.DgramsToApp)
 		}
 		peer.Close()
+	}
+}
+
+// TestUDPControlBlock: once the socket asks for IP_PKTINFO and IP_RECVTTL,
+// each datagram on the app's end carries the control block between the
+// framing (Flags 1) and the payload, with the destination and the TTL;
+// without such an option there is none.
+func TestUDPControlBlock(t *testing.T) {
+	n := newTestNet(t)
+	id := instest.MustSocket(t, n.e, unix.AF_INET, unix.SOCK_DGRAM)
+	local := netip.AddrPortFrom(addrA, 5002)
+	if errno := n.e.Bind(id, local); errno != 0 {
+		t.Fatalf("Bind: %v", errno)
+	}
+	app, ins := instest.Socketpair(t, unix.SOCK_SEQPACKET)
+	if errno := n.e.AttachDatagram(id, ins); errno != 0 {
+		t.Fatalf("AttachDatagram: %v", errno)
+	}
+	peer, err := gonet.DialUDP(n.b, nil, addrPtr(full(local)), ipv4.ProtocolNumber)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	buf := make([]byte, 200)
+	read := func() (msgproto.Datagram, []byte) {
+		t.Helper()
+		k, _, _, _, err := unix.Recvmsg(app, buf, nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var d msgproto.Datagram
+		if err := msgproto.GetDatagram(buf[:k], &d); err != nil {
+			t.Fatal(err)
+		}
+		return d, buf[msgproto.DatagramSize:k]
+	}
+	peer.Write([]byte("plain"))
+	if d, rest := read(); d.Flags != 0 || string(rest) != "plain" {
+		t.Fatalf("without an option: flags %d, %q; want 0 and the bare payload", d.Flags, rest)
+	}
+	for _, name := range []int{unix.IP_PKTINFO, unix.IP_RECVTTL} {
+		if errno := n.e.Setsockopt(id, unix.IPPROTO_IP, name, i32(1)); errno != 0 {
+			t.Fatalf("Setsockopt(%d): %v", name, errno)
+		}
+	}
+	peer.Write([]byte("ctl"))
+	d, rest := read()
+	if d.Flags != 1 || len(rest) != 64+3 || string(rest[64:]) != "ctl" {
+		t.Fatalf("with IP_PKTINFO: flags %d, %d bytes after the framing; want 1 and 64+3", d.Flags, len(rest))
+	}
+	mask := binary.NativeEndian.Uint32(rest)
+	if mask != 16|2 || rest[5] == 0 || netip.AddrFrom4([4]byte(rest[20:24])) != addrA {
+		t.Fatalf("control block: mask %#x ttl %d dst %v; want PKTINFO|TTL, a TTL, %v", mask, rest[5], rest[20:24], addrA)
+	}
+	// SO_TIMESTAMP adds the receive time.
+	if errno := n.e.Setsockopt(id, unix.SOL_SOCKET, unix.SO_TIMESTAMP, i32(1)); errno != 0 {
+		t.Fatalf("Setsockopt(SO_TIMESTAMP): %v", errno)
+	}
+	before := time.Now()
+	peer.Write([]byte("ts"))
+	_, rest = read()
+	at := time.Unix(0, int64(binary.NativeEndian.Uint64(rest[56:])))
+	if mask := binary.NativeEndian.Uint32(rest); mask&128 == 0 || at.Before(before.Add(-time.Second)) || at.After(time.Now().Add(time.Second)) {
+		t.Fatalf("with SO_TIMESTAMP: mask %#x, receive time %v; want bit 128 and about %v", mask, at, before)
 	}
 }

@@ -570,8 +570,20 @@ func (s *Stack) rebuildRoutesLocked() {
 			onLink = append(onLink, tcpip.Route{Destination: linkLocal6, NIC: l.nic})
 		}
 	}
-	s.ns.SetRouteTable(append(onLink, defaults...))
+	// Multicast that no uplink can take (its source is a loopback
+	// address, or its interface is lo) leaves by the loopback, as Linux
+	// routes it by its source; the default routes come first so that
+	// multicast from an uplink's address or an unbound socket takes the
+	// uplink.
+	mcast := []tcpip.Route{{Destination: multicast4, NIC: LoopbackNIC}, {Destination: multicast6, NIC: LoopbackNIC}}
+	s.ns.SetRouteTable(append(append(onLink, defaults...), mcast...))
 }
+
+// Multicast subnets: 224.0.0.0/4 and ff00::/8.
+var (
+	multicast4 = tcpip.AddressWithPrefix{Address: tcpAddr(netip.MustParseAddr("224.0.0.0")), PrefixLen: 4}.Subnet()
+	multicast6 = tcpip.AddressWithPrefix{Address: tcpAddr(netip.MustParseAddr("ff00::")), PrefixLen: 8}.Subnet()
+)
 
 // routes reports whether the uplink has a route to a (unmapped): a is on
 // its subnet, IPv6 link-local, or reached through its gateway of a's family.
