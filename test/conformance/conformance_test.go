@@ -346,6 +346,14 @@ func nativeRunner() int {
 			return fail(fmt.Errorf("ip %v: %v: %s", args, err, out))
 		}
 	}
+	// The kernel adds an address's local route once the link is up, a
+	// moment after `ip link set up` returns; a program that dials the
+	// peer before that gets EHOSTUNREACH.
+	for _, a := range []string{peerV4, peerV6} {
+		if err := waitLocalRoute(a, 5*time.Second); err != nil {
+			return fail(err)
+		}
+	}
 	stop, err := startPeer([]string{peerV4, peerV6})
 	if err != nil {
 		return fail(err)
@@ -363,6 +371,22 @@ func nativeRunner() int {
 	out, _ := json.Marshal(rs)
 	os.Stdout.Write(out)
 	return 0
+}
+
+// waitLocalRoute waits until the kernel routes addr as a local address of
+// this namespace.
+func waitLocalRoute(addr string, limit time.Duration) error {
+	var out []byte
+	for deadline := time.Now().Add(limit); ; time.Sleep(10 * time.Millisecond) {
+		var err error
+		out, err = exec.Command("ip", "route", "get", addr).CombinedOutput()
+		if err == nil && strings.HasPrefix(string(out), "local ") {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no local route to %s after %v: %s", addr, limit, out)
+		}
+	}
 }
 
 // runProg runs one program with the peer arguments and a time limit.
