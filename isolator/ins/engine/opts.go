@@ -329,12 +329,18 @@ func trimNul(b []byte) string {
 	return string(b)
 }
 
+// tcpMcastField reports whether name is one of the multicast fields a
+// TCP socket keeps (as Linux's inet socket does) without using them.
+func (s *sock) tcpMcastField(name int) bool {
+	return s.typ == unix.SOCK_STREAM && (name == unix.IP_MULTICAST_TTL || name == unix.IP_MULTICAST_LOOP)
+}
+
 func (s *sock) setIPOpt(name int, val []byte) unix.Errno {
-	if isMcastIPOpt(name) {
+	if isMcastIPOpt(name) && !s.tcpMcastField(name) {
 		return s.setIPMcastOpt(name, val)
 	}
 	_, stored := storedIPOpts[name]
-	if s.typ == unix.SOCK_STREAM && (name == unix.IP_MULTICAST_TTL || name == unix.IP_MULTICAST_LOOP) {
+	if s.tcpMcastField(name) {
 		// A TCP socket keeps Linux's multicast fields without use:
 		// the loop flag can be set, the TTL cannot (EINVAL).
 		if name == unix.IP_MULTICAST_TTL || len(val) < 1 {
@@ -661,7 +667,7 @@ func (s *sock) tcpInfo() []byte {
 }
 
 func (s *sock) getIPOpt(name int) (int32, unix.Errno) {
-	if isMcastIPOpt(name) {
+	if isMcastIPOpt(name) && !s.tcpMcastField(name) {
 		b, errno := s.getIPMcastOpt(name)
 		if errno != 0 {
 			return 0, errno
