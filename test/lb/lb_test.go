@@ -324,6 +324,19 @@ func (e *env) checkShares(t *testing.T, weights map[int]int, n4, n6 int) {
 		len(after), n4+n6, total, 100*worst, 100*worstRx)
 }
 
+// dialVIP connects from src, a client address of the WAN namespace, to
+// the VIP's port 80.
+func (e *env) dialVIP(src netip.Addr, timeout time.Duration) (net.Conn, error) {
+	var nc net.Conn
+	err := e.tp.WAN.Do(func() error {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: src.AsSlice()}, Timeout: timeout}
+		var err error
+		nc, err = d.Dial("tcp", net.JoinHostPort(vip4, "80"))
+		return err
+	})
+	return nc, err
+}
+
 // conn is one long-lived client connection that sends a request every
 // 100 ms on keep-alive.
 type conn struct {
@@ -443,13 +456,7 @@ func TestAffinity(t *testing.T) {
 	var conns []*conn
 	for _, src := range e.clients4 {
 		for range perClient {
-			var nc net.Conn
-			err := e.tp.WAN.Do(func() error {
-				d := net.Dialer{LocalAddr: &net.TCPAddr{IP: src.AsSlice()}, Timeout: 5 * time.Second}
-				var err error
-				nc, err = d.Dial("tcp", net.JoinHostPort(vip4, "80"))
-				return err
-			})
+			nc, err := e.dialVIP(src, 5*time.Second)
 			if err != nil {
 				close(stop)
 				t.Fatalf("dial the VIP from %v: %v", src, err)
@@ -508,13 +515,7 @@ func TestAffinity(t *testing.T) {
 				return
 			case <-time.After(2 * time.Millisecond):
 			}
-			var nc net.Conn
-			e.tp.WAN.Do(func() error {
-				d := net.Dialer{LocalAddr: &net.TCPAddr{IP: e.clients4[i%len(e.clients4)].AsSlice()}, Timeout: time.Second}
-				var err error
-				nc, err = d.Dial("tcp", net.JoinHostPort(vip4, "80"))
-				return err
-			})
+			nc, _ := e.dialVIP(e.clients4[i%len(e.clients4)], time.Second)
 			if nc != nil {
 				nc.SetDeadline(time.Now().Add(2 * time.Second))
 				io.WriteString(nc, "GET /1k.bin HTTP/1.0\r\n\r\n")
@@ -753,13 +754,7 @@ func TestSynFlood(t *testing.T) {
 	}()
 	for i := range 30 {
 		src := e.clients4[i%len(e.clients4)]
-		var nc net.Conn
-		err := e.tp.WAN.Do(func() error {
-			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: src.AsSlice()}, Timeout: 5 * time.Second}
-			var err error
-			nc, err = d.Dial("tcp", net.JoinHostPort(vip4, "80"))
-			return err
-		})
+		nc, err := e.dialVIP(src, 5*time.Second)
 		if err != nil {
 			t.Fatalf("dial the VIP from %v: %v", src, err)
 		}

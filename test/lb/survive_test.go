@@ -137,13 +137,7 @@ func TestBalancerSurvivesDaemon(t *testing.T) {
 	}()
 	for i := range 20 {
 		src := e.clients4[i%len(e.clients4)]
-		var nc net.Conn
-		err := e.tp.WAN.Do(func() error {
-			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: src.AsSlice()}, Timeout: 5 * time.Second}
-			var err error
-			nc, err = d.Dial("tcp", net.JoinHostPort(vip4, "80"))
-			return err
-		})
+		nc, err := e.dialVIP(src, 5*time.Second)
 		if err != nil {
 			t.Fatalf("dial the VIP from %v: %v", src, err)
 		}
