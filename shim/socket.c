@@ -573,20 +573,54 @@ static void drop_wakes(int fd)
 	}
 }
 
-static int accept_ins(int fd, struct mp_fd *e, struct sockaddr *sa, socklen_t *len, int flags)
+/* Receives one message of a listener's SEQPACKET end into buf (at least
+ * MPS_ACCEPT_MSG_MAX bytes): *nfd is the first descriptor it passed (-1 if
+ * none; any others are closed), *ctl whether it had control data at all,
+ * *mflags its msg_flags. Returns recvmsg's result. */
+static ssize_t recv_accept_msg(int fd, unsigned char *buf, int rflags, int *nfd, int *ctl, int *mflags)
 {
-	unsigned char buf[MPS_ACCEPT_MSG_MAX];
 	union {
 		struct cmsghdr h;
 		char b[CMSG_SPACE(sizeof(int) * 4)];
 	} cm;
-	struct iovec iov = { buf, sizeof buf };
+	struct iovec iov = { buf, MPS_ACCEPT_MSG_MAX };
 	struct msghdr mh;
 	struct cmsghdr *c;
+	ssize_t n;
+
+	memset(&mh, 0, sizeof mh);
+	mh.msg_iov = &iov;
+	mh.msg_iovlen = 1;
+	mh.msg_control = cm.b;
+	mh.msg_controllen = sizeof cm.b;
+	*nfd = -1;
+	n = REAL(recvmsg)(fd, &mh, rflags);
+	if (n <= 0)
+		return n;
+	*ctl = CMSG_FIRSTHDR(&mh) != NULL;
+	*mflags = mh.msg_flags;
+	for (c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+			continue;
+		for (size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
+			int f;
+			memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof f);
+			if (*nfd < 0)
+				*nfd = f;
+			else
+				REAL(close)(f);
+		}
+	}
+	return n;
+}
+
+static int accept_ins(int fd, struct mp_fd *e, struct sockaddr *sa, socklen_t *len, int flags)
+{
+	unsigned char buf[MPS_ACCEPT_MSG_MAX];
 	const unsigned char *peer, *local;
 	uint64_t sock;
 	ssize_t n;
-	int nfd = -1, bad;
+	int nfd, ctl, mflags, bad;
 	struct mp_fd *ne;
 
 	if (flags & ~(SOCK_NONBLOCK | SOCK_CLOEXEC))
@@ -594,17 +628,12 @@ static int accept_ins(int fd, struct mp_fd *e, struct sockaddr *sa, socklen_t *l
 	if (e->lflags & MPL_SHUT)
 		return mp_fail(EINVAL);
 again:
-	memset(&mh, 0, sizeof mh);
-	mh.msg_iov = &iov;
-	mh.msg_iovlen = 1;
-	mh.msg_control = cm.b;
-	mh.msg_controllen = sizeof cm.b;
-	n = REAL(recvmsg)(fd, &mh, (flags & SOCK_CLOEXEC) ? MSG_CMSG_CLOEXEC : 0);
+	n = recv_accept_msg(fd, buf, (flags & SOCK_CLOEXEC) ? MSG_CMSG_CLOEXEC : 0, &nfd, &ctl, &mflags);
 	if (n < 0)
 		return -1;
 	if (n == 0)
 		return mp_fail(EINVAL); /* no INS serves this listener any more */
-	if (n == 1 && !CMSG_FIRSTHDR(&mh)) {
+	if (n == 1 && !ctl) {
 		/* A wake-up from shutdown (listen_wake): the listener was
 		 * shut down while this thread waited; the next waiting thread
 		 * is woken in turn. One that comes after listen(2) again is
@@ -616,19 +645,7 @@ again:
 		MP_RESTORE;
 		return mp_fail(EINVAL);
 	}
-	for (c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-			continue;
-		for (size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
-			int f;
-			memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof f);
-			if (nfd < 0)
-				nfd = f;
-			else
-				REAL(close)(f);
-		}
-	}
-	bad = (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || nfd < 0 ||
+	bad = (mflags & (MSG_TRUNC | MSG_CTRUNC)) || nfd < 0 ||
 	      mps_accept_parse(buf, (size_t)n, &sock, &peer, &local) < 0;
 	if (bad) {
 		if (nfd >= 0)
@@ -969,31 +986,13 @@ MP_EXPORT int getpeername(int fd, struct sockaddr *sa, socklen_t *len)
 static void drop_queued(int fd)
 {
 	unsigned char buf[MPS_ACCEPT_MSG_MAX];
-	union {
-		struct cmsghdr h;
-		char b[CMSG_SPACE(sizeof(int) * 4)];
-	} cm;
-	struct iovec iov = { buf, sizeof buf };
-	struct msghdr mh;
-	struct cmsghdr *c;
+	int nfd, ctl, mflags;
 
 	for (int k = 0; k < 4096; k++) {
-		memset(&mh, 0, sizeof mh);
-		mh.msg_iov = &iov;
-		mh.msg_iovlen = 1;
-		mh.msg_control = cm.b;
-		mh.msg_controllen = sizeof cm.b;
-		if (REAL(recvmsg)(fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC) <= 0)
+		if (recv_accept_msg(fd, buf, MSG_DONTWAIT | MSG_CMSG_CLOEXEC, &nfd, &ctl, &mflags) <= 0)
 			return;
-		for (c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-			if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-				continue;
-			for (size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
-				int f;
-				memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof f);
-				REAL(close)(f);
-			}
-		}
+		if (nfd >= 0)
+			REAL(close)(nfd);
 	}
 }
 
